@@ -1,0 +1,1 @@
+"""Where the access model lives: SQLite (embedded default) or PostgreSQL (fleets)."""
