@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from permgate.permissions import DEFAULT_READ_ACTIONS
-
 TenantSourceKind = Literal["path_param", "header", "claim", "none"]
 
 

@@ -1,15 +1,15 @@
 """permgate's exception tree. Each class carries its HTTP mapping.
 
-    PermgateError
-    ├── ConfigError              bad permgate.yaml / environment (exit 2 at start)
-    ├── MapError                 endpoint map invalid; carries every FILE:LINE error
-    ├── InvalidPermission        a permission or grant string breaks the grammar
-    ├── ModelError               a change to the model was refused (§1.4)
-    │   ├── InvalidInput         422 invalid
-    │   ├── NotFound             404 not_found
-    │   ├── Conflict             409 conflict
-    │   └── Forbidden            403 forbidden
-    └── StoreUnavailable         503 store_unavailable: the store cannot be reached
+PermgateError
+├── ConfigError              bad permgate.yaml / environment (exit 2 at start)
+├── MapError                 endpoint map invalid; carries every FILE:LINE error
+├── InvalidPermission        a permission or grant string breaks the grammar
+├── ModelError               a change to the model was refused (§1.4)
+│   ├── InvalidInput         422 invalid
+│   ├── NotFound             404 not_found
+│   ├── Conflict             409 conflict
+│   └── Forbidden            403 forbidden
+└── StoreUnavailable         503 store_unavailable: the store cannot be reached
 """
 
 from __future__ import annotations
