@@ -9,6 +9,7 @@ action" is a rule, since ``*.read`` is not a valid grant). ``full-access`` and
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Final
 
 from permgate.model import Role
@@ -76,6 +77,7 @@ def builtin_roles(account: str) -> tuple[Role, ...]:
 _ADMIN_GRANTS: Final = GrantSet(everything=True)
 
 
+@lru_cache(maxsize=4096)
 def role_grants(role: Role) -> GrantSet:
     """Compile a role's grants, applying the rules that come with special names."""
     if role.name == ADMIN:
