@@ -1,0 +1,72 @@
+"""``permgate import-openapi SPEC [-o MAP] [--check MAP]`` (DESIGN §2.1, §7).
+
+Generates an endpoint map from an OpenAPI document, or, with ``--check``, lists
+how an existing map has drifted from the spec (exit 1 when it has).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from permgate.endpoints import load_map
+from permgate.errors import MapError
+from permgate.openapi_import import SpecError, diff_map, generate, operations, read_spec
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """SPEC, then either -o MAP or --check MAP, plus the common options (unused)."""
+    parser.add_argument("spec", metavar="SPEC", help="OpenAPI 3 document (JSON or YAML)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("-o", "--output", metavar="MAP", help="write the map here (default: stdout)")
+    mode.add_argument("--check", metavar="MAP", help="compare MAP with SPEC instead of generating")
+    parser.add_argument("--config", metavar="FILE", help="permgate.yaml (not used here)")
+    parser.add_argument("--store", metavar="DSN", help="store DSN (not used here)")
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Replace ``path`` in one step: a gateway watching the map never reads half a file."""
+    target = Path(path)
+    fd, temp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        os.chmod(temp, 0o644)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _check(spec_path: str, map_path: str) -> int:
+    ops = operations(read_spec(spec_path), spec_path)
+    endpoint_map = load_map(map_path)
+    differences = diff_map(ops, endpoint_map)
+    if not differences:
+        print(f"{map_path}: in sync with {spec_path} ({len(ops)} operations)")
+        return 0
+    for line in differences:
+        print(f"{map_path}: {line}")
+    print(f"{map_path}: {len(differences)} differences from {spec_path}", file=sys.stderr)
+    return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate (exit 0), or check (0 in sync, 1 drifted); problems print and exit 1."""
+    try:
+        if args.check:
+            return _check(args.spec, args.check)
+        text, count = generate(args.spec)
+        if args.output is None:
+            sys.stdout.write(text)
+        else:
+            _write_atomically(args.output, text)
+            print(f"{args.output}: wrote {count} endpoints from {args.spec}")
+        return 0
+    except (SpecError, MapError) as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return 1
