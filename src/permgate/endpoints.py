@@ -99,23 +99,36 @@ def _split_path(path: str) -> list[str] | None:
     return path[1:].split("/")
 
 
-def _walk(node: _Node, segments: list[str], index: int) -> _Leaf | None:
-    """Depth-first, literal before parameter, backtracking when a literal branch dead-ends.
+def _walk(root: _Node, segments: list[str]) -> _Leaf | None:
+    """Literal before parameter at each segment, backtracking when a branch dead-ends.
 
-    Each trie node sits at one depth, so a walk visits every node at most once: the
-    cost is bounded by the path's depth and the trie's shape, never by the entry count.
+    Pending parameter alternatives sit on a stack, so the deepest one is retried
+    first: that is exactly "literal beats parameter, segment by segment from the
+    left". Each trie node sits at one depth and is entered at most once per walk,
+    so the cost is bounded by the path's depth and never by the number of entries.
     """
-    if index == len(segments):
-        return node.leaf
-    segment = segments[index]
-    child = node.literals.get(segment)
-    if child is not None:
-        found = _walk(child, segments, index + 1)
-        if found is not None:
-            return found
-    if node.param is not None and segment:
-        return _walk(node.param, segments, index + 1)
-    return None
+    pending: list[tuple[_Node, int]] = []
+    node, index, end = root, 0, len(segments)
+    while True:
+        if index == end:
+            if node.leaf is not None:
+                return node.leaf
+        else:
+            segment = segments[index]
+            index += 1
+            child = node.literals.get(segment)
+            param = node.param if segment else None
+            if child is not None:
+                if param is not None:
+                    pending.append((param, index))
+                node = child
+                continue
+            if param is not None:
+                node = param
+                continue
+        if not pending:
+            return None
+        node, index = pending.pop()
 
 
 def _template_segments(path: str) -> list[str]:
@@ -195,11 +208,11 @@ class EndpointMap:
         leaf = None
         trie = tries.get(method)
         if trie is not None:
-            leaf = _walk(trie, segments, 0)
+            leaf = _walk(trie, segments)
         if leaf is None and method == "HEAD" and (trie := tries.get("GET")) is not None:
-            leaf = _walk(trie, segments, 0)
+            leaf = _walk(trie, segments)
         if leaf is None and (trie := tries.get("*")) is not None:
-            leaf = _walk(trie, segments, 0)
+            leaf = _walk(trie, segments)
         if leaf is None:
             return None
         if leaf.static is not None:

@@ -7,17 +7,18 @@ or a CI log can jump to each one; a valid map prints one summary line.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
+from permgate.cli._common import add_common_arguments
 from permgate.endpoints import load_map
 from permgate.errors import MapError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """FILE plus the options every command accepts (unused here: no store is opened)."""
+    """FILE plus the options every command accepts (--config/--store are unused here)."""
     parser.add_argument("file", metavar="FILE", help="the endpoint map to validate")
-    parser.add_argument("--config", metavar="FILE", help="permgate.yaml (not used by check-map)")
-    parser.add_argument("--store", metavar="DSN", help="store DSN (not used by check-map)")
+    add_common_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,13 +26,24 @@ def run(args: argparse.Namespace) -> int:
     try:
         endpoint_map = load_map(args.file)
     except MapError as exc:
+        if args.json:
+            print(json.dumps({"file": args.file, "valid": False, "errors": exc.errors}))
+            return 1
         for error in exc.errors:
             print(error, file=sys.stderr)
         count = len(exc.errors)
         print(f"{args.file}: {count} error{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
-    print(
-        f"{args.file}: {len(endpoint_map.endpoints)} endpoints, "
-        f"{len(endpoint_map.permissions())} permissions"
-    )
+    endpoints, permissions = len(endpoint_map.endpoints), len(endpoint_map.permissions())
+    if args.json:
+        document = {
+            "file": args.file,
+            "valid": True,
+            "endpoints": endpoints,
+            "permissions": permissions,
+            "sha256": endpoint_map.sha256,
+        }
+        print(json.dumps(document))
+    else:
+        print(f"{args.file}: {endpoints} endpoints, {permissions} permissions")
     return 0

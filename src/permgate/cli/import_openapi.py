@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from permgate.cli._common import add_common_arguments
 from permgate.endpoints import load_map
 from permgate.errors import MapError
 from permgate.openapi_import import SpecError, diff_map, generate, operations, read_spec
@@ -23,8 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-o", "--output", metavar="MAP", help="write the map here (default: stdout)")
     mode.add_argument("--check", metavar="MAP", help="compare MAP with SPEC instead of generating")
-    parser.add_argument("--config", metavar="FILE", help="permgate.yaml (not used here)")
-    parser.add_argument("--store", metavar="DSN", help="store DSN (not used here)")
+    add_common_arguments(parser, json_output=False)
 
 
 def _write_atomically(path: str, text: str) -> None:
