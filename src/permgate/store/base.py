@@ -19,10 +19,14 @@ Change notification contract:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from permgate.model import AuthToken, Principal, Role, Tenant
+
+if TYPE_CHECKING:
+    from permgate.store.sql import Transaction
 
 ChangeKind = Literal["account", "tenant", "role", "principal", "token", "all"]
 
@@ -65,3 +69,64 @@ class StoreReader(Protocol):
     async def ping(self) -> None:
         """Raise :class:`permgate.errors.StoreUnavailable` when the store is unreachable."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One durable audit row: who (``actor``) did what (``action``) to which ``target``,
+    with the object's JSON-able state ``before`` and ``after`` (None when absent)."""
+
+    id: int
+    ts: float
+    account: str | None
+    actor: str
+    action: str
+    target: str
+    before: object
+    after: object
+
+
+class Store(StoreReader, Protocol):
+    """A whole backend: the reads above, listings for the admin API, the one write
+    path (:meth:`write`, used only by :mod:`permgate.service`) and change watching."""
+
+    dsn: str
+    last_version: int
+    """The newest store version a running :meth:`watch` has delivered (0 before)."""
+
+    async def account_exists(self, account: str) -> bool: ...
+
+    async def list_accounts(self) -> list[str]: ...
+
+    async def list_tenants(self, account: str) -> list[Tenant]: ...
+
+    async def list_roles(self, account: str) -> list[Role]: ...
+
+    async def list_principals(self, account: str) -> list[Principal]: ...
+
+    async def list_tokens(
+        self, *, owner: str | None = None, account: str | None = None
+    ) -> list[AuthToken]:
+        """Tokens of one owner or of a whole account, newest first, revoked included."""
+        ...
+
+    async def role_holders(self, account: str, role: str) -> list[str]: ...
+
+    async def list_audit(
+        self, account: str | None, *, limit: int = 100, before: int | None = None
+    ) -> list[AuditRecord]:
+        """Audit rows newest first; ``before`` is an audit id for paging back."""
+        ...
+
+    async def changes_since(self, version: int) -> list[Change]: ...
+
+    def write(self) -> AbstractAsyncContextManager[Transaction]:
+        """One serialised write transaction; its change-log rows and notification are
+        committed with it. Only :mod:`permgate.service` calls this."""
+        ...
+
+    async def watch(self, on_changes: OnChanges, on_reset: OnReset) -> None:
+        """Start delivering changes committed from now on (see the module docstring)."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,188 @@
+"""What the two backends have in common above the SQL: read delegation and the
+delivery half of change watching (reading the log since the last seen version).
+
+A backend supplies :meth:`SqlStore._read` and :meth:`SqlStore.write` (transactions
+on its own connections) and the *trigger* of delivery: a poll (SQLite) or a
+notification (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from contextlib import AbstractAsyncContextManager, suppress
+from typing import Final
+
+from permgate.errors import StoreUnavailable
+from permgate.model import AuthToken, Principal, Role, Tenant
+from permgate.store.base import AuditRecord, Change, OnChanges, OnReset
+from permgate.store.sql import Transaction
+
+log: Final = logging.getLogger("permgate.store")
+
+
+class SqlStore(ABC):
+    """A store over a SQL backend; see :class:`permgate.store.base.Store`."""
+
+    dsn: str
+    dialect: str
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.last_version = 0
+        self._watch_task: asyncio.Task[None] | None = None
+        self._on_changes: OnChanges | None = None
+        self._on_reset: OnReset | None = None
+        self._closed = False
+
+    @abstractmethod
+    def _read(self) -> AbstractAsyncContextManager[Transaction]:
+        """A read-only transaction (one consistent snapshot)."""
+
+    @abstractmethod
+    def write(self) -> AbstractAsyncContextManager[Transaction]:
+        """A serialised write transaction; see :meth:`Store.write`."""
+
+    @abstractmethod
+    async def _watch_loop(self) -> None:
+        """Run until closed, calling :meth:`_deliver` when something may have changed."""
+
+    @abstractmethod
+    async def _close_connections(self) -> None: ...
+
+    # -- reads ---------------------------------------------------------------
+
+    async def get_tenant(self, tenant_id: str) -> Tenant | None:
+        async with self._read() as tx:
+            return await tx.get_tenant(tenant_id)
+
+    async def get_principal(self, principal_id: str) -> Principal | None:
+        async with self._read() as tx:
+            return await tx.get_principal(principal_id)
+
+    async def get_roles(self, account: str) -> dict[str, Role]:
+        async with self._read() as tx:
+            return await tx.get_roles(account)
+
+    async def get_token(self, token_id: str) -> AuthToken | None:
+        async with self._read() as tx:
+            return await tx.get_token(token_id)
+
+    async def version(self) -> int:
+        async with self._read() as tx:
+            return await tx.version()
+
+    async def ping(self) -> None:
+        await self.version()
+
+    async def account_exists(self, account: str) -> bool:
+        async with self._read() as tx:
+            return await tx.account_exists(account)
+
+    async def list_accounts(self) -> list[str]:
+        async with self._read() as tx:
+            return await tx.list_accounts()
+
+    async def list_tenants(self, account: str) -> list[Tenant]:
+        async with self._read() as tx:
+            return await tx.list_tenants(account)
+
+    async def list_roles(self, account: str) -> list[Role]:
+        async with self._read() as tx:
+            return list((await tx.get_roles(account)).values())
+
+    async def list_principals(self, account: str) -> list[Principal]:
+        async with self._read() as tx:
+            return await tx.list_principals(account)
+
+    async def list_tokens(
+        self, *, owner: str | None = None, account: str | None = None
+    ) -> list[AuthToken]:
+        async with self._read() as tx:
+            return await tx.list_tokens(owner=owner, account=account)
+
+    async def role_holders(self, account: str, role: str) -> list[str]:
+        async with self._read() as tx:
+            return await tx.role_holders(account, role)
+
+    async def list_audit(
+        self, account: str | None, *, limit: int = 100, before: int | None = None
+    ) -> list[AuditRecord]:
+        async with self._read() as tx:
+            return await tx.list_audit(account, limit=limit, before=before)
+
+    async def changes_since(self, version: int) -> list[Change]:
+        async with self._read() as tx:
+            return await tx.changes_since(version)
+
+    async def touch_tokens(self, last_used: dict[str, float]) -> None:
+        # Not a model change: no change-log row, so caches are not churned by use.
+        if not last_used:
+            return
+        async with self._touch() as tx:
+            await tx.touch_tokens(last_used)
+
+    def _touch(self) -> AbstractAsyncContextManager[Transaction]:
+        return self.write()
+
+    # -- watching ------------------------------------------------------------
+
+    async def watch(self, on_changes: OnChanges, on_reset: OnReset) -> None:
+        """Start the background watcher; changes committed after this call are delivered."""
+        if self._watch_task is not None:
+            raise RuntimeError("this store is already being watched")
+        self._on_changes = on_changes
+        self._on_reset = on_reset
+        self.last_version = await self.version()
+        self._watch_task = asyncio.create_task(self._watch_loop(), name="permgate-store-watch")
+
+    async def _deliver(self) -> None:
+        """Read the log since :attr:`last_version` and hand new changes over in order."""
+        changes = await self.changes_since(self.last_version)
+        if not changes:
+            return
+        if changes[0].version != self.last_version + 1:
+            # A gap means rows we never saw: everything derived may be stale.
+            self.last_version = changes[-1].version
+            self._reset()
+            return
+        self.last_version = changes[-1].version
+        if self._on_changes is not None:
+            try:
+                self._on_changes(changes)
+            except Exception:
+                log.exception("store change listener failed; resetting it")
+                self._reset()
+
+    async def _resync(self) -> None:
+        """After a possible loss of notifications: jump to now and tell the listener."""
+        self.last_version = await self.version()
+        self._reset()
+
+    def _reset(self) -> None:
+        if self._on_reset is None:
+            return
+        try:
+            self._on_reset()
+        except Exception:
+            log.exception("store reset listener failed")
+
+    async def _deliver_quietly(self) -> bool:
+        """:meth:`_deliver`, reporting (not raising) an unreachable store."""
+        try:
+            await self._deliver()
+        except StoreUnavailable as exc:
+            log.warning("store watch: %s", exc)
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Stop the watcher and release every connection."""
+        self._closed = True
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        await self._close_connections()
