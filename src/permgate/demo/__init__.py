@@ -1,0 +1,1 @@
+"""``permgate demo``: a sample insurance API behind the gateway, on seeded data."""
