@@ -1,0 +1,137 @@
+{{/* Names, labels and the render-time checks of the permgate chart. */}}
+
+{{- define "permgate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "permgate.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "permgate.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "permgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "permgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "permgate.labels" -}}
+helm.sh/chart: {{ include "permgate.chart" . }}
+{{ include "permgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: permgate
+{{- end }}
+
+{{- define "permgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "permgate.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "permgate.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The endpoint map: where it is mounted, and which ConfigMap holds it. */}}
+{{- define "permgate.mapDir" -}}/etc/permgate/map{{- end }}
+{{- define "permgate.configDir" -}}/etc/permgate/config{{- end }}
+{{- define "permgate.dataDir" -}}/var/lib/permgate{{- end }}
+
+{{- define "permgate.mapConfigMapName" -}}
+{{- default (printf "%s-endpoint-map" (include "permgate.fullname" .)) .Values.endpointMap.existingConfigMap }}
+{{- end }}
+
+{{/* The chart's own Secret: written only when there is something secret to hold. */}}
+{{- define "permgate.secretData" -}}
+{{- $data := dict }}
+{{- if and (eq .Values.store.type "postgresql") .Values.store.postgresql.dsn }}
+{{- $_ := set $data "PERMGATE_STORE" .Values.store.postgresql.dsn }}
+{{- end }}
+{{- if .Values.auth.jwt.enabled }}
+{{- with .Values.auth.jwt.issuer }}{{ $_ := set $data "PERMGATE_AUTH__JWT__ISSUER" . }}{{ end }}
+{{- with .Values.auth.jwt.audience }}{{ $_ := set $data "PERMGATE_AUTH__JWT__AUDIENCE" . }}{{ end }}
+{{- with .Values.auth.jwt.jwksUrl }}{{ $_ := set $data "PERMGATE_AUTH__JWT__JWKS_URL" . }}{{ end }}
+{{- end }}
+{{- if $data }}{{ toYaml $data }}{{ end }}
+{{- end }}
+
+{{- define "permgate.secretName" -}}
+{{- if .Values.existingSecret }}
+{{- .Values.existingSecret }}
+{{- else if include "permgate.secretData" . }}
+{{- include "permgate.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{/* permgate.yaml (DESIGN §2.2). Secrets come in as PERMGATE_* environment variables. */}}
+{{- define "permgate.config" -}}
+{{- $p := .Values.permgate }}
+{{- $config := dict
+  "listen" (printf "0.0.0.0:%d" (int $p.port))
+  "admin_listen" (printf "0.0.0.0:%d" (int $p.adminPort))
+  "upstream" (printf "http://127.0.0.1:%d" (int .Values.app.port))
+  "upstream_timeout_seconds" $p.upstreamTimeoutSeconds
+  "endpoint_map" (printf "%s/%s" (include "permgate.mapDir" .) .Values.endpointMap.key)
+  "default_enforcement" $p.defaultEnforcement
+  "cache" (dict "decision_ttl_seconds" $p.cache.decisionTtlSeconds "max_entries" $p.cache.maxEntries)
+  "audit" (dict "sink" $p.audit.sink)
+}}
+{{- if eq .Values.store.type "sqlite" }}
+{{- $_ := set $config "store" (printf "sqlite://%s/permgate.db" (include "permgate.dataDir" .)) }}
+{{- end }}
+{{- $auth := dict "token_prefix" .Values.auth.tokenPrefix }}
+{{- if .Values.auth.jwt.enabled }}
+{{- $jwt := dict
+  "algorithms" .Values.auth.jwt.algorithms
+  "principal_claim" .Values.auth.jwt.principalClaim
+  "leeway_seconds" .Values.auth.jwt.leewaySeconds
+}}
+{{- with .Values.auth.jwt.keys }}{{ $_ := set $jwt "keys" . }}{{ end }}
+{{- $_ := set $auth "jwt" $jwt }}
+{{- end }}
+{{- $_ := set $config "auth" $auth }}
+{{- toYaml (mustMergeOverwrite $config (deepCopy $p.extraConfig)) }}
+{{- end }}
+
+{{/* Render-time checks: a bad combination of values fails the install with a clear message. */}}
+{{- define "permgate.validate" -}}
+{{- if eq .Values.store.type "sqlite" }}
+{{- if gt (int .Values.replicaCount) 1 }}
+{{- fail (printf "\n\nstore.type=sqlite supports exactly one replica, but replicaCount is %d.\nSQLite is a file on one pod's volume: replicas would each get their own store and disagree on every tenant, role and token.\nFor more than one replica set store.type=postgresql and store.postgresql.dsn (or existingSecret with PERMGATE_STORE)." (int .Values.replicaCount)) }}
+{{- end }}
+{{- if .Values.autoscaling.enabled }}
+{{- fail "\n\nstore.type=sqlite cannot be combined with autoscaling.enabled=true: SQLite supports exactly one replica.\nSet store.type=postgresql and store.postgresql.dsn (or existingSecret with PERMGATE_STORE) to autoscale." }}
+{{- end }}
+{{- end }}
+{{- if and (eq .Values.store.type "postgresql") (not .Values.store.postgresql.dsn) (not .Values.existingSecret) }}
+{{- fail "\n\nstore.type=postgresql needs a DSN: set store.postgresql.dsn (postgresql://user:pass@host:5432/db) or existingSecret naming a Secret with the key PERMGATE_STORE." }}
+{{- end }}
+{{- if and .Values.auth.jwt.enabled (not .Values.existingSecret) }}
+{{- if not (and .Values.auth.jwt.issuer .Values.auth.jwt.audience) }}
+{{- fail "\n\nauth.jwt.enabled=true needs auth.jwt.issuer and auth.jwt.audience (or existingSecret with PERMGATE_AUTH__JWT__ISSUER and PERMGATE_AUTH__JWT__AUDIENCE)." }}
+{{- end }}
+{{- if not (or .Values.auth.jwt.jwksUrl .Values.auth.jwt.keys) }}
+{{- fail "\n\nauth.jwt.enabled=true needs auth.jwt.jwksUrl or auth.jwt.keys (PEM public keys) to verify tokens with." }}
+{{- end }}
+{{- end }}
+{{- if and .Values.endpointMap.content .Values.endpointMap.existingConfigMap }}
+{{- fail "\n\nset endpointMap.content or endpointMap.existingConfigMap, not both." }}
+{{- end }}
+{{- if has (int .Values.app.port) (list (int .Values.permgate.port) (int .Values.permgate.adminPort)) }}
+{{- fail (printf "\n\napp.port %d is also one of permgate's ports (permgate.port %d, permgate.adminPort %d): the API and the sidecar share the pod's network, so they need different ports." (int .Values.app.port) (int .Values.permgate.port) (int .Values.permgate.adminPort)) }}
+{{- end }}
+{{- end }}
