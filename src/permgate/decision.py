@@ -92,14 +92,24 @@ def effective_grants(
 
     A role of another account never counts, even if a caller passes one in.
     """
-    grants = EMPTY_GRANTS
+    held: list[GrantSet] = []
     for assignment in principal.roles:
         if assignment.tenant is not None and assignment.tenant != tenant_id:
             continue
         role = roles.get(assignment.role)
         if role is None or role.account != principal.account:
             continue
-        grants = grants.union(role_grants(role))
+        held.append(role_grants(role))
+    if not held:
+        return EMPTY_GRANTS
+    return held[0] if len(held) == 1 else _union(tuple(held))
+
+
+@lru_cache(maxsize=4096)
+def _union(grant_sets: tuple[GrantSet, ...]) -> GrantSet:
+    grants = EMPTY_GRANTS
+    for grant_set in grant_sets:
+        grants = grants.union(grant_set)
     return grants
 
 

@@ -1,0 +1,91 @@
+"""Cost of match + decide on a warm path, in ns/op (issue 2; DESIGN §1.5, PERF.md).
+
+    .venv/bin/python bench/decide.py
+
+Runs three maps in one process, so the figures are comparable with each other:
+20 entries, the shipped 722-entry map, and a synthetic 10,000-entry map. The
+interesting number is the ratio between them: a trie walk must not grow with the
+number of entries. Absolute numbers on these shared machines drift by tens of %.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from permgate.decision import Subject, decide, resolve_tenant_id
+from permgate.endpoints import Endpoint, EndpointMap, TenantSource, load_map
+from permgate.model import AuthToken, Principal, RoleAssignment, Tenant
+from permgate.roles import builtin_roles
+
+ROOT = Path(__file__).resolve().parents[1]
+BY_PATH = TenantSource("path_param", "tenantLocator")
+TENANT = Tenant("acme-prod", "acme", "PRODUCTION")
+ROLES = {r.name: r for r in builtin_roles("acme")}
+PRINCIPAL = Principal("alice", "acme", "user", (RoleAssignment("full-access"),), ("acme-prod",))
+TOKEN = AuthToken("t1", "alice", "acme", "ci", ("quotes.*", "policies.read"), ("acme-prod",))
+
+
+def synthetic_map(size: int) -> EndpointMap:
+    """``size`` entries under distinct services, each with tenant and id params."""
+    endpoints = []
+    for i in range(size):
+        service = f"svc{i // 10}"
+        resource = f"res{i % 10}"
+        endpoints.append(
+            Endpoint(
+                id=f"e{i}",
+                methods=frozenset({"GET"}),
+                path=f"/{service}/{{tenantLocator}}/{resource}/{{locator}}",
+                permissions=(f"{resource}.read",),
+                tenant=BY_PATH,
+            )
+        )
+    endpoints.append(
+        Endpoint(
+            "target",
+            frozenset({"GET"}),
+            "/policy/{tenantLocator}/quotes/{locator}",
+            ("quotes.read",),
+            tenant=BY_PATH,
+        )
+    )
+    return EndpointMap(endpoints=tuple(endpoints), default_tenant=BY_PATH)
+
+
+def measure(endpoint_map: EndpointMap, path: str, rounds: int = 7, n: int = 20_000) -> float:
+    """Median ns per match + tenant resolution + decide, for a principal with a token."""
+    subject = Subject(PRINCIPAL, ROLES, TOKEN)
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter_ns()
+        for _ in range(n):
+            match = endpoint_map.match("GET", path)
+            assert match is not None
+            tenant_id = resolve_tenant_id(match.endpoint, match.params, {}, None)
+            decision = decide(endpoint_map, match, subject, TENANT, tenant_id)
+        samples.append((time.perf_counter_ns() - start) / n)
+        assert decision.allowed, decision
+    return statistics.median(samples)
+
+
+def main() -> int:
+    path = "/policy/acme-prod/quotes/Q-1001"
+    shipped = load_map(ROOT / "endpoint_map.yaml")
+    rows = [
+        ("synthetic, 20 entries", synthetic_map(19)),
+        (f"shipped map, {len(shipped.endpoints)} entries", shipped),
+        ("synthetic, 10,000 entries", synthetic_map(9_999)),
+    ]
+    results = [(name, measure(m, path)) for name, m in rows]
+    base = results[0][1]
+    print(f"{'map':<32} {'ns/op':>9} {'vs 20':>7}")
+    for name, ns in results:
+        print(f"{name:<32} {ns:>9.0f} {ns / base:>6.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
