@@ -1,0 +1,217 @@
+"""Authentication (DESIGN §3): turn an ``Authorization`` header into an :class:`Identity`.
+
+``Bearer <secret>`` with the token prefix is a personal access token: its id is read
+from the secret, the record comes from the in-memory :class:`ModelCache`, and the hash
+is compared in constant time. Any other bearer value is a JWT, checked by a
+:class:`~permgate.jwks.JwtVerifier` once and then remembered until it expires, so the
+hot path verifies no signature twice. The principal checks (exists, enabled, session
+not revoked) run on every call, against memory.
+
+Every refusal is an :class:`AuthFailure` with one reason from a closed set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final, Literal
+
+from cachetools import LRUCache
+
+from permgate.errors import PermgateError
+from permgate.model import AuthToken, Principal
+from permgate.token_secrets import secret_matches, token_id_of
+
+if TYPE_CHECKING:
+    from permgate.jwks import JwtVerifier
+    from permgate.modelcache import ModelCache
+
+__all__ = ["AUTH_FAILURE_REASONS", "AuthFailure", "AuthFailureReason", "Authenticator", "Identity"]
+
+AuthFailureReason = Literal[
+    "missing_credentials",
+    "invalid_token",
+    "expired_token",
+    "revoked_token",
+    "session_revoked",
+    "unknown_principal",
+    "disabled_principal",
+]
+AUTH_FAILURE_REASONS: Final[tuple[AuthFailureReason, ...]] = (
+    "missing_credentials",
+    "invalid_token",
+    "expired_token",
+    "revoked_token",
+    "session_revoked",
+    "unknown_principal",
+    "disabled_principal",
+)
+
+_CHALLENGE: Final = 'Bearer realm="permgate"'
+_CHALLENGE_INVALID: Final = 'Bearer realm="permgate", error="invalid_token"'
+
+
+class AuthFailure(PermgateError):
+    """The request carries no usable credential: 401 with a stable ``reason``.
+
+    ``detail`` is for logs and audit only; the client sees just the reason, so a
+    prober learns nothing about which check failed beyond it.
+    """
+
+    status_code = 401
+    error = "unauthenticated"
+
+    def __init__(self, reason: AuthFailureReason, detail: str = "") -> None:
+        self.reason: AuthFailureReason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+    @property
+    def www_authenticate(self) -> str:
+        """The ``WWW-Authenticate`` value (RFC 6750 §3: no error code when none was sent)."""
+        return _CHALLENGE if self.reason == "missing_credentials" else _CHALLENGE_INVALID
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling and with what.
+
+    ``credential_key`` names the credential for the decision cache without being it:
+    ``t:<token id>`` or ``j:<sha256 of the JWT>``.
+    """
+
+    principal: Principal
+    token: AuthToken | None
+    claims: Mapping[str, object] | None
+    credential_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _VerifiedJwt:
+    claims: Mapping[str, object]
+    # Epoch seconds after which the verifier itself would refuse it (exp + leeway).
+    valid_until: float
+
+
+class Authenticator:
+    """Resolves ``Authorization`` headers to identities; one instance per gateway.
+
+    Args:
+        cache: the model, in memory.
+        token_prefix: what marks a secret as a permgate auth token.
+        jwt: the JWT verifier, or None when bearer JWTs are not accepted.
+        jwt_cache_size: how many verified JWTs to remember (LRU).
+    """
+
+    def __init__(
+        self,
+        cache: ModelCache,
+        *,
+        token_prefix: str,
+        jwt: JwtVerifier | None,
+        jwt_cache_size: int = 10_000,
+    ) -> None:
+        self._cache = cache
+        self._prefix = token_prefix
+        self._jwt = jwt
+        self._verified: LRUCache[str, _VerifiedJwt] = LRUCache(maxsize=jwt_cache_size)
+        self._uses: dict[str, float] = {}
+
+    async def authenticate(self, authorization: str | None) -> Identity:
+        """The caller's identity, or :class:`AuthFailure`.
+
+        A header with another scheme (``Basic ...``) counts as missing credentials:
+        no bearer credential was presented, and the challenge tells the client which
+        scheme to use (RFC 6750 §3.1).
+        """
+        if not authorization:
+            raise AuthFailure("missing_credentials")
+        scheme, _, credential = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            raise AuthFailure("missing_credentials", f"scheme {scheme[:20]!r} is not Bearer")
+        credential = credential.strip(" ")
+        if not credential:
+            raise AuthFailure("missing_credentials", "empty bearer credential")
+        if credential.startswith(self._prefix):
+            return await self._auth_token(credential)
+        return await self._auth_jwt(credential)
+
+    # -- auth tokens ------------------------------------------------------------------
+
+    async def _auth_token(self, secret: str) -> Identity:
+        token_id = token_id_of(self._prefix, secret)
+        if token_id is None:
+            raise AuthFailure("invalid_token", "malformed auth token")
+        token = await self._cache.token(token_id)
+        if token is None:
+            raise AuthFailure("invalid_token", f"unknown token {token_id}")
+        if not secret_matches(secret, token.secret_hash):
+            raise AuthFailure("invalid_token", f"wrong secret for token {token_id}")
+        now = time.time()
+        if token.revoked_at is not None:
+            raise AuthFailure("revoked_token", f"token {token_id} is revoked")
+        if token.expires_at is not None and _epoch(token.expires_at) <= now:
+            raise AuthFailure("expired_token", f"token {token_id} has expired")
+        owner = await self._cache.principal(token.owner)
+        # An owner in another account is, from the token's account, no principal at all.
+        if owner is None or owner.account != token.account:
+            raise AuthFailure("unknown_principal", f"owner of token {token_id} not found")
+        if owner.disabled:
+            raise AuthFailure("disabled_principal", f"principal {owner.id} is disabled")
+        self._uses[token_id] = now
+        return Identity(owner, token, None, f"t:{token_id}")
+
+    def drain_token_uses(self) -> dict[str, float]:
+        """Token last-use times since the previous drain, for ``store.touch_tokens``."""
+        uses, self._uses = self._uses, {}
+        return uses
+
+    # -- JWTs ---------------------------------------------------------------------------
+
+    async def _auth_jwt(self, token: str) -> Identity:
+        if self._jwt is None:
+            raise AuthFailure("invalid_token", "not an auth token and JWTs are not configured")
+        digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        claims = await self._verified_claims(self._jwt, token, digest)
+        subject = claims.get(self._jwt.principal_claim)
+        if not isinstance(subject, str) or not subject:
+            raise AuthFailure("invalid_token", f"no {self._jwt.principal_claim!r} claim")
+        principal = await self._cache.principal(subject)
+        if principal is None:
+            raise AuthFailure("unknown_principal", f"principal {subject[:100]!r} not found")
+        if principal.disabled:
+            raise AuthFailure("disabled_principal", f"principal {principal.id} is disabled")
+        if principal.sessions_valid_after is not None:
+            iat = claims.get("iat")
+            # No iat, or issued before the forced logout: fail closed.
+            if (
+                not isinstance(iat, int | float)
+                or isinstance(iat, bool)
+                or iat < _epoch(principal.sessions_valid_after)
+            ):
+                raise AuthFailure("session_revoked", f"session of {principal.id} was revoked")
+        return Identity(principal, None, claims, f"j:{digest}")
+
+    async def _verified_claims(
+        self, verifier: JwtVerifier, token: str, digest: str
+    ) -> Mapping[str, object]:
+        now = time.time()
+        known = self._verified.get(digest)
+        if known is not None and now < known.valid_until:
+            return known.claims
+        claims: Mapping[str, object] = MappingProxyType(await verifier.verify(token))
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            self._verified[digest] = _VerifiedJwt(claims, exp + verifier.leeway)
+        return claims
+
+
+def _epoch(moment: datetime) -> float:
+    """Epoch seconds; a naive datetime from the store is UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
