@@ -271,6 +271,7 @@ class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
         self._found: list[tuple[int, str]] = []
+        self._ids: list[tuple[str, int]] = []  # (id, entry line), for duplicates
         self._constructor = yaml.SafeLoader("")
 
     def error(self, node: yaml.Node | int, message: str) -> None:
@@ -455,6 +456,8 @@ class _Parser:
                     f"id {endpoint_id!r} must be 1-128 letters, digits or '_.:-' "
                     "(it is a metric label)",
                 )
+        if endpoint_id is not None:
+            self._ids.append((endpoint_id, _line(node)))
         label = f"endpoint {endpoint_id!r}" if endpoint_id else "endpoint entry"
         methods = self.methods(keys, node, label)
         path = self.path(keys, node, label)
@@ -494,8 +497,8 @@ class _Parser:
             where = keys["path"][1]
             self.check_tenant_param(tenant, path, where, label, "the default tenant")
         # An entry with other errors is still returned when id, method and path are
-        # usable, so that duplicate ids and overlaps are reported too; the map is
-        # never built while any error stands.
+        # usable, so that overlaps are reported too; the map is never built while
+        # any error stands.
         if endpoint_id is None or methods is None or path is None:
             return None
         return Endpoint(
@@ -610,15 +613,13 @@ class _Parser:
     # -- across entries
 
     def check_unique(self, endpoints: list[Endpoint]) -> None:
-        by_id: dict[str, Endpoint] = {}
+        first_line: dict[str, int] = {}
+        for endpoint_id, line in self._ids:
+            first = first_line.setdefault(endpoint_id, line)
+            if first != line:
+                self.error(line, f"duplicate id {endpoint_id!r} (first used on line {first})")
         by_shape: dict[tuple[str | None, ...], list[Endpoint]] = {}
         for endpoint in endpoints:
-            first = by_id.setdefault(endpoint.id, endpoint)
-            if first is not endpoint:
-                self.error(
-                    endpoint.line,
-                    f"duplicate id {endpoint.id!r} (first used on line {first.line})",
-                )
             shape = tuple(None if _is_param(s) else s for s in _template_segments(endpoint.path))
             same_shape = by_shape.setdefault(shape, [])
             for other in same_shape:
