@@ -1,7 +1,11 @@
 """The endpoint map (DESIGN §2.1): load, validate, compile once, match fast.
 
-(Data types below are the contract the rest of permgate uses; the loader and the
-matcher are built in this module too.)
+The data types (``TenantSource``, ``Endpoint``, ``Match``) are the contract the rest
+of permgate uses. ``parse_map``/``load_map`` walk the composed YAML node tree, so
+that every error keeps its line, and report all of them at once: a map with errors
+is never half-applied. ``EndpointMap`` compiles its entries once into one segment
+trie per method (plus one for ``"*"``), so routing costs the path's depth, not the
+number of entries.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import yaml
 
@@ -248,7 +252,9 @@ _YAML_TYPES: Final = {
 }
 
 
-_BAD: Final = object()
+_BAD: Final = object()  # "already reported": a scalar that could not be read
+
+_Keys = dict[str, tuple[yaml.Node, yaml.Node]]  # key name -> (key node, value node)
 
 
 def _line(node: yaml.Node) -> int:
@@ -284,7 +290,7 @@ class _Parser:
         ordered = sorted(self._found, key=lambda found: found[0])
         return [f"{self.source}:{line}: {message}" for line, message in ordered]
 
-    # -- typed accessors; each returns None after recording an error
+    # -- typed accessors; each records its own error and returns None (or _BAD)
 
     def scalar(self, node: yaml.Node, where: str, expected: str) -> object:
         """The scalar's value, or ``_BAD`` once the error is recorded."""
@@ -306,12 +312,12 @@ class _Parser:
             return None
         return value
 
-    def mapping(self, node: yaml.Node, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    def mapping(self, node: yaml.Node, where: str, allowed: tuple[str, ...]) -> _Keys:
         """Key name -> (key node, value node); unknown and repeated keys are errors."""
         if not isinstance(node, yaml.MappingNode):
             self.error(node, f"{where} must be a mapping, got {_describe(node)}")
             return {}
-        result: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        result: _Keys = {}
         for key_node, value_node in node.value:
             key = self.string(key_node, f"a key of {where}")
             if key is None:
@@ -512,7 +518,7 @@ class _Parser:
             line=_line(node),
         )
 
-    def methods(self, keys: dict[str, Any], node: yaml.Node, label: str) -> frozenset[str] | None:
+    def methods(self, keys: _Keys, node: yaml.Node, label: str) -> frozenset[str] | None:
         if "method" not in keys:
             self.error(node, f"{label}: missing 'method' (a method, a list of methods, or '*')")
             return None
@@ -541,7 +547,7 @@ class _Parser:
             ok = False
         return frozenset(methods) if ok else None
 
-    def path(self, keys: dict[str, Any], node: yaml.Node, label: str) -> str | None:
+    def path(self, keys: _Keys, node: yaml.Node, label: str) -> str | None:
         if "path" not in keys:
             self.error(node, f"{label}: missing 'path' (a template like /policy/{{tenantLocator}})")
             return None
@@ -573,7 +579,7 @@ class _Parser:
             self.error(path_node, f"{label}: path {path!r} {problem}")
         return None if problems else path
 
-    def permission_list(self, keys: dict[str, Any], key: str, label: str) -> tuple[str, ...]:
+    def permission_list(self, keys: _Keys, key: str, label: str) -> tuple[str, ...]:
         if key not in keys:
             return ()
         list_node = keys[key][1]
