@@ -67,6 +67,12 @@ class SQLiteStore(SqlStore):
         """Open (creating if needed) and migrate the file at ``path``."""
         store = cls(dsn, path)
         try:
+            # Probe synchronously first: a failed aiosqlite connect leaves its worker
+            # thread finishing against the event loop after we have moved on.
+            sqlite3.connect(path).close()
+        except sqlite3.Error as exc:
+            raise store._unavailable(exc) from exc
+        try:
             store._writer = await store._connect()
             await store._writer.execute("PRAGMA journal_mode=WAL")
             async with store._write_lock:

@@ -1,0 +1,746 @@
+"""The one place that changes the access model, and so the one place that enforces
+the rules of DESIGN §1.4. The admin API and every ``permgate`` command call it.
+
+Each public method runs in one store write transaction that also writes an audit
+row (who, what, before, after) and a change-log row, so a change, its audit record
+and its announcement to every gateway commit together or not at all.
+:meth:`ModelService.transaction` groups several calls into one transaction
+(``permgate apply`` uses it so a policy file is applied whole or not at all).
+
+Integrity rules bind everyone, the local operator (:meth:`Actor.cli`) included; the
+"only admins" rules bind principals only. Nothing crosses an account: an object of
+another account is reported as not found, never touched.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Final, Literal
+
+from permgate.decision import is_admin
+from permgate.errors import Conflict, Forbidden, InvalidInput, InvalidPermission, NotFound
+from permgate.model import (
+    ENFORCEMENTS,
+    PRINCIPAL_KINDS,
+    SCOPE_ANY,
+    SCOPE_TYPE_TEST,
+    TENANT_TYPES,
+    AuthToken,
+    Enforcement,
+    Principal,
+    PrincipalKind,
+    Role,
+    RoleAssignment,
+    Tenant,
+    TenantType,
+)
+from permgate.permissions import DEFAULT_READ_ACTIONS, EMPTY_GRANTS, GrantSet, parse_grant
+from permgate.roles import ADMIN, BUILTIN_ROLE_NAMES, builtin_roles, role_grants
+from permgate.store.base import AuditRecord, Store
+from permgate.store.sql import Transaction
+from permgate.token_secrets import hash_secret, new_secret, new_token_id
+
+__all__ = ["Actor", "ModelService", "snapshot"]
+
+# Tenant ids appear in URL paths; they may not look like a scope keyword.
+_TENANT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ACCOUNT_ID: Final = _TENANT_ID
+_ROLE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Principal ids are what a JWT's principal claim names: e-mails, UUIDs, client ids.
+_PRINCIPAL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+|-]{0,254}")
+_MAX_TEXT: Final = 200
+DEFAULT_TOKEN_PREFIX: Final = "pgt_"
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for a change. ``kind`` "cli" is the trusted local operator: exempt
+    from the admin-only rules, never from the integrity rules."""
+
+    principal_id: str | None
+    account: str | None
+    is_admin: bool
+    kind: Literal["cli", "principal"]
+
+    @classmethod
+    def cli(cls) -> Actor:
+        """The operator running a ``permgate`` command against the store directly."""
+        return cls(None, None, True, "cli")
+
+    @classmethod
+    def of(cls, principal: Principal) -> Actor:
+        """An authenticated principal; admin when it holds ``admin`` account-wide."""
+        return cls(principal.id, principal.account, is_admin(principal), "principal")
+
+    @property
+    def name(self) -> str:
+        """The audit record's ``actor``."""
+        return "cli" if self.kind == "cli" else f"principal:{self.principal_id}"
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple | list):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def snapshot(obj: Tenant | Role | Principal | AuthToken | None) -> dict[str, object] | None:
+    """An object as the audit's before/after JSON; a token without its hash."""
+    if obj is None:
+        return None
+    if isinstance(obj, Principal):
+        out: dict[str, object] = {
+            "id": obj.id,
+            "account": obj.account,
+            "kind": obj.kind,
+            "roles": [{"role": a.role, "tenant": a.tenant} for a in obj.roles],
+            "tenants": list(obj.tenants),
+            "disabled": obj.disabled,
+            "sessions_valid_after": _jsonable(obj.sessions_valid_after),
+        }
+        return out
+    names = [name for name in obj.__slots__ if name != "secret_hash"]  # type: ignore[union-attr]
+    return {name: _jsonable(getattr(obj, name)) for name in names}
+
+
+@dataclass(slots=True)
+class _Batch:
+    tx: Transaction
+    events: list[AuditRecord] = field(default_factory=list)
+
+
+class ModelService:
+    """Every change to tenants, roles, principals and tokens (DESIGN §1.4).
+
+    Args:
+        store: where the model lives.
+        default_enforcement: the mode of tenants created without one (§1.6).
+        token_prefix: the prefix of new token secrets (``auth.token_prefix``).
+        on_audit: called with each audit record after its transaction committed
+            (``id`` 0: the store numbers rows); the durable record is the store's.
+        clock: epoch seconds; tests pass a fixed one.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        default_enforcement: Enforcement = "enforce",
+        token_prefix: str = DEFAULT_TOKEN_PREFIX,
+        on_audit: Callable[[AuditRecord], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if default_enforcement not in ENFORCEMENTS:
+            raise ValueError(f"default_enforcement must be one of {ENFORCEMENTS}")
+        self.store = store
+        self.default_enforcement: Enforcement = default_enforcement
+        self.token_prefix = token_prefix
+        self._on_audit = on_audit
+        self._clock = clock
+        self._current: ContextVar[_Batch | None] = ContextVar("permgate_batch", default=None)
+
+    # -- transactions and audit ----------------------------------------------
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """One write transaction for every service call made inside the block.
+
+        Calls nest: an inner call joins the outer transaction. Do not share one
+        block between concurrently running tasks.
+        """
+        batch = self._current.get()
+        if batch is not None:
+            yield batch.tx
+            return
+        async with self.store.write() as tx:
+            batch = _Batch(tx)
+            token = self._current.set(batch)
+            try:
+                yield tx
+            finally:
+                self._current.reset(token)
+        if self._on_audit is not None:
+            for event in batch.events:
+                self._on_audit(event)
+
+    async def _audit(
+        self,
+        tx: Transaction,
+        actor: Actor,
+        account: str | None,
+        action: str,
+        target: str,
+        before: object,
+        after: object,
+    ) -> None:
+        now = self._clock()
+        await tx.audit(
+            ts=now,
+            account=account,
+            actor=actor.name,
+            action=action,
+            target=target,
+            before=before,
+            after=after,
+        )
+        batch = self._current.get()
+        if batch is not None:
+            batch.events.append(
+                AuditRecord(0, now, account, actor.name, action, target, before, after)
+            )
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    # -- access checks ---------------------------------------------------------
+
+    @staticmethod
+    def _require_admin(actor: Actor, what: str) -> None:
+        if not actor.is_admin:
+            raise Forbidden(f"only admins can {what} (DESIGN §1.4)")
+
+    @staticmethod
+    def _sees(actor: Actor, account: str) -> bool:
+        return actor.account is None or actor.account == account
+
+    async def _account(self, tx: Transaction, actor: Actor, account: str) -> None:
+        if not self._sees(actor, account) or not await tx.account_exists(account):
+            raise NotFound(f"account {account!r} not found")
+
+    async def _principal(self, tx: Transaction, actor: Actor, principal_id: str) -> Principal:
+        principal = await tx.get_principal(principal_id)
+        if principal is None or not self._sees(actor, principal.account):
+            raise NotFound(f"principal {principal_id!r} not found")
+        return principal
+
+    async def _tenant(self, tx: Transaction, actor: Actor, tenant_id: str) -> Tenant:
+        tenant = await tx.get_tenant(tenant_id)
+        if tenant is None or not self._sees(actor, tenant.account):
+            raise NotFound(f"tenant {tenant_id!r} not found")
+        return tenant
+
+    async def _role(self, tx: Transaction, actor: Actor, account: str, name: str) -> Role:
+        await self._account(tx, actor, account)
+        role = await tx.get_role(account, name)
+        if role is None:
+            raise NotFound(f"role {name!r} not found in account {account!r}")
+        return role
+
+    # -- accounts and tenants --------------------------------------------------
+
+    async def ensure_account(self, actor: Actor, account: str) -> bool:
+        """Create ``account`` with the special and base roles unless it exists;
+        True when it was created. Only the local operator creates accounts."""
+        _check_id("account id", account, _ACCOUNT_ID)
+        async with self.transaction() as tx:
+            if await tx.account_exists(account):
+                if not self._sees(actor, account):
+                    raise NotFound(f"account {account!r} not found")
+                return False
+            if actor.kind != "cli":
+                raise Forbidden("only the local operator (bootstrap, apply) creates accounts")
+            await tx.insert_account(account, self._clock())
+            for role in builtin_roles(account):
+                await tx.insert_role(role)
+                tx.changed("role", account, role.name)
+            tx.changed("account", account, None)
+            await self._audit(tx, actor, account, "account.create", account, None, {"id": account})
+            return True
+
+    async def create_tenant(
+        self,
+        actor: Actor,
+        account: str,
+        tenant_id: str,
+        *,
+        type: TenantType = "PRODUCTION",
+        enforcement: Enforcement | None = None,
+    ) -> Tenant:
+        """A new tenant; its mode is ``enforcement`` or the configured default."""
+        _check_id("tenant id", tenant_id, _TENANT_ID)
+        if tenant_id == SCOPE_ANY:
+            raise InvalidInput("tenant id 'any' is reserved: it is a tenant scope keyword")
+        if type not in TENANT_TYPES:
+            raise InvalidInput(f"tenant type {type!r} is invalid: expected one of {TENANT_TYPES}")
+        mode = self.default_enforcement if enforcement is None else enforcement
+        if mode not in ENFORCEMENTS:
+            raise InvalidInput(f"enforcement {mode!r} is invalid: expected one of {ENFORCEMENTS}")
+        async with self.transaction() as tx:
+            await self._account(tx, actor, account)
+            if await tx.get_tenant(tenant_id) is not None:
+                raise Conflict(f"tenant id {tenant_id!r} is already taken")
+            tenant = Tenant(tenant_id, account, type, mode)
+            await tx.insert_tenant(tenant, self._clock())
+            tx.changed("tenant", account, tenant_id)
+            await self._audit(
+                tx, actor, account, "tenant.create", tenant_id, None, snapshot(tenant)
+            )
+            return tenant
+
+    async def set_enforcement(self, actor: Actor, tenant_id: str, enforcement: str) -> Tenant:
+        """shadow -> enforce only; switching back is refused (409) and audited (§1.6)."""
+        if enforcement not in ENFORCEMENTS:
+            raise InvalidInput(
+                f"enforcement {enforcement!r} is invalid: expected one of {ENFORCEMENTS}"
+            )
+        async with self.transaction() as tx:
+            tenant = await self._tenant(tx, actor, tenant_id)
+            if tenant.enforcement == enforcement:
+                return tenant
+            if enforcement == "enforce":
+                after = replace(tenant, enforcement="enforce")
+                await tx.set_enforcement(tenant_id, "enforce")
+                tx.changed("tenant", tenant.account, tenant_id)
+                await self._audit(
+                    tx,
+                    actor,
+                    tenant.account,
+                    "tenant.enforcement",
+                    tenant_id,
+                    snapshot(tenant),
+                    snapshot(after),
+                )
+                return after
+        # A refused switch back: audited in a transaction of its own, then refused.
+        if self._current.get() is None:
+            async with self.transaction() as tx:
+                await self._audit(
+                    tx,
+                    actor,
+                    tenant.account,
+                    "tenant.enforcement.refused",
+                    tenant_id,
+                    snapshot(tenant),
+                    {"requested": enforcement},
+                )
+        raise Conflict(
+            f"tenant {tenant_id!r} is in enforce mode; switching back to shadow is refused "
+            "(enforcement is one-way, DESIGN §1.6)"
+        )
+
+    # -- roles -------------------------------------------------------------------
+
+    async def create_role(
+        self,
+        actor: Actor,
+        account: str,
+        name: str,
+        display_name: str,
+        permissions: Sequence[str],
+    ) -> Role:
+        """A new role of ``account``. Admins only."""
+        self._require_admin(actor, "create roles")
+        _check_id("role name", name, _ROLE_NAME)
+        _check_text("display_name", display_name)
+        grants = _check_grants(permissions)
+        async with self.transaction() as tx:
+            await self._account(tx, actor, account)
+            if await tx.get_role(account, name) is not None:
+                raise Conflict(f"role {name!r} already exists in account {account!r}")
+            role = Role(account, name, display_name, grants, builtin=False)
+            await tx.insert_role(role)
+            tx.changed("role", account, name)
+            await self._audit(tx, actor, account, "role.create", name, None, snapshot(role))
+            return role
+
+    async def update_role(
+        self,
+        actor: Actor,
+        account: str,
+        name: str,
+        *,
+        permissions: Sequence[str] | None = None,
+        display_name: str | None = None,
+        new_name: str | None = None,
+    ) -> Role:
+        """Change a role's permissions; its name and display name never change (seed 002).
+        Admins only. ``display_name``/``new_name`` may be given only unchanged."""
+        self._require_admin(actor, "update roles")
+        if new_name is not None and new_name != name:
+            raise InvalidInput(f"role name cannot change after creation (it is {name!r})")
+        grants = None if permissions is None else _check_grants(permissions)
+        async with self.transaction() as tx:
+            role = await self._role(tx, actor, account, name)
+            if display_name is not None and display_name != role.display_name:
+                raise InvalidInput(
+                    f"display_name of role {name!r} cannot change after creation "
+                    f"(it is {role.display_name!r})"
+                )
+            if grants is None or grants == role.permissions:
+                return role
+            if name == ADMIN and "*.*" not in grants:
+                raise InvalidInput("the admin role's '*.*' cannot be removed (DESIGN §1.2)")
+            after = replace(role, permissions=grants)
+            await tx.set_role_permissions(account, name, grants)
+            tx.changed("role", account, name)
+            await self._audit(
+                tx, actor, account, "role.update", name, snapshot(role), snapshot(after)
+            )
+            return after
+
+    async def delete_role(self, actor: Actor, account: str, name: str) -> Role:
+        """Delete an unassigned, non-builtin role. Admins only."""
+        self._require_admin(actor, "delete roles")
+        async with self.transaction() as tx:
+            role = await self._role(tx, actor, account, name)
+            if role.builtin or name in BUILTIN_ROLE_NAMES:
+                raise Conflict(f"role {name!r} is a base or special role and cannot be deleted")
+            holders = await tx.role_holders(account, name)
+            if holders:
+                raise Conflict(
+                    f"role {name!r} is assigned and cannot be deleted; held by: "
+                    + ", ".join(holders)
+                )
+            await tx.delete_role(account, name)
+            tx.changed("role", account, name)
+            await self._audit(tx, actor, account, "role.delete", name, snapshot(role), None)
+            return role
+
+    # -- principals ----------------------------------------------------------------
+
+    async def create_principal(
+        self,
+        actor: Actor,
+        account: str,
+        principal_id: str,
+        *,
+        kind: PrincipalKind = "user",
+        tenants: Sequence[str] = (),
+        disabled: bool = False,
+        roles: Sequence[tuple[str, str | None]] = (),
+    ) -> Principal:
+        """A new user or client; giving it ``roles`` needs an admin."""
+        _check_id("principal id", principal_id, _PRINCIPAL_ID)
+        _check_kind(kind)
+        if roles:
+            self._require_admin(actor, "assign roles")
+        async with self.transaction() as tx:
+            await self._account(tx, actor, account)
+            if await tx.get_principal(principal_id) is not None:
+                raise Conflict(f"principal id {principal_id!r} is already taken")
+            scope = await self._check_scope(tx, account, tenants)
+            assignments = await self._check_assignments(tx, account, roles)
+            principal = Principal(
+                principal_id, account, kind, assignments, scope, bool(disabled), None
+            )
+            await tx.insert_principal(principal)
+            tx.changed("principal", account, principal_id)
+            await self._audit(
+                tx, actor, account, "principal.create", principal_id, None, snapshot(principal)
+            )
+            return principal
+
+    async def update_principal(
+        self,
+        actor: Actor,
+        principal_id: str,
+        *,
+        kind: PrincipalKind | None = None,
+        disabled: bool | None = None,
+    ) -> Principal:
+        """Change a principal's kind or disabled flag."""
+        if kind is not None:
+            _check_kind(kind)
+        async with self.transaction() as tx:
+            before = await self._principal(tx, actor, principal_id)
+            after = replace(
+                before,
+                kind=before.kind if kind is None else kind,
+                disabled=before.disabled if disabled is None else bool(disabled),
+            )
+            return await self._store_principal(tx, actor, before, after, "principal.update")
+
+    async def set_principal_roles(
+        self,
+        actor: Actor,
+        principal_id: str,
+        assignments: Iterable[tuple[str, str | None]],
+    ) -> Principal:
+        """Replace a principal's role assignments. Admins only. Removing any role also
+        sets ``sessions_valid_after`` to now: its older JWTs stop working (§1.4)."""
+        self._require_admin(actor, "assign roles")
+        async with self.transaction() as tx:
+            before = await self._principal(tx, actor, principal_id)
+            wanted = await self._check_assignments(tx, before.account, list(assignments))
+            after = replace(before, roles=wanted)
+            if set(before.roles) - set(wanted):
+                after = replace(after, sessions_valid_after=self._now())
+            if after == before:
+                return before
+            await tx.set_assignments(principal_id, before.account, wanted)
+            return await self._store_principal(tx, actor, before, after, "principal.roles")
+
+    async def set_principal_tenants(
+        self, actor: Actor, principal_id: str, tenants: Sequence[str]
+    ) -> Principal:
+        """Replace a principal's tenant scope (tenant ids, ``any``, ``type:test``)."""
+        async with self.transaction() as tx:
+            before = await self._principal(tx, actor, principal_id)
+            scope = await self._check_scope(tx, before.account, tenants)
+            after = replace(before, tenants=scope)
+            return await self._store_principal(tx, actor, before, after, "principal.tenants")
+
+    async def delete_principal(self, actor: Actor, principal_id: str) -> Principal:
+        """Delete a principal with its assignments and tokens. Admins only, since it
+        takes roles away."""
+        self._require_admin(actor, "delete principals")
+        async with self.transaction() as tx:
+            before = await self._principal(tx, actor, principal_id)
+            await tx.delete_principal(principal_id)
+            tx.changed("principal", before.account, principal_id)
+            await self._audit(
+                tx, actor, before.account, "principal.delete", principal_id, snapshot(before), None
+            )
+            return before
+
+    async def _store_principal(
+        self, tx: Transaction, actor: Actor, before: Principal, after: Principal, action: str
+    ) -> Principal:
+        if after == before:
+            return before
+        await tx.update_principal(after)
+        tx.changed("principal", after.account, after.id)
+        await self._audit(
+            tx, actor, after.account, action, after.id, snapshot(before), snapshot(after)
+        )
+        return after
+
+    async def _check_assignments(
+        self, tx: Transaction, account: str, items: Sequence[tuple[str, str | None]]
+    ) -> tuple[RoleAssignment, ...]:
+        roles = await tx.get_roles(account)
+        problems: list[str] = []
+        seen: dict[RoleAssignment, None] = {}
+        for item in items:
+            if not (isinstance(item, tuple | list) and len(item) == 2):
+                problems.append(f"role assignment {item!r} is not (role, tenant or null)")
+                continue
+            role, tenant_id = item
+            if not isinstance(role, str) or role not in roles:
+                problems.append(f"role {role!r} does not exist in account {account!r}")
+                continue
+            if tenant_id is not None:
+                tenant = await tx.get_tenant(tenant_id) if isinstance(tenant_id, str) else None
+                if tenant is None or tenant.account != account:
+                    problems.append(f"tenant {tenant_id!r} does not exist in account {account!r}")
+                    continue
+            seen[RoleAssignment(role, tenant_id)] = None
+        if problems:
+            raise InvalidInput("; ".join(problems))
+        return tuple(sorted(seen, key=lambda a: (a.role, a.tenant or "")))
+
+    async def _check_scope(
+        self, tx: Transaction, account: str, items: Sequence[str]
+    ) -> tuple[str, ...]:
+        if isinstance(items, str):
+            raise InvalidInput("tenants must be a list of tenant ids, 'any' or 'type:test'")
+        problems: list[str] = []
+        scope: dict[str, None] = {}
+        for item in items:
+            if item in (SCOPE_ANY, SCOPE_TYPE_TEST):
+                scope[item] = None
+                continue
+            tenant = await tx.get_tenant(item) if isinstance(item, str) else None
+            if tenant is None or tenant.account != account:
+                problems.append(
+                    f"tenant scope item {item!r} is neither 'any', 'type:test' nor a tenant "
+                    f"of account {account!r}"
+                )
+                continue
+            scope[item] = None
+        if problems:
+            raise InvalidInput("; ".join(problems))
+        return tuple(scope)
+
+    # -- tokens ----------------------------------------------------------------
+
+    async def create_token(
+        self,
+        actor: Actor,
+        owner: str,
+        name: str,
+        permissions: Sequence[str],
+        tenants: Sequence[str],
+        expires_in: float | None = None,
+    ) -> tuple[AuthToken, str]:
+        """A new auth token and its secret (shown once; only the hash is stored).
+
+        Its grants and tenants never exceed what the owner holds now (§1.4): every
+        excess is listed in one 422.
+        """
+        _check_text("token name", name)
+        grants = _check_grants(permissions)
+        if not grants:
+            raise InvalidInput("a token needs at least one permission")
+        if expires_in is not None and (
+            isinstance(expires_in, bool)
+            or not isinstance(expires_in, int | float)
+            or expires_in <= 0
+        ):
+            raise InvalidInput(f"expires_in {expires_in!r} must be a positive number of seconds")
+        async with self.transaction() as tx:
+            principal = await self._principal(tx, actor, owner)
+            self._may_manage_tokens(actor, principal)
+            if principal.disabled:
+                raise InvalidInput(f"principal {owner!r} is disabled and cannot own a new token")
+            scope = await self._check_scope(tx, principal.account, tenants)
+            roles = await tx.get_roles(principal.account)
+            tenants_by_id = {t.id: t for t in await tx.list_tenants(principal.account)}
+            too_wide = _exceeding_grants(grants, principal, roles)
+            outside = _exceeding_tenants(scope, principal, tenants_by_id)
+            if too_wide or outside:
+                parts = []
+                if too_wide:
+                    parts.append("permissions the owner does not hold: " + ", ".join(too_wide))
+                if outside:
+                    parts.append("tenants outside the owner's scope: " + ", ".join(outside))
+                raise InvalidInput(
+                    f"the token would exceed its owner {owner!r}: " + "; ".join(parts)
+                )
+            token_id = new_token_id()
+            secret = new_secret(self.token_prefix, token_id)
+            now = self._now()
+            token = AuthToken(
+                id=token_id,
+                owner=owner,
+                account=principal.account,
+                name=name,
+                permissions=grants,
+                tenants=scope,
+                created_at=now,
+                expires_at=None if expires_in is None else now + timedelta(seconds=expires_in),
+                secret_hash=hash_secret(secret),
+            )
+            await tx.insert_token(token)
+            tx.changed("token", principal.account, token_id)
+            await self._audit(
+                tx, actor, principal.account, "token.create", token_id, None, snapshot(token)
+            )
+            return token, secret
+
+    async def revoke_token(self, actor: Actor, token_id: str) -> AuthToken:
+        """Revoke a token (a no-op when it already is)."""
+        async with self.transaction() as tx:
+            token = await tx.get_token(token_id)
+            if token is None or not self._sees(actor, token.account):
+                raise NotFound(f"token {token_id!r} not found")
+            owner = await tx.get_principal(token.owner)
+            if owner is not None:
+                self._may_manage_tokens(actor, owner)
+            if token.revoked_at is not None:
+                return token
+            after = replace(token, revoked_at=self._now())
+            await tx.revoke_token(token_id, self._clock())
+            tx.changed("token", token.account, token_id)
+            await self._audit(
+                tx,
+                actor,
+                token.account,
+                "token.revoke",
+                token_id,
+                snapshot(token),
+                snapshot(after),
+            )
+            return after
+
+    @staticmethod
+    def _may_manage_tokens(actor: Actor, owner: Principal) -> None:
+        if actor.kind == "cli" or actor.principal_id == owner.id:
+            return
+        if actor.is_admin and actor.account == owner.account:
+            return
+        raise Forbidden(f"only {owner.id!r} itself or an admin can manage its tokens")
+
+
+def _check_id(what: str, value: object, pattern: re.Pattern[str]) -> None:
+    if not isinstance(value, str) or pattern.fullmatch(value) is None:
+        raise InvalidInput(
+            f"{what} {value!r} is invalid: expected {pattern.pattern} (letters, digits and "
+            "a few punctuation characters, starting with a letter or digit)"
+        )
+
+
+def _check_text(what: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip() or len(value) > _MAX_TEXT:
+        raise InvalidInput(f"{what} {value!r} must be non-empty text of at most {_MAX_TEXT} chars")
+
+
+def _check_kind(kind: object) -> None:
+    if kind not in PRINCIPAL_KINDS:
+        raise InvalidInput(f"principal kind {kind!r} is invalid: expected one of {PRINCIPAL_KINDS}")
+
+
+def _check_grants(grants: Sequence[str]) -> tuple[str, ...]:
+    """Every grant validated; all the bad ones reported together."""
+    if isinstance(grants, str):
+        raise InvalidInput("permissions must be a list of grants, not one string")
+    problems: list[str] = []
+    unique: dict[str, None] = {}
+    for grant in grants:
+        try:
+            parse_grant(grant)
+        except InvalidPermission as exc:
+            problems.append(str(exc))
+            continue
+        unique[grant] = None
+    if problems:
+        raise InvalidInput("; ".join(problems))
+    return tuple(unique)
+
+
+def owner_grants(owner: Principal, roles: dict[str, Role]) -> GrantSet:
+    """Everything an owner holds anywhere: account-wide and on any tenant."""
+    grants = EMPTY_GRANTS
+    for assignment in owner.roles:
+        role = roles.get(assignment.role)
+        if role is not None and role.account == owner.account:
+            grants = grants.union(role_grants(role))
+    return grants
+
+
+def _exceeding_grants(grants: Sequence[str], owner: Principal, roles: dict[str, Role]) -> list[str]:
+    held = owner_grants(owner, roles)
+    if held.everything:
+        return []
+    too_wide: list[str] = []
+    for grant in grants:
+        group, action = parse_grant(grant)
+        if group == "*":
+            exceeds = True
+        elif action == "*":
+            exceeds = group not in held.groups
+        else:
+            exceeds = not held.covers(grant, DEFAULT_READ_ACTIONS)
+        if exceeds:
+            too_wide.append(grant)
+    return too_wide
+
+
+def _exceeding_tenants(
+    scope: Sequence[str], owner: Principal, tenants: dict[str, Tenant]
+) -> list[str]:
+    if is_admin(owner) or SCOPE_ANY in owner.tenants:
+        return []
+    owner_test = SCOPE_TYPE_TEST in owner.tenants
+    outside: list[str] = []
+    for item in scope:
+        if item == SCOPE_ANY:
+            within = False
+        elif item == SCOPE_TYPE_TEST:
+            within = owner_test
+        else:
+            tenant = tenants.get(item)
+            within = item in owner.tenants or (
+                owner_test and tenant is not None and tenant.type == "TEST"
+            )
+        if not within:
+            outside.append(item)
+    return outside
