@@ -15,7 +15,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# README.md is the package long description (pyproject `readme`); the glob keeps the
+# build working in a tree that has none yet.
+COPY pyproject.toml README.md* ./
 COPY src ./src
 RUN pip wheel --wheel-dir /wheels .
 
@@ -38,8 +40,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # The wheels come in through a bind mount, so none of them stays in a layer.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-index --find-links=/wheels /wheels/permgate-*.whl \
- && groupadd --system --gid 65532 permgate \
- && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+ && groupadd --gid 65532 permgate \
+ && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin permgate \
  && mkdir -p /etc/permgate /var/lib/permgate \
  && chown 65532:65532 /var/lib/permgate \

@@ -165,10 +165,14 @@ build_stand_in_base() {
 build_image() {
   [[ -f endpoint_map.yaml ]] || die "endpoint_map.yaml (the shipped map) is missing at the repo root"
   step "buildah bud -t $IMAGE (multi-stage Dockerfile, --layers cache)"
-  buildah bud --pull=never --layers --quiet -t "$IMAGE" \
+  buildah bud --pull=never --layers --quiet --format docker -t "$IMAGE" \
     --build-arg "PYTHON_IMAGE=$BASE_IMAGE" -f Dockerfile . >"$WORK/build.log" 2>&1 \
     || { tail -40 "$WORK/build.log" >&2; die "buildah bud"; }
   buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' "$IMAGE"
+  # --layers keeps every intermediate image as cache; prune them once the store is big.
+  if (($(du -sm "$WORK/containers" | cut -f1) > 4096)); then
+    buildah rmi --prune >/dev/null 2>&1 || true
+  fi
   local user
   user=$(buildah inspect --type image --format '{{.OCIv1.Config.User}}' "$IMAGE")
   [[ $user =~ ^[1-9][0-9]*(:[0-9]+)?$ ]] || die "image USER is '$user', want a numeric non-root user"
