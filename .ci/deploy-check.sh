@@ -177,6 +177,8 @@ build_image() {
   user=$(buildah inspect --type image --format '{{.OCIv1.Config.User}}' "$IMAGE")
   [[ $user =~ ^[1-9][0-9]*(:[0-9]+)?$ ]] || die "image USER is '$user', want a numeric non-root user"
   echo "image user: $user"
+  [[ -n $(buildah inspect --type image --format '{{.Docker.Config.Healthcheck}}' "$IMAGE") ]] \
+    || die "the image has no HEALTHCHECK"
 }
 
 CONTAINER=""
