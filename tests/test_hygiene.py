@@ -347,6 +347,36 @@ def test_check_headers(pairs: tuple[tuple[str, str], ...], expected: str | None)
     assert check_headers(headers(*pairs), TENANT_HEADER) == expected
 
 
+@pytest.mark.parametrize(
+    ("tenant_headers", "pairs", "expected"),
+    [
+        (None, (("X-Tenant", "a"), ("X-Tenant", "b")), None),
+        (
+            frozenset({"X-Tenant", "X-Account-Tenant"}),
+            (("x-account-tenant", "a"), ("X-Account-Tenant", "b")),
+            DUPLICATE_HEADER,
+        ),
+        (
+            frozenset({"X-Tenant", "X-Account-Tenant"}),
+            (("X_Account_Tenant", "a"),),
+            AMBIGUOUS_HEADER,
+        ),
+        (frozenset(), (("X-Tenant", "a"),), None),
+    ],
+    ids=[
+        "no-tenant-header",
+        "any-of-the-map's-headers-twice",
+        "underscore-variant-of-one",
+        "empty-set",
+    ],
+)
+def test_check_headers_takes_every_tenant_header_of_the_map(
+    tenant_headers: frozenset[str] | None, pairs: tuple[tuple[str, str], ...], expected: str | None
+) -> None:
+    """Before routing the tenant header is unknown, so every one the map uses is guarded."""
+    assert check_headers(headers(*pairs), tenant_headers) == expected
+
+
 def test_reasons_are_a_closed_set() -> None:
     """Every reason id a check can return is listed in REASONS (a metric/audit label)."""
     returned = {case[3] for case in REFUSED if case[3] is not None}

@@ -43,7 +43,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Final
 
 from multidict import CIMultiDict, MultiMapping
@@ -181,15 +181,23 @@ def _decode_segment(segment: str) -> str | None:
 _AUTHORIZATION: Final = "authorization"
 
 
-def check_headers(headers: MultiMapping[str], tenant_header: str | None) -> str | None:
+def check_headers(
+    headers: MultiMapping[str], tenant_headers: str | Collection[str] | None
+) -> str | None:
     """None if no security-relevant header can be read two ways, else a reason id.
 
-    ``tenant_header`` is the header the endpoint map reads the tenant from, if any.
+    ``tenant_headers`` names the header(s) the endpoint map reads tenants from: one
+    name, every name the map uses (this runs before routing), or None.
     """
+    if isinstance(tenant_headers, str):
+        tenant_headers = (tenant_headers,)
+    elif tenant_headers is None:
+        tenant_headers = ()
     if len(headers.getall("Authorization", ())) > 1:
         return DUPLICATE_HEADER
-    if tenant_header is not None and len(headers.getall(tenant_header, ())) > 1:
-        return DUPLICATE_HEADER
+    for tenant_header in tenant_headers:
+        if len(headers.getall(tenant_header, ())) > 1:
+            return DUPLICATE_HEADER
     lengths = headers.getall("Content-Length", ())
     if lengths:
         if len(lengths) > 1 or "Transfer-Encoding" in headers:
@@ -205,9 +213,7 @@ def check_headers(headers: MultiMapping[str], tenant_header: str | None) -> str 
     if "_" in "".join(headers):
         # 'X_Tenant' is 'X-Tenant' to CGI, WSGI, Django, PHP: the upstream could read a
         # tenant or credential the decision never saw.
-        guarded = {_AUTHORIZATION}
-        if tenant_header is not None:
-            guarded.add(tenant_header.lower())
+        guarded = {_AUTHORIZATION, *(name.lower() for name in tenant_headers)}
         for name in headers:
             if "_" in name and name.lower().replace("_", "-") in guarded:
                 return AMBIGUOUS_HEADER
