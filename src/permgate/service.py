@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from permgate.decision import is_admin
 from permgate.errors import Conflict, Forbidden, InvalidInput, InvalidPermission, NotFound
@@ -46,14 +46,28 @@ from permgate.store.base import AuditRecord, Store
 from permgate.store.sql import Transaction
 from permgate.token_secrets import hash_secret, new_secret, new_token_id
 
-__all__ = ["Actor", "ModelService", "snapshot"]
+if TYPE_CHECKING:
+    from permgate.config import Settings
+
+__all__ = [
+    "ACCOUNT_ID",
+    "PRINCIPAL_ID",
+    "ROLE_NAME",
+    "TENANT_ID",
+    "Actor",
+    "ModelService",
+    "audit_event",
+    "operator_service",
+    "owner_grants",
+    "snapshot",
+]
 
 # Tenant ids appear in URL paths; they may not look like a scope keyword.
-_TENANT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_ACCOUNT_ID: Final = _TENANT_ID
-_ROLE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+TENANT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ACCOUNT_ID: Final = TENANT_ID
+ROLE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Principal ids are what a JWT's principal claim names: e-mails, UUIDs, client ids.
-_PRINCIPAL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+|-]{0,254}")
+PRINCIPAL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+|-]{0,254}")
 _MAX_TEXT: Final = 200
 DEFAULT_TOKEN_PREFIX: Final = "pgt_"
 
@@ -239,7 +253,7 @@ class ModelService:
     async def ensure_account(self, actor: Actor, account: str) -> bool:
         """Create ``account`` with the special and base roles unless it exists;
         True when it was created. Only the local operator creates accounts."""
-        _check_id("account id", account, _ACCOUNT_ID)
+        _check_id("account id", account, ACCOUNT_ID)
         async with self.transaction() as tx:
             if await tx.account_exists(account):
                 if not self._sees(actor, account):
@@ -265,7 +279,7 @@ class ModelService:
         enforcement: Enforcement | None = None,
     ) -> Tenant:
         """A new tenant; its mode is ``enforcement`` or the configured default."""
-        _check_id("tenant id", tenant_id, _TENANT_ID)
+        _check_id("tenant id", tenant_id, TENANT_ID)
         if tenant_id == SCOPE_ANY:
             raise InvalidInput("tenant id 'any' is reserved: it is a tenant scope keyword")
         if type not in TENANT_TYPES:
@@ -338,7 +352,7 @@ class ModelService:
     ) -> Role:
         """A new role of ``account``. Admins only."""
         self._require_admin(actor, "create roles")
-        _check_id("role name", name, _ROLE_NAME)
+        _check_id("role name", name, ROLE_NAME)
         _check_text("display_name", display_name)
         grants = _check_grants(permissions)
         async with self.transaction() as tx:
@@ -418,7 +432,7 @@ class ModelService:
         roles: Sequence[tuple[str, str | None]] = (),
     ) -> Principal:
         """A new user or client; giving it ``roles`` needs an admin."""
-        _check_id("principal id", principal_id, _PRINCIPAL_ID)
+        _check_id("principal id", principal_id, PRINCIPAL_ID)
         _check_kind(kind)
         if roles:
             self._require_admin(actor, "assign roles")
@@ -744,3 +758,54 @@ def _exceeding_tenants(
         if not within:
             outside.append(item)
     return outside
+
+
+def audit_event(record: AuditRecord) -> dict[str, object]:
+    """An audit record as a DESIGN §5 ``admin.change`` event."""
+    return {
+        "ts": datetime.fromtimestamp(record.ts, UTC).isoformat().replace("+00:00", "Z"),
+        "event": "admin.change",
+        "account": record.account,
+        "actor": record.actor,
+        "action": record.action,
+        "target": record.target,
+        "before": record.before,
+        "after": record.after,
+    }
+
+
+def _cli_audit_sink(sink: str) -> Callable[[AuditRecord], None]:
+    """Where a command's audit events go: a ``stdout`` sink means stderr for commands
+    (stdout is for their output, DESIGN §7), ``file:PATH`` appends JSON lines."""
+    import sys
+
+    import orjson
+
+    def write(record: AuditRecord) -> None:
+        line = orjson.dumps(audit_event(record)) + b"\n"
+        if sink.startswith("file:"):
+            with open(sink[len("file:") :], "ab") as out:
+                out.write(line)
+        else:
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+
+    return write
+
+
+@asynccontextmanager
+async def operator_service(settings: Settings) -> AsyncIterator[ModelService]:
+    """The service as a ``permgate`` command uses it: the configured store, default
+    enforcement, token prefix and audit sink; the store is closed afterwards."""
+    from permgate.store import open_store
+
+    store = await open_store(settings.store)
+    try:
+        yield ModelService(
+            store,
+            default_enforcement=settings.default_enforcement,
+            token_prefix=settings.auth.token_prefix,
+            on_audit=_cli_audit_sink(settings.audit.sink),
+        )
+    finally:
+        await store.close()

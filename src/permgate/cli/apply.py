@@ -1,0 +1,78 @@
+"""``permgate apply FILE [--prune]``: make the store match a policy.yaml (DESIGN §2.3).
+
+The file is validated whole (shape, grammar, every reference, every rule) before
+anything is written; then every change is made in one transaction, so a refused
+change leaves the store as it was. Prints one line per change (``+ tenant
+acme-prod``, ``~ role sales-agent permissions``, ``- principal bob``) or
+``no changes``; a second apply of the same file always prints ``no changes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from permgate.cli._common import add_common_arguments, settings_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """FILE, --prune, --dry-run and the common options."""
+    parser.add_argument("file", metavar="FILE", help="the policy.yaml to apply")
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete roles and principals of the file's accounts that the file does not name",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print what would change; write nothing"
+    )
+    add_common_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate, plan, apply; exit 1 with every FILE:LINE error when the file is invalid."""
+    from permgate.policy_file import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    settings = settings_from_args(args)
+    try:
+        changes = asyncio.run(_apply(policy, settings, prune=args.prune, dry_run=args.dry_run))
+    except PolicyError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        print("permgate apply: nothing was changed", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"changed": bool(changes) and not args.dry_run, "changes": changes}))
+    elif not changes:
+        print("no changes")
+    else:
+        for line in changes:
+            print(line)
+        if args.dry_run:
+            print("(dry run: nothing was changed)")
+    return 0
+
+
+async def _apply(policy: object, settings: object, *, prune: bool, dry_run: bool) -> list[str]:
+    from permgate.policy_file import Policy, apply_plan, plan_policy
+    from permgate.service import Actor, operator_service
+
+    assert isinstance(policy, Policy)
+    async with operator_service(settings) as service:  # type: ignore[arg-type]
+        actions = await plan_policy(
+            service.store,
+            policy,
+            prune=prune,
+            default_enforcement=service.default_enforcement,
+        )
+        if dry_run:
+            return [action.line for action in actions]
+        return await apply_plan(service, Actor.cli(), actions)
