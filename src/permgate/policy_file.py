@@ -44,6 +44,7 @@ __all__ = [
     "apply_plan",
     "load_policy",
     "parse_policy",
+    "parse_policy_node",
     "plan_policy",
 ]
 
@@ -321,7 +322,6 @@ class _Parser:
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Parse and check a policy's shape; :class:`PolicyError` lists every problem."""
-    parser = _Parser(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -333,6 +333,13 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         ) from exc
     if root is None:
         raise PolicyError([f"{source}:1: the policy file is empty"])
+    return parse_policy_node(root, source)
+
+
+def parse_policy_node(root: yaml.Node, source: str) -> Policy:
+    """:func:`parse_policy` for a policy embedded in another YAML document (a test
+    suite's inline ``policy:``); lines are those of the enclosing file."""
+    parser = _Parser(source)
     accounts = parser.document(root)
     _check_unique(parser, accounts)
     if parser.problems:
