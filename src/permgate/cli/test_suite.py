@@ -1,0 +1,235 @@
+"""``permgate test FILE``: run a suite of expected decisions against a map and a policy.
+
+A platform team checks a map or policy change in its own CI before it ships. The
+suite is built into a temporary SQLite store, so no server is needed. Format::
+
+    map: endpoint_map.yaml        # relative to the suite file
+    policy: policy.yaml           # a policy.yaml file (DESIGN §2.3), or inline:
+    # policy: {accounts: [{id: acme, tenants: [...], roles: [...], principals: [...]}]}
+    cases:
+      - name: agents create quotes          # optional; defaults to "METHOD PATH"
+        principal: alice                    # a principal of the policy, or
+        # token: {owner: alice, permissions: [quote.fetch], tenants: [acme-prod]}
+        method: POST
+        path: /policy/acme-prod/quotes
+        headers: {X-Tenant: acme-prod}      # optional; for header/claim tenants
+        expect: allow                       # allow | deny
+        reason: missing_permission          # optional: the decision's reason too
+
+Every mismatch is printed as ``FILE:LINE: case NAME: expected ..., got ...`` with
+the decision's reason, required and missing permissions; the exit code is 1 when any
+case fails (or the suite itself is invalid), 0 when all pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from permgate.cli._common import add_common_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """FILE and the common options (--store is ignored: the suite builds its own)."""
+    parser.add_argument("file", metavar="FILE", help="the test suite (YAML)")
+    add_common_arguments(parser, json_output=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run every case; print failures and a summary; 1 on any failure."""
+    import yaml
+
+    from permgate.errors import MapError
+
+    suite_path = Path(args.file)
+    source = str(suite_path)
+    try:
+        text = suite_path.read_text(encoding="utf-8")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        print(f"{source}: cannot read the test suite: {exc}", file=sys.stderr)
+        return 1
+    try:
+        suite = _Suite.parse(root, source, suite_path.parent)
+    except _SuiteError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    except MapError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    from permgate.policy_file import PolicyError
+
+    try:
+        failures, total = asyncio.run(suite.run())
+    except PolicyError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    for failure in failures:
+        print(failure)
+    print(f"{total} cases, {len(failures)} failed")
+    return 1 if failures else 0
+
+
+class _SuiteError(Exception):
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+_CASE_KEYS = ("name", "principal", "token", "method", "path", "headers", "expect", "reason")
+
+
+class _Suite:
+    """A parsed suite: the map, the policy and the cases with their lines."""
+
+    def __init__(self, source: str, endpoint_map: Any, policy: Any, cases: list[dict[str, Any]]):
+        self.source = source
+        self.endpoint_map = endpoint_map
+        self.policy = policy
+        self.cases = cases
+
+    @classmethod
+    def parse(cls, root: Any, source: str, base: Path) -> _Suite:
+        import yaml
+
+        from permgate.endpoints import load_map
+        from permgate.policy_file import PolicyError, load_policy, parse_policy_node
+
+        errors: list[str] = []
+        if not isinstance(root, yaml.MappingNode):
+            raise _SuiteError([f"{source}:1: a test suite is a mapping with map, policy, cases"])
+        keys = {k.value: v for k, v in root.value}
+        for key_node, _ in root.value:
+            if key_node.value not in ("map", "policy", "cases"):
+                errors.append(
+                    f"{source}:{key_node.start_mark.line + 1}: unknown key {key_node.value!r}"
+                )
+        for needed in ("map", "policy", "cases"):
+            if needed not in keys:
+                errors.append(f"{source}:1: the suite has no {needed!r}")
+        if errors:
+            raise _SuiteError(errors)
+        map_node = keys["map"]
+        if not isinstance(map_node, yaml.ScalarNode):
+            raise _SuiteError([f"{source}:{map_node.start_mark.line + 1}: map is a file name"])
+        endpoint_map = load_map(base / map_node.value)
+        policy_node = keys["policy"]
+        try:
+            if isinstance(policy_node, yaml.ScalarNode):
+                policy = load_policy(base / policy_node.value)
+            else:
+                policy = parse_policy_node(policy_node, source)
+        except PolicyError as exc:
+            raise _SuiteError(exc.errors) from exc
+        data = yaml.safe_load(yaml.serialize(keys["cases"]))
+        cases_node = keys["cases"]
+        if not isinstance(cases_node, yaml.SequenceNode) or not isinstance(data, list):
+            raise _SuiteError([f"{source}:{cases_node.start_mark.line + 1}: cases is a list"])
+        cases: list[dict[str, Any]] = []
+        for node, case in zip(cases_node.value, data, strict=True):
+            line = node.start_mark.line + 1
+            where = f"{source}:{line}"
+            if not isinstance(case, dict):
+                errors.append(f"{where}: a case is a mapping")
+                continue
+            unknown = sorted(set(case) - set(_CASE_KEYS))
+            if unknown:
+                errors.append(f"{where}: unknown key(s) {', '.join(unknown)}")
+            if ("principal" in case) == ("token" in case):
+                errors.append(f"{where}: a case names exactly one of principal or token")
+            for key in ("method", "path"):
+                if not isinstance(case.get(key), str):
+                    errors.append(f"{where}: {key} is required (a string)")
+            if case.get("expect") not in ("allow", "deny"):
+                errors.append(f"{where}: expect must be allow or deny")
+            token = case.get("token")
+            if token is not None and not (isinstance(token, dict) and "owner" in token):
+                errors.append(f"{where}: token is {{owner, permissions, tenants}}")
+            case["_line"] = line
+            cases.append(case)
+        if errors:
+            raise _SuiteError(errors)
+        return cls(source, endpoint_map, policy, cases)
+
+    async def run(self) -> tuple[list[str], int]:
+        from permgate.policy_file import apply_plan, plan_policy
+        from permgate.service import Actor, ModelService
+        from permgate.store import open_store
+
+        failures: list[str] = []
+        with tempfile.TemporaryDirectory(prefix="permgate-test-") as tmp:
+            store = await open_store(f"sqlite://{Path(tmp) / 'suite.db'}")
+            try:
+                service = ModelService(store)
+                actions = await plan_policy(store, self.policy)
+                await apply_plan(service, Actor.cli(), actions)
+                for case in self.cases:
+                    failure = await self._run_case(service, case)
+                    if failure is not None:
+                        failures.append(failure)
+            finally:
+                await store.close()
+        return failures, len(self.cases)
+
+    async def _run_case(self, service: Any, case: dict[str, Any]) -> str | None:
+        from permgate.decision import Subject, decide, resolve_tenant_id
+        from permgate.errors import ModelError
+        from permgate.service import Actor
+
+        store = service.store
+        name = case.get("name") or f"{case['method']} {case['path']}"
+        where = f"{self.source}:{case['_line']}: case {name!r}"
+        token = None
+        principal_id = case.get("principal")
+        spec = case.get("token")
+        if spec is not None:
+            principal_id = spec["owner"]
+            try:
+                token, _secret = await service.create_token(
+                    Actor.cli(),
+                    principal_id,
+                    name[:200],
+                    list(spec.get("permissions") or []),
+                    list(spec.get("tenants") or []),
+                )
+            except ModelError as exc:
+                return f"{where}: the case's token cannot exist: {exc}"
+        principal = await store.get_principal(principal_id)
+        if principal is None:
+            return f"{where}: unknown principal {principal_id!r}"
+        subject = Subject(principal, await store.get_roles(principal.account), token)
+        method = str(case["method"]).upper()
+        match = self.endpoint_map.match(method, case["path"])
+        tenant_id = None
+        tenant = None
+        if match is not None:
+            headers = {str(k): str(v) for k, v in (case.get("headers") or {}).items()}
+            lowered = {k.lower(): v for k, v in headers.items()}
+            source = match.endpoint.tenant
+            if source.name is not None and source.kind == "header":
+                value = lowered.get(source.name.lower())
+                headers = {source.name: value} if value is not None else {}
+            claims = {source.name: lowered.get(source.name.lower())} if source.name else {}
+            tenant_id = resolve_tenant_id(match.endpoint, match.params, headers, claims)
+            tenant = await store.get_tenant(tenant_id) if tenant_id else None
+        decision = decide(self.endpoint_map, match, subject, tenant, tenant_id)
+        got = "allow" if decision.allowed else "deny"
+        expected_reason = case.get("reason")
+        if got == case["expect"] and (expected_reason in (None, str(decision.reason))):
+            return None
+        wanted = case["expect"] + (f" ({expected_reason})" if expected_reason else "")
+        return (
+            f"{where}: expected {wanted}, got {got} ({decision.reason})"
+            f"; endpoint {decision.endpoint_id or '-'}"
+            f"; tenant {decision.tenant or tenant_id or '-'}"
+            f"; required [{', '.join(decision.required)}]"
+            f"; missing [{', '.join(decision.missing)}]"
+            + (f"; detail {decision.detail}" if decision.detail else "")
+        )
