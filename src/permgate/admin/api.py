@@ -1,0 +1,646 @@
+"""The admin API (DESIGN §6): tenants, roles, principals, tokens, explain and audit.
+
+One aiohttp sub-application, mounted by the admin listener with
+``admin_app.add_subapp("/v1", create_admin_api(...))``. Its single middleware is the
+gateway's own decision applied to the admin API: route against the admin endpoint
+map (``admin_map.yaml``), authenticate with the gateway's :class:`Authenticator`,
+then :func:`permgate.decision.decide` with the caller's roles and token, so an auth
+token is capped by its owner here exactly as everywhere else. Handlers run only
+after that, and every write goes through :class:`ModelService`, which enforces
+§1.4 and audits the change in the same transaction.
+
+Scoping: every object belongs to the caller's account, taken from the authenticated
+principal, never from the body. An object of another account answers 404 (as if it
+did not exist, so ids cannot be probed); an object of the caller's own account that
+the caller may not touch answers 403 with a ``reason``: ``missing_permission`` (the
+map), ``admin_required`` (roles, §1.4), ``not_token_owner`` (another principal's
+tokens, for non-admins).
+
+After every successful write ``on_committed()`` is awaited before the answer is
+sent, so the change is enforced by this gateway from its next request (§1.4).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from importlib.resources import files
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from permgate import hygiene
+from permgate.admin.explain import explain
+from permgate.admin.openapi import build_document, query_parameters
+from permgate.admin.render import (
+    ApiError,
+    audit_json,
+    json_response,
+    principal_json,
+    role_json,
+    tenant_json,
+    token_json,
+)
+from permgate.admin.schemas import SCHEMAS, validate
+from permgate.authn import Authenticator, AuthFailure, Identity
+from permgate.decision import Subject, decide
+from permgate.endpoints import Endpoint, EndpointMap, Match, parse_map
+from permgate.errors import Forbidden, InvalidInput, InvalidPermission, ModelError, StoreUnavailable
+from permgate.model import SCOPE_ANY, SCOPE_TYPE_TEST, AuthToken, Role, Tenant
+from permgate.modelcache import ModelCache
+from permgate.permissions import DEFAULT_READ_ACTIONS, GrantSet, parse_grant
+from permgate.service import Actor, ModelService
+
+__all__ = ["ADMIN_MAP", "create_admin_api"]
+
+log: Final = logging.getLogger("permgate.admin")
+
+ADMIN_MAP: Final[EndpointMap] = parse_map(
+    files("permgate.admin").joinpath("admin_map.yaml").read_text("utf-8"),
+    "permgate/admin/admin_map.yaml",
+)
+
+
+def _entry(endpoint_id: str) -> Endpoint:
+    endpoint = ADMIN_MAP.get(endpoint_id)
+    if endpoint is None:
+        raise RuntimeError(f"admin_map.yaml has no entry {endpoint_id!r}")
+    return endpoint
+
+
+# Creating a principal with roles needs what assigning roles needs.
+_ASSIGN_ROLES: Final = _entry("admin.principals.roles")
+
+_AUDIT_PAGE_MAX: Final = 500
+_AUDIT_PAGE_DEFAULT: Final = 50
+
+_AUTH_DETAILS: Final = {
+    "missing_credentials": "send Authorization: Bearer <auth token or JWT>",
+    "invalid_token": "the credential is not a valid auth token or JWT",
+    "expired_token": "the credential has expired",
+    "revoked_token": "the auth token is revoked",
+    "session_revoked": "the session was revoked: log in again",
+    "unknown_principal": "the credential names no known principal",
+    "disabled_principal": "the principal is disabled",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Caller:
+    """The authenticated caller of one request, as handlers need it."""
+
+    identity: Identity
+    subject: Subject
+    actor: Actor
+
+    @property
+    def account(self) -> str:
+        return self.identity.principal.account
+
+
+_CALLER: Final = web.RequestKey("permgate_admin_caller", _Caller)
+
+
+def _version() -> str:
+    try:
+        return package_version("permgate")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0"
+
+
+def create_admin_api(
+    *,
+    service: ModelService,
+    authenticator: Authenticator,
+    model: ModelCache,
+    endpoint_map: Callable[[], EndpointMap],
+    on_committed: Callable[[], Awaitable[None]],
+) -> web.Application:
+    """The admin API as an aiohttp application, to be mounted at ``/v1``.
+
+    Args:
+        service: the one write path (§1.4 rules, audit).
+        authenticator: the gateway's, so admin calls authenticate exactly like API calls.
+        model: the gateway's in-memory model (callers' roles; explain).
+        endpoint_map: returns the gateway's current map, for ``POST /v1/explain``.
+        on_committed: awaited after every successful write, before answering; the app
+            delivers the store's new changes to its caches there.
+    """
+    api = _AdminApi(service, authenticator, model, endpoint_map, on_committed)
+    app = web.Application(middlewares=[api.guard])
+    # allow_head=False: serve exactly the operations the map and document list.
+    get = {"allow_head": False}
+    app.router.add_get("/openapi.json", api.openapi, **get)
+    app.router.add_get("/tenants", api.tenants_list, **get)
+    app.router.add_post("/tenants", api.tenants_create)
+    app.router.add_get("/tenants/{id}", api.tenants_get, **get)
+    app.router.add_put("/tenants/{id}/enforcement", api.tenants_enforcement)
+    app.router.add_get("/roles", api.roles_list, **get)
+    app.router.add_post("/roles", api.roles_create)
+    app.router.add_get("/roles/{name}", api.roles_get, **get)
+    app.router.add_patch("/roles/{name}", api.roles_update)
+    app.router.add_delete("/roles/{name}", api.roles_delete)
+    app.router.add_get("/principals", api.principals_list, **get)
+    app.router.add_post("/principals", api.principals_create)
+    app.router.add_get("/principals/{id}", api.principals_get, **get)
+    app.router.add_patch("/principals/{id}", api.principals_update)
+    app.router.add_put("/principals/{id}/roles", api.principals_roles)
+    app.router.add_put("/principals/{id}/tenants", api.principals_tenants)
+    app.router.add_get("/tokens", api.tokens_list, **get)
+    app.router.add_post("/tokens", api.tokens_create)
+    app.router.add_delete("/tokens/{id}", api.tokens_revoke)
+    app.router.add_post("/explain", api.explain)
+    app.router.add_get("/audit", api.audit, **get)
+    return app
+
+
+async def _body(request: web.Request, schema: str) -> Any:
+    """The JSON body, checked against ``SCHEMAS[schema]``; 422 naming every problem."""
+    raw = await request.read()
+    if not raw.strip():
+        raise InvalidInput("the request body is empty: expected a JSON document")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
+    validate(SCHEMAS[schema], value)
+    return value
+
+
+@contextmanager
+def _forbidden_reason(reason: str) -> Iterator[None]:
+    """Give the service's 403s for this call a stable ``reason``."""
+    try:
+        yield
+    except Forbidden as exc:
+        raise ApiError(403, "forbidden", str(exc), reason=reason) from exc
+
+
+def _require_admin(caller: _Caller, what: str) -> None:
+    if not caller.actor.is_admin:
+        raise ApiError(
+            403,
+            "forbidden",
+            f"only admins can {what} (DESIGN §1.4); {caller.identity.principal.id!r} "
+            "does not hold the admin role",
+            reason="admin_required",
+        )
+
+
+def _not_found(what: str, key: str) -> ApiError:
+    return ApiError(404, "not_found", f"{what} {key!r} not found")
+
+
+class _AdminApi:
+    """The handlers and the guard, sharing the gateway's building blocks."""
+
+    def __init__(
+        self,
+        service: ModelService,
+        authenticator: Authenticator,
+        model: ModelCache,
+        endpoint_map: Callable[[], EndpointMap],
+        on_committed: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._service = service
+        self._store = service.store
+        self._authenticator = authenticator
+        self._model = model
+        self._endpoint_map = endpoint_map
+        self._on_committed = on_committed
+        self._document = orjson.dumps(build_document(ADMIN_MAP, version=_version()))
+
+    # -- the guard -----------------------------------------------------------------
+
+    @web.middleware
+    async def guard(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Route, authenticate, decide; then run the handler and render its errors."""
+        request_id = hygiene.request_id(request.headers)
+        try:
+            response = await self._guarded(request, handler)
+        except ApiError as exc:
+            return exc.response(request_id)
+        except (ModelError, InvalidPermission) as exc:
+            return ApiError(exc.status_code, exc.error, str(exc)).response(request_id)
+        except StoreUnavailable as exc:
+            error = ApiError(503, "unavailable", str(exc), reason="store_unavailable")
+            return error.response(request_id)
+        except web.HTTPException as exc:  # e.g. 413 from request.read()
+            name = exc.reason.lower().replace(" ", "_")
+            return ApiError(exc.status, name, exc.text or exc.reason).response(request_id)
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    async def _guarded(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        match = ADMIN_MAP.match(request.method, request.rel_url.raw_path)
+        if match is None:
+            raise self._unrouted(request)
+        if match.endpoint.public:
+            return await handler(request)
+        authorizations = request.headers.getall("Authorization", ())
+        if len(authorizations) > 1:
+            raise ApiError(
+                400,
+                "bad_request",
+                "the Authorization header is sent more than once",
+                reason="duplicate_header",
+            )
+        try:
+            identity = await self._authenticator.authenticate(request.headers.get("Authorization"))
+        except AuthFailure as failure:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                _AUTH_DETAILS[failure.reason],
+                reason=failure.reason,
+                headers={"WWW-Authenticate": failure.www_authenticate},
+            ) from failure
+        principal = identity.principal
+        subject = Subject(principal, await self._model.roles(principal.account), identity.token)
+        self._authorize(match, subject)
+        self._check_query(request, match)
+        request[_CALLER] = _Caller(identity, subject, Actor.of(principal))
+        return await handler(request)
+
+    @staticmethod
+    def _authorize(match: Match, subject: Subject) -> None:
+        decision = decide(ADMIN_MAP, match, subject, None, None)
+        if decision.allowed:
+            return
+        via = " (through the auth token's grants)" if subject.token is not None else ""
+        raise ApiError(
+            403,
+            "forbidden",
+            f"{match.endpoint.id} requires {', '.join(decision.required)}; "
+            f"the caller{via} lacks {', '.join(decision.missing)}",
+            reason=str(decision.reason),
+            extra={"missing_permissions": list(decision.missing)},
+        )
+
+    @staticmethod
+    def _check_query(request: web.Request, match: Match) -> None:
+        allowed = query_parameters(match.endpoint.id)
+        unknown = [name for name in request.query if name not in allowed]
+        if unknown:
+            accepted = ", ".join(allowed) if allowed else "none"
+            raise InvalidInput(
+                f"unknown query parameter {unknown[0]!r} (this operation accepts: {accepted})"
+            )
+
+    @staticmethod
+    def _unrouted(request: web.Request) -> ApiError:
+        exc = request.match_info.http_exception
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            allowed = sorted(exc.allowed_methods)
+            return ApiError(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not an operation of {request.path}; "
+                f"allowed: {', '.join(allowed)}",
+                headers={"Allow": ", ".join(allowed)},
+            )
+        return ApiError(
+            404,
+            "not_found",
+            f"no admin API operation {request.method} {request.path} "
+            "(the operations are listed at /v1/openapi.json)",
+            reason="unmapped_route",
+        )
+
+    async def _committed(self) -> None:
+        """Deliver the committed change to this gateway's caches before answering."""
+        try:
+            await self._on_committed()
+        except Exception:
+            # The change is committed; if delivery failed, forget everything rather
+            # than keep serving what it replaced.
+            log.exception("delivering a committed admin change failed; resetting the model")
+            self._model.reset()
+
+    # -- tenants -------------------------------------------------------------------
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self._document, content_type="application/json")
+
+    async def tenants_list(self, request: web.Request) -> web.StreamResponse:
+        tenants = await self._store.list_tenants(request[_CALLER].account)
+        return json_response({"items": [tenant_json(t) for t in tenants]})
+
+    async def tenants_create(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        body = await _body(request, "TenantCreate")
+        tenant = await self._service.create_tenant(
+            caller.actor,
+            caller.account,
+            body["id"],
+            type=body.get("type", "PRODUCTION"),
+            enforcement=body.get("enforcement"),
+        )
+        await self._committed()
+        return json_response(
+            tenant_json(tenant), status=201, headers={"Location": f"/v1/tenants/{tenant.id}"}
+        )
+
+    async def _tenant(self, caller: _Caller, tenant_id: str) -> Tenant:
+        tenant = await self._store.get_tenant(tenant_id)
+        if tenant is None or tenant.account != caller.account:
+            raise _not_found("tenant", tenant_id)
+        return tenant
+
+    async def tenants_get(self, request: web.Request) -> web.StreamResponse:
+        tenant = await self._tenant(request[_CALLER], request.match_info["id"])
+        return json_response(tenant_json(tenant))
+
+    async def tenants_enforcement(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        body = await _body(request, "EnforcementPut")
+        tenant = await self._service.set_enforcement(
+            caller.actor, request.match_info["id"], body["enforcement"]
+        )
+        await self._committed()
+        return json_response(tenant_json(tenant))
+
+    # -- roles ---------------------------------------------------------------------
+
+    async def roles_list(self, request: web.Request) -> web.StreamResponse:
+        roles = await self._store.list_roles(request[_CALLER].account)
+        return json_response({"items": [role_json(r) for r in sorted(roles, key=_by_name)]})
+
+    async def roles_get(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        name = request.match_info["name"]
+        role = (await self._store.get_roles(caller.account)).get(name)
+        if role is None:
+            raise _not_found("role", name)
+        return json_response(role_json(role))
+
+    async def roles_create(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        _require_admin(caller, "create roles")
+        body = await _body(request, "RoleCreate")
+        role = await self._service.create_role(
+            caller.actor, caller.account, body["name"], body["display_name"], body["permissions"]
+        )
+        await self._committed()
+        return json_response(
+            role_json(role), status=201, headers={"Location": f"/v1/roles/{role.name}"}
+        )
+
+    async def roles_update(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        _require_admin(caller, "update roles")
+        body = await _body(request, "RolePatch")
+        role = await self._service.update_role(
+            caller.actor,
+            caller.account,
+            request.match_info["name"],
+            permissions=body.get("permissions"),
+            display_name=body.get("display_name"),
+            new_name=body.get("name"),
+        )
+        await self._committed()
+        return json_response(role_json(role))
+
+    async def roles_delete(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        _require_admin(caller, "delete roles")
+        name = request.match_info["name"]
+        try:
+            await self._service.delete_role(caller.actor, caller.account, name)
+        except ModelError as exc:
+            holders = await self._store.role_holders(caller.account, name)
+            if exc.status_code != 409 or not holders:
+                raise
+            raise ApiError(409, "conflict", str(exc), extra={"holders": holders}) from exc
+        await self._committed()
+        return web.Response(status=204)
+
+    # -- principals ------------------------------------------------------------------
+
+    async def principals_list(self, request: web.Request) -> web.StreamResponse:
+        principals = await self._store.list_principals(request[_CALLER].account)
+        return json_response({"items": [principal_json(p) for p in principals]})
+
+    async def principals_get(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        principal_id = request.match_info["id"]
+        principal = await self._store.get_principal(principal_id)
+        if principal is None or principal.account != caller.account:
+            raise _not_found("principal", principal_id)
+        return json_response(principal_json(principal))
+
+    async def principals_create(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        body = await _body(request, "PrincipalCreate")
+        roles = [(item["role"], item.get("tenant")) for item in body.get("roles", ())]
+        if roles:
+            # Giving roles at creation is assigning roles: the same rules apply.
+            _require_admin(caller, "assign roles")
+            self._authorize(Match(_ASSIGN_ROLES), caller.subject)
+        principal = await self._service.create_principal(
+            caller.actor,
+            caller.account,
+            body["id"],
+            kind=body.get("kind", "user"),
+            tenants=body.get("tenants", ()),
+            disabled=body.get("disabled", False),
+            roles=roles,
+        )
+        await self._committed()
+        return json_response(
+            principal_json(principal),
+            status=201,
+            headers={"Location": f"/v1/principals/{principal.id}"},
+        )
+
+    async def principals_update(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        body = await _body(request, "PrincipalPatch")
+        principal = await self._service.update_principal(
+            caller.actor,
+            request.match_info["id"],
+            kind=body.get("kind"),
+            disabled=body.get("disabled"),
+        )
+        await self._committed()
+        return json_response(principal_json(principal))
+
+    async def principals_roles(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        _require_admin(caller, "assign roles")
+        body = await _body(request, "RolesPut")
+        principal = await self._service.set_principal_roles(
+            caller.actor,
+            request.match_info["id"],
+            [(item["role"], item.get("tenant")) for item in body],
+        )
+        await self._committed()
+        return json_response(principal_json(principal))
+
+    async def principals_tenants(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        body = await _body(request, "TenantsPut")
+        principal = await self._service.set_principal_tenants(
+            caller.actor, request.match_info["id"], body
+        )
+        await self._committed()
+        return json_response(principal_json(principal))
+
+    # -- tokens ----------------------------------------------------------------------
+
+    async def tokens_list(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        me = caller.identity.principal.id
+        owner = request.query.get("owner")
+        if owner is not None and owner != me:
+            principal = await self._store.get_principal(owner)
+            if principal is None or principal.account != caller.account:
+                raise _not_found("principal", owner)
+            if not caller.actor.is_admin:
+                raise ApiError(
+                    403,
+                    "forbidden",
+                    f"only {owner!r} itself or an admin can see its tokens",
+                    reason="not_token_owner",
+                )
+        if owner is None and caller.actor.is_admin:
+            tokens = await self._store.list_tokens(account=caller.account)
+        else:
+            tokens = await self._store.list_tokens(owner=owner or me)
+        return json_response({"items": [token_json(t) for t in tokens]})
+
+    async def tokens_create(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        body = await _body(request, "TokenCreate")
+        permissions: list[str] = body["permissions"]
+        tenants: list[str] = body.get("tenants", [])
+        if caller.identity.token is not None:
+            known = {t.id: t for t in await self._store.list_tenants(caller.account)}
+            _within_calling_token(caller.identity.token, permissions, tenants, known)
+        with _forbidden_reason("not_token_owner"):
+            token, secret = await self._service.create_token(
+                caller.actor,
+                body.get("owner", caller.identity.principal.id),
+                body["name"],
+                permissions,
+                tenants,
+                body.get("expires_in"),
+            )
+        await self._committed()
+        return json_response(
+            {**token_json(token), "secret": secret},
+            status=201,
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def tokens_revoke(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        with _forbidden_reason("not_token_owner"):
+            token = await self._service.revoke_token(caller.actor, request.match_info["id"])
+        await self._committed()
+        return json_response(token_json(token))
+
+    # -- explain and audit ---------------------------------------------------------
+
+    async def explain(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        body = await _body(request, "ExplainRequest")
+        answer = await explain(
+            body,
+            caller=caller.identity.principal,
+            model=self._model,
+            authenticator=self._authenticator,
+            endpoint_map=self._endpoint_map(),
+        )
+        return json_response(answer)
+
+    async def audit(self, request: web.Request) -> web.StreamResponse:
+        caller = request[_CALLER]
+        limit = _int_query(request, "limit", _AUDIT_PAGE_DEFAULT, 1, _AUDIT_PAGE_MAX)
+        before = _int_query(request, "before", None, 1, None)
+        records = await self._store.list_audit(caller.account, limit=limit + 1, before=before)
+        page = records[:limit]
+        following = page[-1].id if len(records) > limit else None
+        return json_response({"items": [audit_json(r) for r in page], "next": following})
+
+
+def _by_name(role: Role) -> str:
+    return role.name
+
+
+def _int_query(
+    request: web.Request, name: str, default: int | None, low: int, high: int | None
+) -> Any:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        raise InvalidInput(f"query parameter {name}: expected an integer {bounds}, got {raw!r}")
+    return value
+
+
+def _within_calling_token(
+    token: AuthToken, permissions: list[str], tenants: list[str], known: dict[str, Tenant]
+) -> None:
+    """A token-authenticated caller cannot mint a token wider than the one it used:
+    otherwise a narrow token holding authTokens.write would buy its owner's full power."""
+    for grant in permissions:
+        parse_grant(grant)  # InvalidPermission (422) names the bad one
+    held = GrantSet.from_grants(token.permissions)
+    too_wide: list[str] = []
+    for grant in permissions:
+        group, action = parse_grant(grant)
+        if held.everything:
+            break
+        if group == "*":
+            exceeds = True
+        elif action == "*":
+            exceeds = group not in held.groups
+        else:
+            exceeds = not held.covers(grant, DEFAULT_READ_ACTIONS)
+        if exceeds:
+            too_wide.append(grant)
+    scope = set(token.tenants)
+    outside: list[str] = []
+    for item in tenants:
+        if SCOPE_ANY in scope:
+            break
+        if item == SCOPE_ANY:
+            within = False
+        elif item == SCOPE_TYPE_TEST:
+            within = SCOPE_TYPE_TEST in scope
+        else:
+            tenant = known.get(item)
+            within = item in scope or (
+                SCOPE_TYPE_TEST in scope and tenant is not None and tenant.type == "TEST"
+            )
+        if not within:
+            outside.append(item)
+    if too_wide or outside:
+        parts = []
+        if too_wide:
+            parts.append("permissions it does not grant: " + ", ".join(too_wide))
+        if outside:
+            parts.append("tenants outside its scope: " + ", ".join(outside))
+        raise InvalidInput(
+            f"the new token would exceed the auth token {token.id!r} used for this call: "
+            + "; ".join(parts)
+        )
