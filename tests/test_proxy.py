@@ -1,0 +1,521 @@
+"""Upstream.forward against real servers on loopback: bytes, streaming, timeouts, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import socket
+import tempfile
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict
+
+from permgate.errors import ConfigError
+from permgate.hygiene import forward_headers
+from permgate.proxy import (
+    SERVER_SETTINGS,
+    Upstream,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamTiming,
+    UpstreamUnavailable,
+)
+from rawhttp import exchange, request
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+TIMINGS = web.AppKey("timings", list[UpstreamTiming])
+UPSTREAM = web.AppKey("upstream", Upstream)
+RELEASE = web.AppKey("release", asyncio.Event)
+
+
+# --------------------------------------------------------------------------- upstream
+
+
+async def echo(request: web.Request) -> web.Response:
+    """Answers with the request body, and what it saw of the request line and framing."""
+    body = await request.read()
+    return web.Response(
+        body=body,
+        headers={
+            "X-Seen-Method": request.method,
+            "X-Seen-Target": request.raw_path,
+            "X-Seen-Length": request.headers.get("Content-Length", "-"),
+            "X-Seen-Chunked": request.headers.get("Transfer-Encoding", "-"),
+            "X-Seen-Headers": ",".join(request.headers.keys()).lower(),
+        },
+    )
+
+
+async def count(request: web.Request) -> web.Response:
+    """Counts the body in chunks, never holding it."""
+    total = 0
+    digest = hashlib.sha256()
+    async for chunk in request.content.iter_any():
+        total += len(chunk)
+        digest.update(chunk)
+    return web.json_response({"bytes": total, "sha256": digest.hexdigest()})
+
+
+async def gated(request: web.Request) -> web.StreamResponse:
+    """Sends a first chunk, then waits for the test to say it arrived, then the rest."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await response.write(b"first;")
+    await asyncio.wait_for(request.app[RELEASE].wait(), 5)
+    await response.write(b"last")
+    await response.write_eof()
+    return response
+
+
+async def slow_head(request: web.Request) -> web.Response:
+    await asyncio.sleep(3)
+    return web.Response(text="too late")
+
+
+async def trickle(request: web.Request) -> web.StreamResponse:
+    """Ten chunks 0.1 s apart: each within a 0.3 s timeout, the whole well beyond it."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    for i in range(10):
+        await asyncio.sleep(0.1)
+        await response.write(b"%d;" % i)
+    await response.write_eof()
+    return response
+
+
+async def stall(request: web.Request) -> web.StreamResponse:
+    """Starts the answer, then goes silent for longer than the timeout."""
+    response = web.StreamResponse()
+    await response.prepare(request)
+    await response.write(b"partial")
+    await asyncio.sleep(3)
+    return response
+
+
+async def truncate(request: web.Request) -> web.StreamResponse:
+    """Promises 100 bytes, sends 10, and drops the connection."""
+    response = web.StreamResponse(headers={"Content-Length": "100"})
+    await response.prepare(request)
+    await response.write(b"0123456789")
+    assert request.transport is not None
+    request.transport.abort()
+    return response
+
+
+async def hop(request: web.Request) -> web.Response:
+    """An answer carrying hop-by-hop headers, one of them declared by Connection."""
+    return web.Response(
+        text="ok",
+        headers={
+            "Connection": "keep-alive, X-Upstream-Hop",
+            "X-Upstream-Hop": "1",
+            "Keep-Alive": "timeout=5",
+            "Proxy-Authenticate": "Basic",
+            "Trailer": "X-Checksum",
+            "X-End-To-End": "1",
+        },
+    )
+
+
+async def fixed(request: web.Request) -> web.Response:
+    return web.Response(body=b"hello", content_type="text/plain")
+
+
+def upstream_app() -> web.Application:
+    app = web.Application(client_max_size=1024**3)
+    app[RELEASE] = asyncio.Event()
+    app.router.add_get("/gated", gated)
+    app.router.add_get("/slow-head", slow_head)
+    app.router.add_get("/trickle", trickle)
+    app.router.add_get("/stall", stall)
+    app.router.add_get("/truncate", truncate)
+    app.router.add_get("/hop", hop)
+    app.router.add_get("/fixed", fixed)  # HEAD too
+    app.router.add_post("/count", count)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+# --------------------------------------------------------------------------- proxy
+
+
+async def proxy_handler(request: web.Request) -> web.StreamResponse:
+    """What the pipeline does once a request is allowed."""
+    timing = UpstreamTiming()
+    request.app[TIMINGS].append(timing)
+    headers = forward_headers(
+        request.headers,
+        client_ip=request.remote or "",
+        scheme=request.scheme,
+        host=request.host,
+        drop_credential=True,
+        identity={"X-Request-Id": "req-1"},
+    )
+    try:
+        return await request.app[UPSTREAM].forward(
+            request, path_qs=request.raw_path, headers=headers, timing=timing
+        )
+    except (UpstreamUnavailable, UpstreamTimeout, UpstreamProtocolError) as exc:
+        return web.json_response(
+            {"type": type(exc).__name__, "kind": exc.kind}, status=exc.status_code
+        )
+
+
+def proxy_app(spec: str, timeout: float) -> web.Application:
+    app = web.Application()
+    app[TIMINGS] = []
+
+    async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with Upstream(spec, timeout) as upstream:
+            app[UPSTREAM] = upstream
+            yield
+
+    app.cleanup_ctx.append(upstream_ctx)
+    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    return app
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: ServerFactory) -> TestServer:
+    # The upstream observes bytes as they arrived: no inflating on its side either.
+    return await aiohttp_server(upstream_app(), auto_decompress=False)
+
+
+@pytest.fixture
+def make_proxy(
+    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
+) -> Callable[..., Awaitable[TestClient]]:  # type: ignore[type-arg]
+    async def make(spec: str, timeout: float = 5.0) -> TestClient:  # type: ignore[type-arg]
+        server = await aiohttp_server(proxy_app(spec, timeout), **SERVER_SETTINGS)
+        return await aiohttp_client(server)
+
+    return make
+
+
+@pytest.fixture
+async def proxy(
+    upstream: TestServer, make_proxy: Callable[..., Awaitable[TestClient]]
+) -> TestClient:  # type: ignore[type-arg]
+    return await make_proxy(f"http://{upstream.host}:{upstream.port}", 0.3)
+
+
+def timings(proxy: TestClient) -> list[UpstreamTiming]:  # type: ignore[type-arg]
+    return proxy.app[TIMINGS]  # type: ignore[index]
+
+
+# --------------------------------------------------------------------------- tests
+
+ALL_BYTES = bytes(range(256)) * 4
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [("GET", b""), ("POST", ALL_BYTES), ("PUT", ALL_BYTES), ("PATCH", b"{}"), ("DELETE", b"x")],
+    ids=["get", "post", "put", "patch", "delete"],
+)
+async def test_method_target_and_body_pass_byte_for_byte(
+    proxy: TestClient,  # type: ignore[type-arg]
+    method: str,
+    body: bytes,
+) -> None:
+    """The upstream sees the client's method, raw target (still encoded) and body."""
+    target = "/a/%20b/caf%C3%A9/x%3Fy%23z/100%25?q=%2F&r=..&s=%zz&t=a+b"
+    response = await exchange(
+        proxy.host,
+        proxy.port,
+        request(method, target, [("Host", "gw"), ("Content-Length", str(len(body)))], body),
+    )
+    assert response.status == 200
+    assert response.headers["X-Seen-Method"] == method
+    assert response.headers["X-Seen-Target"] == target
+    assert response.body == body
+
+
+async def test_content_length_upload_keeps_its_length(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """A body with Content-Length reaches the upstream with that length, not chunked."""
+    response = await proxy.post("/x", data=b"12345")
+    assert (response.headers["X-Seen-Length"], response.headers["X-Seen-Chunked"]) == ("5", "-")
+
+
+async def test_chunked_upload_stays_chunked(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """A body of unknown length is streamed upstream chunked, never buffered to measure it."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"abc"
+        yield b"def"
+
+    response = await proxy.post("/x", data=body())
+    assert await response.read() == b"abcdef"
+    assert (response.headers["X-Seen-Length"], response.headers["X-Seen-Chunked"]) == (
+        "-",
+        "chunked",
+    )
+
+
+async def test_large_upload_is_streamed_not_held(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """64 MB pass through while traced Python memory grows by a small fraction of that."""
+    size, chunk = 64 * 1024 * 1024, os.urandom(256 * 1024)
+    digest = hashlib.sha256()
+    for _ in range(size // len(chunk)):
+        digest.update(chunk)
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(size // len(chunk)):
+            yield chunk
+
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        response = await proxy.post("/count", data=body())
+        answer = await response.json()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert answer == {"bytes": size, "sha256": digest.hexdigest()}
+    assert peak - baseline < 8 * 1024 * 1024, f"peak grew by {peak - baseline} bytes"
+
+
+async def test_slow_upload_is_not_cut_by_the_read_timeout(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """The timeout bounds the wait for the answer, not how long the client takes to send."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            await asyncio.sleep(0.1)
+            yield b"x" * 10
+
+    response = await proxy.post("/count", data=body())
+    assert (response.status, (await response.json())["bytes"]) == (200, 80)
+
+
+async def test_download_first_chunk_arrives_before_the_last_is_sent(
+    proxy: TestClient,  # type: ignore[type-arg]
+    upstream: TestServer,
+) -> None:
+    """Answers stream: the client reads the first chunk while the upstream still holds the rest."""
+    response = await proxy.get("/gated")
+    first = await asyncio.wait_for(response.content.readany(), 2)
+    assert first == b"first;"
+    upstream.app[RELEASE].set()
+    assert await response.read() == b"last"
+
+
+async def test_long_transfer_of_timely_chunks_is_not_cut(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """Ten chunks each within the 0.3 s timeout make a 1 s answer that arrives whole."""
+    started = time.monotonic()
+    response = await proxy.get("/trickle")
+    assert await response.read() == b"".join(b"%d;" % i for i in range(10))
+    assert time.monotonic() - started > 0.9
+
+
+async def test_slow_head_is_a_timeout(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """No head within timeout_seconds: UpstreamTimeout, 504, soon after the timeout."""
+    started = time.monotonic()
+    response = await proxy.get("/slow-head")
+    elapsed = time.monotonic() - started
+    assert response.status == 504
+    assert await response.json() == {"type": "UpstreamTimeout", "kind": "timeout"}
+    assert 0.3 <= elapsed < 2.0
+
+
+async def test_connect_refused_is_unavailable(
+    make_proxy: Callable[..., Awaitable[TestClient]],
+) -> None:  # type: ignore[type-arg]
+    """A closed port: UpstreamUnavailable, 502, kind connect."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proxy = await make_proxy(f"http://127.0.0.1:{port}", 0.3)
+    response = await proxy.get("/x")
+    assert response.status == 502
+    assert await response.json() == {"type": "UpstreamUnavailable", "kind": "connect"}
+
+
+async def test_connect_timeout_is_a_timeout(
+    make_proxy: Callable[..., Awaitable[TestClient]],
+) -> None:  # type: ignore[type-arg]
+    """A listener that never accepts (full backlog): UpstreamTimeout within the timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        # Fill the accept queue (non-blocking) so the next connect hangs in SYN_SENT.
+        fillers = []
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        await asyncio.sleep(0.05)
+        try:
+            proxy = await make_proxy(f"http://127.0.0.1:{port}", 0.3)
+            started = time.monotonic()
+            response = await proxy.get("/x")
+            elapsed = time.monotonic() - started
+        finally:
+            for filler in fillers:
+                filler.close()
+    if response.status == 502:
+        pytest.skip("this kernel refused instead of dropping the SYN")
+    assert await response.json() == {"type": "UpstreamTimeout", "kind": "timeout"}
+    assert elapsed < 2.0
+
+
+async def test_garbage_answer_is_a_protocol_error(
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+) -> None:
+    """An upstream that does not speak HTTP: UpstreamProtocolError, 502."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        proxy = await make_proxy(f"http://127.0.0.1:{port}", 1.0)
+        response = await proxy.get("/x")
+        assert response.status == 502
+        assert await response.json() == {"type": "UpstreamProtocolError", "kind": "protocol"}
+
+
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [("/truncate", UpstreamProtocolError), ("/stall", UpstreamTimeout)],
+    ids=["connection-dropped", "stalled"],
+)
+async def test_failure_after_answer_started_aborts_the_client(
+    proxy: TestClient,  # type: ignore[type-arg]
+    path: str,
+    error: type[Exception],
+) -> None:
+    """The status is already sent, so the client connection is cut and timing says why."""
+    response = await exchange(proxy.host, proxy.port, request("GET", path, [("Host", "gw")]))
+    assert response.status == 200
+    assert not response.complete
+    assert isinstance(timings(proxy)[-1].error, error)
+
+
+async def test_head_answer_keeps_length_and_has_no_body(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """HEAD passes through: the upstream's Content-Length, no body, connection reusable."""
+    head = await proxy.head("/fixed")
+    assert (head.status, head.headers["Content-Length"], await head.read()) == (200, "5", b"")
+    get = await proxy.get("/fixed")
+    assert (get.headers["Content-Length"], await get.read()) == ("5", b"hello")
+
+
+async def test_hop_by_hop_request_headers_are_not_forwarded(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """Hop-by-hop and Connection-listed request headers stop at permgate."""
+    raw = request(
+        "GET",
+        "/x",
+        [
+            ("Host", "gw"),
+            ("Connection", "keep-alive, X-Client-Hop"),
+            ("X-Client-Hop", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("X-End-To-End", "1"),
+        ],
+    )
+    seen = (await exchange(proxy.host, proxy.port, raw)).headers["X-Seen-Headers"].split(",")
+    assert "x-end-to-end" in seen
+    for name in ("x-client-hop", "keep-alive", "te", "proxy-authorization"):
+        assert name not in seen
+    # aiohttp's client speaks for its own connection; it carries no client list.
+    assert "connection" not in seen or "x-client-hop" not in seen
+
+
+async def test_hop_by_hop_response_headers_are_not_returned(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """Hop-by-hop and Connection-listed answer headers stop at permgate."""
+    response = await exchange(proxy.host, proxy.port, request("GET", "/hop", [("Host", "gw")]))
+    assert response.headers["X-End-To-End"] == "1"
+    for name in ("X-Upstream-Hop", "Keep-Alive", "Proxy-Authenticate", "Trailer"):
+        assert name not in response.headers
+    assert "X-Upstream-Hop" not in response.headers.get("Connection", "")
+
+
+async def test_client_does_not_add_headers_of_its_own(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """No User-Agent, Accept or Accept-Encoding the client did not send."""
+    raw = request("GET", "/x", [("Host", "gw")])
+    seen = (await exchange(proxy.host, proxy.port, raw)).headers["X-Seen-Headers"].split(",")
+    assert not {"user-agent", "accept", "accept-encoding", "content-type"} & set(seen)
+    assert {"host", "x-forwarded-for", "x-request-id"} <= set(seen)
+
+
+async def test_compressed_bodies_pass_untouched(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """Neither the request nor the answer body is inflated on the way (SERVER_SETTINGS)."""
+    import gzip
+
+    payload = gzip.compress(b"hello" * 100)
+    response = await proxy.post(
+        "/x", data=payload, headers={"Content-Encoding": "gzip"}, auto_decompress=False
+    )
+    assert await response.read() == payload
+
+
+async def test_timing_is_reported(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """A passed UpstreamTiming gets the head and total durations and the bytes sent."""
+    await (await proxy.get("/fixed")).read()
+    timing = timings(proxy)[-1]
+    assert timing.head_seconds is not None and timing.total_seconds is not None
+    assert 0 <= timing.head_seconds <= timing.total_seconds
+    assert (timing.bytes_down, timing.error, timing.client_gone) == (5, None, False)
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[str]:
+    """A short directory: a unix socket path must fit in 108 bytes."""
+    path = tempfile.mkdtemp(prefix="pg-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_unix_socket_upstream(
+    socket_dir: str,
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+) -> None:
+    """``unix:/path`` upstreams are forwarded to like TCP ones."""
+    path = os.path.join(socket_dir, "up.sock")
+    runner = web.AppRunner(upstream_app())
+    await runner.setup()
+    try:
+        await web.UnixSite(runner, path).start()
+        proxy = await make_proxy(f"unix:{path}", 1.0)
+        raw = request(
+            "POST", "/a/%20b?x=1", [("Host", "gw"), ("Content-Length", "9")], b"over unix"
+        )
+        response = await exchange(proxy.host, proxy.port, raw)
+        assert response.headers["X-Seen-Target"] == "/a/%20b?x=1"
+        assert response.body == b"over unix"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["ftp://h:1", "http://", "http://h:1/prefix", "unix:relative.sock", "127.0.0.1:8000"],
+    ids=["scheme", "no-host", "path", "relative-unix", "no-scheme"],
+)
+def test_bad_upstream_spec_is_a_config_error(spec: str) -> None:
+    """A spec permgate cannot forward to is refused when the Upstream is built."""
+    with pytest.raises(ConfigError, match="upstream"):
+        Upstream(spec, 1.0)
+
+
+async def test_forward_before_start_is_a_programming_error(upstream: TestServer) -> None:
+    """forward() without start() fails loudly instead of creating a session per call."""
+    up = Upstream(f"http://{upstream.host}:{upstream.port}", 1.0)
+    with pytest.raises(RuntimeError, match="start"):
+        await up.forward(None, path_qs="/", headers=CIMultiDict())  # type: ignore[arg-type]
