@@ -1,0 +1,577 @@
+"""Audit events (DESIGN §5): built by a processor chain, queued, written off the loop.
+
+Shape of the flow::
+
+    pipeline ── reserve() ──► [bounded queue] ── writer task ──► to_thread(render + sink.write)
+             ── emit_decision(outcome) ─┘          (batches)      processors → orjson line
+
+Nothing is ever silently dropped. The queue is bounded by ``audit.queue_size``,
+counting every event not yet written (reserved, queued, or being written). The
+pipeline reserves a slot when a request *starts*, so a full queue is felt before
+anything is forwarded: with ``overflow: block`` the request waits (backpressure),
+with ``overflow: reject`` it is refused with :class:`AuditOverloaded` (503). Once a
+slot is held, :meth:`AuditLog.emit_decision` never blocks and never drops. A sink
+that fails is retried (at-least-once: a batch that half-reached the disk may be
+written twice); meanwhile the queue fills and the overflow policy applies.
+``permgate_audit_events_dropped_total`` therefore stays 0: the only ways to lose
+an event are a crash of the process, or :meth:`AuditLog.close` given a deadline that
+a broken sink makes it miss, and the latter is counted and logged.
+
+Requests refused with ``audit_overloaded`` hold no slot and get no audit event
+(they are counted in ``permgate_decisions_total``); nothing was forwarded for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol
+
+import orjson
+
+from permgate.config import AuditSettings
+from permgate.errors import PermgateError
+from permgate.outcome import RequestOutcome
+
+if TYPE_CHECKING:
+    from permgate.observability.metrics import Metrics
+
+__all__ = [
+    "AUDIT_EVENTS",
+    "AuditLog",
+    "AuditOverloaded",
+    "AuditSink",
+    "CaptureSink",
+    "FileSink",
+    "Processor",
+    "StreamSink",
+    "add_timestamp",
+    "decision_event",
+    "default_processors",
+    "open_sink",
+    "redactor",
+    "render_event",
+    "rfc3339",
+]
+
+log = logging.getLogger("permgate.audit")
+
+Processor = Callable[[dict[str, Any]], dict[str, Any]]
+"""One step of the audit chain (structlog's processor, minus logger and method name):
+takes the event dict and returns the dict to pass on (the same one or a new one)."""
+
+AUDIT_EVENTS: Final = ("decision", "admin.change", "map.reload", "enforcement.change")
+REDACTED: Final = "[REDACTED]"
+_RETRY_FIRST_SECONDS: Final = 0.1
+_RETRY_MAX_SECONDS: Final = 5.0
+
+
+class AuditOverloaded(PermgateError):
+    """The audit queue is full and ``overflow`` is ``reject``: answer 503."""
+
+    status_code = 503
+    error = "unavailable"
+    reason = "audit_overloaded"
+
+
+# --------------------------------------------------------------------------- processors
+
+
+def rfc3339(timestamp: float) -> str:
+    """``time.time()`` as RFC 3339 UTC with microseconds: ``2026-11-22T13:05:01.123456Z``."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def add_timestamp(event: dict[str, Any]) -> dict[str, Any]:
+    """Give every event a ``ts``; a float ``ts`` (epoch seconds) becomes RFC 3339."""
+    ts = event.get("ts")
+    if ts is None:
+        event["ts"] = rfc3339(time.time())
+    elif isinstance(ts, int | float) and not isinstance(ts, bool):
+        event["ts"] = rfc3339(float(ts))
+    return event
+
+
+# Key names that carry credentials, compared lower-case with "-" read as "_".
+_SENSITIVE_PARTS: Final = frozenset(
+    {"authorization", "secret", "secrets", "password", "passwd", "credential", "credentials",
+     "cookie", "apikey"}
+)  # fmt: skip
+_SENSITIVE_NAMES: Final = frozenset({"jwt", "set_cookie", "private_key"})
+
+
+def _sensitive_key(key: str) -> bool:
+    name = key.lower().replace("-", "_")
+    # token, access_token, id_token…, x_api_key
+    if name in _SENSITIVE_NAMES or name.endswith(("token", "api_key")):
+        return True
+    return not _SENSITIVE_PARTS.isdisjoint(name.split("_"))
+
+
+def redactor(token_prefix: str = "pgt_") -> Processor:
+    """A processor that guarantees no credential reaches the sink.
+
+    Drops every key (at any depth) named like a credential (``authorization``,
+    ``secret``, ``token``, ``password``, ``credential``, ``cookie``…; ``token_id`` is
+    kept: a token is named by its id) and scrubs, in every string and key, anything
+    shaped like a permgate token secret (``<prefix>…``), a JWT (``eyJ….….…``) or a
+    ``Bearer …`` value.
+    """
+    pattern = re.compile(
+        rf"{re.escape(token_prefix)}[A-Za-z0-9_-]+"
+        r"|eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
+        r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]+"
+    )
+
+    def scrub(text: str) -> str:
+        return pattern.sub(REDACTED, text) if pattern.search(text) else text
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return scrub(value)
+        if isinstance(value, Mapping):
+            return {
+                (scrub(k) if isinstance(k, str) else k): walk(v)
+                for k, v in value.items()
+                if not (isinstance(k, str) and _sensitive_key(k))
+            }
+        if isinstance(value, list | tuple | set | frozenset):
+            return [walk(v) for v in value]
+        return value
+
+    def redact_credentials(event: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = walk(event)
+        return result
+
+    return redact_credentials
+
+
+def default_processors(token_prefix: str = "pgt_") -> tuple[Processor, ...]:
+    """The chain every event goes through, in order. Redaction is always last."""
+    return (add_timestamp, redactor(token_prefix))
+
+
+def render_event(event: dict[str, Any], processors: Sequence[Processor]) -> bytes:
+    """Run the chain and serialize to one JSON line (newline included)."""
+    for processor in processors:
+        event = processor(event)
+    try:
+        return orjson.dumps(
+            event, default=str, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+        )
+    except TypeError:  # e.g. an integer beyond 64 bits: rare, so the slow path is fine
+        return json.dumps(event, default=str, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def decision_event(outcome: RequestOutcome) -> dict[str, Any]:
+    """The ``decision`` event of one request, with every field of DESIGN §5."""
+    principal = outcome.principal
+    return {
+        "ts": rfc3339(outcome.started),
+        "event": "decision",
+        "decision_id": outcome.decision_id,
+        "request_id": outcome.request_id,
+        "decision": outcome.decision,
+        "cache_hit": outcome.cache_hit,
+        "reason": outcome.reason,
+        "detail": outcome.detail or None,
+        "principal": (
+            None
+            if principal is None
+            else {"id": principal.id, "kind": principal.kind, "account": principal.account}
+        ),
+        "token_id": outcome.token_id,
+        "tenant": outcome.tenant,
+        "endpoint": outcome.endpoint,
+        "method": outcome.method,
+        "path": outcome.path,
+        "required": list(outcome.required),
+        "missing": list(outcome.missing),
+        "client_ip": outcome.client_ip,
+        "status": outcome.status,
+        "duration_ms": round(outcome.duration_s * 1000.0, 3),
+        "upstream_error": outcome.upstream_error,
+        "map_sha256": outcome.map_sha256,
+    }
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+class AuditSink(Protocol):
+    """Where rendered lines go. Every method is blocking and runs off the event loop."""
+
+    def open(self) -> None: ...
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        """Write whole lines, in order; raise OSError if they may not have been written."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class StreamSink:
+    """Lines to a text or binary stream; ``None`` means ``sys.stdout`` at write time."""
+
+    def __init__(self, stream: IO[Any] | None = None) -> None:
+        self._stream = stream
+
+    def open(self) -> None:
+        pass
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        stream = self._stream if self._stream is not None else sys.stdout
+        data = b"".join(lines)
+        buffer = getattr(stream, "buffer", None)
+        if buffer is not None:
+            stream.flush()  # keep order with anything written through the text layer
+            buffer.write(data)
+            buffer.flush()
+        elif isinstance(stream, io.TextIOBase):
+            stream.write(data.decode("utf-8"))
+            stream.flush()
+        else:
+            stream.write(data)
+            stream.flush()
+
+    def close(self) -> None:
+        stream = self._stream if self._stream is not None else sys.stdout
+        with contextlib.suppress(ValueError, OSError):
+            stream.flush()
+
+
+class FileSink:
+    """Lines appended to ``path``, rotated by size to ``path.1`` … ``path.N``.
+
+    Rotation happens only between lines, so a line is never split and every line
+    is in exactly one file; a single line longer than ``max_bytes`` gets a file of
+    its own. The oldest file beyond ``backups`` is deleted (retention, not loss).
+    Only one process may write a given path: give each worker its own file.
+    """
+
+    def __init__(self, path: str, *, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._file: IO[bytes] | None = None
+        self._size = 0
+
+    def open(self) -> None:
+        if self._file is None:
+            self._file = open(self.path, "ab")  # noqa: SIM115 - held open across writes
+            self._size = os.fstat(self._file.fileno()).st_size
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        self.open()
+        chunk: list[bytes] = []
+        chunk_size = 0
+        for line in lines:
+            used = self._size + chunk_size
+            if used and used + len(line) > self.max_bytes:
+                self._write_chunk(chunk)
+                chunk, chunk_size = [], 0
+                self._rotate()
+            chunk.append(line)
+            chunk_size += len(line)
+        self._write_chunk(chunk)
+
+    def _write_chunk(self, chunk: list[bytes]) -> None:
+        if not chunk:
+            return
+        assert self._file is not None
+        data = b"".join(chunk)
+        self._file.write(data)
+        self._file.flush()
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        assert self._file is not None
+        self._file.close()
+        self._file = None
+        for index in range(self.backups - 1, 0, -1):
+            source = f"{self.path}.{index}"
+            if os.path.exists(source):
+                os.replace(source, f"{self.path}.{index + 1}")
+        os.replace(self.path, f"{self.path}.1")
+        self.open()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+
+class CaptureSink:
+    """Keeps what would have been written, for tests (structlog's ``LogCapture`` idea).
+
+    The whole chain runs, redaction included, so ``events`` is exactly what a SIEM
+    would ingest, parsed back from the JSON lines.
+    """
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.closed = False
+
+    def open(self) -> None:
+        pass
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        self.lines.extend(lines)
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every written event, parsed, in order."""
+        return [orjson.loads(line) for line in self.lines]
+
+
+def open_sink(spec: str, settings: AuditSettings, *, stream: IO[Any] | None = None) -> AuditSink:
+    """The sink named by ``audit.sink``: ``stdout`` (or ``stream``, e.g. stderr for CLI
+    commands other than serve) or ``file:PATH``."""
+    if spec == "stdout":
+        return StreamSink(stream)
+    if spec.startswith("file:") and len(spec) > len("file:"):
+        return FileSink(
+            spec[len("file:") :], max_bytes=settings.file_max_bytes, backups=settings.file_backups
+        )
+    raise ValueError(f"audit.sink: {spec!r}: expected stdout or file:PATH")
+
+
+# --------------------------------------------------------------------------- the log
+
+
+class AuditLog:
+    """The bounded audit queue and its background writer.
+
+    Args:
+        settings: ``audit`` section of the config (sink, queue_size, overflow, rotation).
+        metrics: counts written events (and, never in normal operation, dropped ones).
+        sink: overrides ``settings.sink`` (tests pass a :class:`CaptureSink`).
+        stream: where the ``stdout`` sink writes (the CLI passes stderr outside serve).
+        token_prefix: the auth token prefix, so secrets with it are scrubbed.
+        processors: overrides :func:`default_processors`.
+    """
+
+    def __init__(
+        self,
+        settings: AuditSettings,
+        *,
+        metrics: Metrics,
+        sink: AuditSink | None = None,
+        stream: IO[Any] | None = None,
+        token_prefix: str = "pgt_",
+        processors: Sequence[Processor] | None = None,
+        batch_max: int = 512,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink if sink is not None else open_sink(settings.sink, settings, stream=stream)
+        self._metrics = metrics
+        self._processors = tuple(
+            processors if processors is not None else default_processors(token_prefix)
+        )
+        self._capacity = settings.queue_size
+        self._reject = settings.overflow == "reject"
+        self._batch_max = batch_max
+        # _used counts every event not yet written: reserved + queued + being written.
+        self._used = 0
+        self._reserved = 0
+        self._inflight = 0
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._finished = False
+        self._deadline: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open the sink (errors surface at startup) and start the writer task."""
+        await asyncio.to_thread(self.sink.open)
+        self._writer = asyncio.create_task(self._run(), name="permgate-audit-writer")
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Write every queued event, then every event of a request still holding a
+        slot, then close the sink. Used on SIGTERM after the listeners stopped.
+
+        With ``timeout``, give up after that many seconds (a sink that keeps failing):
+        what is left is counted in ``permgate_audit_events_dropped_total`` and logged.
+        """
+        if self._finished:
+            return
+        loop = asyncio.get_running_loop()
+        self._closing = True
+        self._deadline = None if timeout is None else loop.time() + timeout
+        self._wake.set()
+        if self._writer is None:  # never started: nothing can write, start now
+            await self.start()
+        assert self._writer is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._writer), timeout)
+        except TimeoutError:
+            lost = len(self._pending) + self._inflight
+            self._pending.clear()
+            self._writer.cancel()
+            if lost:
+                self._metrics.audit_dropped(lost)
+                log.error("audit: %d event(s) not written before the shutdown deadline", lost)
+        self._finished = True
+        await asyncio.to_thread(self.sink.close)
+
+    # ------------------------------------------------------------------ producers
+
+    @property
+    def queued(self) -> int:
+        """Events not yet written, reserved slots included (what the bound applies to)."""
+        return self._used
+
+    async def reserve(self) -> None:
+        """Take one slot for the request now starting; its event is emitted at the end.
+
+        Raises:
+            AuditOverloaded: the queue is full and ``overflow`` is ``reject``, or the
+                log is shutting down.
+        """
+        if self._closing:
+            raise AuditOverloaded("the audit log is shutting down")
+        if self._used < self._capacity and not self._waiters:
+            self._used += 1
+            self._reserved += 1
+            return
+        if self._reject:
+            raise AuditOverloaded(f"the audit queue is full ({self._capacity} events)")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # _release hands the slot over before resolving it
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._reserved -= 1
+                self._release(1)
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def emit_decision(self, outcome: RequestOutcome) -> None:
+        """Queue the request's decision event in its reserved slot: never blocks or drops.
+
+        Called without a reservation it still queues (over the bound rather than lose).
+        """
+        self._enqueue(decision_event(outcome))
+
+    async def emit(self, event: Mapping[str, Any]) -> None:
+        """Queue an ``admin.change``, ``map.reload`` or ``enforcement.change`` event,
+        under the same capacity rule as requests (waits, or raises AuditOverloaded)."""
+        checked = _checked(event)
+        await self.reserve()
+        self._enqueue(checked)
+
+    def emit_nowait(self, event: Mapping[str, Any]) -> None:
+        """Queue an event that must not wait or fail (a map reload already applied),
+        over the bound if need be. Rare events only."""
+        self._used += 1
+        self._pending.append(_checked(event))
+        self._wake.set()
+        self._check_finished()
+
+    def _enqueue(self, event: dict[str, Any]) -> None:
+        if self._reserved > 0:
+            self._reserved -= 1
+        else:
+            self._used += 1
+        self._pending.append(event)
+        self._wake.set()
+        self._check_finished()
+
+    def _check_finished(self) -> None:
+        if self._finished:  # a bug in shutdown order; say it loudly, never silently
+            lost = len(self._pending)
+            self._pending.clear()
+            self._used -= lost
+            self._metrics.audit_dropped(lost)
+            log.error("audit: %d event(s) emitted after the audit log was closed", lost)
+
+    def _release(self, count: int) -> None:
+        self._used -= count
+        while self._waiters and self._used < self._capacity:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._used += 1
+                self._reserved += 1
+                waiter.set_result(None)
+
+    # ------------------------------------------------------------------ the writer
+
+    async def _run(self) -> None:
+        while True:
+            while not self._pending:
+                if self._closing and self._reserved == 0:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            count = min(len(self._pending), self._batch_max)
+            batch = [self._pending.popleft() for _ in range(count)]
+            self._inflight = count
+            rendered: list[bytes] = []
+            delay = _RETRY_FIRST_SECONDS
+            while True:
+                try:
+                    await asyncio.to_thread(self._write, batch, rendered)
+                    break
+                except Exception:
+                    log.exception("audit sink failed; retrying in %.1fs", delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX_SECONDS)
+            self._inflight = 0
+            for name, written in _count_by_type(batch).items():
+                self._metrics.audit_written(name, written)
+            self._release(count)
+
+    def _write(self, batch: list[dict[str, Any]], rendered: list[bytes]) -> None:
+        """Render (once, even across retries) and write one batch; runs in a thread."""
+        if not rendered:
+            rendered.extend(self._render(event) for event in batch)
+        self.sink.write(rendered)
+
+    def _render(self, event: dict[str, Any]) -> bytes:
+        try:
+            return render_event(dict(event), self._processors)
+        except Exception as exc:  # keep the fact that something happened, not its content
+            log.exception("audit: cannot render a %r event", event.get("event"))
+            fallback = {
+                "ts": rfc3339(time.time()),
+                "event": str(event.get("event")),
+                "audit_error": type(exc).__name__,
+            }
+            return orjson.dumps(fallback, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _checked(event: Mapping[str, Any]) -> dict[str, Any]:
+    name = event.get("event")
+    if name not in AUDIT_EVENTS:
+        raise ValueError(f"audit event type {name!r} is not one of {', '.join(AUDIT_EVENTS)}")
+    return dict(event)
+
+
+def _count_by_type(batch: Iterable[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in batch:
+        name = str(event.get("event"))
+        counts[name] = counts.get(name, 0) + 1
+    return counts
