@@ -187,6 +187,14 @@ async def test_watcher_delivers_in_version_order(acme: ModelService, store: Stor
     assert store.last_version == got[-1].version
 
 
+async def test_deliver_now_hands_over_own_change_at_once(acme: ModelService, store: Store) -> None:
+    """deliver_now() delivers a just-committed change before the poll or notification."""
+    got, _ = await _watch(store)
+    await acme.create_tenant(CLI, "acme", "acme-now")
+    await store.deliver_now()
+    assert [c.key for c in got] == ["acme-now"]
+
+
 async def test_close_stops_the_watcher(store_dsn: str) -> None:
     """close() ends the background task; nothing is delivered afterwards."""
     store = await open_store(store_dsn)

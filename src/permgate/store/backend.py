@@ -35,6 +35,7 @@ class SqlStore(ABC):
         self._on_changes: OnChanges | None = None
         self._on_reset: OnReset | None = None
         self._closed = False
+        self._deliver_lock = asyncio.Lock()
 
     @abstractmethod
     def _read(self) -> AbstractAsyncContextManager[Transaction]:
@@ -137,8 +138,20 @@ class SqlStore(ABC):
         self.last_version = await self.version()
         self._watch_task = asyncio.create_task(self._watch_loop(), name="permgate-store-watch")
 
+    async def deliver_now(self) -> None:
+        """Deliver whatever has been committed, now: after a write through its own admin
+        API a gateway calls this so the change is enforced from its next request
+        (DESIGN §1.4) without waiting for the notification or the poll. A no-op when
+        not watching."""
+        if self._watch_task is not None:
+            await self._deliver()
+
     async def _deliver(self) -> None:
         """Read the log since :attr:`last_version` and hand new changes over in order."""
+        async with self._deliver_lock:
+            await self._deliver_locked()
+
+    async def _deliver_locked(self) -> None:
         changes = await self.changes_since(self.last_version)
         if not changes:
             return
