@@ -281,6 +281,7 @@ async def test_large_upload_is_streamed_not_held(proxy: TestClient) -> None:  # 
     finally:
         tracemalloc.stop()
     assert answer == {"bytes": size, "sha256": digest.hexdigest()}
+    print(f"traced peak grew by {peak - baseline} bytes for a {size}-byte body")
     assert peak - baseline < 8 * 1024 * 1024, f"peak grew by {peak - baseline} bytes"
 
 
@@ -404,6 +405,25 @@ async def test_failure_after_answer_started_aborts_the_client(
     assert response.status == 200
     assert not response.complete
     assert isinstance(timings(proxy)[-1].error, error)
+
+
+async def test_client_leaving_mid_answer_is_not_an_upstream_error(
+    proxy: TestClient,  # type: ignore[type-arg]
+    upstream: TestServer,
+) -> None:
+    """A client that hangs up mid-answer is recorded as gone, not as an upstream failure."""
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(request("GET", "/gated", [("Host", "gw")]))
+    await reader.readuntil(b"first;")
+    writer.close()
+    await writer.wait_closed()
+    upstream.app[RELEASE].set()
+    for _ in range(50):
+        if timings(proxy) and timings(proxy)[-1].total_seconds is not None:
+            break
+        await asyncio.sleep(0.02)
+    timing = timings(proxy)[-1]
+    assert (timing.client_gone, timing.error) == (True, None)
 
 
 async def test_head_answer_keeps_length_and_has_no_body(proxy: TestClient) -> None:  # type: ignore[type-arg]

@@ -218,22 +218,24 @@ class Upstream:
         url = URL(self._origin + path_qs, encoded=True)
         body = request.content if request.body_exists else None
         try:
-            upstream = await session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                expect100=False,
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            timing.total_seconds = time.perf_counter() - started
-            timing.client_gone = _client_gone(request)
-            raise _translate(exc) from exc
-        timing.head_seconds = time.perf_counter() - started
-        try:
+            try:
+                upstream = await session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                    expect100=False,
+                )
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise _translate(exc) from exc
+            timing.head_seconds = time.perf_counter() - started
             return await self._relay(request, upstream, timing)
         finally:
+            # Whatever ended the exchange, say whether the client was still there: an
+            # upload cut by its client surfaces as an upstream write error, and a
+            # server with handler_cancellation cancels us when the client leaves.
+            timing.client_gone = timing.client_gone or _client_gone(request)
             timing.total_seconds = time.perf_counter() - started
 
     async def _relay(
