@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from importlib.resources import files
@@ -228,15 +228,15 @@ class _AdminApi:
         try:
             response = await self._guarded(request, handler)
         except ApiError as exc:
-            return exc.response(request_id)
+            response = exc.response(request_id)
         except (ModelError, InvalidPermission) as exc:
-            return ApiError(exc.status_code, exc.error, str(exc)).response(request_id)
+            response = ApiError(exc.status_code, exc.error, str(exc)).response(request_id)
         except StoreUnavailable as exc:
             error = ApiError(503, "unavailable", str(exc), reason="store_unavailable")
-            return error.response(request_id)
+            response = error.response(request_id)
         except web.HTTPException as exc:  # e.g. 413 from request.read()
             name = exc.reason.lower().replace(" ", "_")
-            return ApiError(exc.status, name, exc.text or exc.reason).response(request_id)
+            response = ApiError(exc.status, name, exc.text or exc.reason).response(request_id)
         response.headers["X-Request-Id"] = request_id
         return response
 
@@ -280,12 +280,16 @@ class _AdminApi:
         decision = decide(ADMIN_MAP, match, subject, None, None)
         if decision.allowed:
             return
-        via = " (through the auth token's grants)" if subject.token is not None else ""
+        missing = ", ".join(decision.missing)
+        who = f"principal {subject.principal.id!r} lacks {missing}"
+        if subject.token is not None:
+            owner = decide(ADMIN_MAP, match, replace(subject, token=None), None, None)
+            if owner.allowed:
+                who = f"auth token {subject.token.id!r} does not grant {missing} (its owner does)"
         raise ApiError(
             403,
             "forbidden",
-            f"{match.endpoint.id} requires {', '.join(decision.required)}; "
-            f"the caller{via} lacks {', '.join(decision.missing)}",
+            f"{match.endpoint.id} requires {', '.join(decision.required)}; {who}",
             reason=str(decision.reason),
             extra={"missing_permissions": list(decision.missing)},
         )
