@@ -83,6 +83,7 @@ class Settings:
     map_poll_seconds: float = 1.0
     store: str = "sqlite:///var/lib/permgate/permgate.db"
     default_enforcement: Literal["shadow", "enforce"] = "enforce"
+    log_level: str = "INFO"
     auth: AuthSettings = field(default_factory=AuthSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
@@ -269,6 +270,10 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
     if settings.default_enforcement not in ("shadow", "enforce"):
         problems.append(
             f"default_enforcement: {settings.default_enforcement!r}: expected shadow or enforce"
+        )
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        problems.append(
+            f"log_level: {settings.log_level!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL"
         )
     if settings.upstream_timeout_seconds <= 0:
         problems.append("upstream_timeout_seconds: must be greater than 0")

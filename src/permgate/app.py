@@ -1,0 +1,291 @@
+"""The composition root: build every part from :class:`Settings`, run, stop cleanly.
+
+Nothing here decides anything. It opens the store, attaches the in-memory model to
+its change notifications, loads the map, starts audit and metrics, and serves two
+listeners: the gateway (the proxied API only) and the admin listener (``/healthz``,
+``/readyz``, ``/metrics``, ``/v1/...``), as DESIGN §4 requires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import IO, Final
+
+from aiohttp import web
+
+from permgate.admin import create_admin_api
+from permgate.authn import Authenticator
+from permgate.config import Settings, parse_hostport
+from permgate.endpoints import EndpointMap
+from permgate.errors import StoreUnavailable
+from permgate.jwks import JwtVerifier
+from permgate.modelcache import ModelCache
+from permgate.observability.audit import AuditLog
+from permgate.observability.metrics import Metrics
+from permgate.observability.reload import MapReloader
+from permgate.outcome import RequestOutcome
+from permgate.pipeline import Gateway
+from permgate.proxy import SERVER_SETTINGS, Upstream
+from permgate.service import ModelService
+from permgate.store import Store, open_store
+
+__all__ = ["Runtime", "serve"]
+
+log = logging.getLogger("permgate")
+
+TOKEN_USE_FLUSH_SECONDS: Final = 5.0
+SHUTDOWN_TIMEOUT_SECONDS: Final = 30.0
+
+
+class _Observer:
+    """The pipeline's observer: one audit slot per request, metrics, the event."""
+
+    __slots__ = ("_audit", "_metrics")
+
+    def __init__(self, metrics: Metrics, audit: AuditLog) -> None:
+        self._metrics = metrics
+        self._audit = audit
+
+    async def admit(self) -> None:
+        await self._audit.reserve()
+
+    def record(self, outcome: RequestOutcome) -> None:
+        self._metrics.observe(outcome)
+        self._audit.emit_decision(outcome)
+
+
+@dataclass
+class Runtime:
+    """Everything one ``permgate serve`` process owns, started and stopped in order."""
+
+    settings: Settings
+    audit_stream: IO[str] | None = None
+    store: Store = field(init=False)
+    model: ModelCache = field(init=False)
+    service: ModelService = field(init=False)
+    authenticator: Authenticator = field(init=False)
+    metrics: Metrics = field(init=False)
+    audit: AuditLog = field(init=False)
+    reloader: MapReloader = field(init=False)
+    upstream: Upstream = field(init=False)
+    gateway: Gateway = field(init=False)
+    gateway_listening: bool = False
+    _jwt: JwtVerifier | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        """Build and start every part; raises a PermgateError on bad config or store."""
+        settings = self.settings
+        self.metrics = Metrics()
+        self.audit = AuditLog(settings.audit, metrics=self.metrics, stream=self.audit_stream)
+        await self.audit.start()
+        self.reloader = MapReloader(
+            settings.endpoint_map,
+            on_new_map=self._swap_map,
+            metrics=self.metrics,
+            audit=self.audit,
+            poll_seconds=settings.map_poll_seconds,
+        )
+        endpoint_map = self.reloader.load_initial()
+        self.store = await open_store(settings.store)
+        self.model = ModelCache(
+            self.store,
+            max_entries=settings.cache.max_entries,
+            outage_grace_seconds=settings.cache.outage_grace_seconds,
+        )
+        await self.model.attach(self.store)
+        self.service = ModelService(
+            self.store,
+            default_enforcement=settings.default_enforcement,
+            token_prefix=settings.auth.token_prefix,
+        )
+        if settings.auth.jwt is not None:
+            self._jwt = JwtVerifier(settings.auth.jwt)
+            await self._jwt.start()
+        self.authenticator = Authenticator(
+            self.model, token_prefix=settings.auth.token_prefix, jwt=self._jwt
+        )
+        self.upstream = Upstream(
+            settings.upstream, timeout_seconds=settings.upstream_timeout_seconds
+        )
+        await self.upstream.start()
+        self.gateway = Gateway(
+            endpoint_map=endpoint_map,
+            model=self.model,
+            authenticator=self.authenticator,
+            upstream=self.upstream,
+            observer=_Observer(self.metrics, self.audit),
+            forward_credential=settings.auth.forward_credential,
+            decision_ttl_seconds=settings.cache.decision_ttl_seconds,
+            max_entries=settings.cache.max_entries,
+        )
+        await self.reloader.start()
+        self._tasks = [
+            asyncio.create_task(self._flush_token_uses(), name="permgate-token-uses"),
+            asyncio.create_task(self.model.keepalive(), name="permgate-keepalive"),
+        ]
+
+    def _swap_map(self, endpoint_map: EndpointMap) -> None:
+        with contextlib.suppress(AttributeError):  # the initial load precedes the gateway
+            self.gateway.swap_map(endpoint_map)
+
+    async def _flush_token_uses(self) -> None:
+        while True:
+            await asyncio.sleep(TOKEN_USE_FLUSH_SECONDS)
+            await self.flush_token_uses()
+
+    async def flush_token_uses(self) -> None:
+        """Write ``last_used_at`` of the tokens used since the last flush (best effort)."""
+        uses = self.authenticator.drain_token_uses()
+        if not uses:
+            return
+        try:
+            await self.store.touch_tokens(uses)
+        except StoreUnavailable as exc:
+            log.warning("could not record token use: %s", exc)
+
+    async def deliver_changes(self) -> None:
+        """Apply committed store changes to the local caches now (after an admin write)."""
+        await self.store.deliver_now()
+
+    async def stop(self) -> None:
+        """Stop background work, flush, and close in reverse order of start."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.reloader.close()
+        with contextlib.suppress(Exception):
+            await self.flush_token_uses()
+        await self.upstream.close()
+        if self._jwt is not None:
+            await self._jwt.close()
+        await self.store.close()
+        await self.audit.close()
+
+    # -- the admin listener ------------------------------------------------------
+
+    def admin_application(self) -> web.Application:
+        """``/healthz``, ``/readyz``, ``/metrics`` and the admin API under ``/v1``."""
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.add_subapp(
+            "/v1",
+            create_admin_api(
+                service=self.service,
+                authenticator=self.authenticator,
+                model=self.model,
+                endpoint_map=lambda: self.gateway.endpoint_map,
+                on_committed=self.deliver_changes,
+            ),
+        )
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        checks = {
+            "endpoint_map": True,
+            "store": await self._store_answers(),
+            "gateway_listener": self.gateway_listening,
+        }
+        ready = all(checks.values())
+        return web.json_response(
+            {"status": "ready" if ready else "not_ready", "checks": checks},
+            status=200 if ready else 503,
+        )
+
+    async def _store_answers(self) -> bool:
+        try:
+            await asyncio.wait_for(self.store.ping(), timeout=2.0)
+        except (StoreUnavailable, TimeoutError):
+            return False
+        return True
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.metrics_response()
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+
+async def serve(
+    settings: Settings,
+    *,
+    reuse_port: bool = False,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Runtime], Awaitable[None] | None] | None = None,
+    handle_signals: bool = True,
+    audit_stream: IO[str] | None = None,
+) -> Runtime:
+    """Run both listeners until SIGTERM/SIGINT (or ``stop``), then drain and exit.
+
+    On SIGTERM the listeners stop accepting, in-flight requests finish (up to
+    :data:`SHUTDOWN_TIMEOUT_SECONDS`), queued audit events are written, and only
+    then does the process exit. SIGHUP reloads the endpoint map.
+    """
+    runtime = Runtime(settings, audit_stream=audit_stream)
+    await runtime.start()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if handle_signals:  # embedded callers (tests) own the signals themselves
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda: asyncio.ensure_future(runtime.reloader.reload_now("SIGHUP")),
+        )
+    gateway_runner = web.ServerRunner(
+        web.Server(runtime.gateway.handle, **SERVER_SETTINGS),
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+    )
+    admin_runner = web.AppRunner(runtime.admin_application(), handle_signals=False, access_log=None)
+    await gateway_runner.setup()
+    await admin_runner.setup()
+    try:
+        host, port = parse_hostport(settings.listen)
+        await web.TCPSite(gateway_runner, host, port, reuse_port=reuse_port).start()
+        runtime.gateway_listening = True
+        admin_host, admin_port = parse_hostport(settings.admin_listen)
+        await web.TCPSite(admin_runner, admin_host, admin_port, reuse_port=reuse_port).start()
+        log.info(
+            "permgate serving %s -> %s (admin %s)",
+            settings.listen,
+            settings.upstream,
+            settings.admin_listen,
+        )
+        if on_ready is not None:
+            result = on_ready(runtime)
+            if result is not None:
+                await result
+        await stop.wait()
+        return runtime
+    finally:
+        runtime.gateway_listening = False
+        # Stop accepting, let in-flight requests finish, then close the parts.
+        await gateway_runner.cleanup()
+        await admin_runner.cleanup()
+        await runtime.stop()
+
+
+def install_uvloop() -> bool:
+    """Use uvloop when it is installed (a few % on the proxy path, PERF.md)."""
+    if sys.platform == "win32":
+        return False
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True

@@ -1,0 +1,88 @@
+"""``permgate serve [--workers N]``: the gateway and the admin listener.
+
+With ``--workers N`` the parent starts N worker processes that share the ports
+through SO_REUSEPORT, and Prometheus multiprocess mode so that one scrape of any
+worker sees the sum of all. The parent forwards SIGTERM, SIGINT and SIGHUP to the
+workers and exits when they have drained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from types import FrameType
+
+from permgate.cli._common import add_common_arguments, settings_from_args
+from permgate.config import Settings
+
+# Set in each worker's environment; deliberately outside the PERMGATE_ config namespace.
+WORKER_ENV = "_PERMGATE_WORKER"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser, json_output=False)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes sharing the ports with SO_REUSEPORT (default 1)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        print("permgate serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    settings = settings_from_args(args)  # validate in the parent: one clear report
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.workers == 1 or os.environ.get(WORKER_ENV):
+        return _run_one(settings, reuse_port=args.workers > 1 or bool(os.environ.get(WORKER_ENV)))
+    return _run_workers(args)
+
+
+def _run_one(settings: Settings, *, reuse_port: bool) -> int:
+    import asyncio
+
+    from permgate.app import install_uvloop, serve
+
+    install_uvloop()
+    asyncio.run(serve(settings, reuse_port=reuse_port))
+    return 0
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """Start N copies of this command as workers and supervise them."""
+    env = dict(os.environ)
+    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="permgate-metrics-")
+    from permgate.observability.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir(env["PROMETHEUS_MULTIPROC_DIR"])
+    argv = [sys.executable, "-m", "permgate", "serve", "--workers", str(args.workers)]
+    if args.config:
+        argv += ["--config", args.config]
+    if args.store:
+        argv += ["--store", args.store]
+    workers = [
+        subprocess.Popen(argv, env={**env, WORKER_ENV: str(index)}) for index in range(args.workers)
+    ]
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    codes = [worker.wait() for worker in workers]
+    return max((abs(code) for code in codes), default=0)

@@ -1,0 +1,330 @@
+"""The request pipeline: hygiene → route → authenticate → decide → forward or refuse.
+
+This is the only module that knows the order of the stages (DESIGN §1.3, §4). Every
+request, whatever its fate, produces exactly one :class:`RequestOutcome`, handed to
+the observer once, from which the metrics and the audit event are made.
+
+The hot path of a repeated request (a known token, a cached decision) does no I/O:
+the route is a trie walk, the credential a dict lookup plus a hash comparison, the
+decision a cache hit keyed on the model's and the map's epochs.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import orjson
+from aiohttp import HttpVersion11, web
+from cachetools import TTLCache
+
+from permgate import hygiene
+from permgate.authn import Authenticator, AuthFailure, Identity
+from permgate.decision import Decision, Reason, Subject, decide, resolve_tenant_id
+from permgate.endpoints import EndpointMap, Match
+from permgate.errors import PermgateError, StoreUnavailable
+from permgate.model import Tenant
+from permgate.modelcache import ModelCache
+from permgate.outcome import UNMAPPED_ENDPOINT, RequestOutcome
+from permgate.proxy import Upstream, UpstreamError, UpstreamTiming
+
+__all__ = ["Gateway", "Observer"]
+
+_JSON: Final = "application/json"
+_UPSTREAM_REASONS: Final = {"connect": "upstream_unavailable", "timeout": "upstream_timeout"}
+
+
+class Observer(Protocol):
+    """Where outcomes go: metrics and audit (see :mod:`permgate.observability`)."""
+
+    async def admit(self) -> None:
+        """Called before any work: may wait (audit backpressure) or raise a
+        :class:`PermgateError` with status 503 (audit ``reject`` policy)."""
+        ...
+
+    def record(self, outcome: RequestOutcome) -> None:
+        """Called exactly once per admitted request, after the response."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """A decision with the epochs it was made at and the tenant's enforcement."""
+
+    model_epoch: int
+    map_epoch: int
+    decision: Decision
+    shadow: bool
+
+
+class Gateway:
+    """The gateway listener's handler.
+
+    Args:
+        endpoint_map: the map to route against; replaced with :meth:`swap_map`.
+        model: the in-memory view of the store (tenants, principals, tokens, roles).
+        authenticator: turns an ``Authorization`` header into an :class:`Identity`.
+        upstream: the pooled client to the protected API.
+        observer: metrics and audit.
+        forward_credential: pass the client's ``Authorization`` on to the upstream.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint_map: EndpointMap,
+        model: ModelCache,
+        authenticator: Authenticator,
+        upstream: Upstream,
+        observer: Observer,
+        forward_credential: bool = False,
+        decision_ttl_seconds: float = 30.0,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._model = model
+        self._authn = authenticator
+        self._upstream = upstream
+        self._observer = observer
+        self._forward_credential = forward_credential
+        self._decisions: TTLCache[tuple[str, str, str | None], _Cached] = TTLCache(
+            maxsize=max_entries, ttl=decision_ttl_seconds
+        )
+        self._clock = clock
+        self._map_epoch = 0
+        self.endpoint_map = endpoint_map
+        self._tenant_headers = _tenant_headers(endpoint_map)
+
+    # -- map ---------------------------------------------------------------------
+
+    def swap_map(self, endpoint_map: EndpointMap) -> None:
+        """Replace the map atomically; every cached decision becomes stale at once."""
+        self._tenant_headers = _tenant_headers(endpoint_map)
+        self.endpoint_map = endpoint_map
+        self._map_epoch += 1
+        self._decisions.clear()
+
+    # -- the handler -------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Serve one request; never raises for a request-level problem."""
+        started = time.time()
+        t0 = self._clock()
+        headers = request.headers
+        request_id = hygiene.request_id(headers)
+        raw_target = request.raw_path
+        path, query = hygiene.split_target(raw_target)
+        outcome = RequestOutcome(
+            request_id=request_id,
+            decision_id=uuid.uuid4().hex,
+            method=request.method,
+            path=path,
+            client_ip=request.remote,
+            started=started,
+            map_sha256=self.endpoint_map.sha256,
+        )
+        try:
+            await self._observer.admit()
+        except PermgateError as exc:
+            return _refusal(exc.status_code, exc.error, "audit_overloaded", request_id)
+        try:
+            response = await self._handle(request, outcome, path, query, raw_target)
+        except StoreUnavailable:
+            outcome.decision, outcome.reason = "deny", "store_unavailable"
+            response = _refusal(503, "unavailable", "store_unavailable", request_id)
+        outcome.status = response.status
+        outcome.duration_s = self._clock() - t0
+        self._observer.record(outcome)
+        return response
+
+    async def _handle(
+        self,
+        request: web.BaseRequest,
+        outcome: RequestOutcome,
+        path: str,
+        query: str,
+        raw_target: str,
+    ) -> web.StreamResponse:
+        headers = request.headers
+        problem = hygiene.check_target(request.method, raw_target) or hygiene.check_headers(
+            headers, self._tenant_headers
+        )
+        if problem is not None:
+            outcome.reason = problem
+            return _refusal(400, "bad_request", problem, outcome.request_id)
+
+        endpoint_map = self.endpoint_map
+        method = request.method
+        match = endpoint_map.match(method, path)
+        if match is None:
+            outcome.endpoint = UNMAPPED_ENDPOINT
+            decision = decide(endpoint_map, None, None, None, None)
+            return await self._conclude(request, outcome, decision, None, None, path + query)
+        endpoint = match.endpoint
+        outcome.endpoint = endpoint.id
+        if endpoint.public:
+            decision = decide(endpoint_map, match, None, None, None)
+            return await self._conclude(request, outcome, decision, None, None, path + query)
+
+        try:
+            identity = await self._authn.authenticate(headers.get("Authorization"))
+        except AuthFailure as failure:
+            outcome.reason = outcome.auth_failure = failure.reason
+            return _unauthenticated(failure, outcome.request_id)
+        outcome.principal = identity.principal
+        outcome.token_id = identity.token.id if identity.token is not None else None
+
+        t_decide = self._clock()
+        cached, hit = await self._decide(identity, match, headers)
+        outcome.decision_s = self._clock() - t_decide
+        outcome.cache_hit = hit
+        return await self._conclude(
+            request, outcome, cached.decision, identity, cached, path + query
+        )
+
+    async def _decide(
+        self, identity: Identity, match: Match, headers: Mapping[str, str]
+    ) -> tuple[_Cached, bool]:
+        """The decision for this identity, endpoint and tenant: cached or made now."""
+        endpoint = match.endpoint
+        tenant_id = resolve_tenant_id(endpoint, match.params, headers, identity.claims)
+        key = (identity.credential_key, endpoint.id, tenant_id)
+        model = self._model
+        cached = self._decisions.get(key)
+        if (
+            cached is not None
+            and cached.model_epoch == model.epoch
+            and cached.map_epoch == self._map_epoch
+        ):
+            return cached, True
+        epoch = model.epoch
+        principal = identity.principal
+        roles = await model.roles(principal.account)
+        tenant: Tenant | None = await model.tenant(tenant_id) if tenant_id is not None else None
+        subject = Subject(principal, roles, identity.token)
+        decision = decide(self.endpoint_map, match, subject, tenant, tenant_id)
+        # Shadow mode is the tenant's opt-in, and never reaches across accounts.
+        shadow = (
+            tenant is not None
+            and tenant.enforcement == "shadow"
+            and tenant.account == principal.account
+        )
+        fresh = _Cached(epoch, self._map_epoch, decision, shadow)
+        if epoch == model.epoch:  # nothing changed while we were reading
+            self._decisions[key] = fresh
+        return fresh, False
+
+    async def _conclude(
+        self,
+        request: web.BaseRequest,
+        outcome: RequestOutcome,
+        decision: Decision,
+        identity: Identity | None,
+        cached: _Cached | None,
+        path_qs: str,
+    ) -> web.StreamResponse:
+        """Turn a decision into a refusal or a forwarded request."""
+        outcome.reason = decision.reason
+        outcome.detail = decision.detail
+        outcome.tenant = decision.tenant
+        outcome.required = decision.required + decision.any_of
+        outcome.missing = decision.missing
+        if decision.allowed:
+            outcome.decision = "allow"
+        elif cached is not None and cached.shadow:
+            outcome.decision = "shadow_deny"
+        else:
+            outcome.decision = "deny"
+            return _forbidden(decision, outcome.request_id)
+        return await self._forward(request, outcome, identity, path_qs)
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        outcome: RequestOutcome,
+        identity: Identity | None,
+        path_qs: str,
+    ) -> web.StreamResponse:
+        identity_headers = {"X-Request-Id": outcome.request_id}
+        if identity is not None:
+            principal = identity.principal
+            identity_headers["X-Permgate-Principal"] = principal.id
+            identity_headers["X-Permgate-Principal-Kind"] = principal.kind
+            if outcome.tenant is not None:
+                identity_headers["X-Permgate-Tenant"] = outcome.tenant
+            if identity.token is not None:
+                identity_headers["X-Permgate-Token-Id"] = identity.token.id
+        headers = hygiene.forward_headers(
+            request.headers,
+            client_ip=request.remote or "",
+            scheme=request.scheme,
+            host=request.host,
+            drop_credential=not self._forward_credential,
+            identity=identity_headers,
+        )
+        if request.version >= HttpVersion11 and _expects_continue(request.headers):
+            # No router answers "100 Continue" for us: the client is waiting for it.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        timing = UpstreamTiming()
+        t_up = self._clock()
+        try:
+            response = await self._upstream.forward(
+                request, path_qs=path_qs, headers=headers, timing=timing
+            )
+        except UpstreamError as exc:
+            outcome.upstream_s = self._clock() - t_up
+            outcome.upstream_error = exc.kind
+            outcome.reason = _UPSTREAM_REASONS.get(exc.kind, "upstream_unavailable")
+            error = "gateway_timeout" if exc.status_code == 504 else "bad_gateway"
+            return _refusal(exc.status_code, error, outcome.reason, outcome.request_id)
+        outcome.upstream_s = timing.head_seconds
+        if timing.error is not None and not timing.client_gone:
+            outcome.upstream_error = timing.error.kind  # failed mid-answer: client cut off
+        return response
+
+
+def _expects_continue(headers: Mapping[str, str]) -> bool:
+    expect = headers.get("Expect")
+    return expect is not None and expect.lower() == "100-continue"
+
+
+def _tenant_headers(endpoint_map: EndpointMap) -> frozenset[str]:
+    """Every header an entry reads its tenant from: duplicates of these are refused."""
+    return frozenset(
+        e.tenant.name
+        for e in endpoint_map.endpoints
+        if e.tenant.kind == "header" and e.tenant.name is not None
+    )
+
+
+def _json(
+    status: int, body: dict[str, object], headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type=_JSON, headers=headers)
+
+
+def _refusal(status: int, error: str, reason: str, request_id: str) -> web.Response:
+    return _json(status, {"error": error, "reason": reason, "request_id": request_id})
+
+
+def _unauthenticated(failure: AuthFailure, request_id: str) -> web.Response:
+    return _json(
+        401,
+        {"error": "unauthenticated", "reason": failure.reason, "request_id": request_id},
+        {"WWW-Authenticate": failure.www_authenticate},
+    )
+
+
+def _forbidden(decision: Decision, request_id: str) -> web.Response:
+    body: dict[str, object] = {
+        "error": "forbidden",
+        "reason": decision.reason,
+        "missing_permissions": list(decision.missing),
+        "request_id": request_id,
+    }
+    if decision.reason == Reason.MISSING_PERMISSION and decision.any_of:
+        body["any_of"] = list(decision.any_of)
+    return _json(403, body)
