@@ -51,6 +51,28 @@ async def explain(
     endpoint_map: EndpointMap,
 ) -> dict[str, object]:
     """The what-if for a validated ExplainRequest body (see :mod:`.schemas`)."""
+    # Who first: another account's principal or token is a 404 whatever the request.
+    principal_id = body.get("principal")
+    token = None
+    claims = None
+    failure: AuthFailure | None = None
+    principal: Principal | None = None
+    if principal_id is not None:
+        principal = await model.principal(str(principal_id))
+        if principal is None or principal.account != caller.account:
+            raise ApiError(404, "not_found", f"principal {principal_id!r} not found")
+    else:
+        try:
+            identity = await authenticator.authenticate(f"Bearer {body['token']}")
+        except AuthFailure as exc:
+            # The caller holds the secret and could learn this reason from the gateway.
+            failure = exc
+        else:
+            if identity.principal.account != caller.account:
+                raise ApiError(404, "not_found", "token not found in the caller's account")
+            principal, token, claims = identity.principal, identity.token, identity.claims
+
+    # Then the gateway's stages, in its order.
     method = str(body["method"]).upper()
     target = str(body["path"])
     problem = hygiene.check_target(method, target)
@@ -64,37 +86,22 @@ async def explain(
     match = endpoint_map.match(method, path)
     if match is None or match.endpoint.public:
         return _result(decide(endpoint_map, match, None, None, None), method, path)
-
-    principal_id = body.get("principal")
-    token = None
-    claims = None
-    if principal_id is not None:
-        principal = await model.principal(str(principal_id))
-        if principal is None or principal.account != caller.account:
-            raise ApiError(404, "not_found", f"principal {principal_id!r} not found")
-        if principal.disabled:
-            return _answer(
-                "deny",
-                "disabled_principal",
-                endpoint=match.endpoint.id,
-                principal=principal.id,
-                detail="the gateway answers 401: the principal is disabled",
-            )
-    else:
-        try:
-            identity = await authenticator.authenticate(f"Bearer {body['token']}")
-        except AuthFailure as failure:
-            # The caller holds the secret and could learn this reason from the gateway.
-            return _answer(
-                "deny",
-                failure.reason,
-                endpoint=match.endpoint.id,
-                detail=f"the gateway answers 401 {failure.reason}",
-            )
-        principal = identity.principal
-        if principal.account != caller.account:
-            raise ApiError(404, "not_found", "token not found in the caller's account")
-        token, claims = identity.token, identity.claims
+    if failure is not None or principal is None:
+        reason = failure.reason if failure is not None else "invalid_token"
+        return _answer(
+            "deny",
+            reason,
+            endpoint=match.endpoint.id,
+            detail=f"the gateway answers 401 {reason}",
+        )
+    if principal.disabled:
+        return _answer(
+            "deny",
+            "disabled_principal",
+            endpoint=match.endpoint.id,
+            principal=principal.id,
+            detail="the gateway answers 401 disabled_principal",
+        )
 
     headers: CIMultiDict[str] = CIMultiDict()
     raw_headers = body.get("headers")
