@@ -108,6 +108,9 @@ _SENSITIVE_PARTS: Final = frozenset(
      "cookie", "apikey"}
 )  # fmt: skip
 _SENSITIVE_NAMES: Final = frozenset({"jwt", "set_cookie", "private_key"})
+_SCALARS: Final = frozenset({int, float, bool, type(None)})
+_KEY_CACHE_SIZE: Final = 4096
+_UNSEEN: Final = object()
 
 
 def _sensitive_key(key: str) -> bool:
@@ -133,20 +136,39 @@ def redactor(token_prefix: str = "pgt_") -> Processor:
         r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]+"
     )
 
+    # Key verdicts are cached: events reuse a small set of keys. None means "drop".
+    key_verdicts: dict[str, str | None] = {}
+
     def scrub(text: str) -> str:
         return pattern.sub(REDACTED, text) if pattern.search(text) else text
 
+    def key_verdict(key: str) -> str | None:
+        verdict = key_verdicts.get(key, _UNSEEN)
+        if verdict is _UNSEEN:
+            verdict = None if _sensitive_key(key) else scrub(key)
+            if len(key_verdicts) < _KEY_CACHE_SIZE:
+                key_verdicts[key] = verdict
+        return verdict  # type: ignore[return-value]
+
     def walk(value: Any) -> Any:
-        if isinstance(value, str):
+        kind = type(value)
+        if kind is str:
             return scrub(value)
-        if isinstance(value, Mapping):
-            return {
-                (scrub(k) if isinstance(k, str) else k): walk(v)
-                for k, v in value.items()
-                if not (isinstance(k, str) and _sensitive_key(k))
-            }
+        if kind in _SCALARS:
+            return value
+        if kind is dict or isinstance(value, Mapping):
+            result = {}
+            for key, item in value.items():
+                if isinstance(key, str):
+                    key = key_verdict(key)
+                    if key is None:
+                        continue
+                result[key] = walk(item)
+            return result
         if isinstance(value, list | tuple | set | frozenset):
             return [walk(v) for v in value]
+        if isinstance(value, str):  # a str subclass (e.g. a StrEnum member)
+            return scrub(value)
         return value
 
     def redact_credentials(event: dict[str, Any]) -> dict[str, Any]:
