@@ -403,6 +403,30 @@ async def test_close_waits_for_requests_still_holding_a_slot() -> None:
     assert [e["request_id"] for e in sink.events] == ["in-flight"]
 
 
+async def test_close_under_load_writes_every_admitted_request() -> None:
+    """Shutdown mid-traffic: every request that got a slot is written; the rest were refused."""
+    sink = FlakySink(failures=1)
+    log = AuditLog(audit_settings(queue_size=50), metrics=Metrics(), sink=sink)
+    await log.start()
+    admitted: list[str] = []
+
+    async def request(n: int) -> None:
+        try:
+            await log.reserve()
+        except AuditOverloaded:
+            return
+        admitted.append(f"r{n}")
+        await asyncio.sleep(0.001 * (n % 7))  # the upstream takes a while
+        log.emit_decision(outcome(request_id=f"r{n}"))
+
+    tasks = [asyncio.create_task(request(n)) for n in range(400)]
+    await asyncio.sleep(0.005)
+    await asyncio.wait_for(log.close(), 10)
+    await asyncio.gather(*tasks)
+    assert admitted
+    assert sorted(e["request_id"] for e in sink.events) == sorted(admitted)
+
+
 async def test_reserve_is_refused_while_closing() -> None:
     """New requests after shutdown began are refused instead of queued behind it."""
     log, _, _ = await capture_log()
