@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from admin_world import World
+from admin_world import ClientFactory, World
+from aiohttp import web
 
-from permgate.admin import ADMIN_MAP
+from permgate.admin import ADMIN_MAP, create_admin_api
+from permgate.authn import Authenticator
+from permgate.endpoints import EndpointMap
 
 # Every protected operation with its path parameters filled in.
 PROTECTED = [
@@ -124,3 +127,39 @@ async def test_every_write_is_delivered_before_the_answer(world: World) -> None:
     assert world.committed == before + 1
     assert (await world.call("POST", "/v1/tenants", json={"id": "acme-new"})).status == 409
     assert world.committed == before + 1
+
+
+async def test_store_outage_is_503_without_the_store_location(world: World) -> None:
+    """An unreachable store answers 503 store_unavailable, naming no file or host."""
+    assert (await world.call("GET", "/v1/tenants")).status == 200
+    await world.store.close()
+    answer = await world.call("GET", "/v1/tenants")
+    assert answer.status == 503
+    assert answer.body["reason"] == "store_unavailable"
+    assert "s.db" not in answer.body["detail"]
+
+
+async def test_failed_delivery_resets_the_model(
+    world: World, gateway_map: EndpointMap, aiohttp_client: ClientFactory
+) -> None:
+    """If on_committed fails, the write still succeeds and the cache is dropped, so a
+    token revoked through the API is refused on the next request all the same."""
+
+    async def broken() -> None:
+        raise RuntimeError("delivery failed")
+
+    api = create_admin_api(
+        service=world.service,
+        authenticator=Authenticator(world.model, token_prefix="pgt_", jwt=None),
+        model=world.model,
+        endpoint_map=lambda: gateway_map,
+        on_committed=broken,
+    )
+    root = web.Application()
+    root.add_subapp("/v1", api)
+    world.client = await aiohttp_client(root)
+    assert (await world.call("GET", "/v1/tenants", who="bob")).status == 200
+    revoked = await world.call("DELETE", f"/v1/tokens/{world.token_ids['bob']}")
+    assert revoked.status == 200
+    refused = await world.call("GET", "/v1/tenants", who="bob")
+    assert refused.body["reason"] == "revoked_token"

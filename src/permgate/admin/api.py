@@ -23,20 +23,26 @@ sent, so the change is enforced by this gateway from its next request (§1.4).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
-from importlib.resources import files
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-from permgate import hygiene
 from permgate.admin.explain import explain
-from permgate.admin.openapi import build_document, query_parameters
+from permgate.admin.guard import (
+    ADMIN_MAP,
+    ASSIGN_ROLES,
+    CALLER,
+    Caller,
+    Guard,
+    authorize,
+    forbidden_reason,
+    require_admin,
+)
+from permgate.admin.openapi import build_document
 from permgate.admin.render import (
     ApiError,
     audit_json,
@@ -47,63 +53,20 @@ from permgate.admin.render import (
     token_json,
 )
 from permgate.admin.schemas import SCHEMAS, validate
-from permgate.authn import Authenticator, AuthFailure, Identity
-from permgate.decision import Subject, decide
-from permgate.endpoints import Endpoint, EndpointMap, Match, parse_map
-from permgate.errors import Forbidden, InvalidInput, InvalidPermission, ModelError, StoreUnavailable
+from permgate.authn import Authenticator
+from permgate.endpoints import EndpointMap
+from permgate.errors import InvalidInput, ModelError
 from permgate.model import SCOPE_ANY, SCOPE_TYPE_TEST, AuthToken, Role, Tenant
 from permgate.modelcache import ModelCache
 from permgate.permissions import DEFAULT_READ_ACTIONS, GrantSet, parse_grant
-from permgate.service import Actor, ModelService
+from permgate.service import ModelService
 
 __all__ = ["ADMIN_MAP", "create_admin_api"]
 
 log: Final = logging.getLogger("permgate.admin")
 
-ADMIN_MAP: Final[EndpointMap] = parse_map(
-    files("permgate.admin").joinpath("admin_map.yaml").read_text("utf-8"),
-    "permgate/admin/admin_map.yaml",
-)
-
-
-def _entry(endpoint_id: str) -> Endpoint:
-    endpoint = ADMIN_MAP.get(endpoint_id)
-    if endpoint is None:
-        raise RuntimeError(f"admin_map.yaml has no entry {endpoint_id!r}")
-    return endpoint
-
-
-# Creating a principal with roles needs what assigning roles needs.
-_ASSIGN_ROLES: Final = _entry("admin.principals.roles")
-
 _AUDIT_PAGE_MAX: Final = 500
 _AUDIT_PAGE_DEFAULT: Final = 50
-
-_AUTH_DETAILS: Final = {
-    "missing_credentials": "send Authorization: Bearer <auth token or JWT>",
-    "invalid_token": "the credential is not a valid auth token or JWT",
-    "expired_token": "the credential has expired",
-    "revoked_token": "the auth token is revoked",
-    "session_revoked": "the session was revoked: log in again",
-    "unknown_principal": "the credential names no known principal",
-    "disabled_principal": "the principal is disabled",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Caller:
-    """The authenticated caller of one request, as handlers need it."""
-
-    identity: Identity
-    subject: Subject
-    actor: Actor
-
-    @property
-    def account(self) -> str:
-        return self.identity.principal.account
-
-
-_CALLER: Final = web.RequestKey("permgate_admin_caller", _Caller)
 
 
 def _version() -> str:
@@ -132,7 +95,8 @@ def create_admin_api(
             delivers the store's new changes to its caches there.
     """
     api = _AdminApi(service, authenticator, model, endpoint_map, on_committed)
-    app = web.Application(middlewares=[api.guard])
+    guard = Guard(authenticator, model)
+    app = web.Application(middlewares=[guard.middleware])
     # allow_head=False: serve exactly the operations the map and document list.
     get = {"allow_head": False}
     app.router.add_get("/openapi.json", api.openapi, **get)
@@ -172,26 +136,6 @@ async def _body(request: web.Request, schema: str) -> Any:
     return value
 
 
-@contextmanager
-def _forbidden_reason(reason: str) -> Iterator[None]:
-    """Give the service's 403s for this call a stable ``reason``."""
-    try:
-        yield
-    except Forbidden as exc:
-        raise ApiError(403, "forbidden", str(exc), reason=reason) from exc
-
-
-def _require_admin(caller: _Caller, what: str) -> None:
-    if not caller.actor.is_admin:
-        raise ApiError(
-            403,
-            "forbidden",
-            f"only admins can {what} (DESIGN §1.4); {caller.identity.principal.id!r} "
-            "does not hold the admin role",
-            reason="admin_required",
-        )
-
-
 def _not_found(what: str, key: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} {key!r} not found")
 
@@ -215,115 +159,6 @@ class _AdminApi:
         self._on_committed = on_committed
         self._document = orjson.dumps(build_document(ADMIN_MAP, version=_version()))
 
-    # -- the guard -----------------------------------------------------------------
-
-    @web.middleware
-    async def guard(
-        self,
-        request: web.Request,
-        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-    ) -> web.StreamResponse:
-        """Route, authenticate, decide; then run the handler and render its errors."""
-        request_id = hygiene.request_id(request.headers)
-        try:
-            response = await self._guarded(request, handler)
-        except ApiError as exc:
-            response = exc.response(request_id)
-        except (ModelError, InvalidPermission) as exc:
-            response = ApiError(exc.status_code, exc.error, str(exc)).response(request_id)
-        except StoreUnavailable as exc:
-            error = ApiError(503, "unavailable", str(exc), reason="store_unavailable")
-            response = error.response(request_id)
-        except web.HTTPException as exc:  # e.g. 413 from request.read()
-            name = exc.reason.lower().replace(" ", "_")
-            response = ApiError(exc.status, name, exc.text or exc.reason).response(request_id)
-        response.headers["X-Request-Id"] = request_id
-        return response
-
-    async def _guarded(
-        self,
-        request: web.Request,
-        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-    ) -> web.StreamResponse:
-        match = ADMIN_MAP.match(request.method, request.rel_url.raw_path)
-        if match is None:
-            raise self._unrouted(request)
-        if match.endpoint.public:
-            return await handler(request)
-        authorizations = request.headers.getall("Authorization", ())
-        if len(authorizations) > 1:
-            raise ApiError(
-                400,
-                "bad_request",
-                "the Authorization header is sent more than once",
-                reason="duplicate_header",
-            )
-        try:
-            identity = await self._authenticator.authenticate(request.headers.get("Authorization"))
-        except AuthFailure as failure:
-            raise ApiError(
-                401,
-                "unauthenticated",
-                _AUTH_DETAILS[failure.reason],
-                reason=failure.reason,
-                headers={"WWW-Authenticate": failure.www_authenticate},
-            ) from failure
-        principal = identity.principal
-        subject = Subject(principal, await self._model.roles(principal.account), identity.token)
-        self._authorize(match, subject)
-        self._check_query(request, match)
-        request[_CALLER] = _Caller(identity, subject, Actor.of(principal))
-        return await handler(request)
-
-    @staticmethod
-    def _authorize(match: Match, subject: Subject) -> None:
-        decision = decide(ADMIN_MAP, match, subject, None, None)
-        if decision.allowed:
-            return
-        missing = ", ".join(decision.missing)
-        who = f"principal {subject.principal.id!r} lacks {missing}"
-        if subject.token is not None:
-            owner = decide(ADMIN_MAP, match, replace(subject, token=None), None, None)
-            if owner.allowed:
-                who = f"auth token {subject.token.id!r} does not grant {missing} (its owner does)"
-        raise ApiError(
-            403,
-            "forbidden",
-            f"{match.endpoint.id} requires {', '.join(decision.required)}; {who}",
-            reason=str(decision.reason),
-            extra={"missing_permissions": list(decision.missing)},
-        )
-
-    @staticmethod
-    def _check_query(request: web.Request, match: Match) -> None:
-        allowed = query_parameters(match.endpoint.id)
-        unknown = [name for name in request.query if name not in allowed]
-        if unknown:
-            accepted = ", ".join(allowed) if allowed else "none"
-            raise InvalidInput(
-                f"unknown query parameter {unknown[0]!r} (this operation accepts: {accepted})"
-            )
-
-    @staticmethod
-    def _unrouted(request: web.Request) -> ApiError:
-        exc = request.match_info.http_exception
-        if isinstance(exc, web.HTTPMethodNotAllowed):
-            allowed = sorted(exc.allowed_methods)
-            return ApiError(
-                405,
-                "method_not_allowed",
-                f"{request.method} is not an operation of {request.path}; "
-                f"allowed: {', '.join(allowed)}",
-                headers={"Allow": ", ".join(allowed)},
-            )
-        return ApiError(
-            404,
-            "not_found",
-            f"no admin API operation {request.method} {request.path} "
-            "(the operations are listed at /v1/openapi.json)",
-            reason="unmapped_route",
-        )
-
     async def _committed(self) -> None:
         """Deliver the committed change to this gateway's caches before answering."""
         try:
@@ -340,11 +175,11 @@ class _AdminApi:
         return web.Response(body=self._document, content_type="application/json")
 
     async def tenants_list(self, request: web.Request) -> web.StreamResponse:
-        tenants = await self._store.list_tenants(request[_CALLER].account)
+        tenants = await self._store.list_tenants(request[CALLER].account)
         return json_response({"items": [tenant_json(t) for t in tenants]})
 
     async def tenants_create(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
+        caller = request[CALLER]
         body = await _body(request, "TenantCreate")
         tenant = await self._service.create_tenant(
             caller.actor,
@@ -358,18 +193,18 @@ class _AdminApi:
             tenant_json(tenant), status=201, headers={"Location": f"/v1/tenants/{tenant.id}"}
         )
 
-    async def _tenant(self, caller: _Caller, tenant_id: str) -> Tenant:
+    async def _tenant(self, caller: Caller, tenant_id: str) -> Tenant:
         tenant = await self._store.get_tenant(tenant_id)
         if tenant is None or tenant.account != caller.account:
             raise _not_found("tenant", tenant_id)
         return tenant
 
     async def tenants_get(self, request: web.Request) -> web.StreamResponse:
-        tenant = await self._tenant(request[_CALLER], request.match_info["id"])
+        tenant = await self._tenant(request[CALLER], request.match_info["id"])
         return json_response(tenant_json(tenant))
 
     async def tenants_enforcement(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
+        caller = request[CALLER]
         body = await _body(request, "EnforcementPut")
         tenant = await self._service.set_enforcement(
             caller.actor, request.match_info["id"], body["enforcement"]
@@ -380,11 +215,11 @@ class _AdminApi:
     # -- roles ---------------------------------------------------------------------
 
     async def roles_list(self, request: web.Request) -> web.StreamResponse:
-        roles = await self._store.list_roles(request[_CALLER].account)
+        roles = await self._store.list_roles(request[CALLER].account)
         return json_response({"items": [role_json(r) for r in sorted(roles, key=_by_name)]})
 
     async def roles_get(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
+        caller = request[CALLER]
         name = request.match_info["name"]
         role = (await self._store.get_roles(caller.account)).get(name)
         if role is None:
@@ -392,8 +227,8 @@ class _AdminApi:
         return json_response(role_json(role))
 
     async def roles_create(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
-        _require_admin(caller, "create roles")
+        caller = request[CALLER]
+        require_admin(caller, "create roles")
         body = await _body(request, "RoleCreate")
         role = await self._service.create_role(
             caller.actor, caller.account, body["name"], body["display_name"], body["permissions"]
@@ -404,8 +239,8 @@ class _AdminApi:
         )
 
     async def roles_update(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
-        _require_admin(caller, "update roles")
+        caller = request[CALLER]
+        require_admin(caller, "update roles")
         body = await _body(request, "RolePatch")
         role = await self._service.update_role(
             caller.actor,
@@ -419,8 +254,8 @@ class _AdminApi:
         return json_response(role_json(role))
 
     async def roles_delete(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
-        _require_admin(caller, "delete roles")
+        caller = request[CALLER]
+        require_admin(caller, "delete roles")
         name = request.match_info["name"]
         try:
             await self._service.delete_role(caller.actor, caller.account, name)
@@ -435,11 +270,11 @@ class _AdminApi:
     # -- principals ------------------------------------------------------------------
 
     async def principals_list(self, request: web.Request) -> web.StreamResponse:
-        principals = await self._store.list_principals(request[_CALLER].account)
+        principals = await self._store.list_principals(request[CALLER].account)
         return json_response({"items": [principal_json(p) for p in principals]})
 
     async def principals_get(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
+        caller = request[CALLER]
         principal_id = request.match_info["id"]
         principal = await self._store.get_principal(principal_id)
         if principal is None or principal.account != caller.account:
@@ -447,13 +282,13 @@ class _AdminApi:
         return json_response(principal_json(principal))
 
     async def principals_create(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
+        caller = request[CALLER]
         body = await _body(request, "PrincipalCreate")
         roles = [(item["role"], item.get("tenant")) for item in body.get("roles", ())]
         if roles:
             # Giving roles at creation is assigning roles: the same rules apply.
-            _require_admin(caller, "assign roles")
-            self._authorize(Match(_ASSIGN_ROLES), caller.subject)
+            require_admin(caller, "assign roles")
+            authorize(ASSIGN_ROLES, caller.subject)
         principal = await self._service.create_principal(
             caller.actor,
             caller.account,
@@ -471,7 +306,7 @@ class _AdminApi:
         )
 
     async def principals_update(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
+        caller = request[CALLER]
         body = await _body(request, "PrincipalPatch")
         principal = await self._service.update_principal(
             caller.actor,
@@ -483,8 +318,8 @@ class _AdminApi:
         return json_response(principal_json(principal))
 
     async def principals_roles(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
-        _require_admin(caller, "assign roles")
+        caller = request[CALLER]
+        require_admin(caller, "assign roles")
         body = await _body(request, "RolesPut")
         principal = await self._service.set_principal_roles(
             caller.actor,
@@ -495,7 +330,7 @@ class _AdminApi:
         return json_response(principal_json(principal))
 
     async def principals_tenants(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
+        caller = request[CALLER]
         body = await _body(request, "TenantsPut")
         principal = await self._service.set_principal_tenants(
             caller.actor, request.match_info["id"], body
@@ -506,7 +341,7 @@ class _AdminApi:
     # -- tokens ----------------------------------------------------------------------
 
     async def tokens_list(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
+        caller = request[CALLER]
         me = caller.identity.principal.id
         owner = request.query.get("owner")
         if owner is not None and owner != me:
@@ -527,14 +362,14 @@ class _AdminApi:
         return json_response({"items": [token_json(t) for t in tokens]})
 
     async def tokens_create(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
+        caller = request[CALLER]
         body = await _body(request, "TokenCreate")
         permissions: list[str] = body["permissions"]
         tenants: list[str] = body.get("tenants", [])
         if caller.identity.token is not None:
             known = {t.id: t for t in await self._store.list_tenants(caller.account)}
             _within_calling_token(caller.identity.token, permissions, tenants, known)
-        with _forbidden_reason("not_token_owner"):
+        with forbidden_reason("not_token_owner"):
             token, secret = await self._service.create_token(
                 caller.actor,
                 body.get("owner", caller.identity.principal.id),
@@ -551,8 +386,8 @@ class _AdminApi:
         )
 
     async def tokens_revoke(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
-        with _forbidden_reason("not_token_owner"):
+        caller = request[CALLER]
+        with forbidden_reason("not_token_owner"):
             token = await self._service.revoke_token(caller.actor, request.match_info["id"])
         await self._committed()
         return json_response(token_json(token))
@@ -560,7 +395,7 @@ class _AdminApi:
     # -- explain and audit ---------------------------------------------------------
 
     async def explain(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
+        caller = request[CALLER]
         body = await _body(request, "ExplainRequest")
         answer = await explain(
             body,
@@ -572,7 +407,7 @@ class _AdminApi:
         return json_response(answer)
 
     async def audit(self, request: web.Request) -> web.StreamResponse:
-        caller = request[_CALLER]
+        caller = request[CALLER]
         limit = _int_query(request, "limit", _AUDIT_PAGE_DEFAULT, 1, _AUDIT_PAGE_MAX)
         before = _int_query(request, "before", None, 1, None)
         records = await self._store.list_audit(caller.account, limit=limit + 1, before=before)

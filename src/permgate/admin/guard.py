@@ -1,0 +1,215 @@
+"""The admin API's guard: permgate's own decision applied to the admin API.
+
+Route against the admin endpoint map (``admin_map.yaml``), authenticate with the
+gateway's :class:`Authenticator`, then :func:`permgate.decision.decide` with the
+caller's roles and token, so an auth token is capped by its grants and its owner
+here exactly as on the gateway. Only then does a handler run, with the caller under
+:data:`CALLER`. Every error, whoever raised it, leaves as the §6 JSON shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from importlib.resources import files
+from typing import Final
+
+from aiohttp import web
+
+from permgate import hygiene
+from permgate.admin.openapi import query_parameters
+from permgate.admin.render import ApiError
+from permgate.authn import Authenticator, AuthFailure, Identity
+from permgate.decision import Subject, decide
+from permgate.endpoints import Endpoint, EndpointMap, Match, parse_map
+from permgate.errors import Forbidden, InvalidInput, InvalidPermission, ModelError, StoreUnavailable
+from permgate.modelcache import ModelCache
+from permgate.service import Actor
+
+__all__ = [
+    "ADMIN_MAP",
+    "ASSIGN_ROLES",
+    "CALLER",
+    "Caller",
+    "Guard",
+    "forbidden_reason",
+    "require_admin",
+]
+
+ADMIN_MAP: Final[EndpointMap] = parse_map(
+    files("permgate.admin").joinpath("admin_map.yaml").read_text("utf-8"),
+    "permgate/admin/admin_map.yaml",
+)
+
+
+def _entry(endpoint_id: str) -> Endpoint:
+    endpoint = ADMIN_MAP.get(endpoint_id)
+    if endpoint is None:
+        raise RuntimeError(f"admin_map.yaml has no entry {endpoint_id!r}")
+    return endpoint
+
+
+# Creating a principal with roles needs what assigning roles needs.
+ASSIGN_ROLES: Final = _entry("admin.principals.roles")
+
+_AUTH_DETAILS: Final = {
+    "missing_credentials": "send Authorization: Bearer <auth token or JWT>",
+    "invalid_token": "the credential is not a valid auth token or JWT",
+    "expired_token": "the credential has expired",
+    "revoked_token": "the auth token is revoked",
+    "session_revoked": "the session was revoked: log in again",
+    "unknown_principal": "the credential names no known principal",
+    "disabled_principal": "the principal is disabled",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated caller of one request, as handlers need it."""
+
+    identity: Identity
+    subject: Subject
+    actor: Actor
+
+    @property
+    def account(self) -> str:
+        """Every object a handler touches belongs to this account."""
+        return self.identity.principal.account
+
+
+CALLER: Final = web.RequestKey("permgate_admin_caller", Caller)
+
+
+@contextmanager
+def forbidden_reason(reason: str) -> Iterator[None]:
+    """Give the service's 403s raised in the block a stable ``reason``."""
+    try:
+        yield
+    except Forbidden as exc:
+        raise ApiError(403, "forbidden", str(exc), reason=reason) from exc
+
+
+def require_admin(caller: Caller, what: str) -> None:
+    """§1.4's admin-only rules, answered before the service (which enforces them too)."""
+    if not caller.actor.is_admin:
+        raise ApiError(
+            403,
+            "forbidden",
+            f"only admins can {what} (DESIGN §1.4); {caller.identity.principal.id!r} "
+            "does not hold the admin role",
+            reason="admin_required",
+        )
+
+
+def authorize(endpoint: Endpoint, subject: Subject) -> None:
+    """403 unless ``subject`` holds everything ``endpoint`` requires; the detail says
+    whether the principal or only its token lacks it."""
+    decision = decide(ADMIN_MAP, Match(endpoint), subject, None, None)
+    if decision.allowed:
+        return
+    missing = ", ".join(decision.missing)
+    who = f"principal {subject.principal.id!r} lacks {missing}"
+    if subject.token is not None:
+        owner = decide(ADMIN_MAP, Match(endpoint), replace(subject, token=None), None, None)
+        if owner.allowed:
+            who = f"auth token {subject.token.id!r} does not grant {missing} (its owner does)"
+    raise ApiError(
+        403,
+        "forbidden",
+        f"{endpoint.id} requires {', '.join(decision.required)}; {who}",
+        reason=str(decision.reason),
+        extra={"missing_permissions": list(decision.missing)},
+    )
+
+
+class Guard:
+    """The admin sub-app's one middleware (see the module docstring)."""
+
+    def __init__(self, authenticator: Authenticator, model: ModelCache) -> None:
+        self._authenticator = authenticator
+        self._model = model
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Route, authenticate, decide; then run the handler and render its errors."""
+        request_id = hygiene.request_id(request.headers)
+        try:
+            response = await self._guarded(request, handler)
+        except ApiError as exc:
+            response = exc.response(request_id)
+        except (ModelError, InvalidPermission) as exc:
+            response = ApiError(exc.status_code, exc.error, str(exc)).response(request_id)
+        except StoreUnavailable:
+            # The exception names the store's file or host: keep that for the logs.
+            error = ApiError(
+                503, "unavailable", "the store is unreachable", reason="store_unavailable"
+            )
+            response = error.response(request_id)
+        except web.HTTPException as exc:  # e.g. 413 from request.read()
+            name = exc.reason.lower().replace(" ", "_")
+            response = ApiError(exc.status, name, exc.text or exc.reason).response(request_id)
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        match = ADMIN_MAP.match(request.method, request.rel_url.raw_path)
+        if match is None:
+            raise _unrouted(request)
+        if match.endpoint.public:
+            return await handler(request)
+        if len(request.headers.getall("Authorization", ())) > 1:
+            raise ApiError(
+                400,
+                "bad_request",
+                "the Authorization header is sent more than once",
+                reason="duplicate_header",
+            )
+        try:
+            identity = await self._authenticator.authenticate(request.headers.get("Authorization"))
+        except AuthFailure as failure:
+            raise ApiError(
+                401,
+                "unauthenticated",
+                _AUTH_DETAILS[failure.reason],
+                reason=failure.reason,
+                headers={"WWW-Authenticate": failure.www_authenticate},
+            ) from failure
+        principal = identity.principal
+        subject = Subject(principal, await self._model.roles(principal.account), identity.token)
+        authorize(match.endpoint, subject)
+        _check_query(request, match.endpoint)
+        request[CALLER] = Caller(identity, subject, Actor.of(principal))
+        return await handler(request)
+
+
+def _check_query(request: web.Request, endpoint: Endpoint) -> None:
+    allowed = query_parameters(endpoint.id)
+    unknown = [name for name in request.query if name not in allowed]
+    if unknown:
+        accepted = ", ".join(allowed) if allowed else "none"
+        raise InvalidInput(
+            f"unknown query parameter {unknown[0]!r} (this operation accepts: {accepted})"
+        )
+
+
+def _unrouted(request: web.Request) -> ApiError:
+    exc = request.match_info.http_exception
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = sorted(exc.allowed_methods)
+        return ApiError(
+            405,
+            "method_not_allowed",
+            f"{request.method} is not an operation of {request.path}; "
+            f"allowed: {', '.join(allowed)}",
+            headers={"Allow": ", ".join(allowed)},
+        )
+    return ApiError(
+        404,
+        "not_found",
+        f"no admin API operation {request.method} {request.path} "
+        "(the operations are listed at /v1/openapi.json)",
+        reason="unmapped_route",
+    )
