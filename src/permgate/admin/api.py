@@ -1,10 +1,9 @@
 """The admin API (DESIGN §6): tenants, roles, principals, tokens, explain and audit.
 
 One aiohttp sub-application, mounted by the admin listener with
-``admin_app.add_subapp("/v1", create_admin_api(...))``. Its single middleware is the
-gateway's own decision applied to the admin API: route against the admin endpoint
-map (``admin_map.yaml``), authenticate with the gateway's :class:`Authenticator`,
-then :func:`permgate.decision.decide` with the caller's roles and token, so an auth
+``admin_app.add_subapp("/v1", create_admin_api(...))``. Its single middleware,
+:class:`~permgate.admin.guard.Guard`, is the gateway's own decision applied to the
+admin API (route against ``admin_map.yaml``, authenticate, ``decide``), so an auth
 token is capped by its owner here exactly as everywhere else. Handlers run only
 after that, and every write goes through :class:`ModelService`, which enforces
 §1.4 and audits the change in the same transaction.
@@ -98,28 +97,27 @@ def create_admin_api(
     guard = Guard(authenticator, model)
     app = web.Application(middlewares=[guard.middleware])
     # allow_head=False: serve exactly the operations the map and document list.
-    get = {"allow_head": False}
-    app.router.add_get("/openapi.json", api.openapi, **get)
-    app.router.add_get("/tenants", api.tenants_list, **get)
+    app.router.add_get("/openapi.json", api.openapi, allow_head=False)
+    app.router.add_get("/tenants", api.tenants_list, allow_head=False)
     app.router.add_post("/tenants", api.tenants_create)
-    app.router.add_get("/tenants/{id}", api.tenants_get, **get)
+    app.router.add_get("/tenants/{id}", api.tenants_get, allow_head=False)
     app.router.add_put("/tenants/{id}/enforcement", api.tenants_enforcement)
-    app.router.add_get("/roles", api.roles_list, **get)
+    app.router.add_get("/roles", api.roles_list, allow_head=False)
     app.router.add_post("/roles", api.roles_create)
-    app.router.add_get("/roles/{name}", api.roles_get, **get)
+    app.router.add_get("/roles/{name}", api.roles_get, allow_head=False)
     app.router.add_patch("/roles/{name}", api.roles_update)
     app.router.add_delete("/roles/{name}", api.roles_delete)
-    app.router.add_get("/principals", api.principals_list, **get)
+    app.router.add_get("/principals", api.principals_list, allow_head=False)
     app.router.add_post("/principals", api.principals_create)
-    app.router.add_get("/principals/{id}", api.principals_get, **get)
+    app.router.add_get("/principals/{id}", api.principals_get, allow_head=False)
     app.router.add_patch("/principals/{id}", api.principals_update)
     app.router.add_put("/principals/{id}/roles", api.principals_roles)
     app.router.add_put("/principals/{id}/tenants", api.principals_tenants)
-    app.router.add_get("/tokens", api.tokens_list, **get)
+    app.router.add_get("/tokens", api.tokens_list, allow_head=False)
     app.router.add_post("/tokens", api.tokens_create)
     app.router.add_delete("/tokens/{id}", api.tokens_revoke)
     app.router.add_post("/explain", api.explain)
-    app.router.add_get("/audit", api.audit, **get)
+    app.router.add_get("/audit", api.audit, allow_head=False)
     return app
 
 
@@ -141,7 +139,7 @@ def _not_found(what: str, key: str) -> ApiError:
 
 
 class _AdminApi:
-    """The handlers and the guard, sharing the gateway's building blocks."""
+    """The handlers; they run only after :class:`Guard` admitted the caller."""
 
     def __init__(
         self,
