@@ -241,7 +241,7 @@ def test_dashboard_configmap_is_labelled_for_the_grafana_sidecar(helm, tmp_path)
     cm = manifests[("ConfigMap", "rel-permgate-dashboard")]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(cm["data"]["permgate.json"])
-    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
     assert "permgate_decisions_total" in exprs
     assert "permgate_decision_seconds_bucket" in exprs
 
