@@ -40,7 +40,8 @@ __all__ = ["Runtime", "serve"]
 log = logging.getLogger("permgate")
 
 TOKEN_USE_FLUSH_SECONDS: Final = 5.0
-SHUTDOWN_TIMEOUT_SECONDS: Final = 30.0
+SHUTDOWN_TIMEOUT_SECONDS: Final = 20.0
+AUDIT_DRAIN_SECONDS: Final = 8.0  # with the shutdown timeout, under Kubernetes' default 30 s
 
 
 class _Observer:
@@ -58,6 +59,9 @@ class _Observer:
     def record(self, outcome: RequestOutcome) -> None:
         self._metrics.observe(outcome)
         self._audit.emit_decision(outcome)
+
+    def refused(self, outcome: RequestOutcome) -> None:
+        self._metrics.observe(outcome)
 
 
 @dataclass
@@ -168,7 +172,9 @@ class Runtime:
         if self._jwt is not None:
             await self._jwt.close()
         await self.store.close()
-        await self.audit.close()
+        # Bounded, so a broken sink cannot hang a pod past its termination grace
+        # period; anything left is counted as dropped and logged, never silent.
+        await self.audit.close(timeout=AUDIT_DRAIN_SECONDS)
 
     # -- the admin listener ------------------------------------------------------
 

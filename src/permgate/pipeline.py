@@ -11,6 +11,8 @@ decision a cache hit keyed on the model's and the map's epochs.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -33,6 +35,8 @@ from permgate.proxy import Upstream, UpstreamError, UpstreamTiming
 
 __all__ = ["Gateway", "Observer"]
 
+log = logging.getLogger("permgate.pipeline")
+
 _JSON: Final = "application/json"
 _UPSTREAM_REASONS: Final = {"connect": "upstream_unavailable", "timeout": "upstream_timeout"}
 
@@ -47,6 +51,10 @@ class Observer(Protocol):
 
     def record(self, outcome: RequestOutcome) -> None:
         """Called exactly once per admitted request, after the response."""
+        ...
+
+    def refused(self, outcome: RequestOutcome) -> None:
+        """Called for a request refused before admission (metrics only, no slot)."""
         ...
 
 
@@ -129,15 +137,30 @@ class Gateway:
         try:
             await self._observer.admit()
         except PermgateError as exc:
+            # No audit slot was granted, so no event: the refusal is counted in metrics.
+            outcome.reason = "audit_overloaded"
+            outcome.status = exc.status_code
+            outcome.duration_s = self._clock() - t0
+            self._observer.refused(outcome)
             return _refusal(exc.status_code, exc.error, "audit_overloaded", request_id)
+        response: web.StreamResponse | None = None
         try:
             response = await self._handle(request, outcome, path, query, raw_target)
         except StoreUnavailable:
             outcome.decision, outcome.reason = "deny", "store_unavailable"
             response = _refusal(503, "unavailable", "store_unavailable", request_id)
-        outcome.status = response.status
-        outcome.duration_s = self._clock() - t0
-        self._observer.record(outcome)
+        except asyncio.CancelledError:
+            outcome.reason = outcome.reason or "client_gone"  # the client went away mid-way
+            raise
+        except Exception:
+            log.exception("request %s failed", request_id)
+            outcome.decision, outcome.reason = "deny", "internal_error"
+            response = _refusal(500, "internal", "internal_error", request_id)
+        finally:
+            # Whatever happened, the request's audit slot is used exactly once.
+            outcome.status = response.status if response is not None else 499
+            outcome.duration_s = self._clock() - t0
+            self._observer.record(outcome)
         return response
 
     async def _handle(

@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
+from pathlib import Path
 from types import FrameType
 
 from permgate.cli._common import add_common_arguments, settings_from_args
@@ -45,9 +47,23 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if args.workers == 1 or os.environ.get(WORKER_ENV):
-        return _run_one(settings, reuse_port=args.workers > 1 or bool(os.environ.get(WORKER_ENV)))
+    worker = os.environ.get(WORKER_ENV)
+    if worker is not None:
+        return _run_one(_per_worker(settings, worker), reuse_port=True)
+    if args.workers == 1:
+        return _run_one(settings, reuse_port=False)
     return _run_workers(args)
+
+
+def _per_worker(settings: Settings, worker: str) -> Settings:
+    """Workers must not rotate one audit file between them: each writes its own,
+    ``audit.log`` becoming ``audit-w0.log``, ``audit-w1.log``..."""
+    sink = settings.audit.sink
+    if not sink.startswith("file:"):
+        return settings
+    path = Path(sink.removeprefix("file:"))
+    own = path.with_name(f"{path.stem}-w{worker}{path.suffix}")
+    return replace(settings, audit=replace(settings.audit, sink=f"file:{own}"))
 
 
 def _run_one(settings: Settings, *, reuse_port: bool) -> int:
@@ -62,9 +78,9 @@ def _run_one(settings: Settings, *, reuse_port: bool) -> int:
 
 def _run_workers(args: argparse.Namespace) -> int:
     """Start N copies of this command as workers and supervise them."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="permgate-metrics-")
     env = dict(os.environ)
-    if not env.get("PROMETHEUS_MULTIPROC_DIR"):
-        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="permgate-metrics-")
     from permgate.observability.metrics import prepare_multiprocess_dir
 
     prepare_multiprocess_dir(env["PROMETHEUS_MULTIPROC_DIR"])
@@ -84,5 +100,10 @@ def _run_workers(args: argparse.Namespace) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, forward)
-    codes = [worker.wait() for worker in workers]
+    from permgate.observability.metrics import mark_process_dead
+
+    codes = []
+    for worker in workers:
+        codes.append(worker.wait())
+        mark_process_dead(worker.pid)
     return max((abs(code) for code in codes), default=0)
