@@ -465,6 +465,7 @@ class ModelService:
             _check_kind(kind)
         async with self.transaction() as tx:
             before = await self._principal(tx, actor, principal_id)
+            await self._may_manage_principal(tx, actor, before)
             after = replace(
                 before,
                 kind=before.kind if kind is None else kind,
@@ -499,6 +500,7 @@ class ModelService:
         async with self.transaction() as tx:
             before = await self._principal(tx, actor, principal_id)
             scope = await self._check_scope(tx, before.account, tenants)
+            await self._may_manage_principal(tx, actor, before, scope)
             after = replace(before, tenants=scope)
             return await self._store_principal(tx, actor, before, after, "principal.tenants")
 
@@ -664,6 +666,29 @@ class ModelService:
                 snapshot(after),
             )
             return after
+
+    async def _may_manage_principal(
+        self,
+        tx: Transaction,
+        actor: Actor,
+        target: Principal,
+        scope: Sequence[str] | None = None,
+    ) -> None:
+        """A non-admin holding ``principals.write`` must not escalate through it: it
+        cannot change itself or an admin, nor hand out tenants it does not reach."""
+        if actor.kind == "cli" or actor.is_admin:
+            return
+        if target.id == actor.principal_id:
+            raise Forbidden("a principal cannot change its own status or tenant scope")
+        if is_admin(target):
+            raise Forbidden(f"only admins can change {target.id!r}, an admin")
+        if scope is None or actor.principal_id is None:
+            return
+        me = await tx.get_principal(actor.principal_id)
+        tenants_by_id = {t.id: t for t in await tx.list_tenants(target.account)}
+        outside = list(scope) if me is None else _exceeding_tenants(scope, me, tenants_by_id)
+        if outside:
+            raise Forbidden(f"cannot grant tenants beyond your own scope: {', '.join(outside)}")
 
     @staticmethod
     def _may_manage_tokens(actor: Actor, owner: Principal) -> None:

@@ -380,3 +380,39 @@ async def test_delete_role_racing_assignment_never_leaves_a_dangling_assignment(
             await acme.set_principal_roles(CLI, "alice", [])
     finally:
         await other.close()
+
+
+ESCALATIONS: list[tuple[str, Callable[[ModelService, Actor], Awaitable[object]], str]] = [
+    ("widen own scope", lambda s, a: s.set_principal_tenants(a, "alice", ["any"]), "its own"),
+    ("disable an admin", lambda s, a: s.update_principal(a, "root", disabled=True), "an admin"),
+    ("rescope an admin", lambda s, a: s.set_principal_tenants(a, "root", []), "an admin"),
+    (
+        "grant a tenant beyond own scope",
+        lambda s, a: s.set_principal_tenants(a, "bob", ["acme-test"]),
+        "beyond your own scope",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "action", "message"), ESCALATIONS, ids=[n for n, _, _ in ESCALATIONS]
+)
+async def test_principal_management_cannot_escalate(
+    acme: ModelService,
+    store: Store,
+    name: str,
+    action: Callable[..., Awaitable[object]],
+    message: str,
+) -> None:
+    """A non-admin with principals.write cannot widen itself, touch admins, or hand
+    out tenants it does not reach itself."""
+    await acme.create_principal(CLI, "acme", "bob", tenants=["acme-prod"])
+    with pytest.raises(Forbidden, match=message):
+        await action(acme, await _actor(store, "alice"))
+
+
+async def test_non_admin_may_rescope_within_its_own_scope(acme: ModelService, store: Store) -> None:
+    """Handing out a tenant the actor itself reaches is allowed."""
+    await acme.create_principal(CLI, "acme", "bob", tenants=[])
+    bob = await acme.set_principal_tenants(await _actor(store, "alice"), "bob", ["acme-prod"])
+    assert bob.tenants == ("acme-prod",)
