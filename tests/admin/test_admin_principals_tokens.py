@@ -160,10 +160,20 @@ async def test_assignment_to_another_accounts_tenant_is_422(world: World) -> Non
 async def test_tenant_scope_is_replaced(world: World) -> None:
     """PUT tenants replaces the scope."""
     answer = await world.call(
-        "PUT", "/v1/principals/carol/tenants", who="alice", json=["acme-prod", "type:test"]
+        "PUT", "/v1/principals/carol/tenants", who="root", json=["acme-prod", "type:test"]
     )
     assert answer.status == 200
     assert answer.body["tenants"] == ["acme-prod", "type:test"]
+
+
+async def test_scope_beyond_the_callers_own_is_403(world: World) -> None:
+    """A non-admin cannot hand out tenants it does not reach itself."""
+    answer = await world.call(
+        "PUT", "/v1/principals/carol/tenants", who="alice", json=["acme-prod", "type:test"]
+    )
+    assert answer.status == 403
+    assert "type:test" in answer.body["detail"]
+    assert (await world.call("GET", "/v1/principals/carol")).body["tenants"] == ["acme-prod"]
 
 
 async def test_bad_tenant_scope_is_422(world: World) -> None:
