@@ -32,6 +32,8 @@ MIGRATE_LOCK: Final = WRITE_LOCK + 1
 POLL_SECONDS: Final = 1.0
 CONNECT_TIMEOUT: Final = 5.0
 MAX_BACKOFF: Final = 5.0
+# Names the LISTEN connection in pg_stat_activity, so an operator (or a test) can find it.
+LISTEN_APPLICATION_NAME: Final = "permgate-listen"
 
 # What "the server cannot be reached or went away" looks like from asyncpg.
 _CONNECTION_ERRORS: Final = (
@@ -160,7 +162,11 @@ class PostgresStore(SqlStore):
                 wake.set()
 
             try:
-                conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT)
+                conn = await asyncpg.connect(
+                    self.dsn,
+                    timeout=CONNECT_TIMEOUT,
+                    server_settings={"application_name": LISTEN_APPLICATION_NAME},
+                )
                 conn.add_termination_listener(on_lost)
                 await conn.add_listener(NOTIFY_CHANNEL, lambda *_: wake.set())
                 if connected_before:
