@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -279,6 +280,9 @@ class FileSink:
     is in exactly one file; a single line longer than ``max_bytes`` gets a file of
     its own. The oldest file beyond ``backups`` is deleted (retention, not loss).
     Only one process may write a given path: give each worker its own file.
+    A path that is not a regular file (a FIFO read by a log shipper, ``/dev/stdout``)
+    is only appended to: never rotated (renaming it would move the pipe away from
+    its reader) and never fsync'ed (the kernel refuses with EINVAL).
     """
 
     def __init__(self, path: str, *, max_bytes: int, backups: int) -> None:
@@ -287,11 +291,14 @@ class FileSink:
         self.backups = backups
         self._file: IO[bytes] | None = None
         self._size = 0
+        self._regular = True
 
     def open(self) -> None:
         if self._file is None:
             self._file = open(self.path, "ab")  # noqa: SIM115 - held open across writes
-            self._size = os.fstat(self._file.fileno()).st_size
+            st = os.fstat(self._file.fileno())
+            self._size = st.st_size
+            self._regular = stat.S_ISREG(st.st_mode)
 
     def write(self, lines: Sequence[bytes]) -> None:
         self.open()
@@ -299,7 +306,7 @@ class FileSink:
         chunk_size = 0
         for line in lines:
             used = self._size + chunk_size
-            if used and used + len(line) > self.max_bytes:
+            if self._regular and used and used + len(line) > self.max_bytes:
                 self._write_chunk(chunk)
                 chunk, chunk_size = [], 0
                 self._rotate()
@@ -330,7 +337,8 @@ class FileSink:
     def close(self) -> None:
         if self._file is not None:
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if self._regular:
+                os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
 
