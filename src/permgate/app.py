@@ -32,8 +32,8 @@ from permgate.observability.reload import MapReloader
 from permgate.outcome import RequestOutcome
 from permgate.pipeline import Gateway
 from permgate.proxy import SERVER_SETTINGS, Upstream
-from permgate.service import ModelService
-from permgate.store import Store, open_store
+from permgate.service import ModelService, audit_event
+from permgate.store import AuditRecord, Store, open_store
 
 __all__ = ["Runtime", "serve"]
 
@@ -108,6 +108,7 @@ class Runtime:
             self.store,
             default_enforcement=settings.default_enforcement,
             token_prefix=settings.auth.token_prefix,
+            on_audit=self._admin_audit,
         )
         if settings.auth.jwt is not None:
             self._jwt = JwtVerifier(settings.auth.jwt)
@@ -134,6 +135,15 @@ class Runtime:
             asyncio.create_task(self._flush_token_uses(), name="permgate-token-uses"),
             asyncio.create_task(self.model.keepalive(), name="permgate-keepalive"),
         ]
+
+    def _admin_audit(self, record: AuditRecord) -> None:
+        """A committed admin API change also goes to the audit stream (DESIGN §5):
+        ``enforcement.change`` for a tenant's mode, ``admin.change`` for the rest.
+        Rare, and already committed, so it never waits for a queue slot."""
+        event = audit_event(record)
+        if record.action.startswith("tenant.enforcement"):
+            event["event"] = "enforcement.change"
+        self.audit.emit_nowait(event)
 
     def _swap_map(self, endpoint_map: EndpointMap) -> None:
         with contextlib.suppress(AttributeError):  # the initial load precedes the gateway
