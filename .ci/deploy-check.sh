@@ -164,12 +164,15 @@ build_stand_in_base() {
 
 build_image() {
   [[ -f endpoint_map.yaml ]] || die "endpoint_map.yaml (the shipped map) is missing at the repo root"
-  step "buildah bud -t $IMAGE (multi-stage Dockerfile, --layers cache)"
-  buildah bud --pull=never --layers --quiet --format docker -t "$IMAGE" \
+  # No --layers: buildah 1.28 keys a RUN's cache on its text, not on the content of a
+  # --mount=from=build bind, so a warm cache reinstalled a stale wheel. A full build is
+  # ~30 s and always tests what is in the tree.
+  step "buildah bud -t $IMAGE (multi-stage Dockerfile)"
+  buildah bud --pull=never --quiet --format docker -t "$IMAGE" \
     --build-arg "PYTHON_IMAGE=$BASE_IMAGE" -f Dockerfile . >"$WORK/build.log" 2>&1 \
     || { tail -40 "$WORK/build.log" >&2; die "buildah bud"; }
   buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' "$IMAGE"
-  # --layers keeps every intermediate image as cache; prune them once the store is big.
+  # Old untagged images pile up across runs on one machine; prune once the store is big.
   if (($(du -sm "$WORK/containers" | cut -f1) > 4096)); then
     buildah rmi --prune >/dev/null 2>&1 || true
   fi
@@ -215,7 +218,8 @@ smoke_run() {
 
   SMOKE_DIR=$(mktemp -d)
   mkdir -p "$SMOKE_DIR/etc" "$SMOKE_DIR/data"
-  chmod 0777 "$SMOKE_DIR/data"  # the image runs as uid 65532
+  chmod 0755 "$SMOKE_DIR"        # mktemp makes it 0700; the image runs as uid 65532
+  chmod 0777 "$SMOKE_DIR/data"
   cat >"$SMOKE_DIR/etc/permgate.yaml" <<EOF
 listen: 127.0.0.1:$SMOKE_GATEWAY_PORT
 admin_listen: 127.0.0.1:$SMOKE_ADMIN_PORT
