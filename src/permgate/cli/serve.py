@@ -51,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
     if worker is not None:
         return _run_one(_per_worker(settings, worker), reuse_port=True)
     if args.workers == 1:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # The one process is the parent: same preparation as for N workers.
+            from permgate.observability.metrics import prepare_multiprocess_dir
+
+            prepare_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         return _run_one(settings, reuse_port=False)
     return _run_workers(args)
 
