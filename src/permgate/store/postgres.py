@@ -7,7 +7,9 @@ inside the transaction (is this role assigned?) still holds at commit. The same
 transaction calls ``pg_notify``; a watcher holds a dedicated LISTEN connection,
 reads the log since its last version on each notification (and at least once a
 second as a fallback), and after losing that connection reconnects with backoff
-and calls ``on_reset`` because notifications may have been missed.
+and calls ``on_reset`` because notifications may have been missed. While it cannot
+listen it keeps reading the log through the pool once a second, and it tries to listen
+again as soon as a read through the pool succeeds (the store is back).
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ class PostgresStore(SqlStore):
         super().__init__(dsn)
         self.where = describe(dsn)
         self._pool: asyncpg.Pool | None = None
+        # Set whenever the pool reaches the server: a watcher waiting to listen again
+        # retries at once instead of at the end of its backoff.
+        self._answered = asyncio.Event()
 
     @classmethod
     async def open(
@@ -120,6 +125,7 @@ class PostgresStore(SqlStore):
                 pool.acquire(timeout=CONNECT_TIMEOUT) as conn,
                 conn.transaction(isolation="repeatable_read", readonly=True),
             ):
+                self._answered.set()
                 yield Transaction(_Conn(conn), writable=False)
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise self._translate(exc) from exc
@@ -178,7 +184,7 @@ class PostgresStore(SqlStore):
                 log.warning("store watch: cannot listen on %s: %s", self.where, exc)
                 if conn is not None:
                     conn.terminate()
-                await asyncio.sleep(backoff)
+                await self._until_retry(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             connected_before = True
@@ -192,6 +198,33 @@ class PostgresStore(SqlStore):
                 log.warning("store watch: lost the LISTEN connection to %s", self.where)
             finally:
                 conn.terminate()
+
+    async def _until_retry(self, backoff: float) -> None:
+        """Wait up to ``backoff`` before listening again. Meanwhile deliver from the log
+        through the pool every :data:`POLL_SECONDS`, so changes do not wait for the
+        LISTEN connection (e.g. when only new connections are refused); and while the
+        pool cannot reach the store either, end the wait as soon as any read through the
+        pool succeeds: the store is back, so listen (and reset) now, not at the end of a
+        backoff grown during the outage."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + backoff
+        down = False
+        while True:
+            self._answered.clear()
+            reachable = await self._deliver_quietly()
+            if reachable and down:
+                return
+            down = not reachable
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            if reachable:
+                await asyncio.sleep(min(left, POLL_SECONDS))
+                continue
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._answered.wait(), min(left, POLL_SECONDS))
+            if self._answered.is_set():
+                return
 
     async def _close_connections(self) -> None:
         pool, self._pool = self._pool, None
