@@ -137,13 +137,9 @@ class Runtime:
         ]
 
     def _admin_audit(self, record: AuditRecord) -> None:
-        """A committed admin API change also goes to the audit stream (DESIGN §5):
-        ``enforcement.change`` for a tenant's mode, ``admin.change`` for the rest.
+        """A committed admin API change also goes to the audit stream (DESIGN §5).
         Rare, and already committed, so it never waits for a queue slot."""
-        event = audit_event(record)
-        if record.action.startswith("tenant.enforcement"):
-            event["event"] = "enforcement.change"
-        self.audit.emit_nowait(event)
+        self.audit.emit_nowait(audit_event(record))
 
     def _swap_map(self, endpoint_map: EndpointMap) -> None:
         with contextlib.suppress(AttributeError):  # the initial load precedes the gateway

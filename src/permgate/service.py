@@ -786,10 +786,14 @@ def _exceeding_tenants(
 
 
 def audit_event(record: AuditRecord) -> dict[str, object]:
-    """An audit record as a DESIGN §5 ``admin.change`` event."""
+    """An audit record as a DESIGN §5 event: ``enforcement.change`` for a tenant's
+    mode (both the switch and a refused switch back), ``admin.change`` for the rest."""
+    kind = (
+        "enforcement.change" if record.action.startswith("tenant.enforcement") else "admin.change"
+    )
     return {
         "ts": datetime.fromtimestamp(record.ts, UTC).isoformat().replace("+00:00", "Z"),
-        "event": "admin.change",
+        "event": kind,
         "account": record.account,
         "actor": record.actor,
         "action": record.action,
