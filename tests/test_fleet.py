@@ -351,12 +351,14 @@ async def measure(
             await change()
             return time.monotonic()
 
-        t_commit, t_enforced, t_done = await asyncio.wait_for(
-            asyncio.gather(committed_at(), enforced_at(), completed_at()), timeout=timeout
-        )
+        # A TaskGroup: if one part fails or the bound passes, the pollers stop too.
+        async with asyncio.timeout(timeout), asyncio.TaskGroup() as group:
+            commit = group.create_task(committed_at())
+            enforced = group.create_task(enforced_at())
+            done = group.create_task(completed_at())
     finally:
         await log_reader.close()
-    return Propagation(t_enforced - t_commit, t_enforced - t_done)
+    return Propagation(enforced.result() - commit.result(), enforced.result() - done.result())
 
 
 def report(label: str, measured: Propagation) -> None:

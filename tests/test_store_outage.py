@@ -120,10 +120,16 @@ async def test_store_outage_fails_closed_within_the_grace_bound_and_recovers(
 
     await outage.proxy.cut()
     cut_at = time.monotonic()
-    assert await outage.ask("bob") == UNAVAILABLE  # never seen: fail closed at once
+    url = f"{outage.gateway.url}{READS}"
+    headers = {"Authorization": f"Bearer {outage.tokens['bob']}"}
+    async with outage.http.get(url, headers=headers) as response:  # never seen: fail closed
+        assert response.status == 503
+        assert response.content_type == "application/json"
+        body = await response.json()
+    assert (body["error"], body["reason"]) == ("unavailable", "store_unavailable")
     assert await outage.ask("alice") == OK  # known: served from memory
-    status, body = await outage.readyz()
-    assert (status, body["status"], body["checks"]["store"]) == (503, "not_ready", False)
+    status, ready = await outage.readyz()
+    assert (status, ready["status"], ready["checks"]["store"]) == (503, "not_ready", False)
     assert await outage.ask("bob") == UNAVAILABLE
 
     await outage.until("alice", UNAVAILABLE, within=GRACE + 1.0)
