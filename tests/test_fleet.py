@@ -16,222 +16,36 @@ process) are shared with ``test_store_outage.py``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import secrets
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import jwt
 import orjson
 import pytest
-import yaml
-from aiohttp import web
 
-from harness import AUDIENCE, ISSUER, TEST_MAP, Upstream, free_port, rsa_key, seed
-from permgate.service import ModelService
-from permgate.store import open_store
+from gateway_procs import (
+    BOUND,
+    POLL,
+    GatewayProcess,
+    Outcome,
+    echo_upstream,
+    outcome,
+    run_permgate,
+    seed_store,
+    start_gateway_process,
+    write_gateway_config,
+)
+from harness import AUDIENCE, ISSUER, rsa_key
 from permgate.token_secrets import token_id_of
+from pgtools import server_connection
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-
-PG_DSN = os.environ.get("PERMGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-ROOT = Path(__file__).resolve().parents[1]
-READY_TIMEOUT = 30.0
-BOUND = 1.0  # DESIGN §1.4: "within one second"
-POLL = 0.02  # how often the other gateway is asked while a change is made
-
-# -- PostgreSQL --------------------------------------------------------------------------
-
-
-def with_database(dsn: str, database: str) -> str:
-    """``dsn`` pointing at another database on the same server."""
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
-
-
-async def server_connection(dsn: str = PG_DSN) -> asyncpg.Connection:
-    """A connection to the test server; fails under CI=true, else skips, when it is down."""
-    try:
-        return await asyncpg.connect(dsn, timeout=3)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        message = f"PostgreSQL not reachable at {PG_DSN}: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message} (CI=true requires it)")
-        pytest.skip(
-            f"{message}; start it (see DEVELOPERS.md) or set PERMGATE_TEST_PG_DSN to enable"
-        )
-
-
-@pytest.fixture
-async def pg_dsn() -> AsyncIterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    name = f"pg_{secrets.token_hex(6)}"
-    admin = await server_connection()
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield with_database(PG_DSN, name)
-    admin = await server_connection()
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-async def seed_store(dsn: str) -> dict[str, str]:
-    """The harness cast, written through ModelService; token secrets by name."""
-    store = await open_store(dsn)
-    try:
-        return await seed(ModelService(store))
-    finally:
-        await store.close()
-
-
-# -- processes --------------------------------------------------------------------------
-
-
-def clean_env() -> dict[str, str]:
-    """The test's environment without PERMGATE_* settings (the config file rules)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PERMGATE_")}
-
-
-@dataclass
-class GatewayProcess:
-    """One `permgate serve` process: its URLs, its config and its log."""
-
-    name: str
-    url: str
-    admin_url: str
-    config: Path
-    log: Path
-    process: asyncio.subprocess.Process | None = None
-
-    def log_text(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace")
-
-    async def stop(self) -> None:
-        process = self.process
-        if process is None or process.returncode is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), timeout=30)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-
-def write_gateway_config(
-    tmp_path: Path, name: str, *, store: str, upstream: str, extra: dict[str, Any] | None = None
-) -> GatewayProcess:
-    """A config file (own ports and audit file, the shared map) for gateway ``name``."""
-    map_path = tmp_path / "endpoint_map.yaml"
-    if not map_path.exists():
-        map_path.write_text(TEST_MAP, encoding="utf-8")
-    port, admin_port = free_port(), free_port()
-    config: dict[str, Any] = {
-        "listen": f"127.0.0.1:{port}",
-        "admin_listen": f"127.0.0.1:{admin_port}",
-        "upstream": upstream,
-        "endpoint_map": str(map_path),
-        "store": store,
-        "audit": {"sink": f"file:{tmp_path / f'audit-{name}.log'}"},
-        **(extra or {}),
-    }
-    path = tmp_path / f"gateway-{name}.yaml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return GatewayProcess(
-        name=name,
-        url=f"http://127.0.0.1:{port}",
-        admin_url=f"http://127.0.0.1:{admin_port}",
-        config=path,
-        log=tmp_path / f"gateway-{name}.stderr",
-    )
-
-
-async def start_gateway_process(gateway: GatewayProcess, http: aiohttp.ClientSession) -> None:
-    """Start `permgate serve` and wait (bounded) until its /readyz answers 200."""
-    with gateway.log.open("wb") as log:
-        gateway.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "permgate",
-            "serve",
-            "--config",
-            str(gateway.config),
-            cwd=gateway.config.parent,
-            env=clean_env(),
-            stdout=log,
-            stderr=log,
-        )
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if gateway.process.returncode is not None:
-            raise AssertionError(f"gateway {gateway.name} exited:\n{gateway.log_text()}")
-        with contextlib.suppress(aiohttp.ClientError):
-            async with http.get(f"{gateway.admin_url}/readyz") as response:
-                if response.status == 200:
-                    return
-        await asyncio.sleep(0.05)
-    await gateway.stop()
-    raise AssertionError(f"gateway {gateway.name} not ready in time:\n{gateway.log_text()}")
-
-
-async def run_permgate(*args: str, cwd: Path) -> str:
-    """Run a `permgate` command to completion (bounded); its stdout; fails on non-zero."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "permgate",
-        *args,
-        cwd=cwd,
-        env=clean_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode == 0, f"permgate {' '.join(args)} failed:\n{err.decode()}"
-    return out.decode()
-
-
-@contextlib.asynccontextmanager
-async def echo_upstream() -> AsyncIterator[str]:
-    """The harness's echo upstream in the test's event loop; its URL."""
-    runner = web.AppRunner(Upstream().app(), access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
-
-
-Outcome = tuple[int, str | None]
-
-
-async def outcome(http: aiohttp.ClientSession, method: str, url: str, credential: str) -> Outcome:
-    """Status and refusal reason (None when forwarded) of one request."""
-    headers = {"Authorization": f"Bearer {credential}"}
-    async with http.request(method, url, headers=headers) as response:
-        body = await response.read()
-        if response.status < 400:
-            return response.status, None
-        return response.status, orjson.loads(body).get("reason")
 
 
 # -- the fleet ---------------------------------------------------------------------------

@@ -22,24 +22,21 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import pytest
 
-from permgate.service import Actor, ModelService
-from permgate.store import open_store
-from permgate.token_secrets import token_id_of
-from tcpproxy import TcpProxy
-from test_fleet import (
+from gateway_procs import (
     BOUND,
     POLL,
     GatewayProcess,
     Outcome,
     echo_upstream,
     outcome,
-    pg_dsn,
     seed_store,
     start_gateway_process,
     write_gateway_config,
 )
-
-__all__ = ["pg_dsn"]  # the fixture, shared with test_fleet
+from permgate.service import Actor, ModelService
+from permgate.store import open_store
+from permgate.token_secrets import token_id_of
+from tcpproxy import TcpProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 

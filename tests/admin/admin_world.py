@@ -12,15 +12,11 @@ after it (``root`` also ``root-narrow``, principals.read only).
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import orjson
 import pytest
 from aiohttp import web
@@ -32,9 +28,9 @@ from permgate.endpoints import EndpointMap, parse_map
 from permgate.modelcache import ModelCache
 from permgate.service import Actor, ModelService
 from permgate.store import Store, open_store
+from pgtools import fresh_database
 
 CLI = Actor.cli()
-PG_DSN = os.environ.get("PERMGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
@@ -136,20 +132,6 @@ class Deliver:
         self._world[0].committed += 1
 
 
-def _with_database(dsn: str, database: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{database}"))
-
-
-async def _pg_admin() -> asyncpg.Connection:
-    try:
-        return await asyncpg.connect(PG_DSN, timeout=3)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        message = f"PostgreSQL not reachable at {PG_DSN}: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message} (CI=true requires it)")
-        pytest.skip(f"{message}; start it (see DEVELOPERS.md) to enable")
-
-
 @pytest.fixture
 def backend() -> str:
     """The store backend; tests parametrize ``backend`` with BACKENDS to run on both."""
@@ -164,20 +146,10 @@ async def store(backend: str, tmp_path: Path) -> AsyncIterator[Store]:
         yield opened
         await opened.close()
         return
-    name = f"pg_{secrets.token_hex(6)}"
-    admin = await _pg_admin()
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    opened = await open_store(_with_database(PG_DSN, name))
-    yield opened
-    await opened.close()
-    admin = await _pg_admin()
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database() as dsn:
+        opened = await open_store(dsn)
+        yield opened
+        await opened.close()
 
 
 @pytest.fixture

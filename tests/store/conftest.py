@@ -9,57 +9,18 @@ the PostgreSQL half skips and says how to enable it.
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from permgate.service import Actor, ModelService
 from permgate.store import Store, open_store
 
-PG_DSN = os.environ.get("PERMGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
 ]
-
-
-def _with_database(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path=f"/{database}"))
-
-
-async def _admin_connection() -> asyncpg.Connection:
-    try:
-        return await asyncpg.connect(PG_DSN, timeout=3)
-    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-        message = f"PostgreSQL not reachable at {PG_DSN}: {exc}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message} (CI=true requires it)")
-        pytest.skip(
-            f"{message}; start it (see DEVELOPERS.md) or set PERMGATE_TEST_PG_DSN to enable"
-        )
-
-
-@pytest.fixture
-async def pg_dsn() -> AsyncIterator[str]:
-    """A fresh, empty PostgreSQL database for one test."""
-    name = f"pg_{secrets.token_hex(6)}"
-    admin = await _admin_connection()
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield _with_database(PG_DSN, name)
-    admin = await _admin_connection()
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from conftest import CLI
 
 from permgate.policy_file import PolicyError, apply_plan, parse_policy, plan_policy
-from permgate.service import ModelService
+from permgate.service import Actor, ModelService
 from permgate.store import Store
+
+CLI = Actor.cli()
 
 POLICY = textwrap.dedent(
     """\

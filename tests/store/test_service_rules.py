@@ -6,13 +6,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
-from conftest import CLI
 
 from permgate.errors import Conflict, Forbidden, InvalidInput, NotFound
 from permgate.model import Principal
 from permgate.service import Actor, ModelService
 from permgate.store import Store, open_store
 from permgate.token_secrets import hash_secret, token_id_of
+
+CLI = Actor.cli()
 
 
 async def _actor(store: Store, principal_id: str) -> Actor:

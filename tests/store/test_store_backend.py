@@ -8,12 +8,14 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import CLI, PG_DSN
 
 from permgate.errors import ConfigError, StoreUnavailable
-from permgate.service import ModelService
+from permgate.service import Actor, ModelService
 from permgate.store import Change, Store, open_store
 from permgate.store.migrations import LATEST
+from pgtools import PG_DSN
+
+CLI = Actor.cli()
 
 
 @pytest.mark.parametrize(
