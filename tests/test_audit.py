@@ -21,6 +21,7 @@ from permgate.observability.audit import (
     AuditLog,
     AuditOverloaded,
     CaptureSink,
+    DecisionRenderer,
     FileSink,
     StreamSink,
     decision_event,
@@ -586,3 +587,26 @@ async def test_unwritable_file_sink_fails_at_start(tmp_path: Path) -> None:
     log = AuditLog(settings, metrics=Metrics())
     with pytest.raises(FileNotFoundError):
         await log.start()
+
+
+_SECRET = "pgt_0123456789abcdef_" + "S" * 43
+_JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"path": f"/policy/acme-prod/quotes/{_SECRET}", "request_id": _SECRET[:60]},
+        {"tenant": _JWT, "detail": f"Bearer {_SECRET}", "method": "GET"},
+        {"started": 1700000000.9999996},
+    ],
+    ids=["plain", "secret-in-path-and-request-id", "jwt-and-bearer", "rounding"],
+)
+def test_fast_decision_line_equals_the_generic_chain(fields: dict[str, Any]) -> None:
+    """The on-loop renderer writes exactly what the processor chain would."""
+    sample = outcome(**fields)
+    fast = DecisionRenderer()(sample)
+    generic = render_event(decision_event(sample), default_processors())
+    assert orjson.loads(fast) == orjson.loads(generic)
+    assert _SECRET not in fast.decode() and _JWT not in fast.decode()

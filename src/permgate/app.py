@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -248,6 +249,10 @@ async def serve(
     """
     runtime = Runtime(settings, audit_stream=audit_stream)
     await runtime.start()
+    # Everything built so far lives as long as the process: keep it out of the
+    # collector's generations, so full collections stay short (p99 under load).
+    gc.collect()
+    gc.freeze()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     if handle_signals:  # embedded callers (tests) own the signals themselves

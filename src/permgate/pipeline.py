@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -127,7 +127,7 @@ class Gateway:
         path, query = hygiene.split_target(raw_target)
         outcome = RequestOutcome(
             request_id=request_id,
-            decision_id=uuid.uuid4().hex,
+            decision_id=os.urandom(16).hex(),  # uuid4's 122 random bits, a quarter of the cost
             method=request.method,
             path=path,
             client_ip=request.remote,
