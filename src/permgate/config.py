@@ -59,9 +59,12 @@ class AuthSettings:
 class CacheSettings:
     decision_ttl_seconds: float = 30.0
     max_entries: int = 100_000
-    # How long principals and tokens already in memory keep being served while the
-    # store is unreachable; unknown credentials get 503 at once (fail closed).
-    outage_grace_seconds: float = 30.0
+    # How long principals and tokens already in memory keep being served after the
+    # store was last reached; unknown credentials get 503 at once (fail closed). It is
+    # also how long a cut-off sidecar may honour a revoked token: raising it trades
+    # revocation delay for availability. 5 s covers connection resets and a pooler
+    # restart; real failovers take longer than any window worth trusting.
+    outage_grace_seconds: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)

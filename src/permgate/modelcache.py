@@ -80,7 +80,7 @@ class ModelCache:
         max_entries: int = 100_000,
         ttl_seconds: float = 300.0,
         negative_ttl_seconds: float = 5.0,
-        outage_grace_seconds: float = 30.0,
+        outage_grace_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
