@@ -9,7 +9,15 @@ PermgateError
 │   ├── NotFound             404 not_found
 │   ├── Conflict             409 conflict
 │   └── Forbidden            403 forbidden
-└── StoreUnavailable         503 store_unavailable: the store cannot be reached
+├── StoreUnavailable         503 store_unavailable: the store cannot be reached
+│
+│   defined beside the one boundary that raises them:
+├── authn.AuthFailure        401 unauthenticated, with a reason from a closed set
+├── proxy.UpstreamError      502/504: UpstreamUnavailable, UpstreamProtocolError,
+│                            UpstreamTimeout (client errors translated there)
+├── observability.audit.AuditOverloaded   503 audit_overloaded (overflow: reject)
+├── openapi_import.SpecError an OpenAPI document permgate cannot turn into a map
+└── policy_file.PolicyError  a policy.yaml with errors, each FILE:LINE: message
 """
 
 from __future__ import annotations
