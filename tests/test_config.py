@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,21 @@ def test_unreadable_and_malformed_files_are_refused(tmp_path: Path) -> None:
     broken.write_text("listen: [unclosed\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
         load_settings(broken, env={})
+
+
+def test_serve_refuses_a_bad_config_with_every_problem_and_no_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`permgate serve` with a bad file exits 2, one line per problem, nothing started."""
+    from permgate.cli import main
+
+    for name in [n for n in os.environ if n.startswith("PERMGATE_")]:
+        monkeypatch.delenv(name)
+    config = tmp_path / "permgate.yaml"
+    config.write_text("listen: nowhere\nstore: mysql://x\naudit: {sink: syslog}\n", "utf-8")
+    assert main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "listen: 'nowhere'" in err
+    assert "store: 'mysql://x'" in err
+    assert "audit.sink: 'syslog'" in err
+    assert "Traceback" not in err
