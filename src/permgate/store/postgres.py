@@ -187,6 +187,12 @@ class PostgresStore(SqlStore):
                 await self._until_retry(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
+            except BaseException:
+                # Cancelled (the store is closing) between connect and listening: the
+                # connection must not be left for the garbage collector to find open.
+                if conn is not None:
+                    conn.terminate()
+                raise
             connected_before = True
             backoff = 0.1
             try:
