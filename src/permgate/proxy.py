@@ -1,12 +1,17 @@
 """Forwarding an allowed request to the upstream, streamed both ways.
 
-One :class:`Upstream` owns one pooled :class:`aiohttp.ClientSession` for the
-process; the client half of a proxy is where most of its CPU goes (PERF.md), so the
-session is tuned once: keep-alive pool, DNS cached for the process's life, no
+The client half of a proxy is where most of its CPU goes (PERF.md, bench/README):
+aiohttp's ``ClientSession`` alone costs ~100-130 µs per request. So one
+:class:`Upstream` owns, for ``http://`` and ``unix:`` upstreams (what a sidecar talks
+to), a lean HTTP/1.1 client of its own (:mod:`permgate.upstream_http`): a keep-alive
+pool of asyncio protocols on the running loop, each request head written as one
+buffer, answers parsed by ``httptools`` and relayed chunk by chunk with flow control
+both ways. ``https://`` upstreams (rare next to a sidecar) still go through one pooled
+``ClientSession``, tuned once: keep-alive pool, DNS cached for the process's life, no
 cookie jar, no redirects, no decompression, no headers of its own.
 
-This module is the one boundary where aiohttp client errors become permgate
-errors::
+This module is the one boundary where client errors (the lean client's and
+aiohttp's) become permgate errors::
 
     PermgateError
     └── UpstreamError               502 bad_gateway
@@ -22,6 +27,7 @@ reported through :class:`UpstreamTiming` instead.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,8 +39,10 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from permgate import upstream_http
 from permgate.errors import ConfigError, PermgateError
 from permgate.hygiene import HOP_BY_HOP, connection_listed
+from permgate.upstream_http import BodyError, Connection, Pool, ProtocolViolation, UpstreamClosed
 
 __all__ = [
     "SERVER_SETTINGS",
@@ -103,6 +111,7 @@ SERVER_SETTINGS: Final[Mapping[str, Any]] = MappingProxyType({"auto_decompress":
 # What aiohttp's client would add on its own; the upstream must see the client's.
 _SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 _HOP_BY_HOP_RESPONSE: Final = HOP_BY_HOP
+_HOP_BY_HOP_RESPONSE_RAW: Final = frozenset(name.encode() for name in HOP_BY_HOP)
 _UNIX_ORIGIN: Final = "http://localhost"
 
 
@@ -134,22 +143,40 @@ class Upstream:
         self._max_connections = max_connections
         self._keepalive_seconds = keepalive_seconds
         self._unix_path: str | None = None
+        self._host: str | None = None
+        self._port: int | None = None
         if spec.startswith("unix:"):
             self._unix_path = spec.removeprefix("unix:")
             if not self._unix_path.startswith("/"):
                 raise ConfigError([f"upstream: {spec!r}: expected unix:/ABSOLUTE/PATH"])
             self._origin = _UNIX_ORIGIN
+            self._default_host = "localhost"
         else:
             url = URL(spec)
             if url.scheme not in ("http", "https") or not url.host or url.path not in ("", "/"):
                 expected = "expected http://HOST:PORT, https://HOST:PORT or unix:/PATH"
                 raise ConfigError([f"upstream: {spec!r}: {expected}"])
             self._origin = str(url.origin())
+            self._host, self._port = url.raw_host, url.port
+            self._default_host = url.host_port_subcomponent or url.raw_host or ""
+        # https keeps aiohttp's client (TLS to the upstream is rare for a sidecar).
+        self._lean = self._unix_path is not None or URL(self._origin).scheme == "http"
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
 
     async def start(self) -> None:
-        """Create the pooled session (inside the running loop)."""
-        if self._session is not None:
+        """Create the connection pool (inside the running loop)."""
+        if self._session is not None or self._pool is not None:
+            return
+        if self._lean:
+            self._pool = Pool(
+                host=self._host,
+                port=self._port,
+                unix_path=self._unix_path,
+                timeout=self.timeout_seconds,
+                max_connections=self._max_connections,
+                keepalive_seconds=self._keepalive_seconds,
+            )
             return
         connector: aiohttp.BaseConnector
         if self._unix_path is not None:
@@ -182,6 +209,9 @@ class Upstream:
 
     async def close(self) -> None:
         """Close the pool; idempotent."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -209,6 +239,9 @@ class Upstream:
         prepared, finished response. Raises :class:`UpstreamError` only before any
         byte of the answer went out.
         """
+        pool = self._pool
+        if pool is not None:
+            return await self._forward_lean(pool, request, path_qs, headers, timing)
         session = self._session
         if session is None:
             raise RuntimeError("Upstream.forward() before start()")
@@ -285,6 +318,108 @@ class Upstream:
             else:
                 upstream.close()
 
+    # ------------------------------------------------------------------ lean client
+
+    async def _forward_lean(
+        self,
+        pool: Pool,
+        request: web.BaseRequest,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        timing: UpstreamTiming | None,
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        if timing is None:
+            timing = UpstreamTiming()
+        method = request.method
+        has_body = request.body_exists
+        length = headers.get("Content-Length")
+        conn: Connection | None = None
+        sender: asyncio.Task[None] | None = None
+        try:
+            head = upstream_http.request_head(
+                method,
+                path_qs,
+                headers,
+                default_host=self._default_host,
+                body=has_body,
+                length=length,
+            )
+            retry = method in upstream_http.IDEMPOTENT and not has_body
+            fresh = False
+            while True:
+                try:
+                    conn = await pool.acquire(fresh=fresh)
+                except (TimeoutError, OSError) as exc:
+                    raise _translate(exc) from exc
+                conn.begin(method == "HEAD")
+                try:
+                    if has_body:
+                        sender = _send_body(conn, request, head, length)
+                    else:
+                        conn.write(head)
+                        conn.request_sent()
+                    await conn.read_head()
+                except UpstreamClosed as exc:
+                    reused = conn.reused
+                    pool.discard(conn)
+                    conn = None
+                    if retry and reused:
+                        retry, fresh = False, True  # a stale pooled connection: once more
+                        continue
+                    raise _translate(exc) from exc
+                except (TimeoutError, OSError, ProtocolViolation, BodyError) as exc:
+                    raise _translate(exc) from exc
+                break
+            timing.head_seconds = time.perf_counter() - started
+            return await self._relay_lean(request, conn, timing)
+        finally:
+            if sender is not None and not sender.done():
+                sender.cancel()  # the answer ended (or failed) before the upload did
+            if conn is not None:
+                pool.release(conn, sender is None or _sent(sender))
+            timing.client_gone = timing.client_gone or _client_gone(request)
+            timing.total_seconds = time.perf_counter() - started
+
+    async def _relay_lean(
+        self, request: web.BaseRequest, conn: Connection, timing: UpstreamTiming
+    ) -> web.StreamResponse:
+        """Copy status, headers and body chunks as they arrive. While the client is slow
+        the chunks wait in the connection, which stops reading the upstream socket
+        beyond a bound (upstream_http.HIGH_WATER)."""
+        response = web.StreamResponse(
+            status=conn.status,
+            reason=conn.reason,
+            headers=_raw_response_headers(conn.raw_headers),
+        )
+        try:
+            await response.prepare(request)
+            while True:
+                chunk = conn.take()
+                if chunk is None:
+                    if conn.complete:
+                        await response.write_eof()
+                        return response
+                    try:
+                        await conn.wait_body()
+                    except (TimeoutError, OSError, ProtocolViolation, BodyError) as exc:
+                        timing.error = _translate(exc)
+                        timing.error.__cause__ = exc
+                        conn.abort()
+                        _abort(request)
+                        return response
+                    continue
+                if conn.complete:  # take() took all: this is the last of it
+                    await response.write_eof(chunk)
+                    timing.bytes_down += len(chunk)
+                    return response
+                await response.write(chunk)
+                timing.bytes_down += len(chunk)
+        except ConnectionError:
+            timing.client_gone = True
+            conn.abort()
+            return response
+
 
 def _response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The upstream's answer headers minus hop-by-hop ones and those its Connection lists."""
@@ -296,11 +431,89 @@ def _response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     )
 
 
+def _raw_response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    """The lean client's answer headers minus hop-by-hop ones and those its Connection
+    lists, decoded like aiohttp's client does (UTF-8, undecodable bytes kept)."""
+    listed: set[bytes] = set()
+    for name, value in raw:
+        if name.lower() == b"connection":
+            listed.update(token.strip().lower() for token in value.split(b","))
+    listed -= {b"host", b"content-length"}
+    dropped = _HOP_BY_HOP_RESPONSE_RAW | listed if listed else _HOP_BY_HOP_RESPONSE_RAW
+    return CIMultiDict(
+        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        for name, value in raw
+        if name.lower() not in dropped
+    )
+
+
+async def _send_body_task(conn: Connection, request: web.BaseRequest, length: str | None) -> None:
+    """Stream the client's body upstream as it arrives: Content-Length bodies as they
+    are, the others chunked. Never more than one chunk is held."""
+    content = request.content
+    try:
+        if length is not None:
+            remaining = int(length)
+            while remaining > 0:
+                chunk = await content.readany()
+                if not chunk:
+                    raise BodyError("the client's body ended before its Content-Length")
+                remaining -= len(chunk)
+                conn.write(chunk)
+                await conn.drain()
+        else:
+            while chunk := await content.readany():
+                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                await conn.drain()
+            conn.write(b"0\r\n\r\n")
+    except (UpstreamClosed, TimeoutError, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # the client's side: reset, bad chunking, ...
+        raise BodyError(f"reading the client's body failed: {exc!r}") from exc
+    conn.request_sent()
+
+
+def _send_body(
+    conn: Connection, request: web.BaseRequest, head: bytes, length: str | None
+) -> asyncio.Task[None] | None:
+    """Write the head (with whatever of the body is already here) and stream the rest
+    in a task, so an upstream that answers before reading it all is heard at once."""
+    content = request.content
+    if length is not None and content.is_eof():
+        # The whole (small) body is already here: one write, no task.
+        try:
+            body = content.read_nowait(-1)
+        except Exception as exc:  # the client's side broke the body
+            raise BodyError(f"reading the client's body failed: {exc!r}") from exc
+        if len(body) == int(length):
+            conn.write(head + body)
+            conn.request_sent()
+            return None
+        raise BodyError(f"the client's body has {len(body)} bytes, not {length}")
+    conn.write(head)
+    task = asyncio.get_running_loop().create_task(_send_body_task(conn, request, length))
+
+    def done(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        if (exc := task.exception()) is not None:
+            conn.fail(exc)
+
+    task.add_done_callback(done)
+    return task
+
+
+def _sent(task: asyncio.Task[None]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
 def _translate(exc: BaseException) -> UpstreamError:
-    """Map one aiohttp client failure onto the permgate tree (the only place)."""
+    """Map one client failure (lean or aiohttp) onto the permgate tree (the only place)."""
     if isinstance(exc, TimeoutError):  # ServerTimeoutError and subclasses too
         return UpstreamTimeout(f"upstream timed out: {exc}")
-    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+    if isinstance(
+        exc, ProtocolViolation | aiohttp.ClientResponseError | aiohttp.ClientPayloadError
+    ):
         return UpstreamProtocolError(f"upstream answered invalid HTTP: {exc}")
     return UpstreamUnavailable(f"upstream unavailable: {exc}")
 
