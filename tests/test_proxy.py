@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -11,6 +12,7 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -130,6 +132,32 @@ async def fixed(request: web.Request) -> web.Response:
     return web.Response(body=b"hello", content_type="text/plain")
 
 
+async def peer(request: web.Request) -> web.Response:
+    """Names the upstream connection the request came on (the proxy's local port)."""
+    assert request.transport is not None
+    return web.Response(text=str(request.transport.get_extra_info("peername")[1]))
+
+
+async def close_after(request: web.Request) -> web.Response:
+    """Answers with 'Connection: close': the proxy must not pool this connection."""
+    response = web.Response(text=str(request.transport.get_extra_info("peername")[1]))  # type: ignore[union-attr]
+    response.force_close()
+    return response
+
+
+BIG_CHUNK = os.urandom(256 * 1024)
+
+
+async def big(request: web.Request) -> web.StreamResponse:
+    """Streams as many BIG_CHUNKs as ?n= asks for, each awaited (the upstream's own drain)."""
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    for _ in range(int(request.query["n"])):
+        await response.write(BIG_CHUNK)
+    await response.write_eof()
+    return response
+
+
 def upstream_app() -> web.Application:
     app = web.Application(client_max_size=1024**3)
     app[RELEASE] = asyncio.Event()
@@ -140,6 +168,9 @@ def upstream_app() -> web.Application:
     app.router.add_get("/truncate", truncate)
     app.router.add_get("/hop", hop)
     app.router.add_get("/fixed", fixed)  # HEAD too
+    app.router.add_get("/peer", peer)  # HEAD too
+    app.router.add_get("/close", close_after)
+    app.router.add_get("/big", big)
     app.router.add_post("/count", count)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
@@ -170,12 +201,12 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         )
 
 
-def proxy_app(spec: str, timeout: float) -> web.Application:
+def proxy_app(spec: str, timeout: float, **upstream_kwargs: Any) -> web.Application:
     app = web.Application()
     app[TIMINGS] = []
 
     async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with Upstream(spec, timeout) as upstream:
+        async with Upstream(spec, timeout, **upstream_kwargs) as upstream:
             app[UPSTREAM] = upstream
             yield
 
@@ -194,8 +225,10 @@ async def upstream(aiohttp_server: ServerFactory) -> TestServer:
 def make_proxy(
     aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
 ) -> Callable[..., Awaitable[TestClient]]:  # type: ignore[type-arg]
-    async def make(spec: str, timeout: float = 5.0) -> TestClient:  # type: ignore[type-arg]
-        server = await aiohttp_server(proxy_app(spec, timeout), **SERVER_SETTINGS)
+    async def make(spec: str, timeout: float = 5.0, **upstream_kwargs: Any) -> TestClient:  # type: ignore[type-arg]
+        server = await aiohttp_server(
+            proxy_app(spec, timeout, **upstream_kwargs), **SERVER_SETTINGS
+        )
         return await aiohttp_client(server)
 
     return make
@@ -539,3 +572,419 @@ async def test_forward_before_start_is_a_programming_error(upstream: TestServer)
     up = Upstream(f"http://{upstream.host}:{upstream.port}", 1.0)
     with pytest.raises(RuntimeError, match="start"):
         await up.forward(None, path_qs="/", headers=CIMultiDict())  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- the pool
+# Connection reuse, retry and framing, against upstreams that misbehave on purpose.
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(handler: RawHandler) -> AsyncIterator[tuple[str, list[int]]]:
+    """A plain-socket upstream; ``handler`` gets each connection and its number (0, 1, ...).
+    Yields the spec and the list of connection numbers accepted so far."""
+    accepted: list[int] = []
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(accepted)
+        accepted.append(index)
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
+        try:
+            await handler(reader, writer, index)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            tasks.discard(task)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", accepted
+    finally:
+        for task in list(tasks):
+            task.cancel()
+        server.close()
+        await server.wait_closed()
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request head plus its Content-Length body (tests send no chunked bodies here)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            head += await reader.readexactly(int(line.split(b":")[1]))
+    return head
+
+
+def answer(body: bytes, *extra: str) -> bytes:
+    lines = ["HTTP/1.1 200 OK", f"Content-Length: {len(body)}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def test_keepalive_connection_is_reused(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """Sequential requests, HEAD and a streamed upload among them, share one upstream
+    connection: the pool gives it back after each complete answer."""
+    ports = {await (await proxy.get("/peer")).text() for _ in range(3)}
+    await (await proxy.head("/peer")).read()
+    await (await proxy.post("/count", data=b"x" * 100_000)).read()
+    ports.add(await (await proxy.get("/peer")).text())
+    assert len(ports) == 1
+
+
+async def test_connection_close_answer_is_not_reused(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """An answer with 'Connection: close' ends its connection: the next request opens one."""
+    first = await (await proxy.get("/close")).text()
+    second = await (await proxy.get("/close")).text()
+    assert first != second
+
+
+async def test_http10_answer_without_keepalive_is_not_reused(
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+) -> None:
+    """An HTTP/1.0 answer without 'Connection: keep-alive' is not pooled, even with a length."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n%d" % n)
+            await writer.drain()
+
+    async with raw_upstream(serve) as (spec, accepted):
+        proxy = await make_proxy(spec, 1.0)
+        bodies = [await (await proxy.get("/x")).read() for _ in range(3)]
+    assert (bodies, accepted) == ([b"0", b"1", b"2"], [0, 1, 2])
+
+
+def stale_after_first(answers: list[bytes]) -> RawHandler:
+    """Answers the first request on a connection; reads the second and hangs up silently,
+    as an upstream does when its idle timeout races with a reused connection."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        answers.append(await read_request(reader))
+        writer.write(answer(b"conn %d" % n))
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # the next request: never answered
+        writer.transport.abort()
+
+    return serve
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "DELETE"])
+async def test_idempotent_request_on_a_stale_connection_is_retried_once(
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    method: str,
+) -> None:
+    """A pooled connection closed before any answer byte: an idempotent, body-less request
+    is sent again on a fresh connection, and succeeds."""
+    async with raw_upstream(stale_after_first([])) as (spec, accepted):
+        proxy = await make_proxy(spec, 1.0)
+        assert await (await proxy.get("/one")).read() == b"conn 0"
+        second = await proxy.request(method, "/two")
+        assert second.status == 200
+        assert await second.read() == (b"" if method == "HEAD" else b"conn 1")
+    assert accepted == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [("POST", b""), ("POST", b"payload"), ("PATCH", b"{}"), ("PUT", b"payload")],
+    ids=["post-empty", "post", "patch", "put-with-body"],
+)
+async def test_other_requests_on_a_stale_connection_are_not_retried(
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    method: str,
+    body: bytes,
+) -> None:
+    """Not idempotent, or a body already taken from the client: 502, never sent twice."""
+    async with raw_upstream(stale_after_first([])) as (spec, accepted):
+        proxy = await make_proxy(spec, 1.0)
+        assert await (await proxy.get("/one")).read() == b"conn 0"
+        response = await proxy.request(method, "/two", data=body)
+        assert response.status == 502
+        assert await response.json() == {"type": "UpstreamUnavailable", "kind": "connect"}
+        assert await (await proxy.get("/three")).read() == b"conn 1"  # the pool recovers
+    assert accepted == [0, 1]
+
+
+async def test_fresh_connection_closed_before_answering_is_not_retried(
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+) -> None:
+    """On a new connection there is nothing stale to blame: 502 at once, one attempt."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.transport.abort()
+
+    async with raw_upstream(serve) as (spec, accepted):
+        proxy = await make_proxy(spec, 1.0)
+        response = await proxy.get("/x")
+        assert (response.status, accepted) == (502, [0])
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["same-packet", "while-idle"])
+async def test_bytes_after_an_answer_never_reach_the_next_request(
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    late: bool,
+) -> None:
+    """An upstream that sends a second, unsolicited answer (response splitting): the
+    connection is dropped, and the next request gets its own answer, not that one."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        if n > 0:
+            writer.write(answer(b"fresh %d" % n))
+            await writer.drain()
+            return
+        writer.write(answer(b"first"))
+        if late:
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        writer.write(answer(b"smuggled"))
+        await writer.drain()
+        await reader.read()  # whatever comes next is not answered here
+
+    async with raw_upstream(serve) as (spec, accepted):
+        proxy = await make_proxy(spec, 1.0)
+        assert await (await proxy.get("/a")).read() == b"first"
+        await asyncio.sleep(0.2)
+        assert await (await proxy.get("/b")).read() == b"fresh 1"
+    assert accepted == [0, 1]
+
+
+async def test_interim_1xx_answers_are_skipped(
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+) -> None:
+    """100 and 103 before the final answer are not relayed; the final one is, whole,
+    and the connection stays usable."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n")
+            writer.write(answer(b"final", "X-Final: 1"))
+            await writer.drain()
+
+    async with raw_upstream(serve) as (spec, accepted):
+        proxy = await make_proxy(spec, 1.0)
+        for _ in range(2):
+            raw = await exchange(proxy.host, proxy.port, request("GET", "/x", [("Host", "gw")]))
+            assert (raw.status, raw.body, raw.headers["X-Final"]) == (200, b"final", "1")
+            assert "Link" not in raw.headers
+    assert accepted == [0]
+
+
+async def test_chunked_answer_with_trailers(
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+) -> None:
+    """A chunked answer is re-framed (chunked again) with its body intact; its trailers
+    and the 'Trailer' announcement are hop-by-hop and dropped; the connection is reused."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+                b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Checksum: abc\r\n\r\n"
+            )
+            await writer.drain()
+
+    async with raw_upstream(serve) as (spec, accepted):
+        proxy = await make_proxy(spec, 1.0)
+        for _ in range(2):
+            raw = await exchange(proxy.host, proxy.port, request("GET", "/x", [("Host", "gw")]))
+            assert (raw.status, raw.body, raw.complete) == (200, b"hello world", True)
+            assert raw.headers["Transfer-Encoding"] == "chunked"
+            assert "Trailer" not in raw.headers and "X-Checksum" not in raw.headers
+    assert accepted == [0]
+
+
+async def test_answer_framed_by_close_is_relayed_whole(
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+) -> None:
+    """No Content-Length, not chunked: the body runs to the end of the connection."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nuntil ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"the end")
+        await writer.drain()
+
+    async with raw_upstream(serve) as (spec, _):
+        proxy = await make_proxy(spec, 1.0)
+        raw = await exchange(proxy.host, proxy.port, request("GET", "/x", [("Host", "gw")]))
+        assert (raw.status, raw.body, raw.complete) == (200, b"until the end", True)
+        assert timings(proxy)[-1].error is None
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"HTTP/1.1 2xx OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+    ],
+    ids=["length-and-chunked", "two-lengths", "switching-protocols", "bad-status", "bad-header"],
+)
+async def test_malformed_head_is_a_protocol_error(
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    head: bytes,
+) -> None:
+    """Answers two parsers could read differently, or that permgate cannot relay: 502."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(head)
+        await writer.drain()
+        await reader.read()
+
+    async with raw_upstream(serve) as (spec, _):
+        proxy = await make_proxy(spec, 1.0)
+        response = await proxy.get("/x")
+        assert response.status == 502
+        assert await response.json() == {"type": "UpstreamProtocolError", "kind": "protocol"}
+
+
+async def test_bad_chunk_after_the_head_aborts_the_client(
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+) -> None:
+    """Broken chunked framing once the answer started: the client is cut, timing says why."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"zz\r\nnot a chunk\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with raw_upstream(serve) as (spec, _):
+        proxy = await make_proxy(spec, 1.0)
+        raw = await exchange(proxy.host, proxy.port, request("GET", "/x", [("Host", "gw")]))
+        assert (raw.status, raw.complete) == (200, False)
+        assert isinstance(timings(proxy)[-1].error, UpstreamProtocolError)
+
+
+async def test_slow_client_download_is_bounded_and_not_a_timeout(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """A client that stops reading for longer than the upstream timeout: permgate stops
+    reading the upstream instead of buffering (traced memory stays small), no timeout
+    fires while the client is the slow one, and the answer arrives whole."""
+    n = 128  # 32 MB
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port, limit=64 * 1024)
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        writer.write(request("GET", f"/big?n={n}", [("Host", "gw"), ("Connection", "close")]))
+        received = len(await reader.readexactly(1024 * 1024))
+        await asyncio.sleep(1.0)  # the client stalls: 3x the upstream timeout
+        stalled_peak = tracemalloc.get_traced_memory()[1]
+        while chunk := await asyncio.wait_for(reader.read(1024 * 1024), 10):
+            received += len(chunk)
+            tail = chunk[-5:]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        writer.close()
+    # headers + chunked framing around 32 MB of body
+    assert received > n * len(BIG_CHUNK) and tail == b"0\r\n\r\n"
+    print(f"traced peak grew by {stalled_peak - baseline} (stalled) / {peak - baseline} bytes")
+    assert peak - baseline < 8 * 1024 * 1024, f"grew by {peak - baseline}"
+    timing = timings(proxy)[-1]
+    assert (timing.error, timing.bytes_down) == (None, n * len(BIG_CHUNK))
+
+
+async def test_pool_limit_queues_requests_within_the_timeout(
+    upstream: TestServer,
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+) -> None:
+    """max_connections=1: concurrent requests take turns on the one connection."""
+    proxy = await make_proxy(f"http://{upstream.host}:{upstream.port}", 2.0, max_connections=1)
+    texts = await asyncio.gather(*(_text(proxy.get("/peer")) for _ in range(5)))
+    assert len(set(texts)) == 1
+
+
+async def test_pool_exhausted_for_longer_than_the_timeout_is_a_timeout(
+    upstream: TestServer,
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+) -> None:
+    """The one connection is held by a slow answer: the next request gets 504 in time."""
+    proxy = await make_proxy(f"http://{upstream.host}:{upstream.port}", 0.3, max_connections=1)
+    slow = asyncio.ensure_future(proxy.get("/trickle"))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    response = await proxy.get("/fixed")
+    assert response.status == 504
+    assert time.monotonic() - started < 2.0
+    assert (await slow).status == 200
+
+
+async def _text(pending: Awaitable[Any]) -> str:
+    response = await pending
+    return str(await response.text())
+
+
+async def test_bodyless_post_gets_a_zero_length(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """A POST without body or length reaches the upstream with 'Content-Length: 0'
+    (what aiohttp's client sent), never chunked and never waiting for a body."""
+    raw = await exchange(proxy.host, proxy.port, request("POST", "/x", [("Host", "gw")]))
+    assert (raw.headers["X-Seen-Length"], raw.headers["X-Seen-Chunked"]) == ("0", "-")
+
+
+async def test_request_without_host_gets_the_upstream_authority(
+    proxy: TestClient,  # type: ignore[type-arg]
+    upstream: TestServer,
+) -> None:
+    """An HTTP/1.0 client may omit Host; HTTP/1.1 to the upstream requires one."""
+    raw = b"GET /x HTTP/1.0\r\n\r\n"
+    response = await exchange(proxy.host, proxy.port, raw)
+    assert response.status == 200
+    assert "host" in response.headers["X-Seen-Headers"].split(",")
+
+
+async def test_upstream_answering_before_reading_the_upload(
+    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+) -> None:
+    """An early answer (413 before the body was read) is relayed; that connection is not
+    pooled, since the upload on it never finished."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\n\r\nbig")
+        await writer.drain()
+        await asyncio.sleep(0.5)
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(64):
+            yield b"x" * 65536
+            await asyncio.sleep(0.01)
+
+    async with raw_upstream(serve) as (spec, _):
+        proxy = await make_proxy(spec, 2.0)
+        response = await proxy.post("/upload", data=body())
+        assert (response.status, await response.read()) == (413, b"big")
+
+
+async def test_client_leaving_mid_upload_is_recorded_as_gone(proxy: TestClient) -> None:  # type: ignore[type-arg]
+    """A client that promises a megabyte, sends a little and hangs up: the upstream
+    connection is dropped, timing says the client left, and the pool keeps working."""
+    _reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    writer.write(request("POST", "/count", [("Host", "gw"), ("Content-Length", "1000000")]))
+    writer.write(b"x" * 1000)
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.transport.abort()
+    for _ in range(100):
+        if timings(proxy) and timings(proxy)[-1].total_seconds is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert timings(proxy)[-1].client_gone
+    assert (await proxy.get("/fixed")).status == 200
