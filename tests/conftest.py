@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import pytest
+import uvloop
 
 from pgtools import fresh_database
 
@@ -14,3 +16,16 @@ async def pg_dsn() -> AsyncIterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
     async with fresh_database() as dsn:
         yield dsn
+
+
+# `permgate serve` runs on uvloop, whose transports differ from asyncio's; the modules
+# that talk to sockets directly run on both loops.
+BOTH_LOOPS = frozenset({"test_proxy.py"})
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    if item.path.name in BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
