@@ -55,20 +55,18 @@ def synthetic_map(size: int) -> EndpointMap:
     return EndpointMap(endpoints=tuple(endpoints), default_tenant=BY_PATH)
 
 
-def measure(endpoint_map: EndpointMap, path: str, rounds: int = 7, n: int = 20_000) -> float:
-    """Median ns per match + tenant resolution + decide, for a principal with a token."""
+def measure_once(endpoint_map: EndpointMap, path: str, n: int = 20_000) -> float:
+    """ns per match + tenant resolution + decide, for a principal with a token."""
     subject = Subject(PRINCIPAL, ROLES, TOKEN)
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter_ns()
-        for _ in range(n):
-            match = endpoint_map.match("GET", path)
-            assert match is not None
-            tenant_id = resolve_tenant_id(match.endpoint, match.params, {}, None)
-            decision = decide(endpoint_map, match, subject, TENANT, tenant_id)
-        samples.append((time.perf_counter_ns() - start) / n)
-        assert decision.allowed, decision
-    return statistics.median(samples)
+    start = time.perf_counter_ns()
+    for _ in range(n):
+        match = endpoint_map.match("GET", path)
+        assert match is not None
+        tenant_id = resolve_tenant_id(match.endpoint, match.params, {}, None)
+        decision = decide(endpoint_map, match, subject, TENANT, tenant_id)
+    elapsed = (time.perf_counter_ns() - start) / n
+    assert decision.allowed, decision
+    return elapsed
 
 
 def main() -> int:
@@ -79,7 +77,12 @@ def main() -> int:
         (f"shipped map, {len(shipped.endpoints)} entries", shipped),
         ("synthetic, 10,000 entries", synthetic_map(9_999)),
     ]
-    results = [(name, measure(m, path)) for name, m in rows]
+    # Rounds in rotation, medians: drift on a shared machine hits every map alike.
+    samples: dict[str, list[float]] = {name: [] for name, _ in rows}
+    for _ in range(9):
+        for name, endpoint_map in rows:
+            samples[name].append(measure_once(endpoint_map, path))
+    results = [(name, statistics.median(samples[name])) for name, _ in rows]
     base = results[0][1]
     print(f"{'map':<32} {'ns/op':>9} {'vs 20':>7}")
     for name, ns in results:
