@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from permgate.decision import Reason, ScopeDetail, Subject, decide, resolve_tenant_id
+from permgate.decision import (
+    Reason,
+    ScopeDetail,
+    Subject,
+    decide,
+    resolve_tenant_id,
+    scope_beyond,
+)
 from permgate.endpoints import Endpoint, EndpointMap, TenantSource
 from permgate.model import AuthToken, Principal, Role, RoleAssignment, Tenant
 from permgate.roles import builtin_roles
@@ -576,3 +583,21 @@ def test_adding_a_role_never_turns_allow_into_deny(roles, extra, scope, request)
     after = _decide(who(*roles, extra, tenants=tuple(scope)), request)
     if before.allowed:
         assert after.allowed
+
+
+SCOPES = [
+    # held, requested, beyond
+    (("any",), ("any", "acme-prod", "type:test"), []),
+    (("acme-prod",), ("acme-prod",), []),
+    (("acme-prod",), ("acme-test", "any", "type:test"), ["acme-test", "any", "type:test"]),
+    (("type:test",), ("acme-test", "type:test", "acme-prod"), ["acme-prod"]),
+    (("type:test",), ("ghost",), ["ghost"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("held", "requested", "beyond"), SCOPES, ids=[f"{h}>{r}" for h, r, _ in SCOPES]
+)
+def test_scope_beyond(held: tuple[str, ...], requested: tuple[str, ...], beyond: list[str]) -> None:
+    """A requested scope item is within a held scope by id, by any, or by type:test."""
+    assert scope_beyond(held, requested, TENANTS) == beyond

@@ -159,3 +159,34 @@ def test_wildcard_coverage_agrees_with_brute_force_expansion(
 def test_default_read_actions_are_the_designs() -> None:
     """read, list, fetch and schedule-read are the read actions unless a map says otherwise."""
     assert frozenset({"read", "list", "fetch", "schedule-read"}) == DEFAULT_READ_ACTIONS
+
+
+BEYOND = [
+    # held, requested, beyond
+    (["quotes.read"], ["quotes.read"], []),
+    (["quotes.read"], ["quotes.write", "quotes.read"], ["quotes.write"]),
+    (["quotes.*"], ["quotes.write", "quotes.*"], []),
+    (["quotes.read", "quotes.write"], ["quotes.*"], ["quotes.*"]),
+    (["quotes.*"], ["*.*"], ["*.*"]),
+    (["*.*"], ["*.*", "invoice.writeOff"], []),
+]
+
+
+@pytest.mark.parametrize(
+    ("held", "requested", "beyond"), BEYOND, ids=[f"{h}>{r}" for h, r, _ in BEYOND]
+)
+def test_grants_beyond_a_set(held: list[str], requested: list[str], beyond: list[str]) -> None:
+    """A wildcard is within a set only if the set holds that wildcard or *.*."""
+    assert GrantSet.from_grants(held).beyond(requested) == beyond
+
+
+def test_read_rule_contains_exact_read_grants_only() -> None:
+    """The read rule holds quotes.read, never quotes.* (which grows with new actions)."""
+    reads = GrantSet(reads=True)
+    assert reads.beyond(["quotes.read", "quotes.list", "quotes.*"]) == ["quotes.*"]
+
+
+def test_beyond_validates_every_requested_grant() -> None:
+    """An invalid grant is refused even when the set holds everything."""
+    with pytest.raises(InvalidPermission):
+        GrantSet(everything=True).beyond(["*.write"])

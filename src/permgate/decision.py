@@ -31,6 +31,7 @@ __all__ = [
     "is_admin",
     "resolve_tenant_id",
     "scope_allows",
+    "scope_beyond",
 ]
 
 
@@ -121,6 +122,29 @@ def scope_allows(scope: Iterable[str], tenant: Tenant) -> bool:
         if item == SCOPE_TYPE_TEST and tenant.type == "TEST":
             return True
     return False
+
+
+def scope_beyond(
+    held: Iterable[str], requested: Iterable[str], tenants: Mapping[str, Tenant]
+) -> list[str]:
+    """The items of a requested tenant scope that the ``held`` scope does not reach
+    (``tenants``: the account's tenants by id, to read their type)."""
+    held = frozenset(held)
+    if SCOPE_ANY in held:
+        return []
+    test_too = SCOPE_TYPE_TEST in held
+    beyond: list[str] = []
+    for item in requested:
+        if item == SCOPE_ANY:
+            within = False
+        elif item == SCOPE_TYPE_TEST:
+            within = test_too
+        else:
+            tenant = tenants.get(item)
+            within = item in held or (test_too and tenant is not None and tenant.type == "TEST")
+        if not within:
+            beyond.append(item)
+    return beyond
 
 
 def resolve_tenant_id(

@@ -131,6 +131,27 @@ class GrantSet:
             return True
         return self.reads and action in read_actions
 
+    def beyond(
+        self, grants: Iterable[str], read_actions: Collection[str] = DEFAULT_READ_ACTIONS
+    ) -> list[str]:
+        """The grants among ``grants`` that would give more than this set holds: what a
+        token asking for them would have beyond its owner (seed 004). A ``group.*``
+        also grants actions added later, so only ``group.*`` or ``*.*`` contain it."""
+        beyond: list[str] = []
+        for grant in grants:
+            group, action = parse_grant(grant)
+            if self.everything:
+                continue
+            if group == "*":
+                exceeds = True
+            elif action == "*":
+                exceeds = group not in self.groups
+            else:
+                exceeds = not self.covers(grant, read_actions)
+            if exceeds:
+                beyond.append(grant)
+        return beyond
+
     def __bool__(self) -> bool:
         return bool(self.everything or self.reads or self.exact or self.groups)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final, Literal
 
-from permgate.decision import is_admin
+from permgate.decision import is_admin, scope_beyond
 from permgate.errors import Conflict, Forbidden, InvalidInput, InvalidPermission, NotFound
 from permgate.model import (
     ENFORCEMENTS,
@@ -40,7 +40,7 @@ from permgate.model import (
     Tenant,
     TenantType,
 )
-from permgate.permissions import DEFAULT_READ_ACTIONS, EMPTY_GRANTS, GrantSet, parse_grant
+from permgate.permissions import EMPTY_GRANTS, GrantSet, parse_grant
 from permgate.roles import ADMIN, BUILTIN_ROLE_NAMES, builtin_roles, role_grants
 from permgate.store.base import AuditRecord, Store
 from permgate.store.sql import Transaction
@@ -746,43 +746,13 @@ def owner_grants(owner: Principal, roles: dict[str, Role]) -> GrantSet:
 
 
 def _exceeding_grants(grants: Sequence[str], owner: Principal, roles: dict[str, Role]) -> list[str]:
-    held = owner_grants(owner, roles)
-    if held.everything:
-        return []
-    too_wide: list[str] = []
-    for grant in grants:
-        group, action = parse_grant(grant)
-        if group == "*":
-            exceeds = True
-        elif action == "*":
-            exceeds = group not in held.groups
-        else:
-            exceeds = not held.covers(grant, DEFAULT_READ_ACTIONS)
-        if exceeds:
-            too_wide.append(grant)
-    return too_wide
+    return owner_grants(owner, roles).beyond(grants)
 
 
 def _exceeding_tenants(
     scope: Sequence[str], owner: Principal, tenants: dict[str, Tenant]
 ) -> list[str]:
-    if is_admin(owner) or SCOPE_ANY in owner.tenants:
-        return []
-    owner_test = SCOPE_TYPE_TEST in owner.tenants
-    outside: list[str] = []
-    for item in scope:
-        if item == SCOPE_ANY:
-            within = False
-        elif item == SCOPE_TYPE_TEST:
-            within = owner_test
-        else:
-            tenant = tenants.get(item)
-            within = item in owner.tenants or (
-                owner_test and tenant is not None and tenant.type == "TEST"
-            )
-        if not within:
-            outside.append(item)
-    return outside
+    return [] if is_admin(owner) else scope_beyond(owner.tenants, scope, tenants)
 
 
 def audit_event(record: AuditRecord) -> dict[str, object]:

@@ -53,11 +53,12 @@ from permgate.admin.render import (
 )
 from permgate.admin.schemas import SCHEMAS, validate
 from permgate.authn import Authenticator
+from permgate.decision import scope_beyond
 from permgate.endpoints import EndpointMap
 from permgate.errors import InvalidInput, ModelError
-from permgate.model import SCOPE_ANY, SCOPE_TYPE_TEST, AuthToken, Role, Tenant
+from permgate.model import AuthToken, Role, Tenant
 from permgate.modelcache import ModelCache
-from permgate.permissions import DEFAULT_READ_ACTIONS, GrantSet, parse_grant
+from permgate.permissions import GrantSet
 from permgate.service import ModelService
 
 __all__ = ["ADMIN_MAP", "create_admin_api"]
@@ -439,38 +440,8 @@ def _within_calling_token(
 ) -> None:
     """A token-authenticated caller cannot mint a token wider than the one it used:
     otherwise a narrow token holding authTokens.write would buy its owner's full power."""
-    for grant in permissions:
-        parse_grant(grant)  # InvalidPermission (422) names the bad one
-    held = GrantSet.from_grants(token.permissions)
-    too_wide: list[str] = []
-    for grant in permissions:
-        group, action = parse_grant(grant)
-        if held.everything:
-            break
-        if group == "*":
-            exceeds = True
-        elif action == "*":
-            exceeds = group not in held.groups
-        else:
-            exceeds = not held.covers(grant, DEFAULT_READ_ACTIONS)
-        if exceeds:
-            too_wide.append(grant)
-    scope = set(token.tenants)
-    outside: list[str] = []
-    for item in tenants:
-        if SCOPE_ANY in scope:
-            break
-        if item == SCOPE_ANY:
-            within = False
-        elif item == SCOPE_TYPE_TEST:
-            within = SCOPE_TYPE_TEST in scope
-        else:
-            tenant = known.get(item)
-            within = item in scope or (
-                SCOPE_TYPE_TEST in scope and tenant is not None and tenant.type == "TEST"
-            )
-        if not within:
-            outside.append(item)
+    too_wide = GrantSet.from_grants(token.permissions).beyond(permissions)
+    outside = scope_beyond(token.tenants, tenants, known)
     if too_wide or outside:
         parts = []
         if too_wide:
