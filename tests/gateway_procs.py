@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,3 +178,113 @@ async def outcome(http: aiohttp.ClientSession, method: str, url: str, credential
         if response.status < 400:
             return response.status, None
         return response.status, orjson.loads(body).get("reason")
+
+
+# -- one gateway on SQLite ------------------------------------------------------------
+
+START_SECONDS = 60.0
+WAIT_SECONDS = 10.0
+
+
+@dataclass
+class Served:
+    """A running `permgate serve` and what a test needs to reach it."""
+
+    process: asyncio.subprocess.Process
+    url: str
+    admin_url: str
+    tokens: dict[str, str]
+    tmp_path: Path
+
+    def audit_files(self) -> list[Path]:
+        return sorted(self.tmp_path.glob("audit*.log"))
+
+    def events(self, path: Path | None = None) -> list[dict[str, Any]]:
+        files = [path] if path is not None else self.audit_files()
+        return [
+            orjson.loads(line)
+            for file in files
+            if file.exists()
+            for line in file.read_text().splitlines()
+            if line.strip()
+        ]
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS) -> Any:
+    """Await ``check()`` (sync or async) until truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def serve_sqlite(
+    tmp_path: Path, upstream_url: str, *, workers: int = 1, extra: str = ""
+) -> AsyncIterator[Served]:
+    """Seed a store, write a config with a file audit sink, run `permgate serve`
+    until ready; kill it on the way out if the test did not stop it."""
+    dsn = f"sqlite://{tmp_path}/permgate.db"
+    store = await open_store(dsn)
+    try:
+        tokens = await seed(ModelService(store))
+    finally:
+        await store.close()
+    (tmp_path / "endpoint_map.yaml").write_text(TEST_MAP, encoding="utf-8")
+    port, admin_port = free_port(), free_port()
+    config = tmp_path / "permgate.yaml"
+    config.write_text(
+        f"""
+listen: 127.0.0.1:{port}
+admin_listen: 127.0.0.1:{admin_port}
+upstream: {upstream_url}
+endpoint_map: {tmp_path}/endpoint_map.yaml
+store: {dsn}
+audit: {{sink: "file:{tmp_path}/audit.log"}}
+{extra}
+""",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERMGATE_")}
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")  # not created: serve does
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "permgate",
+        "serve",
+        "--config",
+        str(config),
+        "--workers",
+        str(workers),
+        env=env,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    served = Served(
+        process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", tokens, tmp_path
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                if process.returncode is not None:
+                    raise AssertionError(f"permgate serve exited with {process.returncode}")
+                if len(served.audit_files()) < workers:  # each worker opens its own
+                    return False
+                try:
+                    async with http.get(served.admin_url + "/readyz") as response:
+                        return response.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await eventually(ready, "permgate serve to be ready", START_SECONDS)
+        yield served
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

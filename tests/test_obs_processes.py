@@ -6,72 +6,25 @@ reloads the endpoint map in every worker.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import os
 import signal
-import sys
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import TEST_MAP, Upstream, free_port, seed
-from permgate.service import ModelService
-from permgate.store import open_store
+from gateway_procs import START_SECONDS, WAIT_SECONDS, eventually, serve_sqlite
+from harness import TEST_MAP, Upstream, free_port
 
 pytestmark = pytest.mark.slow
 
-START_SECONDS = 60.0
-WAIT_SECONDS = 10.0
 LIST_ENTRY = """  - {id: quotes.list, method: GET, path: "/policy/{tenantLocator}/quotes",
      permissions: [quotes.read]}
 """
-
-
-@dataclass
-class Served:
-    """A running `permgate serve` and what a test needs to reach it."""
-
-    process: asyncio.subprocess.Process
-    url: str
-    admin_url: str
-    tokens: dict[str, str]
-    tmp_path: Path
-
-    def audit_files(self) -> list[Path]:
-        return sorted(self.tmp_path.glob("audit*.log"))
-
-    def events(self, path: Path | None = None) -> list[dict[str, Any]]:
-        files = [path] if path is not None else self.audit_files()
-        return [
-            orjson.loads(line)
-            for file in files
-            if file.exists()
-            for line in file.read_text().splitlines()
-            if line.strip()
-        ]
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS) -> Any:
-    """Await ``check()`` (sync or async) until truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -84,72 +37,6 @@ async def upstream() -> AsyncIterator[str]:
     await web.TCPSite(runner, "127.0.0.1", port).start()
     yield f"http://127.0.0.1:{port}"
     await runner.cleanup()
-
-
-@contextlib.asynccontextmanager
-async def serve(
-    tmp_path: Path, upstream_url: str, *, workers: int = 1, extra: str = ""
-) -> AsyncIterator[Served]:
-    """Seed a store, write a config with a file audit sink, run `permgate serve`
-    until ready; kill it on the way out if the test did not stop it."""
-    dsn = f"sqlite://{tmp_path}/permgate.db"
-    store = await open_store(dsn)
-    try:
-        tokens = await seed(ModelService(store))
-    finally:
-        await store.close()
-    (tmp_path / "endpoint_map.yaml").write_text(TEST_MAP, encoding="utf-8")
-    port, admin_port = free_port(), free_port()
-    config = tmp_path / "permgate.yaml"
-    config.write_text(
-        f"""
-listen: 127.0.0.1:{port}
-admin_listen: 127.0.0.1:{admin_port}
-upstream: {upstream_url}
-endpoint_map: {tmp_path}/endpoint_map.yaml
-store: {dsn}
-audit: {{sink: "file:{tmp_path}/audit.log"}}
-{extra}
-""",
-        encoding="utf-8",
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERMGATE_")}
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")  # not created: serve does
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "permgate",
-        "serve",
-        "--config",
-        str(config),
-        "--workers",
-        str(workers),
-        env=env,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    served = Served(
-        process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", tokens, tmp_path
-    )
-    try:
-        async with aiohttp.ClientSession() as http:
-
-            async def ready() -> bool:
-                if process.returncode is not None:
-                    raise AssertionError(f"permgate serve exited with {process.returncode}")
-                if len(served.audit_files()) < workers:  # each worker opens its own
-                    return False
-                try:
-                    async with http.get(served.admin_url + "/readyz") as response:
-                        return response.status == 200
-                except aiohttp.ClientConnectionError:
-                    return False
-
-            await eventually(ready, "permgate serve to be ready", START_SECONDS)
-        yield served
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def scrape(admin_url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -171,7 +58,7 @@ def decisions(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def test_two_workers_one_scrape_equals_the_sum(tmp_path: Path, upstream: str) -> None:
     """With --workers 2, each worker audits to its own file, both serve requests, and
     one scrape of /metrics counts every request of both; the map info is one series."""
-    async with serve(tmp_path, upstream, workers=2) as served:
+    async with serve_sqlite(tmp_path, upstream, workers=2) as served:
         files = [tmp_path / "audit-w0.log", tmp_path / "audit-w1.log"]
         assert served.audit_files() == files
         sent = 0
@@ -216,7 +103,7 @@ async def test_sigterm_under_load_writes_an_event_for_every_answer(
     answered: list[str] = []
     failed = 0
     stop = asyncio.Event()
-    async with serve(tmp_path, upstream) as served:
+    async with serve_sqlite(tmp_path, upstream) as served:
         secret = served.tokens["bob"]
         cases = [
             ("GET", "/policy/acme-prod/quotes/q1", secret),  # allow
@@ -264,7 +151,9 @@ async def test_sigterm_under_load_writes_an_event_for_every_answer(
 async def test_sighup_reloads_the_map_in_every_worker(tmp_path: Path, upstream: str) -> None:
     """With polling effectively off, an edited map applies only on SIGHUP, which the
     parent forwards to each worker: both audit a map.reload and route the new path."""
-    async with serve(tmp_path, upstream, workers=2, extra="map_poll_seconds: 3600") as served:
+    async with serve_sqlite(
+        tmp_path, upstream, workers=2, extra="map_poll_seconds: 3600"
+    ) as served:
         path = "/policy/acme-prod/quotes"
         headers = {"Authorization": f"Bearer {served.tokens['bob']}"}
         connector = aiohttp.TCPConnector(force_close=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sys
@@ -16,9 +15,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from harness import TEST_MAP, free_port, seed
-from permgate.service import ModelService
-from permgate.store import open_store
+from gateway_procs import serve_sqlite
+from harness import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -106,63 +104,16 @@ async def test_sigterm_finishes_in_flight_requests_then_exits(
     """On SIGTERM the gateway stops accepting, finishes what it started, writes its
     audit events and exits 0."""
     upstream_url, done = slow_upstream
-    dsn = f"sqlite://{tmp_path}/permgate.db"
-    store = await open_store(dsn)
-    try:
-        tokens = await seed(ModelService(store))
-    finally:
-        await store.close()
-    (tmp_path / "endpoint_map.yaml").write_text(TEST_MAP, encoding="utf-8")
-    port, admin_port = free_port(), free_port()
-    config = tmp_path / "permgate.yaml"
-    config.write_text(
-        f"""
-listen: 127.0.0.1:{port}
-admin_listen: 127.0.0.1:{admin_port}
-upstream: {upstream_url}
-endpoint_map: {tmp_path}/endpoint_map.yaml
-store: {dsn}
-audit: {{sink: "file:{tmp_path}/audit.log"}}
-""",
-        encoding="utf-8",
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERMGATE_")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "permgate",
-        "serve",
-        "--config",
-        str(config),
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                try:
-                    async with http.get(f"http://127.0.0.1:{admin_port}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.05)
-            headers = {"Authorization": f"Bearer {tokens['bob']}"}
-            in_flight = asyncio.create_task(
-                http.get(f"http://127.0.0.1:{port}/slow/acme-prod", headers=headers)
-            )
-            await asyncio.sleep(0.3)
-            process.send_signal(signal.SIGTERM)
-            response = await in_flight
-            assert response.status == 200
-            assert await response.json() == {"slow": True}
-            response.release()
-        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    async with serve_sqlite(tmp_path, upstream_url) as served, aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {served.tokens['bob']}"}
+        in_flight = asyncio.create_task(http.get(served.url + "/slow/acme-prod", headers=headers))
+        await asyncio.sleep(0.3)
+        served.process.send_signal(signal.SIGTERM)
+        response = await in_flight
+        assert response.status == 200
+        assert await response.json() == {"slow": True}
+        response.release()
+        assert await asyncio.wait_for(served.process.wait(), timeout=30) == 0
     assert done == ["/slow/acme-prod"]
-    events = [orjson.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
-    decisions = [e for e in events if e["event"] == "decision"]
+    decisions = [e for e in served.events() if e["event"] == "decision"]
     assert [(e["endpoint"], e["status"]) for e in decisions] == [("slow", 200)]
