@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 
+import aiohttp
 import pytest
 import uvloop
 
+from harness import Gateway, start_gateway
 from pgtools import fresh_database
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for talking to gateways under test."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
+    """A running gateway on a seeded SQLite store (see harness.start_gateway)."""
+    async with start_gateway(tmp_path) as gateway:
+        yield gateway
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from harness import TEST_MAP, Upstream, free_port, seed
+from harness import TEST_MAP, Upstream, eventually, free_port, seed
 from permgate.service import ModelService
 from permgate.store import open_store
 
@@ -208,20 +208,6 @@ class Served:
             for line in file.read_text().splitlines()
             if line.strip()
         ]
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS) -> Any:
-    """Await ``check()`` (sync or async) until truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager

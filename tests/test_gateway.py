@@ -21,18 +21,6 @@ from harness import Gateway, free_port, start_gateway
 from permgate.service import Actor
 
 
-@pytest.fixture
-async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
-    async with start_gateway(tmp_path) as gateway:
-        yield gateway
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def call(
     http: aiohttp.ClientSession,
     gw: Gateway,

@@ -4,21 +4,12 @@ reaches the upstream; a clean one is forwarded byte for byte."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 import yarl
 
-from harness import Gateway, start_gateway
+from harness import Gateway
 from rawhttp import exchange, read_response, request
 from test_hygiene import REFUSED
-
-
-@pytest.fixture
-async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
-    async with start_gateway(tmp_path) as gateway:
-        yield gateway
 
 
 def _address(gw: Gateway) -> tuple[str, int]:

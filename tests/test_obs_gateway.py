@@ -15,7 +15,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,18 +57,6 @@ Labels = tuple[tuple[str, str], ...]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
-    async with start_gateway(tmp_path) as gateway:
-        yield gateway
 
 
 async def call(

@@ -7,39 +7,23 @@ client, a dashboard (``/metrics``) and a SIEM (the audit stream) see.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import re
-import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import TEST_MAP, Gateway, start_gateway
+from harness import TEST_MAP, Gateway, eventually, start_gateway
 
 WAIT_SECONDS = 5.0  # "within a few seconds"
 LIST_ENTRY = """  - {id: quotes.list, method: GET, path: "/policy/{tenantLocator}/quotes",
      permissions: [quotes.read]}
 """
 WITH_LIST = TEST_MAP + LIST_ENTRY
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def gw(tmp_path: Path) -> AsyncIterator[Gateway]:
-    async with start_gateway(tmp_path) as gateway:
-        yield gateway
 
 
 def sha256(text: str) -> str:
@@ -72,20 +56,6 @@ async def reason_of(http: aiohttp.ClientSession, gw: Gateway, method: str, path:
             await response.read()
             return "ok"
         return str((await response.json())["reason"])
-
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS) -> Any:
-    """Await ``check()`` (a coroutine function or a plain one) until truthy; bounded."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def metric(http: aiohttp.ClientSession, gw: Gateway, name: str) -> dict[Any, float]:
