@@ -328,7 +328,7 @@ def _parse_jwks(body: bytes, algorithms: frozenset[str]) -> list[_Key] | None:
     for jwk in document["keys"]:
         if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
             continue
-        loader = _JWK_FAMILY_LOADERS.get(jwk.get("kty"))  # "oct" and others: never
+        loader = _JWK_FAMILY_LOADERS.get(str(jwk.get("kty")))  # "oct" and others: never
         alg = jwk.get("alg")
         if loader is None or (alg is not None and alg not in algorithms):
             continue

@@ -15,7 +15,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -123,7 +123,7 @@ def _operation(
         errors.append(f"{where}: operationId is missing (it becomes the map entry's id)")
         return None
     where = f"{source}: operation {op_id!r} ({method.upper()} {path})"
-    common = {"id": op_id, "method": method.upper(), "path": path}
+    base = Operation(id=op_id, method=method.upper(), path=path)
     if "x-securityGroup" in raw or "x-securityPermission" in raw:
         group = raw.get("x-securityGroup")
         actions = raw.get("x-securityPermission")
@@ -142,13 +142,13 @@ def _operation(
             if len(names) > 1:
                 errors.append(f"{where}: {_PUBLIC} cannot be combined with other actions")
                 return None
-            return Operation(**common, public=True)
+            return replace(base, public=True)
         if len(names) == 1:
-            return Operation(**common, permissions=names)
-        return Operation(**common, any_of=names)
+            return replace(base, permissions=names)
+        return replace(base, any_of=names)
     if "x-permissions" in raw:
         names = _permissions(f"{where}: x-permissions", raw["x-permissions"], errors)
-        return None if names is None else Operation(**common, permissions=names)
+        return None if names is None else replace(base, permissions=names)
     errors.append(
         f"{where}: no x-securityGroup/x-securityPermission and no x-permissions, so its "
         "required permissions are unknown"

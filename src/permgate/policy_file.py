@@ -508,8 +508,8 @@ async def _plan_account(
     # Roles.
     file_roles = {r.name: r for r in spec.roles}
     for role in spec.roles:
-        current = stored_roles.get(role.name)
-        if current is None:
+        current_role = stored_roles.get(role.name)
+        if current_role is None:
             display = role.display_name or role.name
             actions.append(
                 Action(
@@ -518,17 +518,17 @@ async def _plan_account(
                 )
             )
             continue
-        if role.display_name is not None and role.display_name != current.display_name:
+        if role.display_name is not None and role.display_name != current_role.display_name:
             problems.append(
                 (
                     role.line,
                     f"display_name of role {role.name!r} cannot change after creation "
-                    f"(it is {current.display_name!r})",
+                    f"(it is {current_role.display_name!r})",
                 )
             )
         if role.name == "admin" and "*.*" not in role.permissions:
             problems.append((role.line, "the admin role's '*.*' cannot be removed"))
-        elif role.permissions != current.permissions:
+        elif role.permissions != current_role.permissions:
             actions.append(
                 Action(
                     f"~ role {role.name} permissions",
@@ -590,8 +590,8 @@ async def _plan_account(
             continue
         wanted_roles = tuple(sorted(set(assignments), key=lambda a: (a[0], a[1] or "")))
         scope = tuple(dict.fromkeys(ref.value for ref in principal.tenants))
-        current = stored_principals.get(principal.id)
-        if current is None:
+        current_principal = stored_principals.get(principal.id)
+        if current_principal is None:
             other = await store.get_principal(principal.id)
             if other is not None:
                 problems.append(
@@ -615,11 +615,14 @@ async def _plan_account(
                 )
             )
             continue
-        if current.kind != principal.kind or current.disabled != principal.disabled:
+        if (
+            current_principal.kind != principal.kind
+            or current_principal.disabled != principal.disabled
+        ):
             what = []
-            if current.kind != principal.kind:
+            if current_principal.kind != principal.kind:
                 what.append("kind")
-            if current.disabled != principal.disabled:
+            if current_principal.disabled != principal.disabled:
                 what.append("disabled")
             actions.append(
                 Action(
@@ -627,12 +630,12 @@ async def _plan_account(
                     _update_principal(principal.id, principal.kind, principal.disabled),
                 )
             )
-        have_roles = tuple(sorted(((a.role, a.tenant) for a in current.roles), key=_akey))
+        have_roles = tuple(sorted(((a.role, a.tenant) for a in current_principal.roles), key=_akey))
         if have_roles != wanted_roles:
             actions.append(
                 Action(f"~ principal {principal.id} roles", _set_roles(principal.id, wanted_roles))
             )
-        if current.tenants != scope:
+        if current_principal.tenants != scope:
             actions.append(
                 Action(f"~ principal {principal.id} tenants", _set_tenants(principal.id, scope))
             )

@@ -121,7 +121,7 @@ def snapshot(obj: Tenant | Role | Principal | AuthToken | None) -> dict[str, obj
             "sessions_valid_after": _jsonable(obj.sessions_valid_after),
         }
         return out
-    names = [name for name in obj.__slots__ if name != "secret_hash"]  # type: ignore[union-attr]
+    names = [name for name in obj.__slots__ if name != "secret_hash"]
     return {name: _jsonable(getattr(obj, name)) for name in names}
 
 
@@ -536,10 +536,11 @@ class ModelService:
         problems: list[str] = []
         seen: dict[RoleAssignment, None] = {}
         for item in items:
-            if not (isinstance(item, tuple | list) and len(item) == 2):
-                problems.append(f"role assignment {item!r} is not (role, tenant or null)")
+            pair: object = item  # callers pass parsed JSON: check the shape anyway
+            if not (isinstance(pair, tuple | list) and len(pair) == 2):
+                problems.append(f"role assignment {pair!r} is not (role, tenant or null)")
                 continue
-            role, tenant_id = item
+            role, tenant_id = pair
             if not isinstance(role, str) or role not in roles:
                 problems.append(f"role {role!r} does not exist in account {account!r}")
                 continue

@@ -525,7 +525,9 @@ class Pool:
             # Resolved once and kept (like the old ttl_dns_cache=None), dropped after a
             # failed connect so a moved upstream is found again.
             infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
-            addresses = self._addresses = [(f, sa[0], sa[1]) for f, _, _, _, sa in infos]
+            addresses = self._addresses = [
+                (int(f), str(sa[0]), int(sa[1])) for f, _, _, _, sa in infos
+            ]
         last: OSError | None = None
         for family, address, port in addresses:
             try:

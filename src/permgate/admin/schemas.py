@@ -209,7 +209,7 @@ def _check(schema: Schema, value: object, where: str, problems: list[str]) -> No
             problems.append(f"{where}: longer than {schema['maxLength']} characters")
     if _is(value, "number") and not isinstance(value, bool):
         bound = schema.get("exclusiveMinimum")
-        if bound is not None and not value > bound:  # type: ignore[operator]
+        if bound is not None and not value > bound:
             problems.append(f"{where}: must be greater than {bound}, got {_show(value)}")
     if isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:

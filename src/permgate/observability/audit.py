@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import IO, TYPE_CHECKING, Any, Final, Protocol
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol, cast
 
 import orjson
 
@@ -307,9 +307,10 @@ class StreamSink:
         elif isinstance(stream, io.TextIOBase):
             stream.write(data.decode("utf-8"))
             stream.flush()
-        else:
-            stream.write(data)
-            stream.flush()
+        else:  # a binary stream
+            binary = cast("IO[bytes]", stream)
+            binary.write(data)
+            binary.flush()
 
     def close(self) -> None:
         stream = self._stream if self._stream is not None else sys.stdout

@@ -126,7 +126,7 @@ def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> None:
 def mark_process_dead(pid: int) -> None:
     """Forget a worker's live gauges (the map info); call when a worker exits."""
     if os.environ.get(MULTIPROC_ENV):
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 def render_latest(registry: CollectorRegistry) -> tuple[bytes, str]:
@@ -142,10 +142,10 @@ class _AggregatedView:
     """
 
     def __init__(self, path: str) -> None:
-        self._inner = multiprocess.MultiProcessCollector(None, path)
+        self._inner = multiprocess.MultiProcessCollector(None, path)  # type: ignore[no-untyped-call]
 
     def collect(self) -> Iterator[Metric]:
-        for metric in self._inner.collect():
+        for metric in self._inner.collect():  # type: ignore[no-untyped-call]
             if metric.name == INFO_METRIC:
                 metric.samples = [s for s in metric.samples if s.value != 0]
             yield metric
