@@ -179,7 +179,11 @@ class Gateway:
             outcome.reason = problem
             return _refusal(400, "bad_request", problem, outcome.request_id)
 
+        # Everything below is decided against this map and this model epoch: a swap or
+        # a change while we await must not let a decision be cached under newer epochs.
         endpoint_map = self.endpoint_map
+        epochs = (self._model.epoch, self._map_epoch)
+        outcome.map_sha256 = endpoint_map.sha256
         method = request.method
         match = endpoint_map.match(method, path)
         if match is None:
@@ -201,7 +205,7 @@ class Gateway:
         outcome.token_id = identity.token.id if identity.token is not None else None
 
         t_decide = self._clock()
-        cached, hit = await self._decide(identity, match, headers)
+        cached, hit = await self._decide(identity, match, headers, endpoint_map, epochs)
         outcome.decision_s = self._clock() - t_decide
         outcome.cache_hit = hit
         return await self._conclude(
@@ -209,34 +213,39 @@ class Gateway:
         )
 
     async def _decide(
-        self, identity: Identity, match: Match, headers: Mapping[str, str]
+        self,
+        identity: Identity,
+        match: Match,
+        headers: Mapping[str, str],
+        endpoint_map: EndpointMap,
+        epochs: tuple[int, int],
     ) -> tuple[_Cached, bool]:
-        """The decision for this identity, endpoint and tenant: cached or made now."""
+        """The decision for this identity, endpoint and tenant: cached or made now.
+
+        ``epochs`` are the model's and the map's epochs from before authentication:
+        a decision is cached only if neither moved while its inputs were read.
+        """
         endpoint = match.endpoint
         tenant_id = resolve_tenant_id(endpoint, match.params, headers, identity.claims)
         key = (identity.credential_key, endpoint.id, tenant_id)
         model = self._model
+        current = (model.epoch, self._map_epoch)
         cached = self._decisions.get(key)
-        if (
-            cached is not None
-            and cached.model_epoch == model.epoch
-            and cached.map_epoch == self._map_epoch
-        ):
+        if cached is not None and epochs == current == (cached.model_epoch, cached.map_epoch):
             return cached, True
-        epoch = model.epoch
         principal = identity.principal
         roles = await model.roles(principal.account)
         tenant: Tenant | None = await model.tenant(tenant_id) if tenant_id is not None else None
         subject = Subject(principal, roles, identity.token)
-        decision = decide(self.endpoint_map, match, subject, tenant, tenant_id)
+        decision = decide(endpoint_map, match, subject, tenant, tenant_id)
         # Shadow mode is the tenant's opt-in, and never reaches across accounts.
         shadow = (
             tenant is not None
             and tenant.enforcement == "shadow"
             and tenant.account == principal.account
         )
-        fresh = _Cached(epoch, self._map_epoch, decision, shadow)
-        if epoch == model.epoch:  # nothing changed while we were reading
+        fresh = _Cached(epochs[0], epochs[1], decision, shadow)
+        if epochs == (model.epoch, self._map_epoch):  # nothing changed while we read
             self._decisions[key] = fresh
         return fresh, False
 
