@@ -18,7 +18,7 @@ from permgate.errors import MapError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """FILE plus the options every command accepts (--config/--store are unused here)."""
     parser.add_argument("file", metavar="FILE", help="the endpoint map to validate")
-    add_common_arguments(parser)
+    add_common_arguments(parser, unused="check-map reads only FILE")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,11 +22,28 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, json_output=False)
-    parser.add_argument("--port", type=int, default=8080, help="gateway port (0: any free)")
-    parser.add_argument("--admin-port", type=int, default=9090, help="admin port (0: any free)")
+    add_common_arguments(
+        parser, json_output=False, unused="the demo seeds its own store in a temporary folder"
+    )
     parser.add_argument(
-        "--map", default="endpoint_map.yaml", help="endpoint map (default: ./endpoint_map.yaml)"
+        "--port",
+        type=int,
+        default=8080,
+        metavar="P",
+        help="gateway port (default 8080; 0: any free)",
+    )
+    parser.add_argument(
+        "--admin-port",
+        type=int,
+        default=9090,
+        metavar="P",
+        help="admin port (default 9090; 0: any free)",
+    )
+    parser.add_argument(
+        "--map",
+        default="endpoint_map.yaml",
+        metavar="MAP",
+        help="endpoint map (default: ./endpoint_map.yaml)",
     )
 
 

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--token", metavar="SECRET", help="an auth token secret")
     who.add_argument("--principal", metavar="ID", help="a principal id (as a JWT would name)")
-    parser.add_argument("method", metavar="METHOD")
+    parser.add_argument("method", metavar="METHOD", help="the HTTP method (upper-cased first)")
     parser.add_argument("path", metavar="PATH", help="the request path, without the query")
     parser.add_argument(
         "--tenant-header",

@@ -23,8 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC", help="OpenAPI 3 document (JSON or YAML)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-o", "--output", metavar="MAP", help="write the map here (default: stdout)")
-    mode.add_argument("--check", metavar="MAP", help="compare MAP with SPEC instead of generating")
-    add_common_arguments(parser, json_output=False)
+    mode.add_argument(
+        "--check",
+        metavar="MAP",
+        help="compare MAP with SPEC instead of generating; exit 1 on any difference",
+    )
+    add_common_arguments(parser, json_output=False, unused="import-openapi reads only its files")
 
 
 def _write_atomically(path: str, text: str) -> None:

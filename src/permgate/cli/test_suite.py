@@ -35,8 +35,12 @@ from permgate.cli._common import add_common_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """FILE and the common options (--store is ignored: the suite builds its own)."""
-    parser.add_argument("file", metavar="FILE", help="the test suite (YAML)")
-    add_common_arguments(parser, json_output=False)
+    parser.add_argument(
+        "file", metavar="FILE", help="the test suite (YAML); exit 1 when any case fails"
+    )
+    add_common_arguments(
+        parser, json_output=False, unused="the suite runs on its own temporary SQLite store"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

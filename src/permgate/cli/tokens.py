@@ -18,7 +18,12 @@ from permgate.cli._common import add_common_arguments, settings_from_args
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The create, list and revoke subcommands, each with the common options."""
     sub = parser.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
-    create = sub.add_parser("create", help="create a token and print its secret once")
+    create = sub.add_parser(
+        "create",
+        help="create a token and print its secret once",
+        description="Create an auth token and print its secret once. The token never "
+        "exceeds its owner: a permission or tenant the owner does not hold is refused.",
+    )
     create.add_argument("--owner", required=True, metavar="ID", help="the owning principal")
     create.add_argument("--name", required=True, help="what the token is for")
     create.add_argument(
@@ -33,15 +38,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="T",
-        help="a tenant id, any or type:test; repeatable",
+        help="a tenant id, any or type:test; repeatable (without it the token reaches only "
+        "endpoints that have no tenant)",
     )
-    create.add_argument("--expires-in", type=int, metavar="SECONDS", help="lifetime in seconds")
+    create.add_argument(
+        "--expires-in", type=int, metavar="SECONDS", help="lifetime in seconds (default: no expiry)"
+    )
     add_common_arguments(create)
-    listing = sub.add_parser("list", help="list a principal's tokens")
-    listing.add_argument("--owner", required=True, metavar="ID")
+    listing = sub.add_parser(
+        "list",
+        help="list a principal's tokens",
+        description="List a principal's tokens, revoked and expired ones included "
+        "(never their secrets).",
+    )
+    listing.add_argument("--owner", required=True, metavar="ID", help="the owning principal")
     add_common_arguments(listing)
-    revoke = sub.add_parser("revoke", help="revoke a token")
-    revoke.add_argument("token_id", metavar="ID")
+    revoke = sub.add_parser(
+        "revoke",
+        help="revoke a token",
+        description="Revoke a token; revoking a revoked token again is not an error.",
+    )
+    revoke.add_argument("token_id", metavar="ID", help="the token id (not its secret)")
     add_common_arguments(revoke)
 
 
