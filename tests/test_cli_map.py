@@ -185,3 +185,13 @@ def test_subprocess_import_openapi_check(drifted_map: Path) -> None:
     assert drifted.returncode == 1
     assert "missing from the map: fetchPasswordPolicy" in drifted.stdout
     assert "Traceback" not in drifted.stderr
+
+
+def test_import_openapi_unwritable_output_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """-o into a folder that does not exist: one line naming the file, no traceback."""
+    target = tmp_path / "missing" / "map.yaml"
+    assert main(["import-openapi", str(SOCOTRA_SPEC), "-o", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert f"{target}: cannot write the map" in err

@@ -64,6 +64,8 @@ def test_environment_overrides_file_and_reaches_nested_keys(tmp_path: Path) -> N
             "PERMGATE_UPSTREAM": "http://127.0.0.1:2",
             "PERMGATE_CACHE__MAX_ENTRIES": "20",
             "PERMGATE_AUTH__JWT__KEYS": "[PEM]",
+            "PERMGATE_AUTH__JWT__ISSUER": "https://idp.example.com/",
+            "PERMGATE_AUTH__JWT__AUDIENCE": "insurance-api",
             "PERMGATE_AUTH__JWT__ALGORITHMS": "ES256,RS256",
         },
     )
@@ -95,6 +97,9 @@ BAD = [
     ({"PERMGATE_AUTH__JWT__KEYS": "[k]", "PERMGATE_AUTH__JWT__ALGORITHMS": "[HS256]"}, "'HS256'"),
     ({"PERMGATE_AUTH__JWT__KEYS": "[k]", "PERMGATE_AUTH__JWT__ALGORITHMS": "[none]"}, "'none'"),
     ({"PERMGATE_AUTH__JWT__ISSUER": "x"}, "set jwks_url or keys"),
+    ({"PERMGATE_AUTH__JWT__KEYS": "[k]"}, "auth.jwt.issuer: required"),
+    ({"PERMGATE_AUTH__JWT__KEYS": "[k]"}, "auth.jwt.audience: required"),
+    ({"PERMGATE_UPSTREAM_TIMEOUT_SECONDS": "0"}, "upstream_timeout_seconds: must be greater"),
     ({"PERMGATE_AUTH__FORWARD_CREDENTIAL": "perhaps"}, "auth.forward_credential: 'perhaps'"),
 ]
 
@@ -105,6 +110,13 @@ def test_bad_value_is_refused_naming_key_and_value(env: dict[str, str], message:
     with pytest.raises(ConfigError) as caught:
         load_settings(env=env)
     assert any(message in problem for problem in caught.value.problems), caught.value.problems
+
+
+def test_a_bad_value_is_reported_once() -> None:
+    """A negative timeout is one problem, not two messages about the same key."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={"PERMGATE_UPSTREAM_TIMEOUT_SECONDS": "-1"})
+    assert len(caught.value.problems) == 1
 
 
 def test_every_problem_is_reported_at_once() -> None:

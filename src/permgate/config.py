@@ -268,7 +268,8 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
         )
     if not settings.store.startswith(("sqlite://", "postgresql://", "postgres://")):
         problems.append(
-            f"store: {settings.store!r}: expected sqlite:///PATH or postgresql://USER@HOST/DB"
+            f"store: {settings.store!r}: expected sqlite://PATH (sqlite:///abs/path.db, "
+            "sqlite://relative.db) or postgresql://USER@HOST/DB"
         )
     if settings.default_enforcement not in ("shadow", "enforce"):
         problems.append(
@@ -278,7 +279,9 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
         problems.append(
             f"log_level: {settings.log_level!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL"
         )
-    if settings.upstream_timeout_seconds <= 0:
+    if settings.upstream_timeout_seconds <= 0 and not _reported(
+        problems, "upstream_timeout_seconds"
+    ):
         problems.append("upstream_timeout_seconds: must be greater than 0")
     sink = settings.audit.sink
     if sink != "stdout" and not (sink.startswith("file:") and len(sink) > len("file:")):
@@ -292,7 +295,17 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
         _check_jwt(jwt, problems)
 
 
+def _reported(problems: list[str], key: str) -> bool:
+    """Whether ``key`` already has a problem (one message per bad key)."""
+    return any(problem.startswith(f"{key}:") for problem in problems)
+
+
 def _check_jwt(jwt: JwtSettings, problems: list[str]) -> None:
+    # DESIGN §3: iss and aud are always verified, so both must be configured.
+    if not jwt.issuer:
+        problems.append("auth.jwt.issuer: required: the JWT issuer (iss) to accept")
+    if not jwt.audience:
+        problems.append("auth.jwt.audience: required: the JWT audience (aud) to accept")
     if not jwt.jwks_url and not jwt.keys:
         problems.append("auth.jwt: set jwks_url or keys (PEM public keys) to verify JWTs")
     if jwt.jwks_url and not jwt.jwks_url.startswith(("http://", "https://")):

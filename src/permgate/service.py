@@ -70,6 +70,7 @@ ROLE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 PRINCIPAL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+|-]{0,254}")
 _MAX_TEXT: Final = 200
 DEFAULT_TOKEN_PREFIX: Final = "pgt_"
+MAX_TOKEN_LIFETIME_SECONDS: Final = 10 * 366 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,9 +601,12 @@ class ModelService:
         if expires_in is not None and (
             isinstance(expires_in, bool)
             or not isinstance(expires_in, int | float)
-            or expires_in <= 0
+            or not 0 < expires_in <= MAX_TOKEN_LIFETIME_SECONDS
         ):
-            raise InvalidInput(f"expires_in {expires_in!r} must be a positive number of seconds")
+            raise InvalidInput(
+                f"expires_in {expires_in!r} must be a number of seconds from 1 to "
+                f"{MAX_TOKEN_LIFETIME_SECONDS} (ten years); omit it for a token that never expires"
+            )
         async with self.transaction() as tx:
             principal = await self._principal(tx, actor, owner)
             self._may_manage_tokens(actor, principal)

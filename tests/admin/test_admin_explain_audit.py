@@ -17,9 +17,14 @@ PRINCIPAL_CASES = [
         id="allow",
     ),
     pytest.param(
-        {"principal": "carol", "method": "get", "path": "/policy/acme-prod/quotes/q1?x=1&y=/z"},
+        {"principal": "carol", "method": "GET", "path": "/policy/acme-prod/quotes/q1?x=1&y=/z"},
         {"decision": "allow", "endpoint": "quotes.get", "required": ["quotes.read"]},
-        id="query-stripped-method-case",
+        id="query-stripped",
+    ),
+    pytest.param(
+        {"principal": "carol", "method": "get", "path": "/policy/acme-prod/quotes/q1"},
+        {"decision": "deny", "reason": "unmapped_route"},
+        id="method-is-case-sensitive-like-the-gateway",
     ),
     pytest.param(
         {"principal": "alice", "method": "POST", "path": "/policy/acme-prod/quotes"},

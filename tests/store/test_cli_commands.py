@@ -245,3 +245,36 @@ def test_suite_with_inline_policy_reports_its_lines(
     (files / "suite.yaml").write_text(inline)
     code, _, err = _run(capsys, "test", str(files / "suite.yaml"))
     assert code == 1 and "suite.yaml:5: unknown key 'bogus'" in err
+
+
+def test_absurd_token_lifetime_is_refused_clearly(
+    files: Path, store_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--expires-in beyond ten years is a one-line error, not an overflow traceback."""
+    common = _common(files, store_dsn)
+    assert _run(capsys, "apply", str(files / "policy.yaml"), *common)[0] == 0
+    code, out, err = _run(
+        capsys, "tokens", "create", "--owner", "alice", "--name", "x",
+        "--permission", "quote.create", "--tenant", "acme-prod",
+        "--expires-in", "99999999999999", *common,
+    )  # fmt: skip
+    assert code == 2 and out == ""
+    assert "expires_in" in err and "Traceback" not in err
+
+
+def test_token_list_shows_expired_tokens_as_expired(
+    files: Path, store_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A token past its expiry is listed as expired, not active."""
+    import time
+
+    common = _common(files, store_dsn)
+    assert _run(capsys, "apply", str(files / "policy.yaml"), *common)[0] == 0
+    code, _, _ = _run(
+        capsys, "tokens", "create", "--owner", "alice", "--name", "short",
+        "--permission", "quote.create", "--tenant", "acme-prod", "--expires-in", "1", *common,
+    )  # fmt: skip
+    assert code == 0
+    time.sleep(1.1)
+    code, out, _ = _run(capsys, "tokens", "list", "--owner", "alice", *common)
+    assert code == 0 and " expired " in out

@@ -73,7 +73,7 @@ async def explain(
             principal, token, claims = identity.principal, identity.token, identity.claims
 
     # Then the gateway's stages, in its order.
-    method = str(body["method"]).upper()
+    method = str(body["method"])  # case-sensitive, as the gateway matches it
     target = str(body["path"])
     problem = hygiene.check_target(method, target)
     if problem is not None:

@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--token", metavar="SECRET", help="an auth token secret")
     who.add_argument("--principal", metavar="ID", help="a principal id (as a JWT would name)")
-    parser.add_argument("method", metavar="METHOD", help="the HTTP method (upper-cased first)")
+    parser.add_argument(
+        "method",
+        metavar="METHOD",
+        help="the HTTP method, case-sensitive as the gateway matches it (GET, POST...)",
+    )
     parser.add_argument("path", metavar="PATH", help="the request path, without the query")
     parser.add_argument(
         "--tenant-header",
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"{result['decision']}: {result['reason']}")
-    for key in ("endpoint", "principal", "token", "tenant", "enforcement"):
+    for key in ("endpoint", "principal", "token_id", "tenant", "enforcement"):
         if result.get(key):
             print(f"  {key}: {result[key]}")
     print(f"  required: {' '.join(result['required']) or '-'}")
@@ -78,7 +82,7 @@ async def _explain(settings: Any, endpoint_map: Any, args: argparse.Namespace) -
     from permgate.store import open_store
     from permgate.token_secrets import secret_matches, token_id_of
 
-    method = args.method.upper()
+    method = args.method  # case-sensitive, as the gateway matches it
     match = endpoint_map.match(method, args.path)
     store = await open_store(settings.store)
     try:
@@ -124,6 +128,6 @@ async def _explain(settings: Any, endpoint_map: Any, args: argparse.Namespace) -
         "missing_permissions": list(decision.missing),
         "detail": str(decision.detail),
         "principal": principal.id,
-        "token": token.id if token is not None else None,
+        "token_id": token.id if token is not None else None,
         "enforcement": tenant.enforcement if tenant is not None else None,
     }

@@ -54,7 +54,8 @@ def _check(spec_path: str, map_path: str) -> int:
         return 0
     for line in differences:
         print(f"{map_path}: {line}")
-    print(f"{map_path}: {len(differences)} differences from {spec_path}", file=sys.stderr)
+    noun = "difference" if len(differences) == 1 else "differences"
+    print(f"{map_path}: {len(differences)} {noun} from {spec_path}", file=sys.stderr)
     return 1
 
 
@@ -67,7 +68,13 @@ def run(args: argparse.Namespace) -> int:
         if args.output is None:
             sys.stdout.write(text)
         else:
-            _write_atomically(args.output, text)
+            try:
+                _write_atomically(args.output, text)
+            except OSError as exc:
+                print(
+                    f"{args.output}: cannot write the map: {exc.strerror or exc}", file=sys.stderr
+                )
+                return 1
             print(f"{args.output}: wrote {count} endpoints from {args.spec}")
         return 0
     except (SpecError, MapError) as exc:

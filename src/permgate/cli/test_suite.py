@@ -209,7 +209,7 @@ class _Suite:
         if principal is None:
             return f"{where}: unknown principal {principal_id!r}"
         subject = Subject(principal, await store.get_roles(principal.account), token)
-        method = str(case["method"]).upper()
+        method = str(case["method"])  # case-sensitive, as the gateway matches it
         match = self.endpoint_map.match(method, case["path"])
         tenant_id = None
         tenant = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from permgate.cli._common import add_common_arguments, settings_from_args
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.owner} has no tokens")
         else:
             for row in rows:
-                state = "revoked" if row["revoked_at"] else "active"
+                state = _state(row)
                 print(
                     f"{row['id']}  {state:7}  {row['name']}  "
                     f"permissions={','.join(row['permissions'])}  "
@@ -153,3 +154,13 @@ async def _revoke(settings: Any, token_id: str) -> dict[str, Any]:
     async with operator_service(settings) as service:
         token = await service.revoke_token(Actor.cli(), token_id)
     return _token_json(token)
+
+
+def _state(row: dict[str, Any]) -> str:
+    """revoked, expired or active, as the gateway would treat the token now."""
+    if row["revoked_at"]:
+        return "revoked"
+    expires_at = row["expires_at"]
+    if expires_at and datetime.fromisoformat(expires_at) <= datetime.now(UTC):
+        return "expired"
+    return "active"
