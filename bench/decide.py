@@ -1,4 +1,4 @@
-"""Cost of match + decide on a warm path, in ns/op (issue 2; DESIGN §1.5, PERF.md).
+"""Cost of match + decide on a warm path, in ns/op (issue 2; DESIGN §1.5, ../shared/PERF.md).
 
     .venv/bin/python bench/decide.py
 
@@ -10,6 +10,7 @@ number of entries. Absolute numbers on these shared machines drift by tens of %.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -70,6 +71,7 @@ def measure_once(endpoint_map: EndpointMap, path: str, n: int = 20_000) -> float
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     path = "/policy/acme-prod/quotes/Q-1001"
     shipped = load_map(ROOT / "endpoint_map.yaml")
     rows = [
