@@ -262,14 +262,17 @@ _OWN_PREFIXES: Final = ("x-permgate-", "x-forwarded-")
 _PROTECTED_FROM_CONNECTION: Final = frozenset({"host", "content-length"})
 
 
-def connection_listed(headers: MultiMapping[str]) -> frozenset[str]:
-    """The lower-cased field names a ``Connection`` header declares hop-by-hop."""
+def connection_listed(
+    headers: MultiMapping[str], protected: Collection[str] = ()
+) -> frozenset[str]:
+    """The lower-cased field names a ``Connection`` header declares hop-by-hop, minus
+    the framing, ``Host`` and the lower-cased names in ``protected``."""
     values = headers.getall("Connection", ())
     if not values:
         return frozenset()
     names = {token.strip().lower() for value in values for token in value.split(",")}
     names.discard("")
-    return frozenset(names - _PROTECTED_FROM_CONNECTION)
+    return frozenset(names - _PROTECTED_FROM_CONNECTION).difference(protected)
 
 
 def forward_headers(
@@ -280,10 +283,14 @@ def forward_headers(
     host: str | None,
     drop_credential: bool,
     identity: Mapping[str, str],
+    protected: Collection[str] = (),
 ) -> CIMultiDict[str]:
     """The header block the upstream receives (DESIGN §4, §4.1).
 
-    The client's headers minus hop-by-hop ones and those its ``Connection`` lists,
+    The client's headers minus hop-by-hop ones and those its ``Connection`` lists
+    (never ``Host``, ``Content-Length`` nor the lower-cased names in ``protected``:
+    the headers the decision read, such as the tenant header, must reach the upstream
+    as they were authorized),
     minus method/URL overrides, client-address claims, ``Expect``, every
     ``X-Permgate-*``/``X-Request-Id``/``X-Forwarded-*`` spelling (any case, ``_`` for
     ``-``) and, when ``drop_credential``, ``Authorization``. Then permgate's own:
@@ -291,7 +298,7 @@ def forward_headers(
     ``X-Request-Id``, built by the caller) — added last, so no client list removes them.
     ``identity`` names outside those two families replace any client value.
     """
-    listed = connection_listed(headers)
+    listed = connection_listed(headers, protected)
     cache = _NAME_CACHE
     kept: list[tuple[str, str]] = []
     for name, value in headers.items():

@@ -105,12 +105,14 @@ class Gateway:
         self._map_epoch = 0
         self.endpoint_map = endpoint_map
         self._tenant_headers = _tenant_headers(endpoint_map)
+        self._protected = _protected_headers(self._tenant_headers, forward_credential)
 
     # -- map ---------------------------------------------------------------------
 
     def swap_map(self, endpoint_map: EndpointMap) -> None:
         """Replace the map atomically; every cached decision becomes stale at once."""
         self._tenant_headers = _tenant_headers(endpoint_map)
+        self._protected = _protected_headers(self._tenant_headers, self._forward_credential)
         self.endpoint_map = endpoint_map
         self._map_epoch += 1
         self._decisions.clear()
@@ -296,6 +298,7 @@ class Gateway:
             host=request.host,
             drop_credential=not self._forward_credential,
             identity=identity_headers,
+            protected=self._protected,
         )
         if request.version >= HttpVersion11 and _expects_continue(request.headers):
             # No router answers "100 Continue" for us: the client is waiting for it.
@@ -330,6 +333,15 @@ def _tenant_headers(endpoint_map: EndpointMap) -> frozenset[str]:
         for e in endpoint_map.endpoints
         if e.tenant.kind == "header" and e.tenant.name is not None
     )
+
+
+def _protected_headers(tenant_headers: frozenset[str], forward_credential: bool) -> frozenset[str]:
+    """Headers the decision read, which a client's ``Connection`` list must not strip:
+    the upstream would read another tenant (its default) than the one authorized."""
+    names = {name.lower() for name in tenant_headers}
+    if forward_credential:
+        names.add("authorization")
+    return frozenset(names)
 
 
 def _json(
