@@ -939,6 +939,8 @@ async def _frank(gw: Gateway) -> str:
         ("PATCH", "/v1/principals/root", {"disabled": True}),
         ("PUT", "/v1/principals/bob/tenants", ["any"]),  # beyond frank's own scope
         ("POST", "/v1/tokens", {"owner": "alice", "name": "x", "permissions": ["quotes.read"]}),
+        ("POST", "/v1/principals", {"id": "sock", "tenants": ["any"]}),
+        ("POST", "/v1/principals", {"id": "sock", "tenants": ["acme-prod"]}),
     ],
     ids=[
         "self-admin",
@@ -951,6 +953,8 @@ async def _frank(gw: Gateway) -> str:
         "disable-admin",
         "scope-beyond-own",
         "token-for-other",
+        "create-scope-any",
+        "create-scope-beyond",
     ],
 )
 async def test_non_admin_with_every_permission_cannot_escalate(
@@ -967,6 +971,20 @@ async def test_non_admin_with_every_permission_cannot_escalate(
     principal = await gw.service.store.get_principal("bob")
     assert principal is not None and principal.tenants == ("any",)
     assert await gw.service.store.get_principal("sock") is None
+
+
+async def test_non_admin_still_creates_principals_within_its_own_scope(
+    gw: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """The scope rule at creation refuses only what lies beyond the caller: frank may
+    create a principal on his own tenant (and one with no scope at all)."""
+    frank = await _frank(gw)
+    status, answer = await _admin(
+        http, gw, "POST", "/v1/principals", frank, {"id": "sock", "tenants": ["acme-test"]}
+    )
+    assert (status, answer["tenants"]) == (201, ["acme-test"])
+    status, answer = await _admin(http, gw, "POST", "/v1/principals", frank, {"id": "sock2"})
+    assert (status, answer["tenants"]) == (201, [])
 
 
 async def test_non_admin_cannot_mint_a_token_wider_than_itself(

@@ -38,13 +38,24 @@ async def test_principal_get_has_the_model_fields(world: World) -> None:
 
 
 async def test_non_admin_creates_a_principal_without_roles(world: World) -> None:
-    """principals.write suffices to create a principal that holds no role."""
-    body = {"id": "svc-1", "kind": "client", "tenants": ["type:test"]}
+    """principals.write suffices to create a principal that holds no role, with a
+    tenant scope within the caller's own."""
+    body = {"id": "svc-1", "kind": "client", "tenants": ["acme-prod"]}
     answer = await world.call("POST", "/v1/principals", who="alice", json=body)
     assert answer.status == 201
     assert answer.body["kind"] == "client"
-    assert answer.body["tenants"] == ["type:test"]
+    assert answer.body["tenants"] == ["acme-prod"]
     assert answer.body["roles"] == []
+
+
+async def test_non_admin_cannot_create_a_principal_scoped_beyond_itself(world: World) -> None:
+    """A non-admin cannot hand out tenants it does not reach itself at creation either
+    (alice reaches acme-prod only): 403 naming the excess, and nothing is created."""
+    body = {"id": "svc-2", "tenants": ["acme-prod", "type:test"]}
+    answer = await world.call("POST", "/v1/principals", who="alice", json=body)
+    assert answer.status == 403
+    assert "type:test" in answer.body["detail"]
+    assert (await world.call("GET", "/v1/principals/svc-2")).status == 404
 
 
 async def test_admin_creates_a_principal_with_roles(world: World) -> None:

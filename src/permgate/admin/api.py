@@ -288,12 +288,24 @@ class _AdminApi:
             # Giving roles at creation is assigning roles: the same rules apply.
             require_admin(caller, "assign roles")
             authorize(ASSIGN_ROLES, caller.subject)
+        tenants = body.get("tenants", ())
+        if tenants and not caller.actor.is_admin:
+            # Giving a scope at creation is setting one: a non-admin cannot hand out
+            # tenants it does not reach itself (as PUT /principals/{id}/tenants).
+            known = {t.id: t for t in await self._store.list_tenants(caller.account)}
+            outside = scope_beyond(caller.identity.principal.tenants, tenants, known)
+            if outside:
+                raise ApiError(
+                    403,
+                    "forbidden",
+                    f"cannot grant tenants beyond your own scope: {', '.join(outside)}",
+                )
         principal = await self._service.create_principal(
             caller.actor,
             caller.account,
             body["id"],
             kind=body.get("kind", "user"),
-            tenants=body.get("tenants", ()),
+            tenants=tenants,
             disabled=body.get("disabled", False),
             roles=roles,
         )
