@@ -1159,6 +1159,20 @@ async def test_read_only_and_foreign_fields_cannot_be_mass_assigned(
     assert await gw.service.store.get_tenant("t1") is None
 
 
+async def test_tenant_id_differing_only_in_case_cannot_be_created(
+    gw: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """globex's admin registers 'ACME-PROD' in globex: an upstream that compares tenant
+    locators case-insensitively would then serve acme's data to globex. Refused."""
+    status, answer = await _admin(
+        http, gw, "POST", "/v1/tenants", gw.tokens["gus"], {"id": "ACME-PROD"}
+    )
+    assert status == 409, answer
+    response = await _raw(gw, "GET", "/policy/ACME-PROD/quotes/Q-1", _bearer(gw.tokens["gus"]))
+    assert response.status == 403
+    assert gw.upstream.seen == []
+
+
 async def test_admin_api_refuses_two_authorization_headers(gw: Gateway) -> None:
     """On the admin listener too, a second Authorization header is a 400."""
     host, port = _admin_address(gw)
