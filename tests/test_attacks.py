@@ -24,7 +24,7 @@ import pytest
 import yarl
 from multidict import CIMultiDict
 
-from harness import Gateway, free_port, start_gateway
+from harness import Gateway, eventually, free_port, start_gateway
 from permgate.service import Actor
 from rawhttp import RawResponse, exchange, read_response, request
 
@@ -1203,3 +1203,64 @@ async def test_token_listing_never_shows_secrets_or_hashes(
         assert secret not in text, name
         assert secret.split("_")[-1][:12] not in text, name
     assert "hash" not in text
+
+
+async def test_jwt_naming_its_own_key_is_refused(gw: Gateway) -> None:
+    """A JWT signed by the attacker's key that embeds that key ('jwk') or points at it
+    ('jku', 'x5u'): the gateway trusts only its configured keys."""
+    from jwt.algorithms import RSAAlgorithm
+
+    from harness import rsa_key
+
+    key, _ = rsa_key()
+    public_jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    for headers in (
+        {"jwk": public_jwk},
+        {"jku": "http://127.0.0.1:1/jwks.json", "kid": "evil"},
+        {"x5u": "http://127.0.0.1:1/cert.pem"},
+    ):
+        token = jwt.encode(_claims(), key, algorithm="RS256", headers=headers)
+        response = await _raw(gw, "GET", "/policy/acme-prod/quotes/Q-1", _bearer(token))
+        assert (response.status, _json(response)["reason"]) == (401, "invalid_token")
+    assert gw.upstream.seen == []
+
+
+async def test_jwt_session_revoked_by_role_removal_is_not_served_from_caches(
+    gw: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """alice's JWT is allowed (verified JWT and decision both cached); an admin removes
+    her role: the same JWT is 401 session_revoked on the next request."""
+    token = gw.jwt("alice", iat=int(time.time()) - 5)
+    response = await _raw(gw, "GET", "/policy/acme-prod/quotes/Q-1", _bearer(token))
+    assert response.status == 200
+    status, _ = await _admin(http, gw, "PUT", "/v1/principals/alice/roles", gw.tokens["root"], [])
+    assert status == 200
+    response = await _raw(gw, "GET", "/policy/acme-prod/quotes/Q-1", _bearer(token))
+    assert (response.status, _json(response)["reason"]) == (401, "session_revoked")
+
+
+async def test_claim_tenant_endpoint_cannot_be_fed_by_a_header_or_token(tmp_path: Path) -> None:
+    """An entry whose tenant is a JWT claim: an auth token (no claims) or a header
+    naming a tenant gives no tenant, so the request is refused; the JWT's own claim
+    decides."""
+    map_text = (
+        "version: 1\nendpoints:\n"
+        "  - {id: legacy.claims, method: GET, path: /claims, permissions: [quotes.read],\n"
+        "     tenant: {claim: tenant}}\n"
+    )
+    async with start_gateway(tmp_path) as gw:
+        path = Path(gw.runtime.settings.endpoint_map)
+        path.write_text(map_text, encoding="utf-8")
+        await eventually(
+            lambda: gw.runtime.gateway.endpoint_map.get("legacy.claims") is not None, "reload"
+        )
+        bob = gw.tokens["bob"]
+        response = await _raw(gw, "GET", "/claims", _bearer(bob), ("X-Tenant", "acme-prod"))
+        assert (response.status, _json(response)["reason"]) == (403, "tenant_out_of_scope")
+        alice = gw.jwt("alice", tenant="globex-prod")
+        response = await _raw(gw, "GET", "/claims", _bearer(alice), ("tenant", "acme-prod"))
+        assert (response.status, _json(response)["reason"]) == (403, "tenant_out_of_scope")
+        assert gw.upstream.seen == []
+        response = await _raw(gw, "GET", "/claims", _bearer(gw.jwt("alice", tenant="acme-prod")))
+        assert response.status == 200
+        assert _upstream_headers(gw)["X-Permgate-Tenant"] == "acme-prod"
