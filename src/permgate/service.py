@@ -288,10 +288,22 @@ class ModelService:
         mode = self.default_enforcement if enforcement is None else enforcement
         if mode not in ENFORCEMENTS:
             raise InvalidInput(f"enforcement {mode!r} is invalid: expected one of {ENFORCEMENTS}")
+        if mode == "shadow" and enforcement is not None and not actor.is_admin:
+            # Shadow forwards every deny, scope denies included: choosing it is an
+            # admin's decision, not any tenants.write holder's.
+            raise Forbidden("only admins can create a tenant in shadow mode (it forwards denies)")
         async with self.transaction() as tx:
             await self._account(tx, actor, account)
-            if await tx.get_tenant(tenant_id) is not None:
-                raise Conflict(f"tenant id {tenant_id!r} is already taken")
+            # Unique regardless of case, in the whole deployment: an upstream comparing
+            # locators case-insensitively must never see one tenant as another.
+            taken = await tx.tenant_id_folding_to(tenant_id)
+            if taken is not None:
+                same = (
+                    ""
+                    if taken == tenant_id
+                    else f" (as {taken!r}: ids are unique regardless of case)"
+                )
+                raise Conflict(f"tenant id {tenant_id!r} is already taken{same}")
             tenant = Tenant(tenant_id, account, type, mode)
             await tx.insert_tenant(tenant, self._clock())
             tx.changed("tenant", account, tenant_id)

@@ -417,3 +417,21 @@ async def test_non_admin_may_rescope_within_its_own_scope(acme: ModelService, st
     await acme.create_principal(CLI, "acme", "bob", tenants=[])
     bob = await acme.set_principal_tenants(await _actor(store, "alice"), "bob", ["acme-prod"])
     assert bob.tenants == ("acme-prod",)
+
+
+async def test_tenant_ids_are_unique_regardless_of_case_across_accounts(
+    acme: ModelService,
+) -> None:
+    """'ACME-PROD' in globex would let an upstream that folds case serve acme's data."""
+    with pytest.raises(Conflict, match="regardless of case"):
+        await acme.create_tenant(CLI, "globex", "ACME-PROD")
+
+
+async def test_only_admins_choose_shadow_for_a_new_tenant(acme: ModelService, store: Store) -> None:
+    """Shadow forwards every deny, so a non-admin with tenants.write cannot pick it."""
+    await acme.set_principal_roles(CLI, "alice", [("full-access", None)])
+    alice = await _actor(store, "alice")
+    with pytest.raises(Forbidden, match="shadow"):
+        await acme.create_tenant(alice, "acme", "acme-sandbox", enforcement="shadow")
+    created = await acme.create_tenant(alice, "acme", "acme-sandbox")
+    assert created.enforcement == "enforce"

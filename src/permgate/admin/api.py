@@ -180,7 +180,6 @@ class _AdminApi:
     async def tenants_create(self, request: web.Request) -> web.StreamResponse:
         caller = request[CALLER]
         body = await _body(request, "TenantCreate")
-        await self._refuse_case_variant(body["id"])
         tenant = await self._service.create_tenant(
             caller.actor,
             caller.account,
@@ -192,24 +191,6 @@ class _AdminApi:
         return json_response(
             tenant_json(tenant), status=201, headers={"Location": f"/v1/tenants/{tenant.id}"}
         )
-
-    async def _refuse_case_variant(self, tenant_id: object) -> None:
-        """409 when a tenant id differing only in case exists, in any account: an
-        upstream that compares locators case-insensitively (a case-insensitive
-        database collation is enough) would serve that tenant's data to callers
-        authorized on this one, across accounts."""
-        if not isinstance(tenant_id, str):
-            return  # the service names what is wrong with it
-        folded = tenant_id.lower()
-        for account in await self._store.list_accounts():
-            for tenant in await self._store.list_tenants(account):
-                if tenant.id != tenant_id and tenant.id.lower() == folded:
-                    raise ApiError(
-                        409,
-                        "conflict",
-                        f"tenant id {tenant_id!r} is already taken (ids are unique "
-                        "regardless of case)",
-                    )
 
     async def _tenant(self, caller: Caller, tenant_id: str) -> Tenant:
         tenant = await self._store.get_tenant(tenant_id)

@@ -135,6 +135,13 @@ class Transaction:
         )
         return _tenant(rows[0]) if rows else None
 
+    async def tenant_id_folding_to(self, tenant_id: str) -> str | None:
+        """An existing tenant id equal to ``tenant_id`` ignoring case, in any account."""
+        rows = await self._conn.fetch(
+            "SELECT id FROM tenants WHERE lower(id) = $1 LIMIT 1", tenant_id.lower()
+        )
+        return str(rows[0][0]) if rows else None
+
     async def list_tenants(self, account: str) -> list[Tenant]:
         rows = await self._conn.fetch(
             f"SELECT {_TENANT_COLUMNS} FROM tenants WHERE account = $1 ORDER BY id", account
