@@ -276,11 +276,11 @@ async def serve(
         runtime.gateway_listening = True
         admin_host, admin_port = parse_hostport(settings.admin_listen)
         await web.TCPSite(admin_runner, admin_host, admin_port, reuse_port=reuse_port).start()
-        log.info(
+        log.info(  # the bound addresses: a configured port 0 shows the real one
             "permgate serving %s -> %s (admin %s)",
-            settings.listen,
+            _bound(gateway_runner),
             settings.upstream,
-            settings.admin_listen,
+            _bound(admin_runner),
         )
         if on_ready is not None:
             result = on_ready(runtime)
@@ -294,6 +294,10 @@ async def serve(
         await gateway_runner.cleanup()
         await admin_runner.cleanup()
         await runtime.stop()
+
+
+def _bound(runner: web.BaseRunner) -> str:
+    return ", ".join(f"{address[0]}:{address[1]}" for address in runner.addresses)
 
 
 def install_uvloop() -> bool:
