@@ -1,4 +1,4 @@
-"""``permgate check-map`` and ``permgate import-openapi`` as a user runs them (DESIGN §7)."""
+"""``permgate check-map`` and ``permgate import-openapi`` as a user runs them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from permgate.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_MAP = REPO / "endpoint_map.yaml"
-SOCOTRA_SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "socotra-openapi.json"
+SOCOTRA_SPEC = REPO / "spec" / "socotra-openapi.json"
 
 BROKEN_MAP = """\
 version: 1
@@ -177,7 +177,7 @@ def test_subprocess_check_map_errors(broken_map: Path) -> None:
 @pytest.mark.slow
 def test_subprocess_import_openapi_check(drifted_map: Path) -> None:
     """The real --check command: 0 on the shipped map, 1 with a diff on a modified copy."""
-    spec = "../shared/reference/socotra-openapi.json"
+    spec = "spec/socotra-openapi.json"
     in_sync = run_cli("import-openapi", spec, "--check", "endpoint_map.yaml")
     assert in_sync.returncode == 0, in_sync.stderr
     assert "in sync" in in_sync.stdout

@@ -1,4 +1,4 @@
-"""OpenAPI import (DESIGN §2.1): operations become map entries; --check finds drift."""
+"""OpenAPI import: operations become map entries; --check finds drift."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from permgate.openapi_import import (
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_MAP = REPO / "endpoint_map.yaml"
-SOCOTRA_SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "socotra-openapi.json"
+SOCOTRA_SPEC = REPO / "spec" / "socotra-openapi.json"
 
 
 def spec_of(*operations_: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
@@ -314,13 +314,11 @@ def test_check_ignores_permission_order() -> None:
 
 def test_shipped_map_is_regenerated_byte_for_byte() -> None:
     """endpoint_map.yaml is exactly what import-openapi makes of the reference spec."""
-    if not SOCOTRA_SPEC.is_file():
-        pytest.fail(f"reference spec {SOCOTRA_SPEC} is missing: CI has ../shared beside the repo")
     text, count = generate(SOCOTRA_SPEC)
     assert count == 722
     assert text == SHIPPED_MAP.read_text(encoding="utf-8"), (
         "endpoint_map.yaml is stale: run permgate import-openapi "
-        "../shared/reference/socotra-openapi.json -o endpoint_map.yaml"
+        "spec/socotra-openapi.json -o endpoint_map.yaml"
     )
 
 
