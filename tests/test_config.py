@@ -1,4 +1,4 @@
-"""permgate.yaml and PERMGATE_* overrides (DESIGN §2.2): valid, overridden, refused."""
+"""permgate.yaml and PERMGATE_* overrides: valid, overridden, refused."""
 
 from __future__ import annotations
 
@@ -101,6 +101,7 @@ BAD = [
     ({"PERMGATE_AUTH__JWT__KEYS": "[k]"}, "auth.jwt.audience: required"),
     ({"PERMGATE_UPSTREAM_TIMEOUT_SECONDS": "0"}, "upstream_timeout_seconds: must be greater"),
     ({"PERMGATE_AUTH__FORWARD_CREDENTIAL": "perhaps"}, "auth.forward_credential: 'perhaps'"),
+    ({"PERMGATE_LOG_FORMAT": "xml"}, "log_format: 'xml'"),
 ]
 
 
@@ -154,3 +155,17 @@ def test_serve_refuses_a_bad_config_with_every_problem_and_no_traceback(
     assert "store: 'mysql://x'" in err
     assert "audit.sink: 'syslog'" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, None),
+        ({"PERMGATE_LOG_FORMAT": "text"}, "text"),
+        ({"PERMGATE_LOG_FORMAT": "json"}, "json"),
+    ],
+    ids=["unset-means-by-terminal", "text", "json"],
+)
+def test_log_format_is_text_json_or_unset(env: dict[str, str], expected: str | None) -> None:
+    """log_format is text or json; unset (None) lets serve choose by whether stderr is a tty."""
+    assert load_settings(env=env).log_format == expected

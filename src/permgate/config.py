@@ -1,4 +1,4 @@
-"""``permgate.yaml`` plus ``PERMGATE_*`` environment overrides (DESIGN §2.2).
+"""``permgate.yaml`` plus ``PERMGATE_*`` environment overrides.
 
 Everything is validated at start and every problem is reported at once, each
 naming the key, the value and what was expected. Nested keys are reached from the
@@ -87,6 +87,8 @@ class Settings:
     store: str = "sqlite:///var/lib/permgate/permgate.db"
     default_enforcement: Literal["shadow", "enforce"] = "enforce"
     log_level: str = "INFO"
+    # None: text lines when stderr is a terminal, JSON lines otherwise (log collectors).
+    log_format: Literal["text", "json"] | None = None
     auth: AuthSettings = field(default_factory=AuthSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
@@ -279,6 +281,8 @@ def _check_semantics(settings: Settings, problems: list[str]) -> None:
         problems.append(
             f"log_level: {settings.log_level!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL"
         )
+    if settings.log_format not in (None, "text", "json"):
+        problems.append(f"log_format: {settings.log_format!r}: expected text or json")
     if settings.upstream_timeout_seconds <= 0 and not _reported(
         problems, "upstream_timeout_seconds"
     ):
@@ -301,7 +305,7 @@ def _reported(problems: list[str], key: str) -> bool:
 
 
 def _check_jwt(jwt: JwtSettings, problems: list[str]) -> None:
-    # DESIGN §3: iss and aud are always verified, so both must be configured.
+    # iss and aud are always verified, so both must be configured.
     if not jwt.issuer:
         problems.append("auth.jwt.issuer: required: the JWT issuer (iss) to accept")
     if not jwt.audience:
