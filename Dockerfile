@@ -1,4 +1,4 @@
-# permgate: sidecar authorization gateway (DESIGN §9).
+# permgate: sidecar authorization gateway (small, non-root, no build tools in the final image).
 #
 #   docker build -t permgate .
 #   docker run -p 8080:8080 -p 9090:9090 -e PERMGATE_UPSTREAM=http://api:8000 permgate
@@ -55,7 +55,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
       'audit: {sink: stdout}' \
       > /etc/permgate/permgate.yaml
 
-# The shipped endpoint map of the insurance platform's API (DESIGN §2.1): the default;
+# The shipped endpoint map of the insurance platform's API: the default;
 # on Kubernetes the chart mounts the team's own map from a ConfigMap instead.
 COPY endpoint_map.yaml /etc/permgate/endpoint_map.yaml
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Deployment validation for permgate (issue 7, DESIGN §9): the Helm chart and the
-# Dockerfile are checked for real, with the tools TOOLING.md found to work here.
+# Deployment validation for permgate: the Helm chart and the Dockerfile are checked
+# for real, with tools that work on this machine (no Docker daemon needed).
 #
 #   bash .ci/deploy-check.sh               everything (what CI runs)
 #   bash .ci/deploy-check.sh --tools-only  only fetch helm + validators into .tools/

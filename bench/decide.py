@@ -1,4 +1,4 @@
-"""Cost of match + decide on a warm path, in ns/op (issue 2; DESIGN §1.5, ../shared/PERF.md).
+"""Cost of match + decide on a warm path, in ns/op (aim: at most 10 µs, flat in map size).
 
     .venv/bin/python bench/decide.py
 

@@ -1,4 +1,4 @@
-"""Load benchmark of the gateway against the ceiling of its stack (issue 4, ../shared/PERF.md).
+"""Load benchmark of the gateway against the ceiling of its stack (bench/README.md).
 
     .venv/bin/python bench/load.py                 # ~2.5 minutes
     .venv/bin/python bench/load.py --duration 5 --rounds 1

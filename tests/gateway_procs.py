@@ -27,7 +27,7 @@ from permgate.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_TIMEOUT = 30.0
-BOUND = 1.0  # DESIGN §1.4: "within one second"
+BOUND = 1.0  # a change reaches every gateway on the store within one second
 POLL = 0.02  # how often the other gateway is asked while a change is made
 
 # -- PostgreSQL --------------------------------------------------------------------------

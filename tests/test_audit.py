@@ -1,4 +1,4 @@
-"""Audit events (DESIGN §5): fields, redaction, the bounded queue, sinks, rotation."""
+"""Audit events: fields, redaction, the bounded queue, sinks, rotation."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ class FlakySink(CaptureSink):
 
 
 async def test_allowed_decision_event_has_every_field() -> None:
-    """An allow is written with all §5 fields, ts in RFC 3339 UTC, principal as an object."""
+    """An allow is written with every decision field, ts in RFC 3339 UTC, principal as an object."""
     log, sink, _ = await capture_log()
     await log.reserve()
     log.emit_decision(outcome(decision="allow", reason="allowed", status=201))
@@ -195,7 +195,7 @@ async def test_admin_change_keeps_actor_before_after_and_drops_secret_hash() -> 
 
 
 async def test_unknown_event_type_is_refused() -> None:
-    """Only the four §5 event types exist; a typo is a programming error, raised at once."""
+    """Only the four event types exist; a typo is a programming error, raised at once."""
     log, _, _ = await capture_log()
     with pytest.raises(ValueError, match=r"admin\.change"):
         await log.emit({"event": "admin.changed"})

@@ -219,7 +219,7 @@ def test_every_grouping_label_exists(queries: list[tuple[str, Query]]) -> None:
 
 
 def test_dashboard_shows_every_design_metric(queries: list[tuple[str, Query]]) -> None:
-    """Every metric family of DESIGN §5 appears in at least one panel."""
+    """Every metric family permgate exports appears in at least one panel."""
     used = {name for _, query in queries for name, _ in query.selectors}
     families = [
         "permgate_decisions_total",

@@ -1,4 +1,5 @@
-"""The decision, rule by rule (DESIGN §1.3, §1.2; seeds 003 and 004)."""
+"""The decision, rule by rule: route, public, authenticate, tenant, permissions; the
+special roles; tenant scope keywords; the union of roles."""
 
 from __future__ import annotations
 
@@ -480,7 +481,7 @@ def run(case: Case, roles: dict[str, Role] = ROLES):
 
 @pytest.mark.parametrize("case", CASES, ids=[c.rule for c in CASES])
 def test_decision_rule(case: Case) -> None:
-    """Each row is one rule of DESIGN §1.3 (its id says which)."""
+    """Each row is one rule of the decision (its id says which)."""
     decision = run(case)
     assert (decision.allowed, decision.reason) == (case.allowed, case.reason)
     assert decision.missing == case.missing

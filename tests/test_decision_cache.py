@@ -1,5 +1,5 @@
 """The gateway's decision cache never keeps a decision made from data that changed
-while it was being made (DESIGN §1.5): a race between a request and a commit."""
+while it was being made: a race between a request and a commit."""
 
 from __future__ import annotations
 

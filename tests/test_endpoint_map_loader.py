@@ -1,4 +1,4 @@
-"""Endpoint map loading (DESIGN §2.1): every error with its line, defaults applied."""
+"""Endpoint map loading: every error with its line, defaults applied."""
 
 from __future__ import annotations
 

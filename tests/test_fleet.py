@@ -1,4 +1,4 @@
-"""A fleet: two real `permgate serve` processes on one real PostgreSQL (DESIGN §1.4, §8).
+"""A fleet: two real `permgate serve` processes on one real PostgreSQL.
 
 A change made through one gateway's admin API, or by a `permgate` command, is enforced
 by the other gateway within one second. Each measurement polls the other gateway every

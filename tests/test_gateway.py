@@ -1,6 +1,7 @@
-"""The gateway end to end: real upstream, real SQLite store, real HTTP (issue 4).
+"""The gateway end to end: real upstream, real SQLite store, real HTTP.
 
-Each test states one behaviour of DESIGN §1.3, §1.6, §3 or §4 as a client sees it.
+Each test states one behaviour of the decision, shadow mode, authentication or the
+HTTP contract as a client sees it.
 """
 
 from __future__ import annotations
@@ -219,7 +220,7 @@ def credential_of(gw: Gateway, who: str) -> str | None:
 async def test_access_model_through_http(
     gw: Gateway, http: aiohttp.ClientSession, row: Row
 ) -> None:
-    """Each row is one rule of DESIGN §1.3 seen through the gateway."""
+    """Each row is one rule of the decision seen through the gateway."""
     status, body, _ = await call(
         http, gw, row.method, row.path, credential_of(gw, row.who), headers=dict(row.headers)
     )
@@ -365,7 +366,7 @@ async def test_forwarded_request_carries_identity_not_credential(
 async def test_shadow_tenant_forwards_a_deny_and_records_it(
     gw: Gateway, http: aiohttp.ClientSession
 ) -> None:
-    """In shadow mode a deny is forwarded and counted as shadow_deny (DESIGN §1.6)."""
+    """In shadow mode a deny is forwarded and counted as shadow_deny."""
     status, _, _ = await call(
         http, gw, "POST", "/policy/acme-shadow/quotes/q1/issue", gw.tokens["alice"]
     )

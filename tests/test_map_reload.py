@@ -1,4 +1,4 @@
-"""Endpoint map hot reload (DESIGN §2.1, §5): good, bad, ConfigMap symlink swap, SIGHUP."""
+"""Endpoint map hot reload: good, bad, ConfigMap symlink swap, SIGHUP."""
 
 from __future__ import annotations
 

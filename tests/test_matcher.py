@@ -1,4 +1,4 @@
-"""Routing (DESIGN §2.1, §4.1): literal beats parameter, exact method beats "*", HEAD is GET."""
+"""Routing: literal beats parameter, exact method beats "*", HEAD is GET."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metrics (DESIGN §5): names, labels, counting rules, multiprocess aggregation."""
+"""Metrics: names, labels, counting rules, multiprocess aggregation."""
 
 from __future__ import annotations
 

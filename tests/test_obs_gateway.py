@@ -1,4 +1,4 @@
-"""Observability through the real gateway (issue 6): metrics scraped from the admin
+"""Observability through the real gateway: metrics scraped from the admin
 listener, audit events written by real requests, admin changes, audit overflow.
 
 Every test drives an in-process gateway (``harness.start_gateway``: real listeners, a
@@ -254,7 +254,7 @@ async def test_upstream_errors_count_by_kind_and_stay_allows(
 
 
 def assert_decision_shape(event: dict[str, Any]) -> None:
-    """Every DESIGN §5 decision field is present with its type; ts is RFC 3339 UTC."""
+    """Every decision field is present with its type; ts is RFC 3339 UTC."""
     for name, kind in DECISION_FIELDS.items():
         assert name in event, f"{name} missing from {event}"
         assert isinstance(event[name], kind), f"{name}={event[name]!r} is not {kind}"
@@ -269,7 +269,7 @@ def assert_decision_shape(event: dict[str, Any]) -> None:
 async def test_allowed_request_event_has_every_field(
     gw: Gateway, http: aiohttp.ClientSession
 ) -> None:
-    """An allowed token request: every §5 field, the principal, the token id, the
+    """An allowed token request: every decision field, the principal, the token id, the
     request id the upstream received, and the served map's sha256."""
     secret = gw.tokens["alice"]
     status, body = await call(http, gw, "POST", "/policy/acme-prod/quotes?x=1", secret)

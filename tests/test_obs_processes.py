@@ -1,4 +1,4 @@
-"""Observability of real `permgate serve` processes (issue 6): one scrape sums every
+"""Observability of real `permgate serve` processes: one scrape sums every
 worker, SIGTERM under load writes an audit event for every answered request, SIGHUP
 reloads the endpoint map in every worker.
 """

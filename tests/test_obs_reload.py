@@ -1,4 +1,4 @@
-"""Endpoint map hot reload through the running gateway (issue 6, DESIGN §2.1, §5).
+"""Endpoint map hot reload through the running gateway.
 
 The map file of an in-process gateway (polled every 0.1 s) is edited, broken, or
 swapped the way a Kubernetes ConfigMap update does it, and the test watches what a

@@ -1,4 +1,4 @@
-"""Permission grammar and grant coverage: DESIGN §1.1-§1.2, seeds 003 and 004."""
+"""Permission grammar and grant coverage: group.action, group.*, *.*, the union of roles."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ GRANTS = [
 
 @pytest.mark.parametrize(("text", "valid"), GRANTS, ids=[g for g, _ in GRANTS])
 def test_grant_grammar(text: str, valid: bool) -> None:
-    """Grants allow group.* and *.*, never *.action (seed 003)."""
+    """Grants allow group.* and *.*, never *.action."""
     if valid:
         parse_grant(text)
     else:
@@ -122,7 +122,7 @@ def test_read_actions_come_from_the_caller() -> None:
 
 
 def test_union_covers_what_either_side_covers() -> None:
-    """Holding two roles gives the permissions of both (seed 004)."""
+    """Holding two roles gives the permissions of both."""
     union = GrantSet.from_grants(["quotes.write"]).union(GrantSet.from_grants(["invoices.*"]))
     assert union.covers("quotes.write") and union.covers("invoices.pay")
     assert not union.covers("quotes.read")

@@ -1,4 +1,4 @@
-"""A store outage (DESIGN §4, issue 5): a real `permgate serve` reaches PostgreSQL
+"""A store outage: a real `permgate serve` reaches PostgreSQL
 through a TCP proxy that the test cuts (listener closed, open connections reset) and
 restores.
 

@@ -3,7 +3,7 @@
 Nothing here decides anything. It opens the store, attaches the in-memory model to
 its change notifications, loads the map, starts audit and metrics, and serves two
 listeners: the gateway (the proxied API only) and the admin listener (``/healthz``,
-``/readyz``, ``/metrics``, ``/v1/...``), as DESIGN §4 requires.
+``/readyz``, ``/metrics``, ``/v1/...``): the gateway listener serves nothing of its own.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class Runtime:
         ]
 
     def _admin_audit(self, record: AuditRecord) -> None:
-        """A committed admin API change also goes to the audit stream (DESIGN §5).
+        """A committed admin API change also goes to the audit stream.
         Rare, and already committed, so it never waits for a queue slot."""
         self.audit.emit_nowait(audit_event(record))
 
@@ -301,7 +301,7 @@ def _bound(runner: web.BaseRunner) -> str:
 
 
 def install_uvloop() -> bool:
-    """Use uvloop when it is installed (a few % on the proxy path, PERF.md)."""
+    """Use uvloop when it is installed (a few % on the proxy path, bench/README.md)."""
     if sys.platform == "win32":
         return False
     try:

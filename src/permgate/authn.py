@@ -1,4 +1,4 @@
-"""Authentication (DESIGN §3): turn an ``Authorization`` header into an :class:`Identity`.
+"""Authentication: turn an ``Authorization`` header into an :class:`Identity`.
 
 ``Bearer <secret>`` with the token prefix is a personal access token: its id is read
 from the secret, the record comes from the in-memory :class:`ModelCache`, and the hash

@@ -1,4 +1,4 @@
-"""The decision (DESIGN §1.3): a pure function from snapshots to allow or deny.
+"""The decision: a pure function from snapshots to allow or deny.
 
 No I/O and no web types: the gateway, ``permgate explain``, ``permgate test`` and
 the admin API's what-if all call :func:`decide` with data they fetched themselves.
@@ -49,7 +49,7 @@ class Reason(StrEnum):
 
 class ScopeDetail(StrEnum):
     """What lies behind ``tenant_out_of_scope``: for the audit event, never the client,
-    so that tenant names cannot be probed (DESIGN §1.3 step 4)."""
+    so that tenant names cannot be probed."""
 
     MISSING_TENANT = "missing_tenant"
     UNKNOWN_TENANT = "unknown_tenant"
@@ -89,7 +89,8 @@ def is_admin(principal: Principal) -> bool:
 def effective_grants(
     principal: Principal, roles: Mapping[str, Role], tenant_id: str | None
 ) -> GrantSet:
-    """Union of the account-wide roles and the roles held on ``tenant_id`` (seed 004).
+    """Union of the account-wide roles and the roles held on ``tenant_id``: holding
+    several roles gives the permissions of all of them.
 
     A role of another account never counts, even if a caller passes one in.
     """
@@ -185,7 +186,8 @@ def decide(
     tenant: Tenant | None,
     tenant_id: str | None,
 ) -> Decision:
-    """Decide one request, in the order of DESIGN §1.3.
+    """Decide one request, in this order: route (already done by the
+    caller), public, authenticated, tenant in scope, permissions.
 
     Args:
         match: the routed endpoint, or None when no entry matched.

@@ -1,4 +1,4 @@
-"""The endpoint map (DESIGN §2.1): load, validate, compile once, match fast.
+"""The endpoint map: load, validate, compile once, match fast.
 
 The data types (``TenantSource``, ``Endpoint``, ``Match``) are the contract the rest
 of permgate uses. ``parse_map``/``load_map`` walk the composed YAML node tree, so
@@ -203,7 +203,7 @@ class EndpointMap:
         """Route a request: ``path`` is raw (percent-encoded, no query); None if unmapped.
 
         An entry that lists the method wins over a ``"*"`` entry; HEAD with no HEAD
-        entry is routed as GET (DESIGN §4.1). ``params`` are returned still encoded.
+        entry is routed as GET. ``params`` are returned still encoded.
         """
         segments = _split_path(path)
         if segments is None:

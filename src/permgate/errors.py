@@ -4,7 +4,7 @@ PermgateError
 ├── ConfigError              bad permgate.yaml / environment (exit 2 at start)
 ├── MapError                 endpoint map invalid; carries every FILE:LINE error
 ├── InvalidPermission        a permission or grant string breaks the grammar
-├── ModelError               a change to the model was refused (§1.4)
+├── ModelError               a change to the model was refused
 │   ├── InvalidInput         422 invalid
 │   ├── NotFound             404 not_found
 │   ├── Conflict             409 conflict

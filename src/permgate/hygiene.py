@@ -1,4 +1,4 @@
-"""Request hygiene (DESIGN §4.1): refuse what two parsers could read differently.
+"""Request hygiene: refuse what two parsers could read differently.
 
 The path that is authorized must be the path the upstream receives, byte for byte.
 So before routing, every request-target and header block goes through
@@ -285,7 +285,7 @@ def forward_headers(
     identity: Mapping[str, str],
     protected: Collection[str] = (),
 ) -> CIMultiDict[str]:
-    """The header block the upstream receives (DESIGN §4, §4.1).
+    """The header block the upstream receives.
 
     The client's headers minus hop-by-hop ones and those its ``Connection`` lists
     (never ``Host``, ``Content-Length`` nor the lower-cased names in ``protected``:

@@ -1,4 +1,4 @@
-"""Bearer JWT verification (DESIGN §3) against static PEM keys or an IdP's JWKS.
+"""Bearer JWT verification against static PEM keys or an IdP's JWKS.
 
 Only asymmetric algorithms are ever accepted: ``none`` and every ``HS*`` algorithm are
 refused when the configuration is loaded, ``oct`` keys in a JWKS are ignored, and a

@@ -1,4 +1,4 @@
-"""The access model's objects (DESIGN §1.1) as immutable snapshots.
+"""The access model's objects as immutable snapshots.
 
 Every layer speaks in these: the store returns them, the decision reads them, the
 admin API serialises them. They are frozen so a snapshot taken for a decision can
@@ -19,7 +19,8 @@ TENANT_TYPES: Final = ("PRODUCTION", "TEST")
 ENFORCEMENTS: Final = ("shadow", "enforce")
 PRINCIPAL_KINDS: Final = ("user", "client")
 
-# Tenant scope items that are not tenant ids (seed 003).
+# Tenant scope items that are not tenant ids: every tenant of the account, and every
+# TEST tenant of the account (both including tenants created later).
 SCOPE_ANY: Final = "any"
 SCOPE_TYPE_TEST: Final = "type:test"
 
@@ -43,7 +44,7 @@ class Tenant:
 
 @dataclass(frozen=True, slots=True)
 class Role:
-    """A named set of grants. ``name`` and ``display_name`` never change (seed 002)."""
+    """A named set of grants. ``name`` and ``display_name`` never change."""
 
     account: str
     name: str

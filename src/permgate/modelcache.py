@@ -1,4 +1,4 @@
-"""The gateway's in-memory view of the store for the request path (DESIGN §1.5, §4).
+"""The gateway's in-memory view of the store for the request path.
 
 A hit costs a bounded-LRU lookup and no I/O; a miss reads the store once, however
 many requests ask for the same key at the same time (single flight), and fills the

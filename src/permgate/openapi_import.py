@@ -1,6 +1,6 @@
 """Generate an endpoint map from an OpenAPI 3 document, or check a map against one.
 
-DESIGN §2.1: the shipped ``endpoint_map.yaml`` must be reproducible from the
+Why: the shipped ``endpoint_map.yaml`` must be reproducible from the
 platform's published spec, and a platform team must be able to see what drifted
 when their API grows. Operations carry either ``x-securityGroup`` plus
 ``x-securityPermission`` (several actions mean *any one of them*, so ``any_of``;

@@ -1,4 +1,4 @@
-"""Permission grammar and grant coverage (DESIGN §1.1, §1.2; seeds 003 and 004).
+"""Permission grammar and grant coverage.
 
 A *permission* is ``group.action``; a *grant* may also be ``group.*`` or ``*.*``.
 Grants are compiled once into a :class:`GrantSet`, whose ``covers`` is two set
@@ -73,8 +73,7 @@ def parse_grant(text: object) -> tuple[str, str]:
     if group == "*":
         if action != "*":
             raise InvalidPermission(
-                f"grant {text!r} is invalid: '*.{action}' is not allowed, "
-                "only 'group.*' or '*.*' (seed 003)"
+                f"grant {text!r} is invalid: '*.{action}' is not allowed, only 'group.*' or '*.*'"
             )
         return group, action
     _check_part(text, group, "group", "grant")
@@ -114,7 +113,7 @@ class GrantSet:
         return cls(frozenset(exact), frozenset(groups), everything, reads)
 
     def union(self, other: GrantSet) -> GrantSet:
-        """Grants of two roles held together (seed 004: union of roles)."""
+        """Grants of two roles held together: the union of both."""
         return GrantSet(
             self.exact | other.exact,
             self.groups | other.groups,
@@ -135,7 +134,7 @@ class GrantSet:
         self, grants: Iterable[str], read_actions: Collection[str] = DEFAULT_READ_ACTIONS
     ) -> list[str]:
         """The grants among ``grants`` that would give more than this set holds: what a
-        token asking for them would have beyond its owner (seed 004). A ``group.*``
+        token asking for them would have beyond its owner. A ``group.*``
         also grants actions added later, so only ``group.*`` or ``*.*`` contain it."""
         beyond: list[str] = []
         for grant in grants:

@@ -1,6 +1,6 @@
 """The request pipeline: hygiene → route → authenticate → decide → forward or refuse.
 
-This is the only module that knows the order of the stages (DESIGN §1.3, §4). Every
+This is the only module that knows the order of the stages. Every
 request, whatever its fate, produces exactly one :class:`RequestOutcome`, handed to
 the observer once, from which the metrics and the audit event are made.
 

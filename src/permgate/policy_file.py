@@ -1,4 +1,4 @@
-"""``policy.yaml`` (DESIGN §2.3): parse with line numbers, validate as a whole, plan
+"""``policy.yaml``: parse with line numbers, validate as a whole, plan
 the changes against the store, then apply them in one transaction.
 
 Three stages, so that nothing is written unless everything is right:

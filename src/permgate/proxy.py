@@ -1,6 +1,6 @@
 """Forwarding an allowed request to the upstream, streamed both ways.
 
-The client half of a proxy is where most of its CPU goes (PERF.md, bench/README):
+The client half of a proxy is where most of its CPU goes (bench/README.md):
 aiohttp's ``ClientSession`` alone costs ~100-130 µs per request. So one
 :class:`Upstream` owns, for ``http://`` and ``unix:`` upstreams (what a sidecar talks
 to), a lean HTTP/1.1 client of its own (:mod:`permgate.upstream_http`): a keep-alive

@@ -1,4 +1,4 @@
-"""The special and base roles (DESIGN §1.2), defined in this one place.
+"""The special and base roles, defined in this one place.
 
 Every new account gets these four roles. ``admin`` and ``read-only`` are *special*:
 their power comes from their name, not from their stored grants (admin's ``*.*``
@@ -40,7 +40,7 @@ BUILTIN_ROLE_NAMES: Final = SPECIAL_ROLES | BASE_ROLES
 # Roles that carry the built-in "every read action" rule on top of their grants.
 ROLES_WITH_READ_RULE: Final = frozenset({READ_ONLY, CLAIMS_ONLY})
 
-# (display name, default grants). Claims Only, from seed 002: "read permissions to
+# (display name, default grants). Claims Only, as the platform defines it: "read permissions to
 # most policy administration data along with full permissions to claims, update
 # permissions for media, and the ability to quote and check calculations". The
 # names cover both product lines: Connected Core (claim, media, quote, calculation)

@@ -1,5 +1,5 @@
 """The one place that changes the access model, and so the one place that enforces
-the rules of DESIGN §1.4. The admin API and every ``permgate`` command call it.
+the rules for changing it. The admin API and every ``permgate`` command call it.
 
 Each public method runs in one store write transaction that also writes an audit
 row (who, what, before, after) and a change-log row, so a change, its audit record
@@ -133,11 +133,11 @@ class _Batch:
 
 
 class ModelService:
-    """Every change to tenants, roles, principals and tokens (DESIGN §1.4).
+    """Every change to tenants, roles, principals and tokens.
 
     Args:
         store: where the model lives.
-        default_enforcement: the mode of tenants created without one (§1.6).
+        default_enforcement: the mode of tenants created without one.
         token_prefix: the prefix of new token secrets (``auth.token_prefix``).
         on_audit: called with each audit record after its transaction committed
             (``id`` 0: the store numbers rows); the durable record is the store's.
@@ -220,7 +220,7 @@ class ModelService:
     @staticmethod
     def _require_admin(actor: Actor, what: str) -> None:
         if not actor.is_admin:
-            raise Forbidden(f"only admins can {what} (DESIGN §1.4)")
+            raise Forbidden(f"only admins can {what}")
 
     @staticmethod
     def _sees(actor: Actor, account: str) -> bool:
@@ -313,7 +313,7 @@ class ModelService:
             return tenant
 
     async def set_enforcement(self, actor: Actor, tenant_id: str, enforcement: str) -> Tenant:
-        """shadow -> enforce only; switching back is refused (409) and audited (§1.6)."""
+        """shadow -> enforce only; switching back is refused (409) and audited."""
         if enforcement not in ENFORCEMENTS:
             raise InvalidInput(
                 f"enforcement {enforcement!r} is invalid: expected one of {ENFORCEMENTS}"
@@ -350,7 +350,7 @@ class ModelService:
                 )
         raise Conflict(
             f"tenant {tenant_id!r} is in enforce mode; switching back to shadow is refused "
-            "(enforcement is one-way, DESIGN §1.6)"
+            "(enforcement is one-way)"
         )
 
     # -- roles -------------------------------------------------------------------
@@ -388,7 +388,7 @@ class ModelService:
         display_name: str | None = None,
         new_name: str | None = None,
     ) -> Role:
-        """Change a role's permissions; its name and display name never change (seed 002).
+        """Change a role's permissions; its name and display name never change.
         Admins only. ``display_name``/``new_name`` may be given only unchanged."""
         self._require_admin(actor, "update roles")
         if new_name is not None and new_name != name:
@@ -404,7 +404,7 @@ class ModelService:
             if grants is None or grants == role.permissions:
                 return role
             if name == ADMIN and "*.*" not in grants:
-                raise InvalidInput("the admin role's '*.*' cannot be removed (DESIGN §1.2)")
+                raise InvalidInput("the admin role's '*.*' cannot be removed")
             after = replace(role, permissions=grants)
             await tx.set_role_permissions(account, name, grants)
             tx.changed("role", account, name)
@@ -493,7 +493,7 @@ class ModelService:
         assignments: Iterable[tuple[str, str | None]],
     ) -> Principal:
         """Replace a principal's role assignments. Admins only. Removing any role also
-        sets ``sessions_valid_after`` to now: its older JWTs stop working (§1.4)."""
+        sets ``sessions_valid_after`` to now: its older JWTs stop working."""
         self._require_admin(actor, "assign roles")
         async with self.transaction() as tx:
             before = await self._principal(tx, actor, principal_id)
@@ -603,7 +603,7 @@ class ModelService:
     ) -> tuple[AuthToken, str]:
         """A new auth token and its secret (shown once; only the hash is stored).
 
-        Its grants and tenants never exceed what the owner holds now (§1.4): every
+        Its grants and tenants never exceed what the owner holds now: every
         excess is listed in one 422.
         """
         _check_text("token name", name)
@@ -773,7 +773,7 @@ def _exceeding_tenants(
 
 
 def audit_event(record: AuditRecord) -> dict[str, object]:
-    """An audit record as a DESIGN §5 event: ``enforcement.change`` for a tenant's
+    """An audit record as an audit event: ``enforcement.change`` for a tenant's
     mode (both the switch and a refused switch back), ``admin.change`` for the rest."""
     kind = (
         "enforcement.change" if record.action.startswith("tenant.enforcement") else "admin.change"
@@ -792,7 +792,7 @@ def audit_event(record: AuditRecord) -> dict[str, object]:
 
 def _cli_audit_sink(sink: str) -> Callable[[AuditRecord], None]:
     """Where a command's audit events go: a ``stdout`` sink means stderr for commands
-    (stdout is for their output, DESIGN §7), ``file:PATH`` appends JSON lines."""
+    (stdout is for their output), ``file:PATH`` appends JSON lines."""
     import sys
 
     import orjson

@@ -1,4 +1,4 @@
-"""Auth token secrets (DESIGN §3): ``<prefix><token id>_<43 chars of base64url>``.
+"""Auth token secrets: ``<prefix><token id>_<43 chars of base64url>``.
 
 The secret carries its token id so the gateway finds the record with one indexed
 lookup, then compares hashes in constant time. 256 random bits make a fast hash

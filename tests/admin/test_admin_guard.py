@@ -1,5 +1,5 @@
 """The admin API's guard: its own endpoint map, the gateway's authentication and
-decide(), the §6 error shapes, and changes enforced from the very next request."""
+decide(), the admin API's error shapes, and changes enforced from the very next request."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ async def test_principals_list_is_the_callers_account(world: World) -> None:
 
 
 async def test_principal_get_has_the_model_fields(world: World) -> None:
-    """GET a principal returns the §1.1 fields."""
+    """GET a principal returns the model's fields."""
     answer = await world.call("GET", "/v1/principals/alice")
     assert answer.body == {
         "id": "alice",

@@ -1,5 +1,5 @@
 """Tenants and roles through the admin API: every route, bad input that changes
-nothing, the one-way enforcement switch, the §1.4 role rules and account isolation."""
+nothing, the one-way enforcement switch, the admin-only role rules and account isolation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from admin_world import BACKENDS, World
 
 
 async def test_tenants_list_is_the_callers_account(world: World) -> None:
-    """The list holds the caller's tenants only, with the §1.1 fields."""
+    """The list holds the caller's tenants only, with the model's fields."""
     answer = await world.call("GET", "/v1/tenants")
     assert answer.status == 200
     assert answer.body["items"] == [
@@ -158,7 +158,7 @@ async def test_roles_list_has_builtin_and_custom_roles(world: World) -> None:
 
 
 async def test_role_get(world: World) -> None:
-    """GET a role returns its §1.1 fields."""
+    """GET a role returns its model fields."""
     answer = await world.call("GET", "/v1/roles/agent")
     assert answer.body == {
         "name": "agent",

@@ -1,4 +1,4 @@
-"""The rules for changing the model (DESIGN §1.4), on both backends."""
+"""The rules for changing the model, on both backends."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ app.kubernetes.io/part-of: permgate
 {{- end }}
 {{- end }}
 
-{{/* permgate.yaml (DESIGN §2.2). Secrets come in as PERMGATE_* environment variables. */}}
+{{/* permgate.yaml (every key: README.md, Configuration). Secrets come in as PERMGATE_* environment variables. */}}
 {{- define "permgate.config" -}}
 {{- $p := .Values.permgate }}
 {{- $config := dict

@@ -1,4 +1,4 @@
-"""The admin API (DESIGN §6), served under ``/v1`` on the admin listener.
+"""The admin API, served under ``/v1`` on the admin listener.
 
 Mount it with ``admin_app.add_subapp("/v1", create_admin_api(...))``.
 """

@@ -1,4 +1,4 @@
-"""The admin API (DESIGN §6): tenants, roles, principals, tokens, explain and audit.
+"""The admin API: tenants, roles, principals, tokens, explain and audit.
 
 One aiohttp sub-application, mounted by the admin listener with
 ``admin_app.add_subapp("/v1", create_admin_api(...))``. Its single middleware,
@@ -6,17 +6,17 @@ One aiohttp sub-application, mounted by the admin listener with
 admin API (route against ``admin_map.yaml``, authenticate, ``decide``), so an auth
 token is capped by its owner here exactly as everywhere else. Handlers run only
 after that, and every write goes through :class:`ModelService`, which enforces
-§1.4 and audits the change in the same transaction.
+the rules for changing the model and audits the change in the same transaction.
 
 Scoping: every object belongs to the caller's account, taken from the authenticated
 principal, never from the body. An object of another account answers 404 (as if it
 did not exist, so ids cannot be probed); an object of the caller's own account that
 the caller may not touch answers 403 with a ``reason``: ``missing_permission`` (the
-map), ``admin_required`` (roles, §1.4), ``not_token_owner`` (another principal's
+map), ``admin_required`` (roles are admins' business), ``not_token_owner`` (another principal's
 tokens, for non-admins).
 
 After every successful write ``on_committed()`` is awaited before the answer is
-sent, so the change is enforced by this gateway from its next request (§1.4).
+sent, so the change is enforced by this gateway from its next request.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def create_admin_api(
     """The admin API as an aiohttp application, to be mounted at ``/v1``.
 
     Args:
-        service: the one write path (§1.4 rules, audit).
+        service: the one write path (the model's rules, audit).
         authenticator: the gateway's, so admin calls authenticate exactly like API calls.
         model: the gateway's in-memory model (callers' roles; explain).
         endpoint_map: returns the gateway's current map, for ``POST /v1/explain``.

@@ -4,7 +4,7 @@ Route against the admin endpoint map (``admin_map.yaml``), authenticate with the
 gateway's :class:`Authenticator`, then :func:`permgate.decision.decide` with the
 caller's roles and token, so an auth token is capped by its grants and its owner
 here exactly as on the gateway. Only then does a handler run, with the caller under
-:data:`CALLER`. Every error, whoever raised it, leaves as the §6 JSON shape.
+:data:`CALLER`. Every error, whoever raised it, leaves as the admin API's JSON error shape.
 """
 
 from __future__ import annotations
@@ -93,12 +93,12 @@ def forbidden_reason(reason: str) -> Iterator[None]:
 
 
 def require_admin(caller: Caller, what: str) -> None:
-    """§1.4's admin-only rules, answered before the service (which enforces them too)."""
+    """Only admins manage roles: answered here before the service (which enforces it too)."""
     if not caller.actor.is_admin:
         raise ApiError(
             403,
             "forbidden",
-            f"only admins can {what} (DESIGN §1.4); {caller.identity.principal.id!r} "
+            f"only admins can {what}; {caller.identity.principal.id!r} "
             "does not hold the admin role",
             reason="admin_required",
         )

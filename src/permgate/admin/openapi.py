@@ -325,8 +325,8 @@ def build_document(admin_map: EndpointMap, *, version: str) -> dict[str, Any]:
             "title": "permgate admin API",
             "version": version,
             "description": (
-                "Tenants, roles, principals and auth tokens of the caller's account "
-                "(DESIGN §6). Every object is scoped to the authenticated caller's account: "
+                "Tenants, roles, principals and auth tokens of the caller's account. "
+                "Every object is scoped to the authenticated caller's account: "
                 "another account's object answers 404. Each operation needs the permissions "
                 "in its x-permissions; everything about roles also needs the admin role."
             ),

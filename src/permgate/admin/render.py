@@ -1,7 +1,7 @@
-"""What the admin API sends: objects as DESIGN §1.1 JSON, and the error shape of §6.
+"""What the admin API sends: objects as JSON, and the admin API's error shape.
 
 Every error body is ``{"error", "detail", "request_id"}``; a 403 adds ``reason`` and
-``missing_permissions``, a 401 adds ``reason`` (the gateway's shape, §4). A token is
+``missing_permissions``, a 401 adds ``reason`` (the gateway's shape). A token is
 rendered without its hash, ever; its secret appears only in the creation answer.
 """
 

@@ -9,7 +9,7 @@ validator implements the small subset of JSON Schema 2020-12 these schemas use
 each naming where it is, so a client can fix its body in one go.
 
 Only the *shape* is checked here; the model's rules (permission grammar, tenant
-existence, §1.4) stay in :class:`permgate.service.ModelService`.
+existence, who may change what) stay in :class:`permgate.service.ModelService`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ``permgate`` command line (DESIGN §7).
+"""The ``permgate`` command line.
 
 Each command lives in its own module ``permgate.cli.<module>`` exposing
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when

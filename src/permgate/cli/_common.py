@@ -1,4 +1,4 @@
-"""Options every command takes (DESIGN §7) and how they become :class:`Settings`."""
+"""Options every command takes and how they become :class:`Settings`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def add_common_arguments(
 ) -> None:
     """``--config``, ``--store`` and (unless the command has no JSON form) ``--json``.
 
-    Every command accepts ``--config`` and ``--store`` (DESIGN §7); a command that reads
+    Every command accepts ``--config`` and ``--store``; a command that reads
     neither passes ``unused`` (why), so that its ``--help`` does not promise otherwise.
     """
     config_help = f"permgate.yaml to read (default: ./{DEFAULT_CONFIG} if present)"

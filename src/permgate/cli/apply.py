@@ -1,4 +1,4 @@
-"""``permgate apply FILE [--prune]``: make the store match a policy.yaml (DESIGN §2.3).
+"""``permgate apply FILE [--prune]``: make the store match a policy.yaml.
 
 The file is validated whole (shape, grammar, every reference, every rule) before
 anything is written; then every change is made in one transaction, so a refused

@@ -1,6 +1,6 @@
 """``permgate bootstrap --account ID [--principal ID]``: the break-glass way in.
 
-For whoever can reach the store directly (DESIGN §7): creates the account if it is
+For whoever can reach the store directly: creates the account if it is
 missing (with its special and base roles), creates the principal (default
 ``admin``) if it is missing, makes sure it holds ``admin`` account-wide, and prints
 a new auth token carrying the admin's full power (``*.*``, tenants ``any``). The

@@ -1,4 +1,4 @@
-"""``permgate check-map FILE``: validate an endpoint map before it ships (DESIGN §7).
+"""``permgate check-map FILE``: validate an endpoint map before it ships.
 
 Every error is printed as ``FILE:LINE: message`` on stderr (exit 1), so an editor
 or a CI log can jump to each one; a valid map prints one summary line.

@@ -1,4 +1,4 @@
-"""``permgate import-openapi SPEC [-o MAP] [--check MAP]`` (DESIGN §2.1, §7).
+"""``permgate import-openapi SPEC [-o MAP] [--check MAP]``.
 
 Generates an endpoint map from an OpenAPI document, or, with ``--check``, lists
 how an existing map has drifted from the spec (exit 1 when it has).

@@ -4,7 +4,7 @@ A platform team checks a map or policy change in its own CI before it ships. The
 suite is built into a temporary SQLite store, so no server is needed. Format::
 
     map: endpoint_map.yaml        # relative to the suite file
-    policy: policy.yaml           # a policy.yaml file (DESIGN §2.3), or inline:
+    policy: policy.yaml           # a policy.yaml file (as for apply), or inline:
     # policy: {accounts: [{id: acme, tenants: [...], roles: [...], principals: [...]}]}
     cases:
       - name: agents create quotes          # optional; defaults to "METHOD PATH"

@@ -15,7 +15,7 @@ ACCOUNT: Final = "acme"
 PRODUCTION: Final = "acme-prod"
 TEST: Final = "acme-test"
 
-# Seed 002's "Sales Agent" (create and quote policies, manage but not issue quotes,
+# The platform's example "Sales Agent" role (create and quote policies, manage but not issue quotes,
 # policyholders, aux data, quote documents, the UI's fetches), in the permission
 # names of the Insurance Suite API that the shipped map describes.
 SALES_AGENT: Final = (

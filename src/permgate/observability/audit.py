@@ -1,4 +1,4 @@
-"""Audit events (DESIGN §5): built by a processor chain, queued, written off the loop.
+"""Audit events: built by a processor chain, queued, written off the loop.
 
 Shape of the flow::
 
@@ -206,7 +206,8 @@ def render_event(event: dict[str, Any], processors: Sequence[Processor]) -> byte
 
 
 def decision_event(outcome: RequestOutcome) -> dict[str, Any]:
-    """The ``decision`` event of one request, with every field of DESIGN §5."""
+    """The ``decision`` event of one request, with every field an audit consumer
+    relies on."""
     principal = outcome.principal
     return {
         "ts": rfc3339(outcome.started),

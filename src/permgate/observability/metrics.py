@@ -1,4 +1,4 @@
-"""Every Prometheus metric of DESIGN §5, defined in this one place.
+"""Every Prometheus metric permgate exports, defined in this one place.
 
 Metrics live on a :class:`~prometheus_client.CollectorRegistry` owned by the app
 (never the process-global default), so tests and several apps in one process do

@@ -1,4 +1,4 @@
-"""Endpoint map hot reload (DESIGN §2.1, §5): poll the file, validate whole, swap.
+"""Endpoint map hot reload: poll the file, validate whole, swap.
 
 The file is watched by polling ``os.stat`` (which follows symlinks) together with
 the fully resolved path. A Kubernetes ConfigMap update swaps the ``..data`` symlink

@@ -141,7 +141,7 @@ class SqlStore(ABC):
     async def deliver_now(self) -> None:
         """Deliver whatever has been committed, now: after a write through its own admin
         API a gateway calls this so the change is enforced from its next request
-        (DESIGN §1.4) without waiting for the notification or the poll. A no-op when
+        without waiting for the notification or the poll. A no-op when
         not watching."""
         if self._watch_task is not None:
             await self._deliver()

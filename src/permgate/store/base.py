@@ -3,7 +3,7 @@
 The gateway reads through :class:`StoreReader` (a handful of point lookups whose
 results it caches) and learns about changes through :meth:`Store.watch`. Every
 write goes through :mod:`permgate.service`, never straight to a backend, so the
-rules of DESIGN §1.4 live in one place.
+rules for changing the model live in one place.
 
 Change notification contract:
   * every committed write transaction appends one or more rows to a change log and

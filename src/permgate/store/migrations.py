@@ -78,7 +78,7 @@ MIGRATIONS: Final = (
                 sessions_valid_after {float})""",
             "CREATE INDEX principals_account ON principals(account)",
             # The foreign key to roles is what makes "deleted but still assigned"
-            # impossible even if two writers race (DESIGN §1.4).
+            # impossible even if two writers race.
             """CREATE TABLE role_assignments (
                 principal TEXT NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
                 account TEXT NOT NULL,
