@@ -3,79 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import re
+import os
+import shutil
 import signal
+import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import orjson
 import pytest
 from aiohttp import web
 
+import permgate
+from demo_client import EXPECTED_OUTCOMES, running_demo, try_printed_lines
 from gateway_procs import serve_sqlite
 from harness import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-async def _read_until(stream: asyncio.StreamReader, marker: str, timeout: float = 60) -> str:
-    text = ""
-    deadline = time.monotonic() + timeout
-    while marker not in text:
-        line = await asyncio.wait_for(stream.readline(), timeout=deadline - time.monotonic())
-        if not line:
-            raise AssertionError(f"process ended before {marker!r}; output so far:\n{text}")
-        text += line.decode()
-    return text
-
-
-async def test_demo_prints_curl_lines_that_show_each_outcome() -> None:
-    """`permgate demo` on a fresh temp store: the printed lines give 200, 401, 403, 403."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "permgate",
-        "demo",
-        "--port",
-        "0",
-        "--admin-port",
-        "0",
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        text = await _read_until(process.stdout, "Press Ctrl-C")
-        secrets = dict(re.findall(r"^([A-Z]+)=(pgt_\S+)$", text, re.MULTILINE))
-        curls = re.findall(r"^curl (.*)$", text, re.MULTILINE)
-        results = []
-        async with aiohttp.ClientSession() as http:
-            for line in curls[:6]:
-                method = "POST" if "-X POST" in line else "GET"
-                url = line.split()[-1]
-                headers = {}
-                if auth := re.search(r"Bearer \$([A-Z]+)", line):
-                    headers["Authorization"] = f"Bearer {secrets[auth.group(1)]}"
-                async with http.request(method, url, headers=headers) as response:
-                    body = await response.read()
-                    reason = orjson.loads(body).get("reason") if response.status >= 400 else None
-                    results.append((response.status, reason))
-        assert results == [
-            (200, None),
-            (401, "missing_credentials"),
-            (403, "tenant_out_of_scope"),
-            (403, "missing_permission"),
-            (201, None),
-            (200, None),
-        ]
-    finally:
-        process.send_signal(signal.SIGINT)
-        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+async def test_demo_prints_curl_lines_that_show_each_outcome(tmp_path: Path) -> None:
+    """`permgate demo` run from an empty directory (its map comes from the package) on a
+    fresh temp store: the printed lines give 200, 401, 403, 403, then 201 and 200."""
+    command = [sys.executable, "-m", "permgate", "demo", "--port", "0", "--admin-port", "0"]
+    async with running_demo(command, cwd=tmp_path) as demo:
+        assert await try_printed_lines(demo.text) == EXPECTED_OUTCOMES
 
 
 @pytest.fixture
@@ -117,3 +70,37 @@ async def test_sigterm_finishes_in_flight_requests_then_exits(
     assert done == ["/slow/acme-prod"]
     decisions = [e for e in served.events() if e["event"] == "decision"]
     assert [(e["endpoint"], e["status"]) for e in decisions] == [("slow", 200)]
+
+
+async def test_demo_serves_the_map_shipped_inside_the_package(tmp_path: Path) -> None:
+    """Without --map the demo serves the package's own copy of the shipped map, wherever
+    it is started."""
+    command = [sys.executable, "-m", "permgate", "demo", "--port", "0", "--admin-port", "0"]
+    async with running_demo(command, cwd=tmp_path) as demo:
+        packaged = Path(permgate.__file__).parent / "data" / "endpoint_map.yaml"
+        assert Path(demo.map_path) == packaged
+
+
+async def test_demo_map_option_overrides_the_shipped_map(tmp_path: Path) -> None:
+    """--map MAP (relative to the current directory) replaces the shipped map."""
+    shutil.copy(Path(permgate.__file__).parent / "data" / "endpoint_map.yaml", tmp_path / "m.yaml")
+    command = [sys.executable, "-m", "permgate", "demo", "--port", "0", "--admin-port", "0"]
+    async with running_demo([*command, "--map", "m.yaml"], cwd=tmp_path) as demo:
+        assert Path(demo.map_path) == (tmp_path / "m.yaml").resolve()
+
+
+def test_demo_with_a_missing_map_is_one_clear_line(tmp_path: Path) -> None:
+    """--map naming no file: exit 2 and one line naming the file and the option."""
+    result = subprocess.run(
+        [sys.executable, "-m", "permgate", "demo", "--port", "0", "--map", "nope.yaml"],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PERMGATE_")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "permgate demo: endpoint map 'nope.yaml' not found (--map)"
+    ]

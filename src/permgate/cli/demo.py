@@ -12,6 +12,7 @@ import asyncio
 import socket
 import sys
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,21 +42,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--map",
-        default="endpoint_map.yaml",
+        default=None,
         metavar="MAP",
-        help="endpoint map (default: ./endpoint_map.yaml)",
+        help="endpoint map (default: the insurance platform's map shipped inside the package)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.map is None:
+        # The shipped map is package data, so the demo works from any directory.
+        # as_file gives a real path even if the package is ever loaded from a zip.
+        shipped = resources.files("permgate") / "data" / "endpoint_map.yaml"
+        with resources.as_file(shipped) as map_path:
+            if not map_path.is_file():
+                print(
+                    f"permgate demo: the endpoint map shipped with permgate is missing "
+                    f"({map_path}); reinstall permgate or pass --map PATH",
+                    file=sys.stderr,
+                )
+                return 2
+            return _run(args, map_path)
     map_path = Path(args.map)
     if not map_path.is_file():
-        print(
-            f"permgate demo: endpoint map {str(map_path)!r} not found; run the demo from the "
-            "repository root or pass --map PATH",
-            file=sys.stderr,
-        )
+        print(f"permgate demo: endpoint map {str(map_path)!r} not found (--map)", file=sys.stderr)
         return 2
+    return _run(args, map_path)
+
+
+def _run(args: argparse.Namespace, map_path: Path) -> int:
     from permgate.app import install_uvloop
 
     install_uvloop()
@@ -114,17 +128,22 @@ async def _demo(map_path: Path, port: int, admin_port: int) -> None:
         try:
             await serve(
                 settings,
-                on_ready=lambda runtime: _print_instructions(port, admin_port, cast, folder),
+                on_ready=lambda runtime: _print_instructions(
+                    port, admin_port, cast, folder, map_path
+                ),
             )
         finally:
             await upstream.cleanup()
 
 
-def _print_instructions(port: int, admin_port: int, cast: Cast, folder: str) -> None:
+def _print_instructions(
+    port: int, admin_port: int, cast: Cast, folder: str, map_path: Path
+) -> None:
     gw = f"http://127.0.0.1:{port}"
     lines = [
         "permgate demo is running: a sample insurance API behind the gateway.",
         f"  gateway {gw}   admin http://127.0.0.1:{admin_port}   data {folder}",
+        f"  endpoint map {map_path}",
         "  account acme: tenants acme-prod (PRODUCTION) and acme-test (TEST)",
         "  adjuster@acme: claims-only on acme-prod | auditor@acme: read-only on any tenant",
         "  agent@acme: Sales Agent on type:test tenants",
