@@ -277,3 +277,65 @@ def test_example_values_render(helm, tmp_path, example):
     """Every example values file under helm/examples/ renders a Deployment."""
     manifests = render(helm, tmp_path, yaml.safe_load(example.read_text()))
     assert ("Deployment", "rel-permgate") in manifests
+
+
+# Where each workload kind keeps its pod spec.
+POD_SPEC_PATHS = {
+    "Pod": ("spec",),
+    "Deployment": ("spec", "template", "spec"),
+    "StatefulSet": ("spec", "template", "spec"),
+    "DaemonSet": ("spec", "template", "spec"),
+    "ReplicaSet": ("spec", "template", "spec"),
+    "Job": ("spec", "template", "spec"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+}
+SERVICE_LINK_CASES = [
+    ({}, "defaults"),
+    ({"replicaCount": 3, **POSTGRES}, "postgres-three-replicas"),
+    ({"autoscaling": {"enabled": True}, **POSTGRES}, "postgres-autoscaling"),
+    *((yaml.safe_load(e.read_text()), f"example-{e.stem}") for e in EXAMPLES),
+]
+
+
+def pod_specs(manifests: Manifests) -> dict[tuple[str, str], dict[str, Any]]:
+    """The pod spec of every workload the chart rendered, by (kind, name)."""
+    specs = {}
+    for key, manifest in manifests.items():
+        if key[0] in POD_SPEC_PATHS:
+            spec = manifest
+            for step in POD_SPEC_PATHS[key[0]]:
+                spec = spec[step]
+            specs[key] = spec
+    return specs
+
+
+@pytest.mark.parametrize(
+    "values", [v for v, _ in SERVICE_LINK_CASES], ids=[i for _, i in SERVICE_LINK_CASES]
+)
+def test_every_pod_spec_turns_service_links_off(helm, tmp_path, values):
+    """Every workload sets enableServiceLinks: false, so Kubernetes never injects
+    PERMGATE_PORT=tcp://... and the like (from Services named permgate) into the pods."""
+    specs = pod_specs(render(helm, tmp_path, values))
+    assert specs, "the chart rendered no workload"
+    assert {key: spec.get("enableServiceLinks") for key, spec in specs.items()} == dict.fromkeys(
+        specs, False
+    )
+
+
+def test_release_named_permgate_names_its_services_permgate(helm, tmp_path):
+    """Installed as `helm install permgate`, the Services are permgate and permgate-admin:
+    the names whose service-link variables (PERMGATE_PORT, ...) the pods must not get."""
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text("{}\n")
+    result = subprocess.run(
+        [str(helm), "template", "permgate", str(CHART), "-n", "insurance", "-f", str(values_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    assert services == {"permgate", "permgate-admin"}
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["enableServiceLinks"] is False
