@@ -154,7 +154,7 @@ def _print_instructions(
         "",
         "# allow: the adjuster reads a claim (FNOL) on its tenant -> 200",
         f'curl -i -H "Authorization: Bearer $ADJUSTER" {gw}/claim/acme-prod/fnols/F-1001',
-        "# 401: no credential -> unauthenticated, missing_credentials",
+        "# no credential -> 401 missing_credentials",
         f"curl -i {gw}/claim/acme-prod/fnols/F-1001",
         "# tenant deny: the adjuster tries the TEST tenant -> 403 tenant_out_of_scope",
         f'curl -i -H "Authorization: Bearer $ADJUSTER" {gw}/claim/acme-test/fnols/F-1001',
