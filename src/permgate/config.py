@@ -1,97 +1,97 @@
 """``permgate.yaml`` plus ``PERMGATE_*`` environment overrides.
 
-Everything is validated at start and every problem is reported at once, each
-naming the key, the value and what was expected. Nested keys are reached from the
-environment with ``__``: ``PERMGATE_AUTH__JWT__ISSUER``.
+The settings are frozen dataclasses; each field's annotation says what the key
+accepts (``HostPort``, ``Seconds``, ``Count``...), and pydantic checks a whole
+configuration against them at once, so every problem is reported together, one
+line each, naming where the value came from (the file and key, or the environment
+variable), the value and what was expected.
+
+Sources, later ones winning: the file, then the environment, then explicit
+overrides (the command line's ``--store``).
+
+* Only a variable that names a key is configuration: ``PERMGATE_LISTEN``,
+  ``PERMGATE_CACHE__MAX_ENTRIES``, ``PERMGATE_AUTH__JWT__ISSUER`` (``__`` steps into
+  a section). Any other ``PERMGATE_*`` variable (Kubernetes injects
+  ``PERMGATE_PORT=tcp://...``, ``PERMGATE_SERVICE_HOST``... into every pod of a
+  namespace with a Service named ``permgate``) is ignored: :func:`ignored_variables`
+  lists them so that the command line can warn once. ``PERMGATE_CONFIG`` (the
+  config file) and ``PERMGATE_TEST_PG_DSN`` (the test suite's database) are known
+  variables that are not configuration keys.
+* A variable's text is the value; a list key takes ``a,b`` or ``[a, b]``.
+* A relative path written in the file (``endpoint_map``, a ``sqlite://`` store,
+  an ``audit.sink`` of ``file:PATH``) is relative to the folder of that file; one
+  from the environment or the command line is relative to the working directory.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+import re
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from permgate.errors import ConfigError
 
 __all__ = [
+    "ENV_PREFIX",
+    "NON_KEY_VARIABLES",
     "AuditSettings",
     "AuthSettings",
     "CacheSettings",
     "JwtSettings",
     "Settings",
+    "ignored_variables",
     "load_settings",
     "parse_hostport",
 ]
 
 ENV_PREFIX: Final = "PERMGATE_"
+# PERMGATE_* variables permgate reads that are not configuration keys: the config
+# file's name, and the PostgreSQL database of permgate's own test suite.
+NON_KEY_VARIABLES: Final = frozenset({"PERMGATE_CONFIG", "PERMGATE_TEST_PG_DSN"})
+
 _FORBIDDEN_ALGORITHMS: Final = frozenset({"none", "HS256", "HS384", "HS512"})
 _ASYMMETRIC_ALGORITHMS: Final = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
+_LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Every section refuses keys it does not know.
+_SECTION: Final = ConfigDict(extra="forbid")
 
 
-@dataclass(frozen=True, slots=True)
-class JwtSettings:
-    """Bearer JWTs from an identity provider: keys from ``jwks_url`` or static PEMs."""
-
-    issuer: str | None = None
-    audience: str | None = None
-    jwks_url: str | None = None
-    keys: tuple[str, ...] = ()
-    algorithms: tuple[str, ...] = ("RS256", "ES256")
-    principal_claim: str = "sub"
-    leeway_seconds: float = 30.0
-    jwks_min_refresh_seconds: float = 30.0
+# ---------------------------------------------------------------- what a key accepts
 
 
-@dataclass(frozen=True, slots=True)
-class AuthSettings:
-    token_prefix: str = "pgt_"
-    forward_credential: bool = False
-    jwt: JwtSettings | None = None
+def _refuse(why: str) -> PydanticCustomError:
+    return PydanticCustomError("permgate", why)
 
 
-@dataclass(frozen=True, slots=True)
-class CacheSettings:
-    decision_ttl_seconds: float = 30.0
-    max_entries: int = 100_000
-    # How long principals and tokens already in memory keep being served after the
-    # store was last reached; unknown credentials get 503 at once (fail closed). It is
-    # also how long a cut-off sidecar may honour a revoked token: raising it trades
-    # revocation delay for availability. 5 s covers connection resets and a pooler
-    # restart; real failovers take longer than any window worth trusting.
-    outage_grace_seconds: float = 5.0
+def _string(value: Any, expected: str) -> str:
+    if not isinstance(value, str):
+        raise _refuse(expected)
+    return value
 
 
-@dataclass(frozen=True, slots=True)
-class AuditSettings:
-    sink: str = "stdout"  # stdout | file:PATH
-    queue_size: int = 10_000
-    overflow: Literal["block", "reject"] = "block"
-    file_max_bytes: int = 100 * 1024 * 1024
-    file_backups: int = 5
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    listen: str = "0.0.0.0:8080"
-    admin_listen: str = "127.0.0.1:9090"
-    upstream: str = "http://127.0.0.1:8000"
-    upstream_timeout_seconds: float = 30.0
-    endpoint_map: str = "endpoint_map.yaml"
-    map_poll_seconds: float = 1.0
-    store: str = "sqlite:///var/lib/permgate/permgate.db"
-    default_enforcement: Literal["shadow", "enforce"] = "enforce"
-    log_level: str = "INFO"
-    # None: text lines when stderr is a terminal, JSON lines otherwise (log collectors).
-    log_format: Literal["text", "json"] | None = None
-    auth: AuthSettings = field(default_factory=AuthSettings)
-    cache: CacheSettings = field(default_factory=CacheSettings)
-    audit: AuditSettings = field(default_factory=AuditSettings)
+def _no_bool(value: Any) -> Any:
+    """YAML's ``true`` is not the number 1."""
+    if isinstance(value, bool):
+        raise _refuse("expected a number, not true/false")
+    return value
 
 
 def parse_hostport(value: str) -> tuple[str, int]:
@@ -102,230 +102,494 @@ def parse_hostport(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _hostport(value: Any) -> str:
+    expected = "expected HOST:PORT with a port from 0 to 65535, e.g. 0.0.0.0:8080"
+    text = _string(value, expected)
+    try:
+        parse_hostport(text)
+    except ValueError:
+        raise _refuse(expected) from None
+    return text
+
+
+def _upstream(value: Any) -> str:
+    expected = "expected http://HOST:PORT, https://HOST:PORT or unix:/PATH"
+    text = _string(value, expected)
+    if not text.startswith(("http://", "https://", "unix:/")):
+        raise _refuse(expected)
+    return text
+
+
+def _store(value: Any) -> str:
+    expected = (
+        "expected sqlite://PATH (sqlite:///abs/path.db, sqlite://relative.db) "
+        "or postgresql://USER@HOST/DB"
+    )
+    text = _string(value, expected)
+    if not text.startswith(("sqlite://", "postgresql://", "postgres://")):
+        raise _refuse(expected)
+    return text
+
+
+def _sink(value: Any) -> str:
+    expected = "expected stdout or file:PATH"
+    text = _string(value, expected)
+    if text != "stdout" and not (text.startswith("file:") and len(text) > len("file:")):
+        raise _refuse(expected)
+    return text
+
+
+def _log_level(value: Any) -> str:
+    expected = f"expected {', '.join(_LOG_LEVELS[:-1])} or {_LOG_LEVELS[-1]}"
+    text = _string(value, expected)
+    if text.upper() not in _LOG_LEVELS:
+        raise _refuse(expected)
+    return text
+
+
+def _algorithm(value: Any) -> str:
+    text = _string(value, "expected an algorithm name such as RS256")
+    if text in _FORBIDDEN_ALGORITHMS or text.lower() == "none":
+        raise _refuse(
+            "refused: only asymmetric algorithms are allowed (no 'none', no HMAC: key confusion)"
+        )
+    if text not in _ASYMMETRIC_ALGORITHMS:
+        raise _refuse(f"unknown algorithm (known: {', '.join(sorted(_ASYMMETRIC_ALGORITHMS))})")
+    return text
+
+
+def _jwks_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _string(value, "expected an http(s) URL")
+    if text and not text.startswith(("http://", "https://")):
+        raise _refuse("expected an http(s) URL")
+    return text
+
+
+HostPort = Annotated[str, PlainValidator(_hostport)]
+Upstream = Annotated[str, PlainValidator(_upstream)]
+StoreDsn = Annotated[str, PlainValidator(_store)]
+AuditSink = Annotated[str, PlainValidator(_sink)]
+LogLevel = Annotated[str, PlainValidator(_log_level)]
+JwksUrl = Annotated[str | None, PlainValidator(_jwks_url)]
+Algorithm = Annotated[str, PlainValidator(_algorithm)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+Seconds = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, allow_inf_nan=False)]
+Count = Annotated[int, BeforeValidator(_no_bool), Field(ge=1)]
+
+
+# ---------------------------------------------------------------- the settings
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSettings:
+    """Bearer JWTs from an identity provider: keys from ``jwks_url`` or static PEMs."""
+
+    __pydantic_config__ = _SECTION
+
+    issuer: str | None = None
+    audience: str | None = None
+    jwks_url: JwksUrl = None
+    keys: tuple[str, ...] = ()
+    algorithms: Annotated[tuple[Algorithm, ...], Field(min_length=1)] = ("RS256", "ES256")
+    principal_claim: NonEmpty = "sub"
+    leeway_seconds: Seconds = 30.0
+    jwks_min_refresh_seconds: Seconds = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    __pydantic_config__ = _SECTION
+
+    token_prefix: NonEmpty = "pgt_"
+    forward_credential: bool = False
+    jwt: JwtSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    __pydantic_config__ = _SECTION
+
+    decision_ttl_seconds: Seconds = 30.0
+    max_entries: Count = 100_000
+    # How long principals and tokens already in memory keep being served after the
+    # store was last reached; unknown credentials get 503 at once (fail closed). It is
+    # also how long a cut-off sidecar may honour a revoked token: raising it trades
+    # revocation delay for availability. 5 s covers connection resets and a pooler
+    # restart; real failovers take longer than any window worth trusting.
+    outage_grace_seconds: Seconds = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSettings:
+    __pydantic_config__ = _SECTION
+
+    sink: AuditSink = "stdout"  # stdout | file:PATH
+    queue_size: Count = 10_000
+    overflow: Literal["block", "reject"] = "block"
+    file_max_bytes: Count = 100 * 1024 * 1024
+    file_backups: Count = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    __pydantic_config__ = _SECTION
+
+    listen: HostPort = "0.0.0.0:8080"
+    admin_listen: HostPort = "127.0.0.1:9090"
+    upstream: Upstream = "http://127.0.0.1:8000"
+    upstream_timeout_seconds: PositiveSeconds = 30.0
+    endpoint_map: str = "endpoint_map.yaml"
+    map_poll_seconds: Seconds = 1.0
+    store: StoreDsn = "sqlite:///var/lib/permgate/permgate.db"
+    default_enforcement: Literal["shadow", "enforce"] = "enforce"
+    log_level: LogLevel = "INFO"
+    # None: text lines when stderr is a terminal, JSON lines otherwise (log collectors).
+    log_format: Literal["text", "json"] | None = None
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+
+
+# ---------------------------------------------------------------- the keys
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """One key of the schema: a section (``section`` set) or a value."""
+
+    section: type | None
+    is_list: bool
+
+
+@functools.cache
+def _keys(cls: type) -> dict[str, _Key]:
+    """The keys of a settings class, from its resolved annotations."""
+    hints = typing.get_type_hints(cls)
+    keys = {}
+    for spec in fields(cls):
+        hint = hints[spec.name]
+        members = (hint, *typing.get_args(hint))  # JwtSettings | None is a section
+        section = next((m for m in members if isinstance(m, type) and is_dataclass(m)), None)
+        is_list = typing.get_origin(hint) is tuple
+        keys[spec.name] = _Key(section, is_list)
+    return keys
+
+
+def _leaf(path: list[str]) -> _Key | None:
+    """The value key ``path`` names, or None when it names no key (or a section)."""
+    cls: type | None = Settings
+    key = None
+    for part in path:
+        if cls is None:
+            return None
+        key = _keys(cls).get(part)
+        if key is None:
+            return None
+        cls = key.section
+    return key if key is not None and key.section is None else None
+
+
+def _env_path(name: str) -> list[str]:
+    return name[len(ENV_PREFIX) :].lower().split("__")
+
+
+def ignored_variables(env: Mapping[str, str]) -> list[str]:
+    """``PERMGATE_*`` variables that name no configuration key (and are not one of
+    :data:`NON_KEY_VARIABLES`): ignored by :func:`load_settings`, sorted."""
+    return sorted(
+        name
+        for name in env
+        if name.startswith(ENV_PREFIX)
+        and name not in NON_KEY_VARIABLES
+        and _leaf(_env_path(name)) is None
+    )
+
+
+# ---------------------------------------------------------------- where values came from
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """Where a value came from, to name it in a message and resolve its paths."""
+
+    kind: Literal["file", "env", "override"]
+    name: str  # the file, the variable or the override's key
+    text: str | None = None  # a variable's text as set
+
+    def describe(self, key: str, value: Any) -> str:
+        if self.kind == "file":
+            return f"{self.name}: {key}: {_show(value)}"
+        if self.kind == "env":
+            return f"environment variable {self.name}: {_show(self.text)}"
+        return f"{key}: {_show(value)}"
+
+
+_PASSWORD: Final = re.compile(r"(://[^/@:\s]*:)[^@/\s]+@")
+
+
+def _show(value: Any) -> str:
+    """A value as a message shows it: repr, no password, not a screenful."""
+    text = _PASSWORD.sub(r"\1***@", repr(value))
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+class _Sources:
+    """The merged raw configuration and, for each key set, where it came from."""
+
+    def __init__(self) -> None:
+        self.raw: dict[str, Any] = {}
+        self.origins: dict[tuple[str, ...], _Origin] = {}
+
+    def set(self, path: list[str], value: Any, origin: _Origin) -> None:
+        node = self.raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                return  # the section itself is wrong; that is the problem reported
+            node = child
+        node[path[-1]] = value
+        prefix = tuple(path)
+        for known in [k for k in self.origins if k[: len(prefix)] == prefix]:
+            del self.origins[known]
+        self.origins[prefix] = origin
+
+    def origin(self, path: tuple[str, ...]) -> _Origin | None:
+        """The origin of ``path`` or of the nearest section above it that was set."""
+        for end in range(len(path), 0, -1):
+            origin = self.origins.get(path[:end])
+            if origin is not None:
+                return origin
+        return None
+
+    def get(self, path: Iterable[str]) -> Any:
+        node: Any = self.raw
+        for part in path:
+            if not isinstance(node, dict):
+                return None
+            node = node.get(part)
+        return node
+
+
+# ---------------------------------------------------------------- loading
+
+
 def load_settings(
     path: str | Path | None = None,
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Read the file (if any), apply env then explicit overrides, validate everything."""
+    """Read the file (if any), apply env then explicit overrides, validate everything.
+
+    ``overrides`` maps dotted keys (``"store"``, ``"audit.sink"``) to values. Raises
+    :class:`ConfigError` with one line per problem.
+    """
     problems: list[str] = []
-    raw: dict[str, Any] = {}
+    sources = _Sources()
     if path is not None:
-        raw = _read_file(Path(path), problems)
+        _read_file(Path(path), sources, problems)
     environment = os.environ if env is None else env
-    for name, text in environment.items():
-        if name.startswith(ENV_PREFIX) and not name.startswith("PERMGATE_TEST_"):
-            keys = name[len(ENV_PREFIX) :].lower().split("__")
-            _set_nested(raw, keys, _env_value(text), f"environment {name}", problems)
+    for name, text in sorted(environment.items()):
+        if name.startswith(ENV_PREFIX) and name not in NON_KEY_VARIABLES:
+            key = _leaf(_env_path(name))
+            if key is not None:
+                value = _env_list(text) if key.is_list else text
+                sources.set(_env_path(name), value, _Origin("env", name, text))
     for dotted, value in (overrides or {}).items():
-        _set_nested(raw, dotted.split("."), value, f"override {dotted}", problems)
-    settings: Settings = _build(Settings, raw, "", problems)
-    _check_semantics(settings, problems)
-    if problems:
+        sources.set(dotted.split("."), value, _Origin("override", dotted))
+    settings: Settings | None = None
+    try:
+        settings = _adapter().validate_python(sources.raw)
+    except ValidationError as exc:
+        problems.extend(_problems(exc.errors(), sources))
+    problems.extend(_missing_jwt_keys(sources))
+    if problems or settings is None:
         raise ConfigError([f"invalid configuration: {p}" for p in problems])
     return settings
 
 
-def _read_file(path: Path, problems: list[str]) -> dict[str, Any]:
+@functools.cache
+def _adapter() -> TypeAdapter[Settings]:
+    return TypeAdapter(Settings)
+
+
+def _read_file(path: Path, sources: _Sources, problems: list[str]) -> None:
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         problems.append(f"{path}: cannot read: {exc.strerror or exc}")
-        return {}
+        return
     except yaml.YAMLError as exc:
-        problems.append(f"{path}: not valid YAML: {exc}")
-        return {}
+        problems.append(f"{path}: not valid YAML: {' '.join(str(exc).split())}")
+        return
     if loaded is None:
-        return {}
+        return
     if not isinstance(loaded, dict):
         problems.append(f"{path}: expected a mapping of keys at the top level")
-        return {}
-    return loaded
+        return
+    # absolute() and not resolve(): a Kubernetes ConfigMap mounts files as symlinks
+    # into a dated folder that is replaced on every update.
+    _resolve_paths(loaded, path.absolute().parent)
+    origin = _Origin("file", str(path))
+    for key, value in loaded.items():
+        sources.set([str(key)], value, origin)
 
 
-def _env_value(text: str) -> Any:
-    """Environment values are YAML scalars or flow lists: ``30``, ``true``, ``[RS256]``."""
-    try:
-        return yaml.safe_load(text) if text.strip() else text
-    except yaml.YAMLError:
-        return text
-
-
-def _set_nested(
-    raw: dict[str, Any], keys: list[str], value: Any, where: str, problems: list[str]
-) -> None:
-    node = raw
-    for key in keys[:-1]:
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            problems.append(f"{where}: {key!r} is not a section")
-            return
-        node = child
-    node[keys[-1]] = value
-
-
-def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
-    """Build a settings dataclass from a mapping, recording every problem."""
-    if not isinstance(raw, dict):
-        problems.append(f"{prefix.rstrip('.') or 'top level'}: expected a mapping, got {raw!r}")
-        return cls()
-    known = {f.name: f for f in fields(cls)}
-    for key in raw:
-        if key not in known:
-            problems.append(f"{prefix}{key}: unknown key (known: {', '.join(sorted(known))})")
-    values: dict[str, Any] = {}
-    for name, spec in known.items():
-        if name not in raw:
-            continue
-        key = f"{prefix}{name}"
-        values[name] = _convert(spec.type, raw[name], key, problems)
-    return cls(**values)
-
-
-_SECTIONS: Final[dict[str, type]] = {
-    "AuthSettings": AuthSettings,
-    "CacheSettings": CacheSettings,
-    "AuditSettings": AuditSettings,
-    "JwtSettings": JwtSettings,
-    "JwtSettings | None": JwtSettings,
-}
-
-
-def _convert(type_name: Any, value: Any, key: str, problems: list[str]) -> Any:
-    text = str(type_name)
-    if text in _SECTIONS:
-        if value is None and text.endswith("None"):
-            return None
-        return _build(_SECTIONS[text], value, f"{key}.", problems)
-    converter = _SCALARS.get(text)
-    if converter is None:  # Literal[...] and plain str
-        return _convert_str(value, key, problems)
-    return converter(value, key, problems)
-
-
-def _convert_str(value: Any, key: str, problems: list[str]) -> Any:
-    if isinstance(value, str):
-        return value
-    problems.append(f"{key}: {value!r} is not a string")
-    return value
-
-
-def _convert_optional_str(value: Any, key: str, problems: list[str]) -> Any:
-    return None if value is None else _convert_str(value, key, problems)
-
-
-def _convert_float(value: Any, key: str, problems: list[str]) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        problems.append(f"{key}: {value!r} is not a non-negative number")
-        return 0.0
-    return float(value)
-
-
-def _convert_int(value: Any, key: str, problems: list[str]) -> Any:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        problems.append(f"{key}: {value!r} is not a positive whole number")
-        return 1
-    return value
-
-
-def _convert_bool(value: Any, key: str, problems: list[str]) -> Any:
-    if not isinstance(value, bool):
-        problems.append(f"{key}: {value!r} is not true or false")
-        return False
-    return value
-
-
-def _convert_str_tuple(value: Any, key: str, problems: list[str]) -> Any:
-    if isinstance(value, str):
-        value = [item.strip() for item in value.split(",") if item.strip()]
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        problems.append(f"{key}: {value!r} is not a list of strings")
-        return ()
-    return tuple(value)
-
-
-_SCALARS: Final[dict[str, Callable[[Any, str, list[str]], Any]]] = {
-    "float": _convert_float,
-    "int": _convert_int,
-    "bool": _convert_bool,
-    "str | None": _convert_optional_str,
-    "tuple[str, ...]": _convert_str_tuple,
-}
-
-
-def _check_semantics(settings: Settings, problems: list[str]) -> None:
-    for key in ("listen", "admin_listen"):
-        value = getattr(settings, key)
+def _env_list(text: str) -> Any:
+    """A list key's variable: ``[a, b]`` (YAML flow list) or ``a,b``."""
+    if text.strip().startswith("["):
         try:
-            parse_hostport(value)
-        except ValueError as exc:
-            problems.append(f"{key}: {value!r}: {exc}")
-    upstream = settings.upstream
-    if not (upstream.startswith(("http://", "https://")) or upstream.startswith("unix:/")):
-        problems.append(
-            f"upstream: {upstream!r}: expected http://HOST:PORT, https://HOST:PORT or unix:/PATH"
-        )
-    if not settings.store.startswith(("sqlite://", "postgresql://", "postgres://")):
-        problems.append(
-            f"store: {settings.store!r}: expected sqlite://PATH (sqlite:///abs/path.db, "
-            "sqlite://relative.db) or postgresql://USER@HOST/DB"
-        )
-    if settings.default_enforcement not in ("shadow", "enforce"):
-        problems.append(
-            f"default_enforcement: {settings.default_enforcement!r}: expected shadow or enforce"
-        )
-    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        problems.append(
-            f"log_level: {settings.log_level!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL"
-        )
-    if settings.log_format not in (None, "text", "json"):
-        problems.append(f"log_format: {settings.log_format!r}: expected text or json")
-    if settings.upstream_timeout_seconds <= 0 and not _reported(
-        problems, "upstream_timeout_seconds"
-    ):
-        problems.append("upstream_timeout_seconds: must be greater than 0")
-    sink = settings.audit.sink
-    if sink != "stdout" and not (sink.startswith("file:") and len(sink) > len("file:")):
-        problems.append(f"audit.sink: {sink!r}: expected stdout or file:PATH")
-    if settings.audit.overflow not in ("block", "reject"):
-        problems.append(f"audit.overflow: {settings.audit.overflow!r}: expected block or reject")
-    if not settings.auth.token_prefix:
-        problems.append("auth.token_prefix: must not be empty")
-    jwt = settings.auth.jwt
-    if jwt is not None:
-        _check_jwt(jwt, problems)
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text  # refused as "expected a list", naming the variable
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _reported(problems: list[str], key: str) -> bool:
-    """Whether ``key`` already has a problem (one message per bad key)."""
-    return any(problem.startswith(f"{key}:") for problem in problems)
+# ---------------------------------------------------------------- paths in the file
 
 
-def _check_jwt(jwt: JwtSettings, problems: list[str]) -> None:
-    # iss and aud are always verified, so both must be configured.
-    if not jwt.issuer:
-        problems.append("auth.jwt.issuer: required: the JWT issuer (iss) to accept")
-    if not jwt.audience:
-        problems.append("auth.jwt.audience: required: the JWT audience (aud) to accept")
-    if not jwt.jwks_url and not jwt.keys:
-        problems.append("auth.jwt: set jwks_url or keys (PEM public keys) to verify JWTs")
-    if jwt.jwks_url and not jwt.jwks_url.startswith(("http://", "https://")):
-        problems.append(f"auth.jwt.jwks_url: {jwt.jwks_url!r}: expected an http(s) URL")
-    if not jwt.algorithms:
-        problems.append("auth.jwt.algorithms: must list at least one algorithm")
-    for algorithm in jwt.algorithms:
-        if algorithm in _FORBIDDEN_ALGORITHMS or algorithm.lower() == "none":
+def _path(folder: Path, text: str) -> str:
+    return str(folder / text) if text and not Path(text).is_absolute() else text
+
+
+def _sqlite(folder: Path, text: str) -> str:
+    if not text.startswith("sqlite://"):
+        return text
+    file = text.removeprefix("sqlite://")
+    return "sqlite://" + (file if file == ":memory:" else _path(folder, file))
+
+
+def _file_sink(folder: Path, text: str) -> str:
+    if not text.startswith("file:"):
+        return text
+    return "file:" + _path(folder, text.removeprefix("file:"))
+
+
+# Keys holding a path (or a DSN or sink with one inside), by dotted key. A key that
+# names a file (TLS certificates, keys) belongs here.
+_PATH_KEYS: Final[dict[tuple[str, ...], Callable[[Path, str], str]]] = {
+    ("endpoint_map",): _path,
+    ("store",): _sqlite,
+    ("audit", "sink"): _file_sink,
+}
+
+
+def _resolve_paths(loaded: dict[str, Any], folder: Path) -> None:
+    """Make the file's relative paths relative to ``folder`` (values of the wrong
+    type are left for validation to refuse)."""
+    for path, resolve in _PATH_KEYS.items():
+        node: Any = loaded
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(path[-1]), str):
+            node[path[-1]] = resolve(folder, node[path[-1]])
+
+
+# ---------------------------------------------------------------- problems, one line each
+
+_WHY: Final[dict[str, str]] = {
+    "string_type": "expected a string",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "tuple_type": "expected a list",
+    "list_type": "expected a list",
+    "dataclass_type": "expected a section (a mapping of keys)",
+    "dict_type": "expected a section (a mapping of keys)",
+    "finite_number": "expected a finite number",
+}
+
+
+def _why(error: ErrorDetails) -> str:
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "permgate":
+        return error["msg"]
+    if kind == "literal_error":
+        return f"expected {ctx['expected']}"
+    if kind == "greater_than":
+        return f"expected more than {ctx['gt']}"
+    if kind == "greater_than_equal":
+        return f"expected at least {ctx['ge']}"
+    if kind in ("too_short", "string_too_short"):
+        return "must not be empty"
+    if kind in _WHY:
+        return _WHY[kind]
+    message = error["msg"]
+    return message[:1].lower() + message[1:]
+
+
+def _problems(errors: list[ErrorDetails], sources: _Sources) -> list[str]:
+    """One line per problem; a list whose items were refused is not also "empty"."""
+    with_bad_items = {_error_key(error) for error in errors if _item(error) is not None}
+    return [
+        _describe(error, sources)
+        for error in errors
+        if not (_item(error) is None and _error_key(error) in with_bad_items)
+    ]
+
+
+def _error_key(error: ErrorDetails) -> tuple[str, ...]:
+    return tuple(str(part) for part in error["loc"] if not isinstance(part, int))
+
+
+def _item(error: ErrorDetails) -> int | None:
+    """The position of the refused item when the error is about one item of a list."""
+    return next((part for part in error["loc"] if isinstance(part, int)), None)
+
+
+def _describe(error: ErrorDetails, sources: _Sources) -> str:
+    """One pydantic error as ``WHERE: VALUE: WHY``."""
+    path = _error_key(error)
+    key = ".".join(path)
+    origin = sources.origin(path)
+    if error["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        section = _section_class(path[:-1])
+        known = ", ".join(sorted(_keys(section))) if section else ""
+        where = f"{origin.name}: {key}" if origin and origin.kind == "file" else key
+        return f"{where}: unknown key (known: {known})"
+    value = error["input"]
+    if origin is None:
+        where = f"{key}: {_show(value)}"
+    elif origin.kind == "env" and _item(error) is not None:
+        # The variable's text, then which item of it: 'HS256' in "[RS256, HS256]".
+        where = f"{origin.describe(key, value)}: item {_show(value)}"
+    else:
+        where = origin.describe(key, value)
+    return f"{where}: {_why(error)}"
+
+
+def _section_class(path: tuple[str, ...]) -> type | None:
+    cls: type | None = Settings
+    for part in path:
+        key = _keys(cls).get(part) if cls is not None else None
+        cls = key.section if key is not None else None
+    return cls
+
+
+def _missing_jwt_keys(sources: _Sources) -> list[str]:
+    """A configured ``auth.jwt`` must say whom to trust: iss and aud are always
+    verified, so both are required, and keys come from jwks_url or keys."""
+    jwt = sources.get(("auth", "jwt"))
+    if not isinstance(jwt, dict):
+        return []
+    origin = sources.origin(("auth", "jwt"))
+    file = f"{origin.name}: " if origin is not None and origin.kind == "file" else ""
+    problems = []
+    for key, what in (("issuer", "issuer (iss)"), ("audience", "audience (aud)")):
+        if jwt.get(key) in (None, ""):
+            variable = f"{ENV_PREFIX}AUTH__JWT__{key.upper()}"
             problems.append(
-                f"auth.jwt.algorithms: {algorithm!r} is refused: only asymmetric algorithms "
-                "are allowed (no 'none', no HMAC: key confusion)"
+                f"{file}auth.jwt.{key}: required: the JWT {what} to accept ({variable})"
             )
-        elif algorithm not in _ASYMMETRIC_ALGORITHMS:
-            problems.append(
-                f"auth.jwt.algorithms: {algorithm!r} is unknown "
-                f"(known: {', '.join(sorted(_ASYMMETRIC_ALGORITHMS))})"
-            )
-    if not jwt.principal_claim:
-        problems.append("auth.jwt.principal_claim: must not be empty")
+    if not jwt.get("jwks_url") and not jwt.get("keys"):
+        problems.append(f"{file}auth.jwt: set jwks_url or keys (PEM public keys) to verify JWTs")
+    return problems

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import Final
 
 from permgate import __version__
+from permgate.cli._common import (
+    add_global_arguments,
+    merge_global_arguments,
+    warn_ignored_variables,
+)
 from permgate.errors import PermgateError
 
 # command words -> (module, one-line help)
@@ -35,10 +41,16 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="permgate",
         description="Sidecar enforcement gateway: tenant scope, then every permission.",
+        epilog="--config and --store are also accepted after the command words; "
+        "given both before and after, the later one wins.",
+        # No abbreviations: the command word is found before parsing, by skipping
+        # these exact options and their values.
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"permgate {__version__}")
+    add_global_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    chosen = argv[0] if argv else None
+    chosen = _command_word(argv)
     for word, (module_name, help_text) in COMMANDS.items():
         command = sub.add_parser(word, help=help_text, description=help_text)
         if word == chosen:
@@ -48,10 +60,29 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The first word that is neither an option nor the value of ``--config``/``--store``."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--config", "--store"):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
+    from permgate.cli.serve import WORKER_ENV
+
+    if WORKER_ENV not in os.environ:  # a worker of `serve --workers N` is not a command
+        warn_ignored_variables(os.environ)
     arguments = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(arguments).parse_args(arguments)
+    parser = build_parser(arguments)
+    args = parser.parse_args(arguments)
+    if not hasattr(args, "_module"):  # the word found before parsing was not the command
+        parser.error("put the command words before the command's options")
+    merge_global_arguments(args)
     try:
         code: int = args._module.run(args)
     except PermgateError as exc:
