@@ -25,6 +25,7 @@ endpoints:
   - id: a
     method: GET
     path: /b/
+    permissions: [quotes.read]
 """
 
 

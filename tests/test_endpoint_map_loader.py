@@ -74,105 +74,119 @@ ERROR_CASES = [
     ),
     (
         "tenant-bad-string",
-        HEAD + "  - {id: a, method: GET, path: /a, tenant: nobody}\n",
+        HEAD + "  - {id: a, method: GET, path: /a, tenant: nobody, permissions: []}\n",
         5,
         ["tenant", "'nobody'"],
     ),
     (
         "tenant-header-invalid-name",
-        HEAD + "  - {id: a, method: GET, path: /a, tenant: {header: 'X T'}}\n",
+        HEAD + "  - {id: a, method: GET, path: /a, tenant: {header: 'X T'}, permissions: []}\n",
         5,
         ["'X T'", "header"],
     ),
     ("entry-not-mapping", HEAD + "  - just-a-string\n", 5, ["endpoint entry", "a mapping"]),
     (
         "entry-unknown-key",
-        HEAD + "  - id: a\n    method: GET\n    path: /a\n    tenant: none\n    perms: [a.b]\n",
+        HEAD + "  - id: a\n    method: GET\n    path: /a\n    tenant: none\n    perms: [a.b]\n"
+        "    permissions: []\n",
         9,
         ["unknown key 'perms'"],
     ),
-    ("id-missing", HEAD + "  - method: GET\n    path: /a\n    tenant: none\n", 5, ["'id'"]),
+    (
+        "id-missing",
+        HEAD + "  - method: GET\n    path: /a\n    tenant: none\n    permissions: []\n",
+        5,
+        ["'id'"],
+    ),
     (
         "id-not-string",
-        HEAD + "  - id: [a]\n    method: GET\n    path: /a\n    tenant: none\n",
+        HEAD + "  - id: [a]\n    method: GET\n    path: /a\n    tenant: none\n"
+        "    permissions: []\n",
         5,
         ["id", "a string"],
     ),
     (
         "id-with-space",
-        HEAD + "  - id: a b\n    method: GET\n    path: /a\n    tenant: none\n",
+        HEAD + "  - id: a b\n    method: GET\n    path: /a\n    tenant: none\n"
+        "    permissions: []\n",
         5,
         ["'a b'", "metric label"],
     ),
     (
         "method-missing",
-        HEAD + "  - id: a\n    path: /a\n    tenant: none\n",
+        HEAD + "  - id: a\n    path: /a\n    tenant: none\n    permissions: []\n",
         5,
         ["'a'", "'method'"],
     ),
     (
         "method-not-token",
-        HEAD + "  - id: a\n    method: GET /x\n    path: /a\n    tenant: none\n",
+        HEAD + "  - id: a\n    method: GET /x\n    path: /a\n    tenant: none\n"
+        "    permissions: []\n",
         6,
         ["'GET /x'", "HTTP method"],
     ),
     (
         "method-star-in-list",
-        HEAD + "  - id: a\n    method: [GET, '*']\n    path: /a\n    tenant: none\n",
+        HEAD + "  - id: a\n    method: [GET, '*']\n    path: /a\n    tenant: none\n"
+        "    permissions: []\n",
         6,
         ["'*'", "alone"],
     ),
     (
         "method-empty-list",
-        HEAD + "  - id: a\n    method: []\n    path: /a\n    tenant: none\n",
+        HEAD + "  - id: a\n    method: []\n    path: /a\n    tenant: none\n    permissions: []\n",
         6,
         ["method list is empty"],
     ),
     (
         "method-number",
-        HEAD + "  - id: a\n    method: 5\n    path: /a\n    tenant: none\n",
+        HEAD + "  - id: a\n    method: 5\n    path: /a\n    tenant: none\n    permissions: []\n",
         6,
         ["method", "an integer"],
     ),
     (
         "path-missing",
-        HEAD + "  - id: a\n    method: GET\n    tenant: none\n",
+        HEAD + "  - id: a\n    method: GET\n    tenant: none\n    permissions: []\n",
         5,
         ["'path'"],
     ),
     (
         "path-no-slash",
-        HEAD + "  - id: a\n    method: GET\n    path: a/b\n    tenant: none\n",
+        HEAD + "  - id: a\n    method: GET\n    path: a/b\n    tenant: none\n    permissions: []\n",
         7,
         ["'a/b'", "start with '/'"],
     ),
     (
         "path-empty-segment",
-        HEAD + "  - id: a\n    method: GET\n    path: /a//b\n    tenant: none\n",
+        HEAD + "  - id: a\n    method: GET\n    path: /a//b\n    tenant: none\n"
+        "    permissions: []\n",
         7,
         ["'/a//b'", "empty segment"],
     ),
     (
         "path-trailing-slash",
-        HEAD + "  - id: a\n    method: GET\n    path: /a/\n    tenant: none\n",
+        HEAD + "  - id: a\n    method: GET\n    path: /a/\n    tenant: none\n    permissions: []\n",
         7,
         ["'/a/'", "empty segment"],
     ),
     (
         "path-partial-param",
-        HEAD + "  - id: a\n    method: GET\n    path: /a/x{id}\n    tenant: none\n",
+        HEAD + "  - id: a\n    method: GET\n    path: /a/x{id}\n    tenant: none\n"
+        "    permissions: []\n",
         7,
         ["'x{id}'", "whole segment"],
     ),
     (
         "path-param-bad-name",
-        HEAD + "  - id: a\n    method: GET\n    path: /a/{1x}\n    tenant: none\n",
+        HEAD + "  - id: a\n    method: GET\n    path: /a/{1x}\n    tenant: none\n"
+        "    permissions: []\n",
         7,
         ["'{1x}'", "name"],
     ),
     (
         "path-duplicate-param",
-        HEAD + "  - id: a\n    method: GET\n    path: /a/{x}/b/{x}\n    tenant: none\n",
+        HEAD + "  - id: a\n    method: GET\n    path: /a/{x}/b/{x}\n    tenant: none\n"
+        "    permissions: []\n",
         7,
         ["{x}", "twice"],
     ),
@@ -246,13 +260,13 @@ ERROR_CASES = [
     (
         "explicit-tenant-param-not-in-path",
         HEAD + "  - id: a\n    method: GET\n    path: /a/{locator}\n"
-        "    tenant: {path_param: tenant}\n",
+        "    tenant: {path_param: tenant}\n    permissions: []\n",
         8,
         ["{tenant}", "'/a/{locator}'"],
     ),
     (
         "default-tenant-param-not-in-path",
-        HEAD + "  - id: a\n    method: GET\n    path: /a/{locator}\n",
+        HEAD + "  - id: a\n    method: GET\n    path: /a/{locator}\n    permissions: []\n",
         7,
         ["default tenant", "{tenantLocator}", "'/a/{locator}'"],
     ),
@@ -274,31 +288,24 @@ def test_error_is_reported_on_its_line(text: str, line: int, words: list[str]) -
 CROSS_ENTRY_CASES = [
     (
         "duplicate-id",
-        "  - {id: a, method: GET, path: /a, tenant: none}\n"
-        "  - {id: a, method: GET, path: /b, tenant: none}\n",
+        "  - {id: a, method: GET, path: /a, tenant: none, permissions: []}\n"
+        "  - {id: a, method: GET, path: /b, tenant: none, permissions: []}\n",
         6,
         ["duplicate id 'a'", "line 5"],
     ),
     (
         "same-method-same-shape",
-        "  - {id: a, method: GET, path: '/x/{p}', tenant: none}\n"
-        "  - {id: b, method: [POST, GET], path: '/x/{q}', tenant: none}\n",
+        "  - {id: a, method: GET, path: '/x/{p}', tenant: none, permissions: []}\n"
+        "  - {id: b, method: [POST, GET], path: '/x/{q}', tenant: none, permissions: []}\n",
         6,
         ["'b'", "overlaps 'a'", "line 5", "same template shape"],
     ),
     (
         "star-overlaps-any-method",
-        "  - {id: a, method: DELETE, path: '/x/{p}/y', tenant: none}\n"
-        "  - {id: b, method: '*', path: '/x/{q}/y', tenant: none}\n",
+        "  - {id: a, method: DELETE, path: '/x/{p}/y', tenant: none, permissions: []}\n"
+        "  - {id: b, method: '*', path: '/x/{q}/y', tenant: none, permissions: []}\n",
         6,
         ["'b'", "overlaps 'a'"],
-    ),
-    (
-        "same-template-lowercase-method",
-        "  - {id: a, method: get, path: /x, tenant: none}\n"
-        "  - {id: b, method: GET, path: /x, tenant: none}\n",
-        6,
-        ["overlaps 'a'"],
     ),
 ]
 
@@ -334,8 +341,8 @@ def test_templates_of_different_shapes_may_coexist(first: str, second: str) -> N
     """Only the SAME shape is an overlap: literal-beats-parameter settles the rest."""
     text = (
         HEAD
-        + f"  - {{id: a, method: GET, path: '{first}', tenant: none}}\n"
-        + f"  - {{id: b, method: GET, path: '{second}', tenant: none}}\n"
+        + f"  - {{id: a, method: GET, path: '{first}', tenant: none, permissions: []}}\n"
+        + f"  - {{id: b, method: GET, path: '{second}', tenant: none, permissions: []}}\n"
     )
     assert len(parse_map(text).endpoints) == 2
 
@@ -344,8 +351,8 @@ def test_same_shape_with_disjoint_methods_is_fine() -> None:
     """Two entries of the same shape but different methods do not overlap."""
     text = (
         HEAD
-        + "  - {id: a, method: GET, path: '/x/{p}', tenant: none}\n"
-        + "  - {id: b, method: [POST, PUT], path: '/x/{q}', tenant: none}\n"
+        + "  - {id: a, method: GET, path: '/x/{p}', tenant: none, permissions: []}\n"
+        + "  - {id: b, method: [POST, PUT], path: '/x/{q}', tenant: none, permissions: []}\n"
     )
     assert [e.id for e in parse_map(text).endpoints] == ["a", "b"]
 
@@ -384,13 +391,15 @@ def test_every_error_is_reported_in_line_order() -> None:
             method: GET
             path: /b
             extra: true
+            permissions: []
           - id: c
             method: GET
             path: /c/{tenantLocator}
             tenant: {path_param: nope}
+            permissions: []
         """)
     errors = errors_of(text)
-    assert [e.split(":")[1] for e in errors] == ["1", "2", "7", "8", "11", "15"], errors
+    assert [e.split(":")[1] for e in errors] == ["1", "2", "7", "8", "11", "16"], errors
     assert "duplicate id 'a'" in errors[3]
 
 
@@ -399,7 +408,7 @@ def test_entry_with_other_errors_still_counts_for_duplicates() -> None:
     text = (
         HEAD
         + "  - {id: a, method: GET, path: /a, tenant: none, permissions: [x]}\n"
-        + "  - {id: a, method: GET, path: /b, tenant: none}\n"
+        + "  - {id: a, method: GET, path: /b, tenant: none, permissions: []}\n"
     )
     errors = errors_of(text)
     assert [e.split(":")[1] for e in errors] == ["5", "6"], errors
@@ -413,12 +422,12 @@ VALID = dedent("""\
     unmapped: passthrough
     endpoints:
       - id: quotes.create
-        method: post
+        method: POST
         path: /policy/{tenantLocator}/quotes
         permissions: [quotes.write]
         any_of: [quotes.create, quotes.issue]
       - id: tokens.create
-        method: [post, PUT]
+        method: [POST, PUT]
         path: /auth/tokens
         permissions: [authTokens.write]
         tenant: none
@@ -426,10 +435,12 @@ VALID = dedent("""\
         method: GET
         path: /h/{x}
         tenant: {header: X-Tenant}
+        permissions: []
       - id: by-claim
         method: "*"
         path: /c
         tenant: {claim: tenant}
+        permissions: []
       - id: health
         method: GET
         path: /
@@ -449,7 +460,7 @@ def test_valid_map_fields() -> None:
 
 
 def test_valid_map_entries() -> None:
-    """Methods are upper-cased, tenants default or override, public entries have none."""
+    """Methods are kept as written, tenants default or override, public entries have none."""
     by_id = {e.id: e for e in parse_map(VALID).endpoints}
     create = by_id["quotes.create"]
     assert create.methods == frozenset({"POST"})
@@ -473,7 +484,9 @@ def test_valid_map_entries() -> None:
 
 def test_defaults_when_absent() -> None:
     """Without read_actions, defaults and unmapped: the documented defaults apply."""
-    endpoint_map = parse_map("version: 1\nendpoints:\n  - {id: a, method: GET, path: '/a/{x}'}\n")
+    endpoint_map = parse_map(
+        "version: 1\nendpoints:\n  - {id: a, method: GET, path: '/a/{x}', permissions: []}\n"
+    )
     assert endpoint_map.read_actions == DEFAULT_READ_ACTIONS
     assert endpoint_map.default_tenant == NO_TENANT
     assert endpoint_map.unmapped == "deny"
@@ -482,7 +495,8 @@ def test_defaults_when_absent() -> None:
 
 def test_tenant_null_means_none() -> None:
     """``tenant: null`` is the same as ``tenant: none``."""
-    endpoint_map = parse_map(HEAD + "  - {id: a, method: GET, path: /a, tenant: null}\n")
+    entry = "  - {id: a, method: GET, path: /a, tenant: null, permissions: []}\n"
+    endpoint_map = parse_map(HEAD + entry)
     assert endpoint_map.endpoints[0].tenant == NO_TENANT
 
 

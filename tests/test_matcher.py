@@ -123,16 +123,16 @@ def test_shipped_map_routes(
 SYNTHETIC = """\
 version: 1
 endpoints:
-  - {id: abc, method: GET, path: /a/b/c}
-  - {id: axd, method: GET, path: '/a/{x}/d'}
-  - {id: any-x, method: '*', path: '/s/{x}'}
-  - {id: get-lit, method: GET, path: /s/lit}
-  - {id: star-lit, method: '*', path: /t/lit}
-  - {id: get-x, method: GET, path: '/t/{x}'}
-  - {id: head-only, method: HEAD, path: /h}
-  - {id: get-h, method: GET, path: '/{x}'}
-  - {id: root, method: [GET, POST], path: /}
-  - {id: star-any, method: '*', path: '/z/{x}/{y}'}
+  - {id: abc, method: GET, path: /a/b/c, permissions: []}
+  - {id: axd, method: GET, path: '/a/{x}/d', permissions: []}
+  - {id: any-x, method: '*', path: '/s/{x}', permissions: []}
+  - {id: get-lit, method: GET, path: /s/lit, permissions: []}
+  - {id: star-lit, method: '*', path: /t/lit, permissions: []}
+  - {id: get-x, method: GET, path: '/t/{x}', permissions: []}
+  - {id: head-only, method: HEAD, path: /h, permissions: []}
+  - {id: get-h, method: GET, path: '/{x}', permissions: []}
+  - {id: root, method: [GET, POST], path: /, permissions: []}
+  - {id: star-any, method: '*', path: '/z/{x}/{y}', permissions: []}
 """
 
 SYNTHETIC_CASES = [

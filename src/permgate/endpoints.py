@@ -473,16 +473,26 @@ class _Parser:
         permissions = self.permission_list(keys, "permissions", label)
         any_of = self.permission_list(keys, "any_of", label)
         public = False
+        public_unreadable = False  # already reported: no second error about requirements
         if "public" in keys:
             value_node = keys["public"][1]
             value = self.scalar(value_node, f"{label}: public", "true or false")
             if isinstance(value, bool):
                 public = value
-            elif value is not _BAD:
-                self.error(
-                    value_node,
-                    f"{label}: public must be true or false, got {_describe(value_node)}",
-                )
+            else:
+                public_unreadable = True
+                if value is not _BAD:
+                    self.error(
+                        value_node,
+                        f"{label}: public must be true or false, got {_describe(value_node)}",
+                    )
+        if not (public or public_unreadable or "permissions" in keys or "any_of" in keys):
+            self.error(
+                node,
+                f"{label} does not say what it requires: add 'permissions' (a list; [] means "
+                "any authenticated caller in tenant scope), 'any_of', or 'public: true' "
+                "(forgetting the key must not open an endpoint)",
+            )
         tenant = default_tenant
         if public:
             for key in ("permissions", "any_of"):
@@ -540,8 +550,15 @@ class _Parser:
                 ok = False
             elif name == "*":
                 methods.add("*")
+            elif _METHOD.fullmatch(name) and name != name.upper():
+                self.error(
+                    item,
+                    f"{label}: method {name!r} must be upper case ({name.upper()!r}): methods "
+                    "are case-sensitive, so it would never match a request",
+                )
+                ok = False
             elif _METHOD.fullmatch(name):
-                methods.add(name.upper())
+                methods.add(name)
             else:
                 self.error(item, f"{label}: method {name!r} is not an HTTP method name like GET")
                 ok = False

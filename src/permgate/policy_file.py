@@ -15,6 +15,7 @@ Three stages, so that nothing is written unless everything is right:
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,8 +24,16 @@ from typing import Final
 
 import yaml
 
+from permgate.endpoints import EndpointMap
 from permgate.errors import InvalidPermission, PermgateError
-from permgate.model import ENFORCEMENTS, PRINCIPAL_KINDS, SCOPE_ANY, SCOPE_TYPE_TEST, TENANT_TYPES
+from permgate.model import (
+    ENFORCEMENTS,
+    PRINCIPAL_KINDS,
+    SCOPE_ANY,
+    SCOPE_TYPE_TEST,
+    TENANT_TYPES,
+    Principal,
+)
 from permgate.permissions import parse_grant
 from permgate.roles import BUILTIN_ROLE_NAMES, builtin_roles
 from permgate.service import (
@@ -46,6 +55,7 @@ __all__ = [
     "parse_policy",
     "parse_policy_node",
     "plan_policy",
+    "unused_grants",
 ]
 
 
@@ -365,7 +375,7 @@ def _check_unique(parser: _Parser, accounts: tuple[AccountSpec, ...]) -> None:
 
     account_ids: dict[str, int] = {}
     tenant_ids: dict[str, int] = {}
-    principal_ids: dict[str, int] = {}
+    principal_ids: dict[str, PrincipalSpec] = {}  # by id folded to lower case
     for account in accounts:
         first(account_ids, "account id", account.id, account.line)
         role_names: dict[str, int] = {}
@@ -374,10 +384,67 @@ def _check_unique(parser: _Parser, accounts: tuple[AccountSpec, ...]) -> None:
         for role in account.roles:
             first(role_names, f"role name in account {account.id!r}", role.name, role.line)
         for principal in account.principals:
-            first(principal_ids, "principal id", principal.id, principal.line)
+            # Unique regardless of case, as in the store.
+            seen = principal_ids.setdefault(principal.id.lower(), principal)
+            if seen is not principal:
+                same = (
+                    "" if seen.id == principal.id else f" (differs only in case from {seen.id!r})"
+                )
+                parser.error(
+                    principal.line,
+                    f"duplicate principal id {principal.id!r}{same} (first on line {seen.line}; "
+                    "ids are unique regardless of case)",
+                )
+
+
+# -- warnings -----------------------------------------------------------------
+
+
+def unused_grants(policy: Policy, endpoint_map: EndpointMap) -> list[str]:
+    """``FILE:LINE: warning: ...`` for each role grant that no endpoint of the map can use.
+
+    A grant nothing requires is almost always a typo (``claim.read`` for
+    ``claims.read``): the role then silently grants less than its author meant. It is
+    a warning, not an error, since a map may gain the endpoint later. ``group.*``
+    counts as used when the map requires any permission of that group, and ``*.*``
+    always does. The closest permission the map does have is suggested when there
+    is an obvious one.
+    """
+    required = sorted(endpoint_map.permissions())
+    groups = sorted({permission.partition(".")[0] for permission in required})
+    warnings: list[str] = []
+    for account in policy.accounts:
+        for role in account.roles:
+            for grant in role.permissions:
+                group, _, action = grant.partition(".")
+                if group == "*" or (action == "*" and group in groups) or grant in required:
+                    continue
+                if action == "*":
+                    close = [f"{g}.*" for g in difflib.get_close_matches(group, groups, 1, 0.8)]
+                else:
+                    close = difflib.get_close_matches(grant, required, 1, 0.8)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                warnings.append(
+                    f"{policy.source}:{role.line}: warning: role {role.name!r} of account "
+                    f"{account.id!r} grants {grant!r}, which no endpoint of "
+                    f"{endpoint_map.source} requires{hint}"
+                )
+    return warnings
 
 
 # -- planning -----------------------------------------------------------------
+
+
+async def _principal_folding_to(store: Store, principal_id: str) -> Principal | None:
+    """A stored principal whose id equals ``principal_id`` ignoring case, in any account.
+    Asked only for principals the file adds, so a scan is affordable."""
+    folded = principal_id.lower()
+    for account in await store.list_accounts():
+        for principal in await store.list_principals(account):
+            if principal.id.lower() == folded:
+                return principal
+    return None
+
 
 Run = Callable[[ModelService, Actor], Awaitable[object]]
 
@@ -593,6 +660,16 @@ async def _plan_account(
         current_principal = stored_principals.get(principal.id)
         if current_principal is None:
             other = await store.get_principal(principal.id)
+            twin = None if other is not None else await _principal_folding_to(store, principal.id)
+            if twin is not None:
+                problems.append(
+                    (
+                        principal.line,
+                        f"principal id {principal.id!r} differs only in case from {twin.id!r} "
+                        f"of account {twin.account!r}: ids are unique regardless of case",
+                    )
+                )
+                continue
             if other is not None:
                 problems.append(
                     (

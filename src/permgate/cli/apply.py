@@ -5,6 +5,8 @@ anything is written; then every change is made in one transaction, so a refused
 change leaves the store as it was. Prints one line per change (``+ tenant
 acme-prod``, ``~ role sales-agent permissions``, ``- principal bob``) or
 ``no changes``; a second apply of the same file always prints ``no changes``.
+Role grants that no endpoint of the configured map can use are warned about on
+stderr (a typo such as ``claim.read`` for ``claims.read``); they do not stop it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ import argparse
 import asyncio
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from permgate.cli._common import add_common_arguments, settings_from_args
+
+if TYPE_CHECKING:
+    from permgate.policy_file import Policy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         return 1
     settings = settings_from_args(args)
+    for warning in _grant_warnings(policy, settings.endpoint_map):
+        print(warning, file=sys.stderr)
     try:
         changes = asyncio.run(_apply(policy, settings, prune=args.prune, dry_run=args.dry_run))
     except PolicyError as exc:
@@ -59,6 +67,24 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             print("(dry run: nothing was changed)")
     return 0
+
+
+def _grant_warnings(policy: Policy, map_path: str) -> list[str]:
+    """Warnings about grants the map at ``map_path`` never requires; one line if unreadable."""
+    from permgate.endpoints import load_map
+    from permgate.errors import MapError
+    from permgate.policy_file import unused_grants
+
+    try:
+        endpoint_map = load_map(map_path)
+    except MapError as exc:
+        first = exc.errors[0] if exc.errors else map_path
+        more = f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else ""
+        return [
+            f"permgate apply: warning: role grants not checked against the endpoint map: "
+            f"{first}{more}"
+        ]
+    return unused_grants(policy, endpoint_map)
 
 
 async def _apply(policy: object, settings: object, *, prune: bool, dry_run: bool) -> list[str]:

@@ -1,13 +1,16 @@
-"""``permgate import-openapi SPEC [-o MAP] [--check MAP]``.
+"""``permgate import-openapi SPEC [-o MAP] [--check MAP] [--tenant-param NAME ...]``.
 
 Generates an endpoint map from an OpenAPI document, or, with ``--check``, lists
-how an existing map has drifted from the spec (exit 1 when it has).
+how an existing map has drifted from the spec (exit 1 when it has). Warnings (a
+spec where no operation has a tenant parameter) go to stderr and do not change
+the exit status.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -15,7 +18,16 @@ from pathlib import Path
 from permgate.cli._common import add_common_arguments
 from permgate.endpoints import load_map
 from permgate.errors import MapError
-from permgate.openapi_import import SpecError, diff_map, generate, operations, read_spec
+from permgate.openapi_import import (
+    TENANT_PARAM,
+    SpecError,
+    diff_map,
+    generate_map,
+    operations,
+    read_spec,
+)
+
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--check",
         metavar="MAP",
         help="compare MAP with SPEC instead of generating; exit 1 on any difference",
+    )
+    parser.add_argument(
+        "--tenant-param",
+        metavar="NAME",
+        action="append",
+        dest="tenant_params",
+        help=(
+            "when generating, the path parameter that carries the tenant (default: "
+            f"{TENANT_PARAM}); repeat it for a spec that uses several names: the first is "
+            "the map's default, and a path with more than one takes the first given"
+        ),
     )
     add_common_arguments(parser, json_output=False, unused="import-openapi reads only its files")
 
@@ -59,12 +82,33 @@ def _check(spec_path: str, map_path: str) -> int:
     return 1
 
 
+def _tenant_params(names: list[str] | None) -> tuple[str, ...] | None:
+    """The ``--tenant-param`` names in order without repeats; None (after saying why) if bad."""
+    if not names:
+        return (TENANT_PARAM,)
+    for name in names:
+        if not _PARAM_NAME.fullmatch(name):
+            print(
+                f"--tenant-param {name!r}: not a path parameter name (letters, digits and "
+                "'_', not starting with a digit, without braces)",
+                file=sys.stderr,
+            )
+            return None
+    return tuple(dict.fromkeys(names))
+
+
 def run(args: argparse.Namespace) -> int:
     """Generate (exit 0), or check (0 in sync, 1 drifted); problems print and exit 1."""
+    tenant_params = _tenant_params(args.tenant_params)
+    if tenant_params is None:
+        return 1
     try:
         if args.check:
             return _check(args.spec, args.check)
-        text, count = generate(args.spec)
+        generated = generate_map(args.spec, tenant_params)
+        for warning in generated.warnings:
+            print(f"{args.spec}: warning: {warning}", file=sys.stderr)
+        text, count = generated.text, generated.count
         if args.output is None:
             sys.stdout.write(text)
         else:
