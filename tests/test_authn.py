@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -94,29 +95,38 @@ async def authn(store: MemStore, verifier: CountingVerifier) -> Authenticator:
 
 
 async def reason_of(authn: Authenticator, header: str | None) -> str:
+    return (await failure_of(authn, header)).reason
+
+
+async def failure_of(authn: Authenticator, header: str | None) -> AuthFailure:
+    """The refusal of ``header``, which must be refused."""
     with pytest.raises(AuthFailure) as failure:
         await authn.authenticate(header)
-    return failure.value.reason
+    return failure.value
 
 
 # -- no credentials ---------------------------------------------------------------------
 
 MISSING = [
-    ("no-header", None),
-    ("empty", ""),
-    ("bearer-alone", "Bearer"),
-    ("bearer-blank", "Bearer    "),
-    ("basic-scheme", "Basic YWxpY2U6c2VjcmV0"),
-    ("other-scheme", "Token abc"),
+    ("no-header", None, "no Authorization header"),
+    ("empty", "", "no Authorization header"),
+    ("bearer-alone", "Bearer", "empty bearer credential"),
+    ("bearer-blank", "Bearer    ", "empty bearer credential"),
+    ("basic-scheme", "Basic YWxpY2U6c2VjcmV0", "scheme 'Basic' is not Bearer"),
+    ("other-scheme", "Token abc", "scheme 'Token' is not Bearer"),
 ]
 
 
-@pytest.mark.parametrize("header", [m[1] for m in MISSING], ids=[m[0] for m in MISSING])
+@pytest.mark.parametrize(
+    ("header", "detail"), [m[1:] for m in MISSING], ids=[m[0] for m in MISSING]
+)
 async def test_no_bearer_credential_is_missing_credentials(
-    authn: Authenticator, header: str | None
+    authn: Authenticator, header: str | None, detail: str
 ) -> None:
-    """No bearer credential at all (another scheme included) is missing_credentials."""
-    assert await reason_of(authn, header) == "missing_credentials"
+    """No bearer credential at all (another scheme included) is missing_credentials,
+    and the detail says which: no header, an empty one, or another scheme."""
+    failure = await failure_of(authn, header)
+    assert (failure.reason, failure.detail) == ("missing_credentials", detail)
 
 
 @pytest.mark.parametrize("reason", AUTH_FAILURE_REASONS, ids=AUTH_FAILURE_REASONS)
@@ -149,26 +159,92 @@ async def test_scheme_is_case_insensitive(authn: Authenticator) -> None:
     assert identity.principal.id == "alice"
 
 
-TOKEN_FAILURES: list[tuple[str, Callable[[], str], str]] = [
-    ("malformed", lambda: PREFIX + "not-a-token", "invalid_token"),
-    ("unknown-id", lambda: new_secret(PREFIX, "9999999999999999"), "invalid_token"),
-    ("wrong-secret", lambda: new_secret(PREFIX, "aaaaaaaaaaaaaaaa"), "invalid_token"),
-    ("trailing-junk", lambda: SECRETS["aaaaaaaaaaaaaaaa"] + " x", "invalid_token"),
-    ("revoked", lambda: SECRETS["bbbbbbbbbbbbbbbb"], "revoked_token"),
-    ("expired", lambda: SECRETS["cccccccccccccccc"], "expired_token"),
-    ("expired-naive-utc", lambda: SECRETS["dddddddddddddddd"], "expired_token"),
-    ("owner-unknown", lambda: SECRETS["eeeeeeeeeeeeeeee"], "unknown_principal"),
-    ("owner-disabled", lambda: SECRETS["ffffffffffffffff"], "disabled_principal"),
-    ("owner-other-account", lambda: SECRETS["1111111111111111"], "unknown_principal"),
+MALFORMED = "malformed auth token: 'pgt_' is not followed by a token id, '_' and the random part"
+TOKEN_FAILURES: list[tuple[str, Callable[[], str], str, str]] = [
+    ("malformed", lambda: PREFIX + "not-a-token", "invalid_token", MALFORMED),
+    (
+        "unknown-id",
+        lambda: new_secret(PREFIX, "9999999999999999"),
+        "invalid_token",
+        "unknown token id 9999999999999999",
+    ),
+    (
+        "wrong-secret",
+        lambda: new_secret(PREFIX, "aaaaaaaaaaaaaaaa"),
+        "invalid_token",
+        "secret mismatch for token aaaaaaaaaaaaaaaa",
+    ),
+    ("trailing-junk", lambda: SECRETS["aaaaaaaaaaaaaaaa"] + " x", "invalid_token", MALFORMED),
+    (
+        "revoked",
+        lambda: SECRETS["bbbbbbbbbbbbbbbb"],
+        "revoked_token",
+        "token bbbbbbbbbbbbbbbb is revoked",
+    ),
+    (
+        "expired",
+        lambda: SECRETS["cccccccccccccccc"],
+        "expired_token",
+        "token cccccccccccccccc has expired",
+    ),
+    (
+        "expired-naive-utc",
+        lambda: SECRETS["dddddddddddddddd"],
+        "expired_token",
+        "token dddddddddddddddd has expired",
+    ),
+    (
+        "owner-unknown",
+        lambda: SECRETS["eeeeeeeeeeeeeeee"],
+        "unknown_principal",
+        "owner of token eeeeeeeeeeeeeeee not found",
+    ),
+    (
+        "owner-disabled",
+        lambda: SECRETS["ffffffffffffffff"],
+        "disabled_principal",
+        "owner dora of token ffffffffffffffff is disabled",
+    ),
+    (
+        "owner-other-account",
+        lambda: SECRETS["1111111111111111"],
+        "unknown_principal",
+        "owner of token 1111111111111111 not found",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("secret", "reason"), [f[1:] for f in TOKEN_FAILURES], ids=[f[0] for f in TOKEN_FAILURES]
+    ("secret", "reason", "detail"),
+    [f[1:] for f in TOKEN_FAILURES],
+    ids=[f[0] for f in TOKEN_FAILURES],
 )
-async def test_token_failures(authn: Authenticator, secret: Callable[[], str], reason: str) -> None:
-    """Each way an auth token can be unusable has its own reason."""
-    assert await reason_of(authn, bearer(secret())) == reason
+async def test_token_failures(
+    authn: Authenticator, secret: Callable[[], str], reason: str, detail: str
+) -> None:
+    """Each way an auth token can be unusable has its own reason, and a detail that
+    names the token by its id only."""
+    credential = secret()
+    failure = await failure_of(authn, bearer(credential))
+    assert (failure.reason, failure.detail) == (reason, detail)
+    assert credential not in str(failure)
+
+
+async def test_refusal_is_logged_at_debug(
+    authn: Authenticator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every refusal is one DEBUG record of permgate.authn: the reason and the detail."""
+    caplog.set_level(logging.DEBUG, logger="permgate.authn")
+    secret = SECRETS["bbbbbbbbbbbbbbbb"]
+    await failure_of(authn, bearer(secret))
+    records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert records == [
+        (
+            "permgate.authn",
+            logging.DEBUG,
+            "credential refused: revoked_token: token bbbbbbbbbbbbbbbb is revoked",
+        )
+    ]
 
 
 async def test_owner_disabled_after_first_use_is_refused(
@@ -214,27 +290,55 @@ async def test_principal_claim_is_configurable(store: MemStore) -> None:
     assert identity.principal.id == "alice"
 
 
-JWT_FAILURES: list[tuple[str, Callable[[], str], str]] = [
-    ("not-a-jwt", lambda: "hello", "invalid_token"),
-    ("no-principal-claim", lambda: make_jwt(sub=None), "invalid_token"),
-    ("expired", lambda: make_jwt(exp=int(time.time()) - 3600), "expired_token"),
-    ("unknown-principal", lambda: make_jwt(sub="ghost"), "unknown_principal"),
-    ("disabled-principal", lambda: make_jwt(sub="dora"), "disabled_principal"),
+JWT_FAILURES: list[tuple[str, Callable[[], str], str, str]] = [
+    ("not-a-jwt", lambda: "hello", "invalid_token", "malformed JWT: Not enough segments"),
+    ("no-principal-claim", lambda: make_jwt(sub=None), "invalid_token", "no 'sub' claim"),
+    (
+        "expired",
+        lambda: make_jwt(exp=int(time.time()) - 3600),
+        "expired_token",
+        "expired: exp has passed (leeway 30.0s)",
+    ),
+    (
+        "unknown-principal",
+        lambda: make_jwt(sub="ghost"),
+        "unknown_principal",
+        "principal 'ghost' not found",
+    ),
+    (
+        "disabled-principal",
+        lambda: make_jwt(sub="dora"),
+        "disabled_principal",
+        "principal dora is disabled",
+    ),
     (
         "issued-before-logout",
         lambda: make_jwt(sub="lou", iat=int(NOW.timestamp()) - 60),
         "session_revoked",
+        "session of lou was revoked",
     ),
-    ("no-iat-after-logout", lambda: make_jwt(sub="lou", iat=None), "session_revoked"),
+    (
+        "no-iat-after-logout",
+        lambda: make_jwt(sub="lou", iat=None),
+        "session_revoked",
+        "session of lou was revoked",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("token", "reason"), [f[1:] for f in JWT_FAILURES], ids=[f[0] for f in JWT_FAILURES]
+    ("token", "reason", "detail"),
+    [f[1:] for f in JWT_FAILURES],
+    ids=[f[0] for f in JWT_FAILURES],
 )
-async def test_jwt_failures(authn: Authenticator, token: Callable[[], str], reason: str) -> None:
-    """Each way a JWT can be unusable has its own reason."""
-    assert await reason_of(authn, bearer(token())) == reason
+async def test_jwt_failures(
+    authn: Authenticator, token: Callable[[], str], reason: str, detail: str
+) -> None:
+    """Each way a JWT can be unusable has its own reason and a detail without the JWT."""
+    credential = token()
+    failure = await failure_of(authn, bearer(credential))
+    assert (failure.reason, failure.detail) == (reason, detail)
+    assert credential not in str(failure)
 
 
 async def test_jwt_issued_after_logout_is_accepted(authn: Authenticator) -> None:

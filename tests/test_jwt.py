@@ -145,9 +145,14 @@ async def verifier(settings: JwtSettings, clock: Clock) -> AsyncIterator[JwtVeri
 
 
 async def reason_of(verifier: JwtVerifier, token: str) -> str:
+    return (await failure_of(verifier, token)).reason
+
+
+async def failure_of(verifier: JwtVerifier, token: str) -> AuthFailure:
+    """The refusal of ``token``, which must be refused."""
     with pytest.raises(AuthFailure) as failure:
         await verifier.verify(token)
-    return failure.value.reason
+    return failure.value
 
 
 VALID = [
@@ -196,25 +201,47 @@ def _future() -> int:
     return int(time.time()) + 600
 
 
-INVALID_CLAIMS: list[tuple[str, dict[str, Any]]] = [
-    ("nbf-in-future", {"nbf": _future()}),
-    ("iat-in-future", {"iat": _future(), "exp": _future() + 60}),
-    ("wrong-iss", {"iss": "https://evil.test/"}),
-    ("missing-iss", {"iss": None}),
-    ("wrong-aud", {"aud": "other-api"}),
-    ("missing-aud", {"aud": None}),
-    ("missing-exp", {"exp": None}),
+# (id, claims to override, the refusal's detail)
+INVALID_CLAIMS: list[tuple[str, dict[str, Any], str]] = [
+    ("nbf-in-future", {"nbf": _future()}, "not yet valid: nbf is in the future (leeway 30.0s)"),
+    (
+        "iat-in-future",
+        {"iat": _future(), "exp": _future() + 60},
+        "not yet valid: iat is in the future (leeway 30.0s)",
+    ),
+    (
+        "wrong-iss",
+        {"iss": "https://evil.test/"},
+        f"wrong issuer: iss is 'https://evil.test/', expected '{ISSUER}'",
+    ),
+    ("missing-iss", {"iss": None}, "missing claim 'iss'"),
+    (
+        "wrong-aud",
+        {"aud": "other-api"},
+        f"wrong audience: aud is 'other-api', expected '{AUDIENCE}'",
+    ),
+    ("missing-aud", {"aud": None}, "missing claim 'aud'"),
+    ("missing-exp", {"exp": None}, "missing claim 'exp'"),
+    (
+        "long-aud-is-cut",
+        {"aud": "x" * 500},
+        f"wrong audience: aud is '{'x' * 60}..., expected '{AUDIENCE}'",
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    "overrides", [c[1] for c in INVALID_CLAIMS], ids=[c[0] for c in INVALID_CLAIMS]
+    ("overrides", "detail"),
+    [c[1:] for c in INVALID_CLAIMS],
+    ids=[c[0] for c in INVALID_CLAIMS],
 )
 async def test_bad_claims_are_invalid_token(
-    verifier: JwtVerifier, overrides: dict[str, Any]
+    verifier: JwtVerifier, overrides: dict[str, Any], detail: str
 ) -> None:
-    """nbf, iat, iss, aud and a required exp are all enforced."""
-    assert await reason_of(verifier, sign(RSA_KEY, **overrides)) == "invalid_token"
+    """nbf, iat, iss, aud and a required exp are all enforced; the detail says which
+    check failed and quotes a token's own value only cut short."""
+    failure = await failure_of(verifier, sign(RSA_KEY, **overrides))
+    assert (failure.reason, failure.detail) == ("invalid_token", detail)
 
 
 async def test_audience_not_checked_when_not_configured(
@@ -228,19 +255,43 @@ async def test_audience_not_checked_when_not_configured(
         await verifier.close()
 
 
-FORGED = [
-    ("alg-none", lambda: handmade({"alg": "none", "typ": "JWT"}, None)),
-    ("alg-None-case", lambda: handmade({"alg": "None", "typ": "JWT"}, None)),
+NOT_ALLOWED = "is not allowed (allowed: ES256, RS256)"
+# (id, the token, the start of the refusal's detail)
+FORGED: list[tuple[str, Callable[[], str], str]] = [
+    (
+        "alg-none",
+        lambda: handmade({"alg": "none", "typ": "JWT"}, None),
+        f"algorithm 'none' {NOT_ALLOWED}",
+    ),
+    ("alg-None-case", lambda: handmade({"alg": "None", "typ": "JWT"}, None), "algorithm 'None'"),
     (
         "hs256-with-public-key",
         lambda: handmade({"alg": "HS256", "kid": "rsa-1"}, public_pem(RSA_KEY).encode()),
+        f"algorithm 'HS256' {NOT_ALLOWED}",
     ),
-    ("other-key-same-kid", lambda: sign(RSA_KEY_2, kid="rsa-1")),
-    ("es256-naming-rsa-kid", lambda: sign(EC_KEY, "ES256", kid="rsa-1")),
-    ("rs384-not-allowed", lambda: sign(RSA_KEY, "RS384")),
-    ("garbage", lambda: "not.a.jwt"),
-    ("two-parts", lambda: "abc.def"),
-    ("tampered-payload", lambda: _tamper(sign(RSA_KEY))),
+    (
+        "other-key-same-kid",
+        lambda: sign(RSA_KEY_2, kid="rsa-1"),
+        "bad signature: no RS256 key with kid 'rsa-1' verifies it",
+    ),
+    (
+        "es256-naming-rsa-kid",
+        lambda: sign(EC_KEY, "ES256", kid="rsa-1"),
+        "unknown key id 'rsa-1' (no ES256 key has it)",
+    ),
+    ("rs384-not-allowed", lambda: sign(RSA_KEY, "RS384"), f"algorithm 'RS384' {NOT_ALLOWED}"),
+    ("garbage", lambda: "not.a.jwt", "malformed JWT: "),
+    ("two-parts", lambda: "abc.def", "malformed JWT: Not enough segments"),
+    (
+        "tampered-payload",
+        lambda: _tamper(sign(RSA_KEY)),
+        "bad signature: no RS256 key with kid 'rsa-1' verifies it",
+    ),
+    (
+        "kid-not-a-string",
+        lambda: handmade({"alg": "RS256", "kid": 7}, None),
+        "malformed JWT: Key ID header parameter must be a string",
+    ),
 ]
 
 
@@ -249,10 +300,18 @@ def _tamper(token: str) -> str:
     return f"{header}.{b64(json.dumps(claims(sub='root')).encode())}.{signature}"
 
 
-@pytest.mark.parametrize("make", [f[1] for f in FORGED], ids=[f[0] for f in FORGED])
-async def test_forged_tokens_are_invalid(verifier: JwtVerifier, make: Callable[[], str]) -> None:
-    """Unsigned, key-confused, wrongly signed or malformed tokens never pass."""
-    assert await reason_of(verifier, make()) == "invalid_token"
+@pytest.mark.parametrize(("make", "detail"), [f[1:] for f in FORGED], ids=[f[0] for f in FORGED])
+async def test_forged_tokens_are_invalid(
+    verifier: JwtVerifier, make: Callable[[], str], detail: str
+) -> None:
+    """Unsigned, key-confused, wrongly signed or malformed tokens never pass; the detail
+    tells an algorithm refused, a bad signature, an unknown kid and a malformed token
+    apart, and never contains the token."""
+    token = make()
+    failure = await failure_of(verifier, token)
+    assert failure.reason == "invalid_token"
+    assert failure.detail.startswith(detail), failure.detail
+    assert token not in failure.detail
 
 
 async def test_oct_keys_in_jwks_are_ignored(verifier: JwtVerifier, idp: Idp, clock: Clock) -> None:
@@ -302,7 +361,9 @@ async def test_idp_down_at_start_recovers(settings: JwtSettings, idp: Idp, clock
     verifier = JwtVerifier(settings, clock=clock)
     try:
         await verifier.start()
-        assert await reason_of(verifier, sign(RSA_KEY)) == "invalid_token"
+        failure = await failure_of(verifier, sign(RSA_KEY))
+        assert failure.reason == "invalid_token"
+        assert failure.detail == "no keys yet: the JWKS has not been fetched"
         idp.status = 200
         clock.now += 1.1
         assert (await verifier.verify(sign(RSA_KEY)))["sub"] == "alice"

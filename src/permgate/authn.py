@@ -7,12 +7,17 @@ is compared in constant time. Any other bearer value is a JWT, checked by a
 hot path verifies no signature twice. The principal checks (exists, enabled, session
 not revoked) run on every call, against memory.
 
-Every refusal is an :class:`AuthFailure` with one reason from a closed set.
+Every refusal is an :class:`AuthFailure` with one reason from a closed set, and a
+``detail`` saying which check failed (unknown token id, secret mismatch, expired,
+revoked, owner disabled, session revoked, ...). The detail goes to the audit event
+and to the ``permgate.authn`` debug log; the client sees only the reason. A detail
+names a token by its id and never contains the credential.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,6 +55,8 @@ AUTH_FAILURE_REASONS: Final[tuple[AuthFailureReason, ...]] = (
     "unknown_principal",
     "disabled_principal",
 )
+
+log = logging.getLogger(__name__)
 
 _CHALLENGE: Final = 'Bearer realm="permgate"'
 _CHALLENGE_INVALID: Final = 'Bearer realm="permgate", error="invalid_token"'
@@ -128,8 +135,15 @@ class Authenticator:
         no bearer credential was presented, and the challenge tells the client which
         scheme to use (RFC 6750 §3.1).
         """
+        try:
+            return await self._authenticate(authorization)
+        except AuthFailure as failure:
+            log.debug("credential refused: %s: %s", failure.reason, failure.detail)
+            raise
+
+    async def _authenticate(self, authorization: str | None) -> Identity:
         if not authorization:
-            raise AuthFailure("missing_credentials")
+            raise AuthFailure("missing_credentials", "no Authorization header")
         scheme, _, credential = authorization.partition(" ")
         if scheme.lower() != "bearer":
             raise AuthFailure("missing_credentials", f"scheme {scheme[:20]!r} is not Bearer")
@@ -145,12 +159,16 @@ class Authenticator:
     async def _auth_token(self, secret: str) -> Identity:
         token_id = token_id_of(self._prefix, secret)
         if token_id is None:
-            raise AuthFailure("invalid_token", "malformed auth token")
+            raise AuthFailure(
+                "invalid_token",
+                f"malformed auth token: {self._prefix!r} is not followed by a token id, '_' "
+                "and the random part",
+            )
         token = await self._cache.token(token_id)
         if token is None:
-            raise AuthFailure("invalid_token", f"unknown token {token_id}")
+            raise AuthFailure("invalid_token", f"unknown token id {token_id}")
         if not secret_matches(secret, token.secret_hash):
-            raise AuthFailure("invalid_token", f"wrong secret for token {token_id}")
+            raise AuthFailure("invalid_token", f"secret mismatch for token {token_id}")
         now = time.time()
         if token.revoked_at is not None:
             raise AuthFailure("revoked_token", f"token {token_id} is revoked")
@@ -161,7 +179,9 @@ class Authenticator:
         if owner is None or owner.account != token.account:
             raise AuthFailure("unknown_principal", f"owner of token {token_id} not found")
         if owner.disabled:
-            raise AuthFailure("disabled_principal", f"principal {owner.id} is disabled")
+            raise AuthFailure(
+                "disabled_principal", f"owner {owner.id} of token {token_id} is disabled"
+            )
         self._uses[token_id] = now
         return Identity(owner, token, None, f"t:{token_id}")
 

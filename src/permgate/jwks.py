@@ -10,7 +10,11 @@ refetched when a token names an unknown ``kid`` (key rotation), at most once per
 ``jwks_min_refresh_seconds`` however many such tokens arrive, so a flood of random
 kids cannot turn the gateway against the IdP. Signatures, ``exp`` (required), ``nbf``
 and ``iat`` (when present), ``iss`` and ``aud`` (when configured) are checked with
-``leeway_seconds``. PyJWT errors become :class:`~permgate.authn.AuthFailure` here.
+``leeway_seconds``. PyJWT errors become :class:`~permgate.authn.AuthFailure` here,
+with a ``detail`` that says which check failed (expired, not yet valid, wrong
+audience or issuer, bad signature, unknown key id, algorithm not allowed,
+malformed) for the audit log. A detail names header fields and claims of the
+token, truncated, and never the token itself.
 """
 
 from __future__ import annotations
@@ -65,6 +69,14 @@ _FIRST_FETCH_RETRY: Final = 1.0
 # Keys are refreshed in the background this long after the last fetch, so a key the
 # IdP withdrew stops being trusted even if no token ever names an unknown kid.
 _MAX_KEYS_AGE: Final = 600.0
+# How much of a token-supplied value (kid, alg, aud, iss) a refusal's detail repeats.
+_SHOWN: Final = 64
+
+
+def _shown(value: object) -> str:
+    """A token-supplied value for a detail: its repr, cut to a bounded length."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,20 +205,34 @@ class JwtVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
-            raise AuthFailure("invalid_token", f"malformed JWT: {exc}") from None
+            raise AuthFailure("invalid_token", f"malformed JWT: {str(exc)[:100]}") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
-            raise AuthFailure("invalid_token", f"algorithm {str(alg)[:20]!r} is not allowed")
+            allowed = ", ".join(sorted(self._algorithms))
+            raise AuthFailure(
+                "invalid_token", f"algorithm {_shown(alg)} is not allowed (allowed: {allowed})"
+            )
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
-            raise AuthFailure("invalid_token", "kid is not a string")
+            raise AuthFailure("invalid_token", "malformed JWT: kid is not a string")
         self._refresh_if_old()
         claims = self._try_keys(token, alg, kid)
         if claims is None and self._wants_refetch(kid) and await self._refresh():
             claims = self._try_keys(token, alg, kid)
         if claims is None:
-            raise AuthFailure("invalid_token", f"no key verifies it (kid {str(kid)[:64]!r})")
+            raise AuthFailure("invalid_token", self._no_key_detail(alg, kid))
         return claims
+
+    def _no_key_detail(self, alg: str, kid: str | None) -> str:
+        """Why no key verified a token: a bad signature, or no key to try at all."""
+        if self._candidates(alg, kid):
+            named = "" if kid is None else f" with kid {_shown(kid)}"
+            return f"bad signature: no {alg} key{named} verifies it"
+        if self.settings.jwks_url and not self._jwks_loaded and not self._static:
+            return "no keys yet: the JWKS has not been fetched"
+        if kid is not None:
+            return f"unknown key id {_shown(kid)} (no {alg} key has it)"
+        return f"no key can verify {alg}"
 
     def _candidates(self, alg: str, kid: str | None) -> list[_Key]:
         # Static PEMs and kid-less JWKs have no kid to match: they are tried for any kid.
@@ -233,11 +259,36 @@ class JwtVerifier:
             except jwt.InvalidSignatureError:
                 continue
             except jwt.ExpiredSignatureError:
-                raise AuthFailure("expired_token", "exp has passed") from None
+                raise AuthFailure(
+                    "expired_token", f"expired: exp has passed (leeway {settings.leeway_seconds}s)"
+                ) from None
             except jwt.PyJWTError as exc:
-                raise AuthFailure("invalid_token", str(exc)) from None
+                raise AuthFailure("invalid_token", self._claim_detail(token, exc)) from None
             return claims
         return None
+
+    def _claim_detail(self, token: str, exc: jwt.PyJWTError) -> str:
+        """Which claim check failed. PyJWT checks claims only after the signature, so
+        the token's own ``aud``/``iss`` may be quoted (cut short), never the token."""
+        settings = self.settings
+        if isinstance(exc, jwt.ImmatureSignatureError):
+            which = "iat" if "(iat)" in str(exc) else "nbf"
+            return f"not yet valid: {which} is in the future (leeway {settings.leeway_seconds}s)"
+        if isinstance(exc, jwt.MissingRequiredClaimError):
+            return f"missing claim {exc.claim!r}"
+        if isinstance(exc, jwt.InvalidAudienceError | jwt.InvalidIssuerError):
+            claim, expected = "aud", settings.audience
+            if isinstance(exc, jwt.InvalidIssuerError):
+                claim, expected = "iss", settings.issuer
+            name = "audience" if claim == "aud" else "issuer"
+            try:
+                got = jwt.decode(token, options={"verify_signature": False}).get(claim)
+            except jwt.PyJWTError:  # pragma: no cover - it decoded a moment ago
+                got = None
+            return f"wrong {name}: {claim} is {_shown(got)}, expected {expected!r}"
+        if isinstance(exc, jwt.DecodeError):
+            return f"malformed JWT: {str(exc)[:100]}"
+        return f"invalid JWT: {str(exc)[:100]}"
 
     # -- JWKS -----------------------------------------------------------------------------
 

@@ -35,7 +35,9 @@ class RequestOutcome:
     endpoint: str = UNROUTED_ENDPOINT
     decision: DecisionLabel = "deny"
     reason: str = ""
-    detail: str = ""  # e.g. why a tenant was out of scope; audit only, never the client
+    # Why: a tenant out of scope, or which credential check failed (expired, unknown
+    # key id, revoked, ...). Audit only, never the client, never the credential itself.
+    detail: str = ""
     cache_hit: bool = False
     principal: Principal | None = None
     token_id: str | None = None

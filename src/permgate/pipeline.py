@@ -202,6 +202,7 @@ class Gateway:
             identity = await self._authn.authenticate(headers.get("Authorization"))
         except AuthFailure as failure:
             outcome.reason = outcome.auth_failure = failure.reason
+            outcome.detail = failure.detail
             return _unauthenticated(failure, outcome.request_id)
         outcome.principal = identity.principal
         outcome.token_id = identity.token.id if identity.token is not None else None

@@ -2,7 +2,9 @@
 
 ``create`` goes through the same rule as the admin API: a token never exceeds its
 owner (every exceeding permission and tenant is named). The secret is printed once;
-only its hash is stored.
+only its hash is stored. ``revoke`` also takes a whole secret (what a user who
+finds a leaked token has in hand): it revokes by the id inside it and never prints
+the secret back, not even in an error.
 """
 
 from __future__ import annotations
@@ -10,10 +12,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
+import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from permgate.cli._common import add_common_arguments, settings_from_args
+from permgate.errors import InvalidInput
+from permgate.token_secrets import TOKEN_ID_LENGTH, token_id_of
+
+_TOKEN_ID: Final = re.compile(rf"[a-z0-9]{{{TOKEN_ID_LENGTH}}}")
+# A longer argument that is not a secret of ours may still be someone's credential.
+_LONGEST_SHOWN: Final = 2 * TOKEN_ID_LENGTH
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,9 +67,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     revoke = sub.add_parser(
         "revoke",
         help="revoke a token",
-        description="Revoke a token; revoking a revoked token again is not an error.",
+        description="Revoke a token; revoking a revoked token again is not an error. "
+        "Given a whole secret, revokes the token it belongs to (by the id inside it) "
+        "without printing the secret.",
     )
-    revoke.add_argument("token_id", metavar="ID", help="the token id (not its secret)")
+    revoke.add_argument(
+        "token_id",
+        metavar="ID",
+        help="the token id, or the whole secret (never printed); '-' reads it from stdin, "
+        "which keeps a secret out of the shell history",
+    )
     add_common_arguments(revoke)
 
 
@@ -95,12 +112,46 @@ def run(args: argparse.Namespace) -> int:
                     f"last_used={row['last_used_at'] or 'never'}"
                 )
         return 0
-    out = asyncio.run(_revoke(settings, args.token_id))
+    given = sys.stdin.readline().strip() if args.token_id == "-" else args.token_id
+    token_id = _revocable_id(given, settings.auth.token_prefix)
+    out = asyncio.run(_revoke(settings, token_id))
     if args.json:
         print(json.dumps(out))
     else:
         print(f"revoked {out['id']}")
     return 0
+
+
+def _revocable_id(given: str, prefix: str) -> str:
+    """The token id ``given`` is or carries; a secret is never repeated back.
+
+    An argument that could be a credential without being a well-formed secret (a
+    truncated one, another prefix, a pasted header or JWT) is refused without being
+    shown; anything else is taken as an id, which "not found" may name.
+    """
+    if _TOKEN_ID.fullmatch(given):
+        return given
+    token_id = token_id_of(prefix, given)
+    if token_id is None:
+        if not _may_be_credential(given, prefix):
+            return given
+        raise InvalidInput(
+            f"the argument ({len(given)} characters, not shown in case it is a credential) "
+            f"is neither a token id ({TOKEN_ID_LENGTH} lower-case letters and digits) nor a "
+            f"token secret starting with {prefix!r}"
+        )
+    print(f"that is a token secret: revoking token {token_id}, the id inside it", file=sys.stderr)
+    return token_id
+
+
+def _may_be_credential(given: str, prefix: str) -> bool:
+    """Whether an argument might carry a secret: never an id, so never worth echoing."""
+    return (
+        prefix in given
+        or "." in given
+        or len(given) > _LONGEST_SHOWN
+        or any(c.isspace() for c in given)
+    )
 
 
 def _iso(value: Any) -> str | None:
