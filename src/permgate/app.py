@@ -14,6 +14,7 @@ import gc
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import IO, Final
@@ -22,14 +23,16 @@ from aiohttp import web
 
 from permgate.admin import create_admin_api
 from permgate.authn import Authenticator
-from permgate.config import Settings, parse_hostport
+from permgate.config import Settings
 from permgate.endpoints import EndpointMap
 from permgate.errors import StoreUnavailable
 from permgate.jwks import JwtVerifier
+from permgate.listeners import BACKLOG, Listeners, bind_listeners
 from permgate.modelcache import ModelCache
 from permgate.observability.audit import AuditLog
 from permgate.observability.metrics import Metrics
 from permgate.observability.reload import MapReloader
+from permgate.observability.upstream_watch import UpstreamWatch
 from permgate.outcome import RequestOutcome
 from permgate.pipeline import Gateway
 from permgate.proxy import SERVER_SETTINGS, Upstream
@@ -39,20 +42,26 @@ from permgate.store import AuditRecord, Store, open_store
 __all__ = ["Runtime", "serve"]
 
 log = logging.getLogger("permgate")
+access_log = logging.getLogger("permgate.access")
 
 TOKEN_USE_FLUSH_SECONDS: Final = 5.0
 SHUTDOWN_TIMEOUT_SECONDS: Final = 20.0
 AUDIT_DRAIN_SECONDS: Final = 8.0  # with the shutdown timeout, under Kubernetes' default 30 s
+CLIENT_GONE_STATUS: Final = 499  # what the pipeline records when no answer was sent
 
 
 class _Observer:
-    """The pipeline's observer: one audit slot per request, metrics, the event."""
+    """The pipeline's observer: one audit slot per request, metrics, the event, the
+    access log line, and what the upstream's fate says about its reachability."""
 
-    __slots__ = ("_audit", "_metrics")
+    __slots__ = ("_audit", "_metrics", "_upstream", "answered", "unanswered")
 
-    def __init__(self, metrics: Metrics, audit: AuditLog) -> None:
+    def __init__(self, metrics: Metrics, audit: AuditLog, upstream: UpstreamWatch) -> None:
         self._metrics = metrics
         self._audit = audit
+        self._upstream = upstream
+        self.answered = 0  # requests that got an answer
+        self.unanswered = 0  # requests that ended without one: client gone, or cut at shutdown
 
     async def admit(self) -> None:
         await self._audit.reserve()
@@ -60,9 +69,42 @@ class _Observer:
     def record(self, outcome: RequestOutcome) -> None:
         self._metrics.observe(outcome)
         self._audit.emit_decision(outcome)
+        self._finished(outcome)
 
     def refused(self, outcome: RequestOutcome) -> None:
         self._metrics.observe(outcome)
+        self._finished(outcome)
+
+    def _finished(self, outcome: RequestOutcome) -> None:
+        if outcome.status == CLIENT_GONE_STATUS:
+            self.unanswered += 1
+        else:
+            self.answered += 1
+        if outcome.upstream_error == "connect":
+            self._upstream.unreachable("a request could not connect")
+        elif outcome.upstream_s is not None:
+            self._upstream.answered()
+        if access_log.isEnabledFor(logging.INFO):
+            _log_access(outcome)
+
+
+def _log_access(outcome: RequestOutcome) -> None:
+    """One line per request, carrying its request id (the audit event's too)."""
+    access_log.info(
+        "%s %s -> %d",
+        outcome.method or "(unreadable request)",
+        outcome.path,
+        outcome.status,
+        extra={
+            "request_id": outcome.request_id,
+            "status": outcome.status,
+            "duration_ms": round(outcome.duration_s * 1000, 3),
+            "client_ip": outcome.client_ip,
+            "endpoint": outcome.endpoint,
+            "decision": outcome.decision,
+            "reason": outcome.reason,
+        },
+    )
 
 
 @dataclass
@@ -79,17 +121,39 @@ class Runtime:
     audit: AuditLog = field(init=False)
     reloader: MapReloader = field(init=False)
     upstream: Upstream = field(init=False)
+    upstream_watch: UpstreamWatch = field(init=False)
+    observer: _Observer = field(init=False)
     gateway: Gateway = field(init=False)
     gateway_listening: bool = False
     _jwt: JwtVerifier | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def start(self) -> None:
-        """Build and start every part; raises a PermgateError on bad config or store."""
+        """Build and start every part; raises a PermgateError on bad config or store,
+        having closed what had started (an open store would keep the process alive)."""
+        try:
+            await self._start_parts()
+        except BaseException:
+            await self._close_started()
+            raise
+
+    async def _close_started(self) -> None:
+        for name in ("reloader", "upstream", "_jwt", "store"):
+            part = getattr(self, name, None)  # None: not built before the failure
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    await part.close()
+        if getattr(self, "audit", None) is not None:
+            await self.audit.close(timeout=AUDIT_DRAIN_SECONDS)
+
+    async def _start_parts(self) -> None:
         settings = self.settings
         self.metrics = Metrics()
         self.audit = AuditLog(settings.audit, metrics=self.metrics, stream=self.audit_stream)
         await self.audit.start()
+        # The store first: a store that cannot be opened is refused before any line
+        # about the map is logged or audited.
+        self.store = await open_store(settings.store)
         self.reloader = MapReloader(
             settings.endpoint_map,
             on_new_map=self._swap_map,
@@ -98,7 +162,6 @@ class Runtime:
             poll_seconds=settings.map_poll_seconds,
         )
         endpoint_map = self.reloader.load_initial()
-        self.store = await open_store(settings.store)
         self.model = ModelCache(
             self.store,
             max_entries=settings.cache.max_entries,
@@ -121,12 +184,14 @@ class Runtime:
             settings.upstream, timeout_seconds=settings.upstream_timeout_seconds
         )
         await self.upstream.start()
+        self.upstream_watch = UpstreamWatch(settings.upstream)
+        self.observer = _Observer(self.metrics, self.audit, self.upstream_watch)
         self.gateway = Gateway(
             endpoint_map=endpoint_map,
             model=self.model,
             authenticator=self.authenticator,
             upstream=self.upstream,
-            observer=_Observer(self.metrics, self.audit),
+            observer=self.observer,
             forward_credential=settings.auth.forward_credential,
             decision_ttl_seconds=settings.cache.decision_ttl_seconds,
             max_entries=settings.cache.max_entries,
@@ -135,7 +200,12 @@ class Runtime:
         self._tasks = [
             asyncio.create_task(self._flush_token_uses(), name="permgate-token-uses"),
             asyncio.create_task(self.model.keepalive(), name="permgate-keepalive"),
+            # Never delays the start: an upstream that starts later is fine, but say so.
+            asyncio.create_task(self._probe_upstream(), name="permgate-upstream-probe"),
         ]
+
+    async def _probe_upstream(self) -> None:
+        await self.upstream_watch.probe()
 
     def _admin_audit(self, record: AuditRecord) -> None:
         """A committed admin API change also goes to the audit stream.
@@ -235,7 +305,7 @@ class Runtime:
 async def serve(
     settings: Settings,
     *,
-    reuse_port: bool = False,
+    listeners: Listeners | None = None,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[Runtime], Awaitable[None] | None] | None = None,
     handle_signals: bool = True,
@@ -243,21 +313,30 @@ async def serve(
 ) -> Runtime:
     """Run both listeners until SIGTERM/SIGINT (or ``stop``), then drain and exit.
 
+    The listening sockets are bound before anything else starts (or come bound from
+    a parent ``serve`` as ``listeners``), so an address in use is refused at once.
     On SIGTERM the listeners stop accepting, in-flight requests finish (up to
-    :data:`SHUTDOWN_TIMEOUT_SECONDS`), queued audit events are written, and only
-    then does the process exit. SIGHUP reloads the endpoint map.
+    :data:`SHUTDOWN_TIMEOUT_SECONDS`), queued audit events are written, one line says
+    how many requests were drained, and only then does the process exit. SIGHUP
+    reloads the endpoint map.
     """
+    listeners = bind_listeners(settings) if listeners is None else listeners
     runtime = Runtime(settings, audit_stream=audit_stream)
-    await runtime.start()
+    try:
+        await runtime.start()
+    except BaseException:
+        listeners.close()
+        raise
     # Everything built so far lives as long as the process: keep it out of the
     # collector's generations, so full collections stay short (p99 under load).
     gc.collect()
     gc.freeze()
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
+    causes: list[str] = []  # the signal that stopped serve, when one did
     if handle_signals:  # embedded callers (tests) own the signals themselves
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, _stop_on_signal, stop, causes, signum.name)
         loop.add_signal_handler(
             signal.SIGHUP,
             lambda: asyncio.ensure_future(runtime.reloader.reload_now("SIGHUP")),
@@ -271,16 +350,18 @@ async def serve(
     await gateway_runner.setup()
     await admin_runner.setup()
     try:
-        host, port = parse_hostport(settings.listen)
-        await web.TCPSite(gateway_runner, host, port, reuse_port=reuse_port).start()
+        for sock in listeners.gateway:
+            await web.SockSite(gateway_runner, sock, backlog=BACKLOG).start()
         runtime.gateway_listening = True
-        admin_host, admin_port = parse_hostport(settings.admin_listen)
-        await web.TCPSite(admin_runner, admin_host, admin_port, reuse_port=reuse_port).start()
+        for sock in listeners.admin:
+            await web.SockSite(admin_runner, sock, backlog=BACKLOG).start()
+        gateway_at, admin_at = _bound(gateway_runner), _bound(admin_runner)
         log.info(  # the bound addresses: a configured port 0 shows the real one
             "permgate serving %s -> %s (admin %s)",
-            _bound(gateway_runner),
+            gateway_at,
             settings.upstream,
-            _bound(admin_runner),
+            admin_at,
+            extra={"listen": gateway_at, "admin_listen": admin_at, "upstream": settings.upstream},
         )
         if on_ready is not None:
             result = on_ready(runtime)
@@ -289,11 +370,47 @@ async def serve(
         await stop.wait()
         return runtime
     finally:
-        runtime.gateway_listening = False
-        # Stop accepting, let in-flight requests finish, then close the parts.
-        await gateway_runner.cleanup()
-        await admin_runner.cleanup()
-        await runtime.stop()
+        cause = causes[0] if causes else "stop requested" if stop.is_set() else "error"
+        await _shut_down(runtime, (gateway_runner, admin_runner), cause)
+        listeners.close()
+
+
+def _stop_on_signal(stop: asyncio.Event, causes: list[str], name: str) -> None:
+    causes.append(name)
+    stop.set()
+
+
+async def _shut_down(runtime: Runtime, runners: tuple[web.BaseRunner, ...], cause: str) -> None:
+    """Stop accepting, let in-flight requests finish, close the parts; say how it went."""
+    runtime.gateway_listening = False
+    observer = runtime.observer
+    answered, unanswered = observer.answered, observer.unanswered
+    log.info(
+        "permgate stopping (%s): no new connections, draining requests in flight (at most %g s)",
+        cause,
+        SHUTDOWN_TIMEOUT_SECONDS,
+        extra={"cause": cause},
+    )
+    started = time.monotonic()
+    for runner in runners:
+        await runner.cleanup()
+    drained, cut_off = observer.answered - answered, observer.unanswered - unanswered
+    await runtime.stop()
+    log.info(
+        "permgate stopped (%s): in-flight requests drained: %d, cut off: %d, in %.1f s; "
+        "requests since start: %d",
+        cause,
+        drained,
+        cut_off,
+        time.monotonic() - started,
+        observer.answered + observer.unanswered,
+        extra={
+            "cause": cause,
+            "drained": drained,
+            "cut_off": cut_off,
+            "requests": observer.answered + observer.unanswered,
+        },
+    )
 
 
 def _bound(runner: web.BaseRunner) -> str:

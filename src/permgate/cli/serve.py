@@ -1,9 +1,12 @@
 """``permgate serve [--workers N]``: the gateway and the admin listener.
 
-With ``--workers N`` the parent starts N worker processes that share the ports
-through SO_REUSEPORT, and Prometheus multiprocess mode so that one scrape of any
-worker sees the sum of all. The parent forwards SIGTERM, SIGINT and SIGHUP to the
-workers and exits when they have drained.
+The listening sockets are bound once, before anything else starts, and never with
+SO_REUSEPORT: a second ``serve`` on an address this one holds is refused, since two
+instances must never silently split the traffic. With ``--workers N`` the parent
+binds, checks the map and the store once (one clear refusal rather than N), and
+starts N worker processes that inherit those very sockets, with Prometheus
+multiprocess mode so that one scrape of any worker sees the sum of all. The parent
+forwards SIGTERM, SIGINT and SIGHUP to the workers and exits when they have drained.
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ from types import FrameType
 
 from permgate.cli._common import add_common_arguments, settings_from_args
 from permgate.config import Settings
+from permgate.listeners import FDS_ENV, Listeners, bind_listeners, describe
+from permgate.observability.logs import configure_logging
 
 # Set in each worker's environment; deliberately outside the PERMGATE_ config namespace.
 WORKER_ENV = "_PERMGATE_WORKER"
+
+log = logging.getLogger("permgate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         metavar="N",
-        help="worker processes sharing the ports with SO_REUSEPORT (default 1)",
+        help="worker processes sharing the listening sockets (default 1)",
     )
 
 
@@ -42,22 +49,20 @@ def run(args: argparse.Namespace) -> int:
         print("permgate serve: --workers must be at least 1", file=sys.stderr)
         return 2
     settings = settings_from_args(args)  # validate in the parent: one clear report
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level, settings.log_format)
     worker = os.environ.get(WORKER_ENV)
     if worker is not None:
-        return _run_one(_per_worker(settings, worker), reuse_port=True)
+        inherited = os.environ.get(FDS_ENV)
+        listeners = Listeners.from_env(inherited) if inherited else None
+        return _run_one(_per_worker(settings, worker), listeners)
     if args.workers == 1:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # The one process is the parent: same preparation as for N workers.
             from permgate.observability.metrics import prepare_multiprocess_dir
 
             prepare_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-        return _run_one(settings, reuse_port=False)
-    return _run_workers(args)
+        return _run_one(settings, None)
+    return _run_workers(args, settings)
 
 
 def _per_worker(settings: Settings, worker: str) -> Settings:
@@ -71,44 +76,84 @@ def _per_worker(settings: Settings, worker: str) -> Settings:
     return replace(settings, audit=replace(settings.audit, sink=f"file:{own}"))
 
 
-def _run_one(settings: Settings, *, reuse_port: bool) -> int:
+def _run_one(settings: Settings, listeners: Listeners | None) -> int:
+    """Serve in this process, on ``listeners`` (a worker's) or on sockets bound here."""
     import asyncio
 
     from permgate.app import install_uvloop, serve
 
     install_uvloop()
-    asyncio.run(serve(settings, reuse_port=reuse_port))
+    asyncio.run(serve(settings, listeners=listeners))
     return 0
 
 
-def _run_workers(args: argparse.Namespace) -> int:
-    """Start N copies of this command as workers and supervise them."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="permgate-metrics-")
-    env = dict(os.environ)
-    from permgate.observability.metrics import prepare_multiprocess_dir
+def _check_map_and_store(settings: Settings) -> None:
+    """What every worker would refuse, refused once by the parent (and the store's
+    schema brought up to date once, not by N workers at the same time)."""
+    import asyncio
 
-    prepare_multiprocess_dir(env["PROMETHEUS_MULTIPROC_DIR"])
-    argv = [sys.executable, "-m", "permgate", "serve", "--workers", str(args.workers)]
-    if args.config:
-        argv += ["--config", args.config]
-    if args.store:
-        argv += ["--store", args.store]
-    workers = [
-        subprocess.Popen(argv, env={**env, WORKER_ENV: str(index)}) for index in range(args.workers)
-    ]
+    from permgate.endpoints import load_map
+    from permgate.store import open_store
+
+    load_map(settings.endpoint_map)
+
+    async def open_and_close() -> None:
+        store = await open_store(settings.store)
+        await store.close()
+
+    asyncio.run(open_and_close())
+
+
+def _run_workers(args: argparse.Namespace, settings: Settings) -> int:
+    """Bind, start N copies of this command on the same sockets, supervise them."""
+    listeners = bind_listeners(settings)
+    workers: list[subprocess.Popen[bytes]] = []
+    received: list[int] = []  # a signal that comes while workers start reaches them too
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
         for worker in workers:
             if worker.poll() is None:
                 worker.send_signal(signum)
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
+    try:
+        _check_map_and_store(settings)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="permgate-metrics-")
+        from permgate.observability.metrics import prepare_multiprocess_dir
+
+        prepare_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        env = {**os.environ, FDS_ENV: listeners.to_env()}
+        argv = [sys.executable, "-m", "permgate", "serve", "--workers", str(args.workers)]
+        if args.config:
+            argv += ["--config", args.config]
+        if args.store:
+            argv += ["--store", args.store]
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, forward)
+        log.info(
+            "permgate serve: %d workers on %s (admin %s)",
+            args.workers,
+            describe(listeners.gateway),
+            describe(listeners.admin),
+            extra={"workers": args.workers},
+        )
+        for index in range(args.workers):
+            worker = subprocess.Popen(
+                argv, env={**env, WORKER_ENV: str(index)}, pass_fds=listeners.fds()
+            )
+            for early in received:
+                worker.send_signal(early)
+            workers.append(worker)
+    finally:
+        # The workers hold the sockets now; when the last of them exits, the
+        # addresses are free (the parent keeping a copy would keep them listening).
+        listeners.close()
     from permgate.observability.metrics import mark_process_dead
 
     codes = []
     for worker in workers:
         codes.append(worker.wait())
         mark_process_dead(worker.pid)
+    log.info("permgate serve: workers exited with %s", ", ".join(map(str, codes)))
     return max((abs(code) for code in codes), default=0)

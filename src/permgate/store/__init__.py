@@ -13,9 +13,10 @@ The backends are imported only when chosen, so SQLite users never load asyncpg.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
-from permgate.errors import ConfigError
+from permgate.errors import ConfigError, StoreUnavailable
 from permgate.store.base import AuditRecord, Change, Store, StoreReader
 from permgate.store.migrations import LATEST
 
@@ -63,6 +64,10 @@ async def open_store(dsn: str, *, schema_target: int = LATEST) -> Store:
     if path is not None:
         if not path or path == ":memory:":
             raise _bad_dsn(dsn, "names no file (an in-memory store cannot be shared)")
+        folder = os.path.dirname(path)
+        if folder and not os.path.isdir(folder):
+            why = f"the folder {folder} does not exist (the file is created, its folder is not)"
+            raise StoreUnavailable(f"store {dsn}: {why}")
         from permgate.store.sqlite import SQLiteStore
 
         return await SQLiteStore.open(dsn, path, schema_target=schema_target)
