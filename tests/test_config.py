@@ -345,6 +345,14 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert f"{path}: auth.jwt.issuer: required" in joined
 
 
+def test_a_section_with_every_key_commented_out_means_its_defaults(tmp_path: Path) -> None:
+    """`cache:` with nothing under it (YAML null) is the cache defaults, not an error."""
+    path = write_config(tmp_path, "cache:\n  # max_entries: 10\naudit:\n")
+    settings = load_settings(path, env={})
+    assert settings.cache == Settings().cache
+    assert settings.audit == Settings().audit
+
+
 def test_unreadable_and_malformed_files_are_refused(tmp_path: Path) -> None:
     """A missing file or broken YAML names the file."""
     with pytest.raises(ConfigError, match="cannot read"):

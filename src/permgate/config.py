@@ -437,6 +437,9 @@ def _read_file(path: Path, sources: _Sources, problems: list[str]) -> None:
     _resolve_paths(loaded, path.absolute().parent)
     origin = _Origin("file", str(path))
     for key, value in loaded.items():
+        schema = _keys(Settings).get(str(key))
+        if value is None and schema is not None and schema.section is not None:
+            value = {}  # `auth:` with every key under it commented out: the defaults
         sources.set([str(key)], value, origin)
 
 
