@@ -880,7 +880,7 @@ async def test_audit_never_contains_a_presented_credential(gw: Gateway) -> None:
         gw.jwt("bob", exp=int(time.time()) - 3600),
         jwt.encode(_claims(sub="bob"), other_key, algorithm="RS256"),
         "not.a.jwt-secretvalue",
-        "eyJhbGciOiJSUzI1NiJ9.garbage-secretvalue.sig",
+        "eyJhbGciOiJSUzI1NiJ9.garbage-secretvalue.sig-secretvalue",
     ]
     for credential in presented:
         await _raw(gw, "GET", "/policy/acme-prod/quotes/Q-1", _bearer(credential))
