@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import pytest
 
@@ -336,3 +337,97 @@ async def test_ping_records_reachability(cache: ModelCache, store: MemStore) -> 
     store.down = False
     await cache.ping()
     assert cache.store_reachable
+
+
+# -- unknown ids: their own bounded memory, tied to the epoch ----------------------------
+
+
+async def test_unknown_ids_never_evict_known_entries(store: MemStore) -> None:
+    """A flood of unknown ids fills the negative LRU, not the one known entries live in."""
+    cache = ModelCache(store, max_entries=4, negative_max_entries=8)
+    await cache.token("t1")
+    for n in range(100):
+        assert await cache.token(f"unknown-{n}") is None
+    store.reads.clear()
+    assert await cache.token("t1") is not None
+    assert store.reads["token"] == 0
+
+
+async def test_any_change_forgets_every_unknown_id(cache: ModelCache, store: MemStore) -> None:
+    """An unknown id is remembered within one epoch: any change makes it be read again."""
+    assert await cache.token("t9") is None
+    store.put_tenant(Tenant("other", "acme"))  # unrelated change: the epoch moves
+    store.reads.clear()
+    assert await cache.token("t9") is None
+    assert store.reads["token"] == 1
+
+
+# -- following a change counter shared by workers ----------------------------------------
+
+
+REVOKED_AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Counter:
+    """A stand-in for the workers' shared counter: a plain value."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+async def test_moved_counter_catches_up_before_answering(
+    cache: ModelCache, store: MemStore
+) -> None:
+    """A lookup after the counter moved waits for the catch-up, which sees the change."""
+    counter = Counter()
+    caught_up: list[int] = []
+    revoked = AuthToken("t1", "alice", "acme", "ci", revoked_at=REVOKED_AT)
+
+    async def catch_up() -> None:
+        store.put_token(revoked)  # what a store's delivery does: hand the change over
+        caught_up.append(counter.value)
+
+    cache.follow(counter, catch_up)
+    assert await cache.token("t1") == AuthToken("t1", "alice", "acme", "ci")
+    counter.value += 1  # another worker committed the revocation
+    assert await cache.token("t1") == revoked
+    assert caught_up == [1]
+    await cache.token("t1")
+    assert caught_up == [1], "no catch-up while the counter stays put"
+
+
+async def test_concurrent_lookups_share_one_catch_up(cache: ModelCache) -> None:
+    """Many lookups that see the counter move wait for a single catch-up."""
+    counter = Counter()
+    calls = 0
+    gate = asyncio.Event()
+
+    async def catch_up() -> None:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+
+    cache.follow(counter, catch_up)
+    counter.value = 3
+    lookups = [asyncio.ensure_future(cache.principal("alice")) for _ in range(10)]
+    await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(*lookups)
+    assert calls == 1
+
+
+async def test_failed_catch_up_refuses_and_retries(cache: ModelCache) -> None:
+    """A catch-up that cannot reach the store fails the lookup closed; the next retries."""
+    counter = Counter()
+    down = True
+
+    async def catch_up() -> None:
+        if down:
+            raise StoreUnavailable("store down")
+
+    cache.follow(counter, catch_up)
+    counter.value = 1
+    with pytest.raises(StoreUnavailable):
+        await cache.principal("alice")
+    down = False
+    assert await cache.principal("alice") is not None

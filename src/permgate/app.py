@@ -23,6 +23,7 @@ from aiohttp import web
 
 from permgate.admin import create_admin_api
 from permgate.authn import Authenticator
+from permgate.changeepoch import ChangeEpoch
 from permgate.config import Settings
 from permgate.endpoints import EndpointMap
 from permgate.errors import StoreUnavailable
@@ -125,6 +126,7 @@ class Runtime:
     observer: _Observer = field(init=False)
     gateway: Gateway = field(init=False)
     gateway_listening: bool = False
+    change_epoch: ChangeEpoch | None = None
     _jwt: JwtVerifier | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -168,6 +170,10 @@ class Runtime:
             outage_grace_seconds=settings.cache.outage_grace_seconds,
         )
         await self.model.attach(self.store)
+        # Workers of one `serve --workers N` share a change counter (see changeepoch).
+        self.change_epoch = ChangeEpoch.from_environment()
+        if self.change_epoch is not None:
+            self.model.follow(self.change_epoch, self.store.deliver_now)
         self.service = ModelService(
             self.store,
             default_enforcement=settings.default_enforcement,
@@ -232,8 +238,14 @@ class Runtime:
             log.warning("could not record token use: %s", exc)
 
     async def deliver_changes(self) -> None:
-        """Apply committed store changes to the local caches now (after an admin write)."""
-        await self.store.deliver_now()
+        """Apply committed store changes to the local caches now (after an admin write),
+        then tell the other workers, which catch up before their next decision: the
+        change binds every worker before the admin API answers."""
+        try:
+            await self.store.deliver_now()
+        finally:
+            if self.change_epoch is not None:
+                self.change_epoch.bump()
 
     async def stop(self) -> None:
         """Stop background work, flush, and close in reverse order of start."""

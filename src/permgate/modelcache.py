@@ -2,9 +2,20 @@
 
 A hit costs a bounded-LRU lookup and no I/O; a miss reads the store once, however
 many requests ask for the same key at the same time (single flight), and fills the
-cache, negative answers included (briefly, so a flood of unknown ids does not hammer
-the store). Change notifications drop exactly what changed and bump :attr:`ModelCache.epoch`,
+cache. Change notifications drop exactly what changed and bump :attr:`ModelCache.epoch`,
 which the decision cache keys on, so no cached decision outlives any change.
+
+Unknown keys: "no such id" is remembered in a bounded LRU of its own (so a flood of
+random ids cannot evict known entries), briefly, and only within the epoch it was
+read in (a token created a moment later works at once). Misses for keys the caller
+picks (token ids, tenant ids) go through a :class:`~permgate.lookuplimit.FairLimiter`:
+a few store reads at once, shared fairly between clients; the excess is refused
+with 503 at once rather than queued on the store.
+
+With ``--workers N``, :meth:`ModelCache.follow` binds the cache to a change counter
+shared by the workers: when it moved, the next lookup first catches up from the
+store's change log, so a change committed through any worker's admin API binds this
+worker before that API answered.
 
 Outages fail closed: a miss while the store is unreachable raises
 :class:`~permgate.errors.StoreUnavailable` (503). Entries already in memory keep
@@ -26,10 +37,11 @@ from typing import Any, Final, Protocol
 from cachetools import LRUCache
 
 from permgate.errors import StoreUnavailable
+from permgate.lookuplimit import LOOKUP_CLIENT, FairLimiter
 from permgate.model import AuthToken, Principal, Role, Tenant
 from permgate.store.base import Change, OnChanges, OnReset, StoreReader
 
-__all__ = ["ModelCache", "Watchable"]
+__all__ = ["ModelCache", "SharedCounter", "Watchable"]
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +59,23 @@ class Watchable(Protocol):
     async def watch(self, on_changes: OnChanges, on_reset: OnReset) -> None: ...
 
 
+class SharedCounter(Protocol):
+    """What :meth:`ModelCache.follow` reads: a count other processes bump."""
+
+    @property
+    def value(self) -> int: ...
+
+
 class _Entry:
-    """A cached answer (``None`` for "does not exist") and when it stops being trusted."""
+    """A cached answer (``None`` for "does not exist"), when it stops being trusted,
+    and (for "does not exist") the epoch it holds in."""
 
-    __slots__ = ("expires", "value")
+    __slots__ = ("epoch", "expires", "value")
 
-    def __init__(self, value: object, expires: float) -> None:
+    def __init__(self, value: object, expires: float, epoch: int = -1) -> None:
         self.value = value
         self.expires = expires
+        self.epoch = epoch
 
 
 class ModelCache:
@@ -65,9 +86,11 @@ class ModelCache:
         max_entries: LRU bound over every kind of entry together.
         ttl_seconds: safety net: an entry is re-read after this long even if no change
             was notified (changes, not this TTL, are what keep the cache correct).
-        negative_ttl_seconds: how long "no such id" is remembered.
+        negative_ttl_seconds: how long "no such id" is remembered (within one epoch).
+        negative_max_entries: LRU bound on remembered "no such id" answers.
         outage_grace_seconds: how long known entries keep serving after the store was
             last known reachable.
+        limiter: bounds and shares out store reads for keys the caller picks.
         clock: monotonic seconds; injectable for tests.
 
     Every method runs on the event loop's thread, change callbacks included.
@@ -80,7 +103,9 @@ class ModelCache:
         max_entries: int = 100_000,
         ttl_seconds: float = 300.0,
         negative_ttl_seconds: float = 5.0,
+        negative_max_entries: int = 10_000,
         outage_grace_seconds: float = 5.0,
+        limiter: FairLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
@@ -90,6 +115,12 @@ class ModelCache:
         self._grace = outage_grace_seconds
         self._clock = clock
         self._entries: LRUCache[_Key, _Entry] = LRUCache(maxsize=max_entries)
+        self._negative: LRUCache[_Key, _Entry] = LRUCache(maxsize=negative_max_entries)
+        self._limiter = limiter if limiter is not None else FairLimiter()
+        self._shared: SharedCounter | None = None
+        self._shared_applied = 0
+        self._catch_up_from_log: Callable[[], Awaitable[None]] | None = None
+        self._catching_up: asyncio.Future[None] | None = None
         # key -> (epoch when the read started, the read); joined only within one epoch.
         self._inflight: dict[_Key, tuple[int, asyncio.Future[Any]]] = {}
         self._probing: asyncio.Future[None] | None = None
@@ -104,7 +135,7 @@ class ModelCache:
     async def tenant(self, tenant_id: str) -> Tenant | None:
         """The tenant, or None when it does not exist."""
         result: Tenant | None = await self._get(
-            ("tenant", tenant_id), lambda: self._store.get_tenant(tenant_id)
+            ("tenant", tenant_id), lambda: self._store.get_tenant(tenant_id), limited=True
         )
         return result
 
@@ -118,7 +149,7 @@ class ModelCache:
     async def token(self, token_id: str) -> AuthToken | None:
         """The token with its secret hash, revoked or not, or None when unknown."""
         result: AuthToken | None = await self._get(
-            ("token", token_id), lambda: self._store.get_token(token_id)
+            ("token", token_id), lambda: self._store.get_token(token_id), limited=True
         )
         return result
 
@@ -134,9 +165,18 @@ class ModelCache:
 
         return read
 
-    async def _get(self, key: _Key, read: Callable[[], Awaitable[Any]]) -> Any:
+    async def _get(
+        self, key: _Key, read: Callable[[], Awaitable[Any]], *, limited: bool = False
+    ) -> Any:
+        shared = self._shared
+        if shared is not None and shared.value != self._shared_applied:
+            await self._catch_up()
         now = self._clock()
         entry = self._entries.get(key)
+        if entry is None:
+            entry = self._negative.get(key)
+            if entry is not None and entry.epoch != self.epoch:
+                entry = None  # "no such id" holds only until the next change
         if entry is not None and entry.expires > now:
             if now - self._last_reachable > self._grace:
                 await self._probe()
@@ -146,8 +186,13 @@ class ModelCache:
             if not self._reachable and now - self._last_failure < _PROBE_INTERVAL:
                 # Down a moment ago: answer 503 now rather than queue reads on a dead store.
                 raise StoreUnavailable("store unreachable")
-            task = asyncio.ensure_future(self._fill(key, read, self.epoch))
-            flight = (self.epoch, task)
+            epoch = self.epoch
+            if limited:
+                fill = self._limiter.run(LOOKUP_CLIENT.get(), lambda: self._fill(key, read, epoch))
+            else:
+                fill = self._fill(key, read, epoch)
+            task = asyncio.ensure_future(fill)
+            flight = (epoch, task)
             self._inflight[key] = flight
             task.add_done_callback(lambda done: self._landed(key, done))
         # shield: one cancelled request must not cancel the read the others wait on.
@@ -162,9 +207,10 @@ class ModelCache:
         self._mark_reachable()
         # A change that arrived during the read may postdate what we read: don't keep it.
         if epoch == self.epoch:
-            negative = value is None or value is _EMPTY_ROLES
-            ttl = self._negative_ttl if negative else self._ttl
-            self._entries[key] = _Entry(value, self._clock() + ttl)
+            if value is None or value is _EMPTY_ROLES:
+                self._negative[key] = _Entry(value, self._clock() + self._negative_ttl, epoch)
+            else:
+                self._entries[key] = _Entry(value, self._clock() + self._ttl)
         return value
 
     def _landed(self, key: _Key, task: asyncio.Future[Any]) -> None:
@@ -173,6 +219,37 @@ class ModelCache:
             del self._inflight[key]
         if not task.cancelled():
             task.exception()  # retrieved: waiters may all have gone away
+
+    # -- workers sharing a change counter ------------------------------------------
+
+    def follow(self, shared: SharedCounter, catch_up: Callable[[], Awaitable[None]]) -> None:
+        """From now on, whenever ``shared`` moved, ``catch_up()`` (deliver the store's
+        committed changes) runs before the next lookup is answered."""
+        self._shared = shared
+        self._shared_applied = shared.value
+        self._catch_up_from_log = catch_up
+
+    async def _catch_up(self) -> None:
+        """One catch-up at a time; every lookup that saw the counter move waits for it.
+        A failure (store unreachable) propagates: the request is refused, not decided
+        on data known to be stale."""
+        if self._catching_up is None:
+            self._catching_up = asyncio.ensure_future(self._catch_up_once())
+            self._catching_up.add_done_callback(self._caught_up)
+        await asyncio.shield(self._catching_up)
+
+    async def _catch_up_once(self) -> None:
+        shared, catch_up = self._shared, self._catch_up_from_log
+        if shared is None or catch_up is None:
+            return
+        seen = shared.value  # read first: a bump after this is caught up next time
+        await catch_up()
+        self._shared_applied = seen
+
+    def _caught_up(self, task: asyncio.Future[None]) -> None:
+        self._catching_up = None
+        if not task.cancelled():
+            task.exception()
 
     # -- store reachability ----------------------------------------------------------
 
@@ -241,12 +318,14 @@ class ModelCache:
             else:  # an account, "all", or a change we cannot place: drop everything.
                 self._entries = LRUCache(maxsize=self._max_entries)
                 break
+        # Every remembered "no such id" is tied to the epoch: none survives this.
         self.epoch += 1
 
     def reset(self) -> None:
         """Drop everything (the watcher may have missed changes) and bump the epoch."""
         self._mark_reachable()
         self._entries = LRUCache(maxsize=self._max_entries)
+        self._negative.clear()
         self.epoch += 1
 
     def __len__(self) -> int:

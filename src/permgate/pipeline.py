@@ -28,6 +28,7 @@ from permgate.authn import Authenticator, AuthFailure, Identity
 from permgate.decision import Decision, Reason, Subject, decide, resolve_tenant_id
 from permgate.endpoints import EndpointMap, Match
 from permgate.errors import PermgateError, StoreUnavailable
+from permgate.lookuplimit import LOOKUP_CLIENT
 from permgate.model import Tenant
 from permgate.modelcache import ModelCache
 from permgate.outcome import UNMAPPED_ENDPOINT, RequestOutcome
@@ -146,6 +147,7 @@ class Gateway:
             self._observer.refused(outcome)
             return _refusal(exc.status_code, exc.error, "audit_overloaded", request_id)
         response: web.StreamResponse | None = None
+        LOOKUP_CLIENT.set(outcome.client_ip or "")  # unknown-key lookups are shared per client
         try:
             response = await self._handle(request, outcome, path, query, raw_target)
         except StoreUnavailable:

@@ -225,7 +225,7 @@ async def test_killed_listener_resets_and_keeps_delivering(pg_dsn: str) -> None:
         try:
             killed = await admin.fetchval(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = $1 AND query LIKE 'LISTEN%'",
+                "WHERE datname = $1 AND application_name = 'permgate-listen'",
                 database,
             )
         finally:

@@ -12,6 +12,7 @@ forwards SIGTERM, SIGINT and SIGHUP to the workers and exits when they have drai
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import signal
@@ -124,6 +125,11 @@ def _run_workers(args: argparse.Namespace, settings: Settings) -> int:
 
         prepare_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         env = {**os.environ, FDS_ENV: listeners.to_env()}
+        # One change counter for every worker: an admin API change binds all before answering.
+        from permgate import changeepoch
+
+        env[changeepoch.ENV] = changeepoch.create_file()
+        atexit.register(changeepoch.remove_file, env[changeepoch.ENV])
         argv = [sys.executable, "-m", "permgate", "serve", "--workers", str(args.workers)]
         if args.config:
             argv += ["--config", args.config]

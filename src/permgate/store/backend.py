@@ -2,8 +2,14 @@
 delivery half of change watching (reading the log since the last seen version).
 
 A backend supplies :meth:`SqlStore._read` and :meth:`SqlStore.write` (transactions
-on its own connections) and the *trigger* of delivery: a poll (SQLite) or a
-notification (PostgreSQL).
+on its own connections), :meth:`SqlStore._side_read` (a read on a connection of its
+own that request-path lookups never use) and the *trigger* of delivery: a poll
+(SQLite) or a notification (PostgreSQL).
+
+Change delivery and pings go through the side connection, so a flood of lookups
+queued on the request-path connections can delay neither a revocation nor /readyz.
+The watcher is supervised: whatever goes wrong in it is logged and it starts again;
+it never stops silently while the store is open.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from permgate.store.base import AuditRecord, Change, OnChanges, OnReset
 from permgate.store.sql import Transaction
 
 log: Final = logging.getLogger("permgate.store")
+# After an unexpected error in the watcher: how long before it starts again.
+RESTART_SECONDS: Final = 0.5
 
 
 class SqlStore(ABC):
@@ -44,6 +52,11 @@ class SqlStore(ABC):
     @abstractmethod
     def write(self) -> AbstractAsyncContextManager[Transaction]:
         """A serialised write transaction; see :meth:`Store.write`."""
+
+    def _side_read(self) -> AbstractAsyncContextManager[Transaction]:
+        """A read on the connection kept for change delivery and pings (by default the
+        ordinary read path)."""
+        return self._read()
 
     @abstractmethod
     async def _watch_loop(self) -> None:
@@ -75,7 +88,8 @@ class SqlStore(ABC):
             return await tx.version()
 
     async def ping(self) -> None:
-        await self.version()
+        async with self._side_read() as tx:
+            await tx.version()
 
     async def account_exists(self, account: str) -> bool:
         async with self._read() as tx:
@@ -136,7 +150,20 @@ class SqlStore(ABC):
         self._on_changes = on_changes
         self._on_reset = on_reset
         self.last_version = await self.version()
-        self._watch_task = asyncio.create_task(self._watch_loop(), name="permgate-store-watch")
+        self._watch_task = asyncio.create_task(self._supervise(), name="permgate-store-watch")
+
+    async def _supervise(self) -> None:
+        """Run the watch loop for as long as the store is open: an unexpected error is
+        logged, every cache is reset (changes may have been missed) and it restarts."""
+        while not self._closed:
+            try:
+                await self._watch_loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("store watch failed; restarting it and resetting every cache")
+                self._reset()
+                await asyncio.sleep(RESTART_SECONDS)
 
     async def deliver_now(self) -> None:
         """Deliver whatever has been committed, now: after a write through its own admin
@@ -152,7 +179,8 @@ class SqlStore(ABC):
             await self._deliver_locked()
 
     async def _deliver_locked(self) -> None:
-        changes = await self.changes_since(self.last_version)
+        async with self._side_read() as tx:
+            changes = await tx.changes_since(self.last_version)
         if not changes:
             return
         if changes[0].version != self.last_version + 1:
@@ -168,10 +196,24 @@ class SqlStore(ABC):
                 log.exception("store change listener failed; resetting it")
                 self._reset()
 
-    async def _resync(self) -> None:
-        """After a possible loss of notifications: jump to now and tell the listener."""
-        self.last_version = await self.version()
-        self._reset()
+    async def _recover(self) -> tuple[int, int]:
+        """After a possible loss of notifications: read the log from where delivery
+        stopped, hand the changes over, then reset every cache anyway (anything not
+        in the log may have changed too). Returns the version delivery resumed from
+        and how many changes it caught up on."""
+        async with self._deliver_lock:
+            since = self.last_version
+            async with self._side_read() as tx:
+                changes = await tx.changes_since(since)
+            if changes:
+                self.last_version = changes[-1].version
+                if self._on_changes is not None and changes[0].version == since + 1:
+                    try:
+                        self._on_changes(changes)
+                    except Exception:
+                        log.exception("store change listener failed")
+            self._reset()
+        return since, len(changes)
 
     def _reset(self) -> None:
         if self._on_reset is None:
@@ -182,11 +224,15 @@ class SqlStore(ABC):
             log.exception("store reset listener failed")
 
     async def _deliver_quietly(self) -> bool:
-        """:meth:`_deliver`, reporting (not raising) an unreachable store."""
+        """:meth:`_deliver`, reporting (not raising) an unreachable store; any other
+        error is logged with its traceback, never swallowed silently."""
         try:
             await self._deliver()
         except StoreUnavailable as exc:
             log.warning("store watch: %s", exc)
+            return False
+        except Exception:
+            log.exception("store watch: reading the change log failed")
             return False
         return True
 

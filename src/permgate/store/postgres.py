@@ -4,12 +4,19 @@ Every write transaction first takes one transaction-level advisory lock, so writ
 are serialised across every sidecar and ``permgate`` command sharing the database:
 the change log's versions are then gap-free and in commit order, and a check made
 inside the transaction (is this role assigned?) still holds at commit. The same
-transaction calls ``pg_notify``; a watcher holds a dedicated LISTEN connection,
-reads the log since its last version on each notification (and at least once a
-second as a fallback), and after losing that connection reconnects with backoff
-and calls ``on_reset`` because notifications may have been missed. While it cannot
-listen it keeps reading the log through the pool once a second, and it tries to listen
-again as soon as a read through the pool succeeds (the store is back).
+transaction calls ``pg_notify``.
+
+A watcher holds a dedicated connection: it LISTENs on it, and change-log reads for
+delivery and pings run on it too (never queued behind request-path lookups in the
+pool). It reads the log since its last version on each notification and, as a
+safety net against a notification that never arrives, at least once a second. When
+that connection is lost (the server terminated it, a failover, a pooler restart) the
+asyncpg termination listener wakes the watcher at once: it logs the loss, connects
+and listens again with backoff, catches up on the log from where it stopped, resets
+every cache, and logs the recovery. While it cannot listen it keeps reading the log
+through the pool once a second, and it tries to listen again as soon as a read
+through the pool succeeds (the store is back). A pool connection that failed at the
+protocol level is discarded, not handed out again.
 """
 
 from __future__ import annotations
@@ -37,13 +44,18 @@ MAX_BACKOFF: Final = 5.0
 # Names the LISTEN connection in pg_stat_activity, so an operator (or a test) can find it.
 LISTEN_APPLICATION_NAME: Final = "permgate-listen"
 
-# What "the server cannot be reached or went away" looks like from asyncpg.
+# A check of the LISTEN connection that takes longer than this means it is dead.
+SIDE_READ_TIMEOUT: Final = 5.0
+
+# What "the server cannot be reached or went away" looks like from asyncpg; an
+# internal client error is what a connection killed mid-protocol can raise.
 _CONNECTION_ERRORS: Final = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -81,6 +93,9 @@ class PostgresStore(SqlStore):
         # Set whenever the pool reaches the server: a watcher waiting to listen again
         # retries at once instead of at the end of its backoff.
         self._answered = asyncio.Event()
+        # The watcher's LISTEN connection while it is up; its queries are serialised.
+        self._listen: asyncpg.Connection | None = None
+        self._listen_lock = asyncio.Lock()
 
     @classmethod
     async def open(
@@ -121,26 +136,52 @@ class PostgresStore(SqlStore):
     async def _read(self) -> AsyncIterator[Transaction]:
         pool = self._require_pool()
         try:
-            async with (
-                pool.acquire(timeout=CONNECT_TIMEOUT) as conn,
-                conn.transaction(isolation="repeatable_read", readonly=True),
-            ):
-                self._answered.set()
-                yield Transaction(_Conn(conn), writable=False)
+            async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+                try:
+                    async with conn.transaction(isolation="repeatable_read", readonly=True):
+                        self._answered.set()
+                        yield Transaction(_Conn(conn), writable=False)
+                except _CONNECTION_ERRORS:
+                    _discard(conn)
+                    raise
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise self._translate(exc) from exc
+
+    @asynccontextmanager
+    async def _side_read(self) -> AsyncIterator[Transaction]:
+        conn = self._listen
+        if conn is None or conn.is_closed():
+            async with self._read() as tx:
+                yield tx
+            return
+        async with self._listen_lock:
+            try:
+                async with asyncio.timeout(SIDE_READ_TIMEOUT):
+                    async with conn.transaction(isolation="repeatable_read", readonly=True):
+                        yield Transaction(_Conn(conn), writable=False)
+            except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+                if isinstance(exc, _CONNECTION_ERRORS):
+                    conn.terminate()  # the watcher notices and listens again
+                raise self._translate(exc) from exc
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Transaction]:
         pool = self._require_pool()
         try:
-            async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-                tx = Transaction(_Conn(conn), writable=True)
-                yield tx
-                version = await tx.flush_changes(time.time())
-                if version is not None:
-                    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(version))
+            async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+                try:
+                    async with conn.transaction():
+                        await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                        tx = Transaction(_Conn(conn), writable=True)
+                        yield tx
+                        version = await tx.flush_changes(time.time())
+                        if version is not None:
+                            await conn.execute(
+                                "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(version)
+                            )
+                except _CONNECTION_ERRORS:
+                    _discard(conn)
+                    raise
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise self._translate(exc) from exc
 
@@ -150,60 +191,83 @@ class PostgresStore(SqlStore):
         # the model's write lock.
         pool = self._require_pool()
         try:
-            async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn, conn.transaction():
-                yield Transaction(_Conn(conn), writable=True)
+            async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+                try:
+                    async with conn.transaction():
+                        yield Transaction(_Conn(conn), writable=True)
+                except _CONNECTION_ERRORS:
+                    _discard(conn)
+                    raise
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
             raise self._translate(exc) from exc
 
     async def _watch_loop(self) -> None:
-        wake = asyncio.Event()
         backoff = 0.1
         connected_before = False
         while True:
-            conn: asyncpg.Connection | None = None
-            lost = asyncio.Event()
-
-            def on_lost(_conn: object, lost: asyncio.Event = lost) -> None:
-                lost.set()
-                wake.set()
-
+            wake = asyncio.Event()
             try:
-                conn = await asyncpg.connect(
-                    self.dsn,
-                    timeout=CONNECT_TIMEOUT,
-                    server_settings={"application_name": LISTEN_APPLICATION_NAME},
-                )
-                conn.add_termination_listener(on_lost)
-                await conn.add_listener(NOTIFY_CHANNEL, lambda *_: wake.set())
-                if connected_before:
-                    # Notifications sent while we were away are gone: start over.
-                    await self._resync()
-                else:
-                    await self._deliver()  # anything committed while we connected
+                conn = await self._listen_again(wake, recovering=connected_before)
             except (*_CONNECTION_ERRORS, asyncpg.PostgresError, StoreUnavailable) as exc:
                 log.warning("store watch: cannot listen on %s: %s", self.where, exc)
-                if conn is not None:
-                    conn.terminate()
                 await self._until_retry(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
-            except BaseException:
-                # Cancelled (the store is closing) between connect and listening: the
-                # connection must not be left for the garbage collector to find open.
-                if conn is not None:
-                    conn.terminate()
-                raise
             connected_before = True
             backoff = 0.1
             try:
-                while not lost.is_set() and not conn.is_closed():
+                while not conn.is_closed():
                     with suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), POLL_SECONDS)
                     wake.clear()
+                    if conn.is_closed():
+                        break
+                    # On a notification, and once a second whatever happened: the
+                    # safety net for a notification that never arrived.
                     await self._deliver_quietly()
-                log.warning("store watch: lost the LISTEN connection to %s", self.where)
+                log.warning(
+                    "store watch: lost the LISTEN connection to %s at change %d; listening again",
+                    self.where,
+                    self.last_version,
+                )
             finally:
+                self._listen = None
                 conn.terminate()
+
+    async def _listen_again(self, wake: asyncio.Event, *, recovering: bool) -> asyncpg.Connection:
+        """Connect, LISTEN, and deliver what was committed meanwhile; after a loss, catch
+        up from where delivery stopped and reset every cache (notifications were
+        missed), and log the recovery."""
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await asyncpg.connect(
+                self.dsn,
+                timeout=CONNECT_TIMEOUT,
+                server_settings={"application_name": LISTEN_APPLICATION_NAME},
+            )
+            # Wakes the watcher the moment the server or the network drops the connection.
+            conn.add_termination_listener(lambda _conn: wake.set())
+            await conn.add_listener(NOTIFY_CHANNEL, lambda *_: wake.set())
+            self._listen = conn
+            if recovering:
+                since, caught_up = await self._recover()
+                log.warning(
+                    "store watch: listening on %s again; caught up on %d change(s) "
+                    "after change %d and reset every cache",
+                    self.where,
+                    caught_up,
+                    since,
+                )
+            else:
+                await self._deliver()  # anything committed while we connected
+        except BaseException:
+            # Failed, or cancelled (the store is closing) between connect and listening:
+            # the connection must not be left for the garbage collector to find open.
+            self._listen = None
+            if conn is not None:
+                conn.terminate()
+            raise
+        return conn
 
     async def _until_retry(self, backoff: float) -> None:
         """Wait up to ``backoff`` before listening again. Meanwhile deliver from the log
@@ -233,6 +297,9 @@ class PostgresStore(SqlStore):
                 return
 
     async def _close_connections(self) -> None:
+        listen, self._listen = self._listen, None
+        if listen is not None:
+            listen.terminate()
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -240,3 +307,10 @@ class PostgresStore(SqlStore):
             await asyncio.wait_for(pool.close(), 5)
         except (TimeoutError, *_CONNECTION_ERRORS):
             pool.terminate()
+
+
+def _discard(conn: Any) -> None:
+    """Close a pool connection that failed mid-protocol, so the pool opens a fresh one
+    instead of handing the broken one out again."""
+    with suppress(Exception):
+        conn.terminate()

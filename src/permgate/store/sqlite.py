@@ -1,10 +1,12 @@
 """The embedded store: one SQLite file in WAL mode, no server.
 
-Two connections per store object: one for reads (each read in a short deferred
-transaction, so a principal and its roles come from one snapshot) and one for
-writes (``BEGIN IMMEDIATE``: one writer at a time, across processes too, waiting up
-to the busy timeout). Other processes' changes are noticed by polling the change
-log's newest version, a single indexed read, every 200 ms.
+Three connections per store object: one for reads (each read in a short deferred
+transaction, so a principal and its roles come from one snapshot), one for writes
+(``BEGIN IMMEDIATE``: one writer at a time, across processes too, waiting up to the
+busy timeout), and a side connection for change delivery and pings, so neither waits
+behind request-path lookups queued on the reader. Other processes' changes are
+noticed by polling the change log since the last seen version, a single indexed
+read, every 200 ms.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from functools import lru_cache
 from typing import Any, Final
 
@@ -59,7 +61,9 @@ class SQLiteStore(SqlStore):
         self.path = path
         self._reader: aiosqlite.Connection | None = None
         self._writer: aiosqlite.Connection | None = None
+        self._side: aiosqlite.Connection | None = None
         self._read_lock = asyncio.Lock()
+        self._side_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
 
     @classmethod
@@ -85,6 +89,7 @@ class SQLiteStore(SqlStore):
                         await store._writer.execute("ROLLBACK")
                     raise
             store._reader = await store._connect()
+            store._side = await store._connect()
         except sqlite3.Error as exc:
             await store._close_connections()
             raise store._unavailable(exc) from exc
@@ -113,10 +118,18 @@ class SQLiteStore(SqlStore):
             return Conflict(f"the change conflicts with the store's current state: {exc}")
         return self._unavailable(exc)
 
+    def _read(self) -> AbstractAsyncContextManager[Transaction]:
+        return self._snapshot(self._reader, self._read_lock)
+
+    def _side_read(self) -> AbstractAsyncContextManager[Transaction]:
+        return self._snapshot(self._side, self._side_lock)
+
     @asynccontextmanager
-    async def _read(self) -> AsyncIterator[Transaction]:
-        db = self._require(self._reader)
-        async with self._read_lock:
+    async def _snapshot(
+        self, conn: aiosqlite.Connection | None, lock: asyncio.Lock
+    ) -> AsyncIterator[Transaction]:
+        db = self._require(conn)
+        async with lock:
             try:
                 await db.execute("BEGIN")
                 try:
@@ -161,8 +174,8 @@ class SQLiteStore(SqlStore):
             healthy = ok
 
     async def _close_connections(self) -> None:
-        for db in (self._reader, self._writer):
+        for db in (self._reader, self._side, self._writer):
             if db is not None:
                 with suppress(sqlite3.Error, ValueError):
                     await db.close()
-        self._reader = self._writer = None
+        self._reader = self._side = self._writer = None
