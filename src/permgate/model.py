@@ -91,3 +91,6 @@ class AuthToken:
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
     secret_hash: bytes = field(default=b"", repr=False, compare=False)
+    # The auth token whose caller created this one (None: created by a JWT session or
+    # the local operator). Revoking a token revokes every token descended from it.
+    parent_token_id: str | None = None

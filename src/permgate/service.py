@@ -66,8 +66,9 @@ __all__ = [
 TENANT_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 ACCOUNT_ID: Final = TENANT_ID
 ROLE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-# Principal ids are what a JWT's principal claim names: e-mails, UUIDs, client ids.
-PRINCIPAL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+|-]{0,254}")
+# Principal ids are what a JWT's principal claim names: e-mails, UUIDs, client ids,
+# and SPIFFE ids (``spiffe://acme/svc-billing``), hence ``/``. Unique regardless of case.
+PRINCIPAL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+|/-]{0,254}")
 _MAX_TEXT: Final = 200
 DEFAULT_TOKEN_PREFIX: Final = "pgt_"
 MAX_TOKEN_LIFETIME_SECONDS: Final = 10 * 366 * 24 * 3600
@@ -76,12 +77,15 @@ MAX_TOKEN_LIFETIME_SECONDS: Final = 10 * 366 * 24 * 3600
 @dataclass(frozen=True, slots=True)
 class Actor:
     """Who asks for a change. ``kind`` "cli" is the trusted local operator: exempt
-    from the admin-only rules, never from the integrity rules."""
+    from the admin-only rules, never from the integrity rules. ``token`` is the auth
+    token the principal authenticated with (None for a JWT session or the operator):
+    what it may create is capped by that token, not only by its owner."""
 
     principal_id: str | None
     account: str | None
     is_admin: bool
     kind: Literal["cli", "principal"]
+    token: AuthToken | None = None
 
     @classmethod
     def cli(cls) -> Actor:
@@ -89,9 +93,10 @@ class Actor:
         return cls(None, None, True, "cli")
 
     @classmethod
-    def of(cls, principal: Principal) -> Actor:
-        """An authenticated principal; admin when it holds ``admin`` account-wide."""
-        return cls(principal.id, principal.account, is_admin(principal), "principal")
+    def of(cls, principal: Principal, token: AuthToken | None = None) -> Actor:
+        """An authenticated principal, with the auth token it authenticated by (if
+        any); admin when it holds ``admin`` account-wide."""
+        return cls(principal.id, principal.account, is_admin(principal), "principal", token)
 
     @property
     def name(self) -> str:
@@ -451,8 +456,17 @@ class ModelService:
             self._require_admin(actor, "assign roles")
         async with self.transaction() as tx:
             await self._account(tx, actor, account)
-            if await tx.get_principal(principal_id) is not None:
-                raise Conflict(f"principal id {principal_id!r} is already taken")
+            # Unique regardless of case, in the whole deployment (as tenant ids): an
+            # upstream or identity provider comparing ids case-insensitively must never
+            # see one principal as another, least of all one of another account.
+            taken = await tx.principal_id_folding_to(principal_id)
+            if taken is not None:
+                same = (
+                    ""
+                    if taken == principal_id
+                    else f" (as {taken!r}: ids are unique regardless of case)"
+                )
+                raise Conflict(f"principal id {principal_id!r} is already taken{same}")
             scope = await self._check_scope(tx, account, tenants)
             assignments = await self._check_assignments(tx, account, roles)
             principal = Principal(
@@ -523,6 +537,10 @@ class ModelService:
         self._require_admin(actor, "delete principals")
         async with self.transaction() as tx:
             before = await self._principal(tx, actor, principal_id)
+            # Its tokens go with it; what they minted for other principals is revoked,
+            # as if each token had been revoked.
+            owned = await tx.list_tokens(owner=principal_id)
+            await self._revoke_descendants(tx, actor, [t.id for t in owned])
             await tx.delete_principal(principal_id)
             tx.changed("principal", before.account, principal_id)
             await self._audit(
@@ -603,8 +621,12 @@ class ModelService:
     ) -> tuple[AuthToken, str]:
         """A new auth token and its secret (shown once; only the hash is stored).
 
-        Its grants and tenants never exceed what the owner holds now: every
-        excess is listed in one 422.
+        Its grants and tenants never exceed what the owner holds now, and when the
+        actor authenticated with an auth token, never exceed that token either: not
+        in grants, not in tenants, not in lifetime (it expires no later than the
+        calling token; a calling token that never expires imposes no limit). Every
+        excess is listed in one 422. The new token records the calling token as its
+        parent: revoking the parent revokes it.
         """
         _check_text("token name", name)
         grants = _check_grants(permissions)
@@ -638,9 +660,13 @@ class ModelService:
                 raise InvalidInput(
                     f"the token would exceed its owner {owner!r}: " + "; ".join(parts)
                 )
+            now = self._now()
+            expires_at = None if expires_in is None else now + timedelta(seconds=expires_in)
+            parent = await self._calling_token(tx, actor, now)
+            if parent is not None:
+                _within_calling_token(parent, grants, scope, tenants_by_id, now, expires_at)
             token_id = new_token_id()
             secret = new_secret(self.token_prefix, token_id)
-            now = self._now()
             token = AuthToken(
                 id=token_id,
                 owner=owner,
@@ -649,8 +675,9 @@ class ModelService:
                 permissions=grants,
                 tenants=scope,
                 created_at=now,
-                expires_at=None if expires_in is None else now + timedelta(seconds=expires_in),
+                expires_at=expires_at,
                 secret_hash=hash_secret(secret),
+                parent_token_id=None if parent is None else parent.id,
             )
             await tx.insert_token(token)
             tx.changed("token", principal.account, token_id)
@@ -659,8 +686,30 @@ class ModelService:
             )
             return token, secret
 
+    async def _calling_token(
+        self, tx: Transaction, actor: Actor, now: datetime
+    ) -> AuthToken | None:
+        """The actor's auth token as the store holds it now. Read inside the write
+        transaction, so a token revoked a moment ago cannot mint one that escapes the
+        revocation of its descendants."""
+        if actor.token is None:
+            return None
+        current = await tx.get_token(actor.token.id)
+        if (
+            current is None
+            or current.revoked_at is not None
+            or (current.expires_at is not None and current.expires_at <= now)
+        ):
+            raise Conflict(
+                f"the auth token {actor.token.id!r} used for this call was revoked or expired "
+                "meanwhile: it can no longer create tokens"
+            )
+        return current
+
     async def revoke_token(self, actor: Actor, token_id: str) -> AuthToken:
-        """Revoke a token (a no-op when it already is)."""
+        """Revoke a token and every token descended from it (created by a caller
+        authenticated with it, or with one of those, ...): a leaked token is contained
+        with everything it minted. Revoking a revoked token changes nothing more."""
         async with self.transaction() as tx:
             token = await tx.get_token(token_id)
             if token is None or not self._sees(actor, token.account):
@@ -668,21 +717,50 @@ class ModelService:
             owner = await tx.get_principal(token.owner)
             if owner is not None:
                 self._may_manage_tokens(actor, owner)
-            if token.revoked_at is not None:
-                return token
-            after = replace(token, revoked_at=self._now())
-            await tx.revoke_token(token_id, self._clock())
-            tx.changed("token", token.account, token_id)
-            await self._audit(
-                tx,
-                actor,
-                token.account,
-                "token.revoke",
-                token_id,
-                snapshot(token),
-                snapshot(after),
-            )
+            after = token
+            if token.revoked_at is None:
+                after = replace(token, revoked_at=self._now())
+                await tx.revoke_token(token_id, self._clock())
+                tx.changed("token", token.account, token_id)
+                await self._audit(
+                    tx,
+                    actor,
+                    token.account,
+                    "token.revoke",
+                    token_id,
+                    snapshot(token),
+                    snapshot(after),
+                )
+            await self._revoke_descendants(tx, actor, [token_id])
             return after
+
+    async def _revoke_descendants(
+        self, tx: Transaction, actor: Actor, roots: Sequence[str]
+    ) -> None:
+        """Revoke every unrevoked token descended from ``roots``, whoever owns it (its
+        authority came from the root), each audited as ``token.revoke.cascade``."""
+        pending = list(roots)
+        seen = set(pending)
+        while pending:
+            for child in await tx.child_tokens(pending.pop()):
+                if child.id in seen:
+                    continue
+                seen.add(child.id)
+                pending.append(child.id)
+                if child.revoked_at is not None:
+                    continue
+                after = replace(child, revoked_at=self._now())
+                await tx.revoke_token(child.id, self._clock())
+                tx.changed("token", child.account, child.id)
+                await self._audit(
+                    tx,
+                    actor,
+                    child.account,
+                    "token.revoke.cascade",
+                    child.id,
+                    snapshot(child),
+                    snapshot(after),
+                )
 
     async def _may_manage_principal(
         self,
@@ -770,6 +848,42 @@ def _exceeding_tenants(
     scope: Sequence[str], owner: Principal, tenants: dict[str, Tenant]
 ) -> list[str]:
     return [] if is_admin(owner) else scope_beyond(owner.tenants, scope, tenants)
+
+
+def _within_calling_token(
+    parent: AuthToken,
+    grants: Sequence[str],
+    scope: Sequence[str],
+    tenants: dict[str, Tenant],
+    now: datetime,
+    expires_at: datetime | None,
+) -> None:
+    """A caller authenticated by an auth token cannot create a token wider than that
+    token: otherwise a narrow or short-lived token holding ``authTokens.write`` would
+    buy its owner's full power, or a permanent credential."""
+    parts = []
+    too_wide = GrantSet.from_grants(parent.permissions).beyond(grants)
+    if too_wide:
+        parts.append("permissions it does not grant: " + ", ".join(too_wide))
+    outside = scope_beyond(parent.tenants, scope, tenants)
+    if outside:
+        parts.append("tenants outside its scope: " + ", ".join(outside))
+    if parent.expires_at is not None and (expires_at is None or expires_at > parent.expires_at):
+        left = max(1, int((parent.expires_at - now).total_seconds()))
+        asked = "no expiry" if expires_at is None else f"an expiry at {_iso(expires_at)}"
+        parts.append(
+            f"{asked}, later than its own ({_iso(parent.expires_at)}): give expires_in "
+            f"of at most {left} seconds"
+        )
+    if parts:
+        raise InvalidInput(
+            f"the new token would exceed the auth token {parent.id!r} used for this call: "
+            + "; ".join(parts)
+        )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def audit_event(record: AuditRecord) -> dict[str, object]:

@@ -9,6 +9,7 @@ here exactly as on the gateway. Only then does a handler run, with the caller un
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -18,12 +19,13 @@ from typing import Final
 from aiohttp import web
 
 from permgate import hygiene
-from permgate.admin.openapi import query_parameters
+from permgate.admin.openapi import query_schemas
 from permgate.admin.render import ApiError
+from permgate.admin.schemas import parse_query
 from permgate.authn import Authenticator, AuthFailure, Identity
 from permgate.decision import Subject, decide
 from permgate.endpoints import Endpoint, EndpointMap, Match, parse_map
-from permgate.errors import Forbidden, InvalidInput, InvalidPermission, ModelError, StoreUnavailable
+from permgate.errors import Forbidden, InvalidPermission, ModelError, StoreUnavailable
 from permgate.modelcache import ModelCache
 from permgate.service import Actor
 
@@ -31,6 +33,7 @@ __all__ = [
     "ADMIN_MAP",
     "ASSIGN_ROLES",
     "CALLER",
+    "QUERY",
     "Caller",
     "Guard",
     "forbidden_reason",
@@ -81,6 +84,10 @@ class Caller:
 
 
 CALLER: Final = web.RequestKey("permgate_admin_caller", Caller)
+# The request's query parameters, checked against the operation's schemas, defaults in.
+QUERY: Final = web.RequestKey("permgate_admin_query", dict[str, object])
+
+log: Final = logging.getLogger("permgate.admin")
 
 
 @contextmanager
@@ -151,6 +158,21 @@ class Guard:
         except web.HTTPException as exc:  # e.g. 413 from request.read()
             name = exc.reason.lower().replace(" ", "_")
             response = ApiError(exc.status, name, exc.text or exc.reason).response(request_id)
+        except Exception:
+            # Anything else is a bug or a broken store row: the traceback goes to the
+            # server log only, the client gets the JSON shape and an id to quote.
+            log.exception(
+                "admin API: unexpected error answering %s %s (request id %s)",
+                request.method,
+                request.path,
+                request_id,
+            )
+            response = ApiError(
+                500,
+                "internal",
+                "an unexpected error occurred; the server log has the details under "
+                f"request id {request_id}",
+            ).response(request_id)
         response.headers["X-Request-Id"] = request_id
         return response
 
@@ -180,19 +202,9 @@ class Guard:
         principal = identity.principal
         subject = Subject(principal, await self._model.roles(principal.account), identity.token)
         authorize(match.endpoint, subject)
-        _check_query(request, match.endpoint)
-        request[CALLER] = Caller(identity, subject, Actor.of(principal))
+        request[QUERY] = parse_query(query_schemas(match.endpoint.id), request.query.items())
+        request[CALLER] = Caller(identity, subject, Actor.of(principal, identity.token))
         return await handler(request)
-
-
-def _check_query(request: web.Request, endpoint: Endpoint) -> None:
-    allowed = query_parameters(endpoint.id)
-    unknown = [name for name in request.query if name not in allowed]
-    if unknown:
-        accepted = ", ".join(allowed) if allowed else "none"
-        raise InvalidInput(
-            f"unknown query parameter {unknown[0]!r} (this operation accepts: {accepted})"
-        )
 
 
 def _unrouted(request: web.Request) -> ApiError:

@@ -15,11 +15,14 @@ from typing import Any, Final
 from permgate.admin.schemas import SCHEMAS
 from permgate.endpoints import EndpointMap
 
-__all__ = ["build_document"]
+__all__ = ["build_document", "query_schemas"]
 
 _STRING: Final = {"type": "string"}
 _STRINGS: Final = {"type": "array", "items": _STRING}
 _TIME: Final = {"type": ["string", "null"], "format": "date-time"}
+_OWNER: Final = {"type": "string", "minLength": 1, "maxLength": 255}
+# The largest id either store can hold (a signed 64-bit integer).
+_INT64_MAX: Final = 2**63 - 1
 
 _RESPONSES: Final[dict[str, dict[str, Any]]] = {
     "Tenant": {
@@ -67,6 +70,12 @@ _RESPONSES: Final[dict[str, dict[str, Any]]] = {
             "created_at": _TIME,
             "last_used_at": _TIME,
             "revoked_at": _TIME,
+            "parent_token_id": {
+                "type": ["string", "null"],
+                "description": (
+                    "the auth token whose caller created this one; revoking it revokes this"
+                ),
+            },
         },
         "required": ["id", "owner", "name", "permissions", "tenants"],
     },
@@ -134,6 +143,7 @@ _RESPONSES: Final[dict[str, dict[str, Any]]] = {
                     "bad_request",
                     "method_not_allowed",
                     "unavailable",
+                    "internal",
                 ],
             },
             "reason": _STRING,
@@ -153,6 +163,7 @@ _ERRORS: Final = {
     404: "no such object in the caller's account",
     409: "the change conflicts with the model's rules",
     422: "the body or query is invalid (detail names every problem)",
+    500: "an unexpected error (error: internal); the server log has it under request_id",
     503: "the store is unreachable",
 }
 
@@ -226,17 +237,25 @@ _DOCS: Final[dict[str, _Doc]] = {
         "list:Token",
         None,
         (404, 422),
-        (("owner", "a principal id of the account", _STRING),),
+        (("owner", "a principal id of the account", _OWNER),),
     ),
     "admin.tokens.create": _Doc(
-        "Create an auth token; the secret is in this answer only",
+        "Create an auth token; the secret is in this answer only. It never exceeds its "
+        "owner; a caller using an auth token cannot exceed that token either (grants, "
+        "tenants, expiry: an expiring caller must give expires_in, up to its own expiry) "
+        "and becomes the new token's parent_token_id",
         201,
         "TokenCreated",
         "TokenCreate",
-        (404, 422),
+        (404, 409, 422),
     ),
     "admin.tokens.revoke": _Doc(
-        "Revoke an auth token (own tokens; admins: any of the account)", 200, "Token", None, (404,)
+        "Revoke an auth token and every token descended from it (own tokens; admins: any "
+        "of the account)",
+        200,
+        "Token",
+        None,
+        (404,),
     ),
     "admin.explain": _Doc(
         "What the gateway would decide for a principal or token and a request",
@@ -252,8 +271,16 @@ _DOCS: Final[dict[str, _Doc]] = {
         None,
         (422,),
         (
-            ("limit", "page size, 1 to 500 (default 50)", {"type": "integer", "minimum": 1}),
-            ("before", "an audit id: the page starts below it", {"type": "integer"}),
+            (
+                "limit",
+                "page size",
+                {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+            ),
+            (
+                "before",
+                "an audit id (a page's next): the page starts below it",
+                {"type": "integer", "minimum": 1, "maximum": _INT64_MAX},
+            ),
         ),
     ),
 }
@@ -307,7 +334,7 @@ def build_document(admin_map: EndpointMap, *, version: str) -> dict[str, Any]:
         elif doc.response is not None:
             ok["content"] = {"application/json": {"schema": _response_schema(doc.response)}}
         responses: dict[str, Any] = {str(doc.ok): ok}
-        codes = () if endpoint.public else (400, 401, 403, *doc.errors, 503)
+        codes = (500,) if endpoint.public else (400, 401, 403, *doc.errors, 500, 503)
         for code in sorted(set(codes)):
             responses[str(code)] = {
                 "description": _ERRORS[code],
@@ -347,7 +374,8 @@ def build_document(admin_map: EndpointMap, *, version: str) -> dict[str, Any]:
     }
 
 
-def query_parameters(endpoint_id: str) -> tuple[str, ...]:
-    """The query parameters an operation accepts (any other is refused with 422)."""
+def query_schemas(endpoint_id: str) -> dict[str, dict[str, Any]]:
+    """The query parameters an operation accepts, by name, with the schemas their
+    values are checked against (any other parameter is refused with 422)."""
     doc = _DOCS.get(endpoint_id)
-    return () if doc is None else tuple(name for name, _, _ in doc.query)
+    return {} if doc is None else {name: schema for name, _, schema in doc.query}

@@ -1,6 +1,7 @@
 """What the admin API sends: objects as JSON, and the admin API's error shape.
 
-Every error body is ``{"error", "detail", "request_id"}``; a 403 adds ``reason`` and
+Every error body is ``{"error", "detail", "request_id"}`` (an unexpected failure too:
+``error`` "internal", status 500, never a text page); a 403 adds ``reason`` and
 ``missing_permissions``, a 401 adds ``reason`` (the gateway's shape). A token is
 rendered without its hash, ever; its secret appears only in the creation answer.
 """
@@ -133,6 +134,7 @@ def token_json(token: AuthToken) -> dict[str, object]:
         "created_at": timestamp(token.created_at),
         "last_used_at": timestamp(token.last_used_at),
         "revoked_at": timestamp(token.revoked_at),
+        "parent_token_id": token.parent_token_id,
     }
 
 

@@ -8,18 +8,24 @@ validator implements the small subset of JSON Schema 2020-12 these schemas use
 ``maxItems``, and ``oneOf`` of ``required`` lists) and reports every problem at once,
 each naming where it is, so a client can fix its body in one go.
 
+Query parameters are checked the same way (:func:`parse_query`) against the schemas
+the OpenAPI document lists for them: unknown, repeated, malformed and out-of-range
+values are all reported, each naming the parameter.
+
 Only the *shape* is checked here; the model's rules (permission grammar, tenant
 existence, who may change what) stay in :class:`permgate.service.ModelService`.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from permgate.errors import InvalidInput
 from permgate.model import ENFORCEMENTS, PRINCIPAL_KINDS, TENANT_TYPES
 
-__all__ = ["SCHEMAS", "validate"]
+__all__ = ["SCHEMAS", "parse_query", "validate"]
 
 Schema = dict[str, Any]
 
@@ -253,3 +259,56 @@ def _check_object(
             names = " or ".join(repr(keys[0]) for keys in sets)
             what = "both" if given else "neither"
             problems.append(f"{where}: give exactly one of {names} ({what} given)")
+
+
+_INTEGER: Final = re.compile(r"-?[0-9]{1,40}")
+
+
+def parse_query(
+    schemas: Mapping[str, Schema], items: Iterable[tuple[str, str]]
+) -> dict[str, object]:
+    """The query parameters, each parsed and checked against its schema, with the
+    schemas' defaults filled in; :class:`InvalidInput` names every bad parameter."""
+    given: dict[str, list[str]] = {}
+    for name, raw in items:
+        given.setdefault(name, []).append(raw)
+    problems: list[str] = []
+    values: dict[str, object] = {}
+    for name, raws in given.items():
+        schema = schemas.get(name)
+        if schema is None:
+            accepted = ", ".join(schemas) or "none"
+            problems.append(
+                f"unknown query parameter {_show(name)} (this operation accepts: {accepted})"
+            )
+        elif len(raws) > 1:
+            problems.append(f"query parameter {name!r} is given {len(raws)} times (once at most)")
+        else:
+            value = _query_value(schema, raws[0], f"query parameter {name!r}", problems)
+            if value is not None:
+                values[name] = value
+    if problems:
+        raise InvalidInput("; ".join(problems))
+    for name, schema in schemas.items():
+        if name not in values and "default" in schema:
+            values[name] = schema["default"]
+    return values
+
+
+def _query_value(schema: Schema, raw: str, where: str, problems: list[str]) -> object:
+    if schema.get("type") != "integer":
+        _check(schema, raw, where, problems)
+        return raw
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if _INTEGER.fullmatch(raw) is None:
+        if raw.lstrip("-").isdigit() and raw.lstrip("-").isascii():
+            # More digits than any bound: out of range, not malformed.
+            problems.append(f"{where}: must be from {low} to {high}, got {_show(raw)}")
+        else:
+            problems.append(f"{where}: expected an integer, got {_show(raw)}")
+        return None
+    value = int(raw)
+    if (low is not None and value < low) or (high is not None and value > high):
+        problems.append(f"{where}: must be from {low} to {high}, got {_show(raw)}")
+        return None
+    return value

@@ -41,6 +41,10 @@ class Migration:
     number: int
     description: str
     statements: tuple[str, ...]
+    # Checks run before the statements: (query, what its rows mean). A query that
+    # returns rows stops the migration with a message naming them, so a step that
+    # adds a constraint never half-applies to data that breaks it.
+    preconditions: tuple[tuple[str, str], ...] = ()
 
     def sql(self, dialect: Dialect) -> list[str]:
         """The step's statements spelled for ``dialect``."""
@@ -127,6 +131,36 @@ MIGRATIONS: Final = (
             "CREATE INDEX audit_account ON audit(account, id)",
         ),
     ),
+    Migration(
+        3,
+        "principal and tenant ids unique regardless of case; tokens remember their parent",
+        (
+            # An upstream that compares ids case-insensitively must never see two
+            # principals (or tenants) as one; the service refuses such ids with a clear
+            # message, and these indexes hold the line against any other writer.
+            "CREATE UNIQUE INDEX principals_id_folded ON principals(lower(id))",
+            "CREATE UNIQUE INDEX tenants_id_folded ON tenants(lower(id))",
+            # The auth token whose caller created this one: revoking a token revokes
+            # its descendants. Not a foreign key: a parent deleted with its owner
+            # leaves the lineage readable.
+            "ALTER TABLE tokens ADD COLUMN parent_token_id TEXT",
+            "CREATE INDEX tokens_parent ON tokens(parent_token_id)",
+        ),
+        preconditions=(
+            (
+                "SELECT a.id, a.account, b.id, b.account FROM principals a "
+                "JOIN principals b ON lower(a.id) = lower(b.id) AND a.id < b.id "
+                "ORDER BY a.id, b.id",
+                "principal ids that differ only in case",
+            ),
+            (
+                "SELECT a.id, a.account, b.id, b.account FROM tenants a "
+                "JOIN tenants b ON lower(a.id) = lower(b.id) AND a.id < b.id "
+                "ORDER BY a.id, b.id",
+                "tenant ids that differ only in case",
+            ),
+        ),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].number
@@ -154,6 +188,7 @@ async def migrate(conn: Connection, dialect: Dialect, target: int = LATEST) -> i
             f"understands (up to {LATEST}); upgrade permgate"
         )
     for migration in pending(current, target):
+        await _check_preconditions(conn, migration)
         for statement in migration.sql(dialect):
             await conn.execute(statement)
     new = max(current, min(target, LATEST))
@@ -162,3 +197,21 @@ async def migrate(conn: Connection, dialect: Dialect, target: int = LATEST) -> i
     elif new != current:
         await conn.execute("UPDATE schema_version SET version = $1", new)
     return current
+
+
+async def _check_preconditions(conn: Connection, migration: Migration) -> None:
+    """Refuse a step whose constraint the stored data already breaks, naming the rows
+    and what to do (the store stays at its current version, untouched)."""
+    for query, what in migration.preconditions:
+        rows = await conn.fetch(query)
+        if not rows:
+            continue
+        pairs = "; ".join(
+            f"{r[0]!r} (account {r[1]!r}) and {r[2]!r} (account {r[3]!r})" for r in rows
+        )
+        raise StoreUnavailable(
+            f"cannot upgrade the store's schema to version {migration.number}: it holds "
+            f"{what}: {pairs}. Ids must be unique regardless of case; delete or recreate "
+            "all but one of each pair with the permgate version that created them, then "
+            "start this version again"
+        )

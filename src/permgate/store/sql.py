@@ -61,7 +61,7 @@ _ROLE_COLUMNS: Final = "account, name, display_name, permissions, builtin"
 _PRINCIPAL_COLUMNS: Final = "id, account, kind, tenants, disabled, sessions_valid_after"
 _TOKEN_COLUMNS: Final = (
     "id, owner, account, name, permissions, tenants, created_at, expires_at, "
-    "last_used_at, revoked_at, secret_hash"
+    "last_used_at, revoked_at, secret_hash, parent_token_id"
 )
 
 
@@ -92,6 +92,7 @@ def _token(row: Sequence[Any]) -> AuthToken:
         last_used_at=from_epoch(row[8]),
         revoked_at=from_epoch(row[9]),
         secret_hash=bytes(row[10]),
+        parent_token_id=row[11],
     )
 
 
@@ -139,6 +140,14 @@ class Transaction:
         """An existing tenant id equal to ``tenant_id`` ignoring case, in any account."""
         rows = await self._conn.fetch(
             "SELECT id FROM tenants WHERE lower(id) = $1 LIMIT 1", tenant_id.lower()
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def principal_id_folding_to(self, principal_id: str) -> str | None:
+        """An existing principal id equal to ``principal_id`` ignoring case, in any
+        account (the ``lower(id)`` index answers it)."""
+        rows = await self._conn.fetch(
+            "SELECT id FROM principals WHERE lower(id) = $1 LIMIT 1", principal_id.lower()
         )
         return str(rows[0][0]) if rows else None
 
@@ -202,6 +211,14 @@ class Transaction:
             f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE id = $1", token_id
         )
         return _token(rows[0]) if rows else None
+
+    async def child_tokens(self, parent_token_id: str) -> list[AuthToken]:
+        """The tokens created by a caller authenticated with ``parent_token_id``."""
+        rows = await self._conn.fetch(
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE parent_token_id = $1 ORDER BY id",
+            parent_token_id,
+        )
+        return [_token(row) for row in rows]
 
     async def list_tokens(
         self, *, owner: str | None = None, account: str | None = None
@@ -352,7 +369,7 @@ class Transaction:
     async def insert_token(self, token: AuthToken) -> None:
         await self._conn.execute(
             f"INSERT INTO tokens ({_TOKEN_COLUMNS}) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             token.id,
             token.owner,
             token.account,
@@ -364,6 +381,7 @@ class Transaction:
             to_epoch(token.last_used_at),
             to_epoch(token.revoked_at),
             token.secret_hash,
+            token.parent_token_id,
         )
 
     async def revoke_token(self, token_id: str, now: float) -> None:
