@@ -4,7 +4,6 @@ their percent-encoded form and usable on the gateway."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -110,15 +109,19 @@ async def test_ids_outside_the_grammar_are_still_refused(world: World, principal
     assert "principal id" in answer.body["detail"]
 
 
-async def test_spiffe_principal_is_decided_on_the_gateway(gw: Gateway, tmp_path: Path) -> None:
-    """A SPIFFE principal made through the admin API is allowed on the gateway by a JWT
-    naming it, and by its own auth token; a case variant of its id is unknown."""
+async def test_spiffe_principal_is_decided_on_the_gateway(gw: Gateway) -> None:
+    """A SPIFFE principal made through a running gateway's admin API is read back by
+    its encoded path, and allowed on the gateway by a JWT naming it and by its own auth
+    token; a case variant of its id is unknown."""
     admin = {"Authorization": f"Bearer {gw.tokens['root']}"}
     async with aiohttp.ClientSession() as http:
         body = {"id": SPIFFE, "kind": "client", "tenants": ["acme-prod"]}
         body["roles"] = [{"role": "reader", "tenant": None}]
         async with http.post(f"{gw.admin_url}/v1/principals", json=body, headers=admin) as r:
             assert r.status == 201, await r.text()
+        encoded = URL(f"{gw.admin_url}/v1/principals/{ENCODED}", encoded=True)
+        async with http.get(encoded, headers=admin) as r:
+            assert (r.status, (await r.json())["id"]) == (200, SPIFFE)
         token_body = {"name": "svc", "permissions": ["quotes.read"], "owner": SPIFFE}
         token_body["tenants"] = ["acme-prod"]
         async with http.post(f"{gw.admin_url}/v1/tokens", json=token_body, headers=admin) as r:
