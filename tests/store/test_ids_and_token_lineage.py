@@ -67,26 +67,49 @@ async def test_spiffe_id_is_a_principal_id(acme: ModelService, store: Store) -> 
     assert principal is not None and principal.kind == "client"
 
 
-async def test_a_store_holding_case_clashes_is_not_migrated(store_dsn: str) -> None:
-    """Upgrading a store whose principals differ only in case stops with a message
-    naming them and leaves the store as it was (still usable by the older schema)."""
+CLASHES = [
+    pytest.param(
+        (Principal("alice", "acme"), Principal("Alice", "globex")),
+        "principal ids that differ only in case",
+        id="principals",
+    ),
+    pytest.param(
+        (Tenant("acme-prod", "acme"), Tenant("ACME-prod", "globex")),
+        "tenant ids that differ only in case",
+        id="tenants",
+    ),
+]
+
+
+@pytest.mark.parametrize(("pair", "what"), CLASHES)
+async def test_a_store_holding_case_clashes_is_not_migrated(
+    store_dsn: str, pair: tuple[Principal | Tenant, ...], what: str
+) -> None:
+    """Upgrading a store whose ids differ only in case stops with a message naming
+    them and leaves the store as it was (still usable by the older schema)."""
     old = await open_store(store_dsn, schema_target=2)
     service = ModelService(old)
     await service.ensure_account(CLI, "acme")
     await service.ensure_account(CLI, "globex")
     async with old.write() as tx:  # as permgate before this rule could
-        await tx.insert_principal(Principal("alice", "acme"))
-        await tx.insert_principal(Principal("Alice", "globex"))
+        for item in pair:
+            if isinstance(item, Principal):
+                await tx.insert_principal(item)
+            else:
+                await tx.insert_tenant(item, 0.0)
     await old.close()
     with pytest.raises(StoreUnavailable) as info:
         await open_store(store_dsn)
     message = str(info.value)
-    assert "schema to version 3" in message
-    assert "'Alice' (account 'globex')" in message
-    assert "'alice' (account 'acme')" in message
+    assert f"schema to version 3: it holds {what}" in message
+    for item in pair:
+        assert f"{item.id!r} (account {item.account!r})" in message
+    assert "left unchanged" in message
     again = await open_store(store_dsn, schema_target=2)
     try:
-        assert await again.get_principal("Alice") is not None
+        async with again.write() as tx:
+            rows = await tx._conn.fetch("SELECT version FROM schema_version")
+        assert rows[0][0] == 2
     finally:
         await again.close()
 

@@ -211,7 +211,7 @@ async def _check_preconditions(conn: Connection, migration: Migration) -> None:
         )
         raise StoreUnavailable(
             f"cannot upgrade the store's schema to version {migration.number}: it holds "
-            f"{what}: {pairs}. Ids must be unique regardless of case; delete or recreate "
-            "all but one of each pair with the permgate version that created them, then "
-            "start this version again"
+            f"{what}: {pairs}. Ids must be unique regardless of case: with the permgate "
+            "version that wrote them (or SQL), delete or rename all but one of each pair, "
+            "then start this version again; the store was left unchanged"
         )
