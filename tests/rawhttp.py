@@ -23,10 +23,16 @@ class RawResponse:
     headers: CIMultiDict[str] = field(repr=False)
     body: bytes
     complete: bool = True
+    head: bytes = field(default=b"", repr=False)  # the status line and headers as sent
 
     @property
     def text(self) -> str:
         return self.body.decode("utf-8", "replace")
+
+    @property
+    def raw(self) -> bytes:
+        """Everything the server sent for this answer (head and body)."""
+        return self.head + self.body
 
 
 def request(
@@ -53,17 +59,44 @@ async def exchange(host: str, port: int, data: bytes, *, timeout: float = 5.0) -
 
 async def read_response(reader: asyncio.StreamReader, *, head: bool = False) -> RawResponse:
     """Parse one answer: Content-Length, chunked, or read-until-close framing."""
-    status_line = (await reader.readuntil(b"\r\n")).decode("latin-1").rstrip("\r\n")
+    raw = [await reader.readuntil(b"\r\n")]
+    status_line = raw[0].decode("latin-1").rstrip("\r\n")
     _version, status, *reason = status_line.split(" ", 2)
     headers: CIMultiDict[str] = CIMultiDict()
     while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+        raw.append(line)
         name, _, value = line.decode("latin-1").partition(":")
         headers.add(name.strip(), value.strip())
+    raw.append(line)
     code = int(status)
+    text = reason[0] if reason else ""
     if head or code in (204, 304) or 100 <= code < 200:
-        return RawResponse(code, reason[0] if reason else "", headers, b"")
+        return RawResponse(code, text, headers, b"", head=b"".join(raw))
     body, complete = await _read_body(reader, headers)
-    return RawResponse(code, reason[0] if reason else "", headers, body, complete)
+    return RawResponse(code, text, headers, body, complete, head=b"".join(raw))
+
+
+async def exchange_to_close(
+    host: str, port: int, data: bytes, *, timeout: float = 5.0
+) -> tuple[RawResponse, bytes]:
+    """Write ``data`` on a fresh connection, read one answer, then read on until the
+    server closes the connection; returns the answer and whatever followed it.
+    Raises TimeoutError when the server keeps the connection open past ``timeout``."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            response = await read_response(reader)
+            rest = b""
+            with contextlib.suppress(ConnectionError):
+                while chunk := await reader.read(65536):
+                    rest += chunk
+        return response, rest
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: CIMultiDict[str]) -> tuple[bytes, bool]:

@@ -22,10 +22,15 @@ from permgate.hygiene import (
     AMBIGUOUS_PATH,
     CONFLICTING_LENGTH,
     DUPLICATE_HEADER,
+    FRAMING_REASONS,
+    INVALID_HOST,
     INVALID_TARGET,
     REASONS,
     UNSUPPORTED_TRANSFER_CODING,
+    UNSUPPORTED_VERSION,
     check_headers,
+    check_host,
+    check_message,
     check_target,
     forward_headers,
     request_id,
@@ -525,3 +530,112 @@ def test_request_id(pairs: tuple[tuple[str, str], ...], kept: bool) -> None:
 def test_request_ids_are_unique() -> None:
     """Generated ids do not repeat."""
     assert len({request_id(headers()) for _ in range(1000)}) == 1000
+
+
+# id, Host field lines, protocol version, expected reason
+HOSTS: list[tuple[str, list[str], tuple[int, int], str | None]] = [
+    ("name", ["gw"], (1, 1), None),
+    ("name-and-port", ["api.example.com:8080"], (1, 1), None),
+    ("ipv4-and-port", ["127.0.0.1:65535"], (1, 1), None),
+    ("ipv6-literal", ["[::1]"], (1, 1), None),
+    ("ipv6-literal-and-port", ["[2001:db8::7]:443"], (1, 1), None),
+    ("underscore-and-tilde", ["svc_a~b"], (1, 1), None),
+    ("http10-without-host", [], (1, 0), None),
+    ("http11-without-host", [], (1, 1), INVALID_HOST),
+    ("two-hosts", ["gw", "gw"], (1, 1), INVALID_HOST),
+    ("empty", [""], (1, 1), INVALID_HOST),
+    ("empty-http10", [""], (1, 0), INVALID_HOST),
+    ("path", ["x/policy/globex-prod/quotes"], (1, 1), INVALID_HOST),
+    ("query", ["x?a=1"], (1, 1), INVALID_HOST),
+    ("fragment", ["x#frag"], (1, 1), INVALID_HOST),
+    ("userinfo", ["user@gw"], (1, 1), INVALID_HOST),
+    ("space", ["g w"], (1, 1), INVALID_HOST),
+    ("tab", ["gw\t"], (1, 1), INVALID_HOST),
+    ("control-byte", ["gw\x01"], (1, 1), INVALID_HOST),
+    ("nul", ["gw\x00"], (1, 1), INVALID_HOST),
+    ("percent-encoded", ["g%77"], (1, 1), INVALID_HOST),
+    ("lone-percent", ["gw%"], (1, 1), INVALID_HOST),
+    ("backslash", ["gw\\evil"], (1, 1), INVALID_HOST),
+    ("sub-delims", ["gw;x=1"], (1, 1), INVALID_HOST),
+    ("non-ascii", ["g\u00e9"], (1, 1), INVALID_HOST),
+    ("empty-port", ["gw:"], (1, 1), INVALID_HOST),
+    ("port-not-digits", ["gw:http"], (1, 1), INVALID_HOST),
+    ("port-too-large", ["gw:65536"], (1, 1), INVALID_HOST),
+    ("port-too-long", ["gw:000080"], (1, 1), INVALID_HOST),
+    ("two-ports", ["gw:80:81"], (1, 1), INVALID_HOST),
+    ("bare-ipv6", ["::1"], (1, 1), INVALID_HOST),
+    ("ipv6-zone", ["[fe80::1%25eth0]"], (1, 1), INVALID_HOST),
+    ("ipv6-not-an-address", ["[1:2:3]"], (1, 1), INVALID_HOST),
+    ("ipvfuture", ["[v1.fe]"], (1, 1), INVALID_HOST),
+    ("unclosed-bracket", ["[::1"], (1, 1), INVALID_HOST),
+]
+
+
+@pytest.mark.parametrize(
+    ("values", "version", "expected"),
+    [case[1:] for case in HOSTS],
+    ids=[case[0] for case in HOSTS],
+)
+def test_check_host(values: list[str], version: tuple[int, int], expected: str | None) -> None:
+    """Host is one RFC 9110 host[:port] whose name has nothing a URL could re-read."""
+    assert check_host(values, version) == expected
+
+
+# id, version, header pairs, expected reason
+MESSAGES: list[tuple[str, tuple[int, int], tuple[tuple[str, str], ...], str | None]] = [
+    ("http11", (1, 1), (("Host", "gw"),), None),
+    ("http10", (1, 0), (), None),
+    ("http09", (0, 9), (), UNSUPPORTED_VERSION),
+    ("http12", (1, 2), (("Host", "gw"),), UNSUPPORTED_VERSION),
+    ("http20", (2, 0), (("Host", "gw"),), UNSUPPORTED_VERSION),
+    ("http10-chunked", (1, 0), (("Transfer-Encoding", "chunked"),), UNSUPPORTED_TRANSFER_CODING),
+    ("http10-gzip", (1, 0), (("Transfer-Encoding", "gzip"),), UNSUPPORTED_TRANSFER_CODING),
+    ("http11-chunked", (1, 1), (("Host", "gw"), ("Transfer-Encoding", "chunked")), None),
+    ("http11-bad-host", (1, 1), (("Host", "gw/x"),), INVALID_HOST),
+]
+
+
+@pytest.mark.parametrize(
+    ("version", "pairs", "expected"),
+    [case[1:] for case in MESSAGES],
+    ids=[case[0] for case in MESSAGES],
+)
+def test_check_message(
+    version: tuple[int, int], pairs: tuple[tuple[str, str], ...], expected: str | None
+) -> None:
+    """Only HTTP/1.0 and 1.1; no Transfer-Encoding on HTTP/1.0; a valid Host."""
+    assert check_message(version, headers(*pairs)) == expected
+
+
+def test_framing_reasons_are_reasons() -> None:
+    """The reasons that end a connection are a subset of the closed reason set."""
+    assert FRAMING_REASONS <= REASONS
+
+
+@pytest.mark.parametrize("spelling", ["X-Tenant", "x-tenant", "X-TENANT"])
+def test_forward_headers_strips_declared_tenant_headers(spelling: str) -> None:
+    """A stripped tenant header goes in any case; identity may set it again."""
+    out = forward_headers(
+        headers(("Host", "gw"), (spelling, "globex-prod"), ("X-Other", "kept")),
+        client_ip="10.0.0.7",
+        scheme="http",
+        host="gw",
+        drop_credential=True,
+        identity={"X-Request-Id": "r"},
+        strip=frozenset({"x-tenant"}),
+    )
+    assert "X-Tenant" not in out
+    assert out["X-Other"] == "kept"
+
+
+def test_forward_headers_without_host_sets_no_forwarded_host() -> None:
+    """No (validated) Host, no X-Forwarded-Host: nothing is invented."""
+    out = forward_headers(
+        headers(),
+        client_ip="10.0.0.7",
+        scheme="http",
+        host=None,
+        drop_credential=True,
+        identity={"X-Request-Id": "r"},
+    )
+    assert "X-Forwarded-Host" not in out

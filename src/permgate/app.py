@@ -27,6 +27,7 @@ from permgate.changeepoch import ChangeEpoch
 from permgate.config import Settings
 from permgate.endpoints import EndpointMap
 from permgate.errors import StoreUnavailable
+from permgate.gateway_server import GatewayServer
 from permgate.jwks import JwtVerifier
 from permgate.listeners import BACKLOG, Listeners, bind_listeners
 from permgate.modelcache import ModelCache
@@ -36,7 +37,7 @@ from permgate.observability.reload import MapReloader
 from permgate.observability.upstream_watch import UpstreamWatch
 from permgate.outcome import RequestOutcome
 from permgate.pipeline import Gateway
-from permgate.proxy import SERVER_SETTINGS, Upstream
+from permgate.proxy import Upstream
 from permgate.service import ModelService, audit_event
 from permgate.store import AuditRecord, Store, open_store
 
@@ -354,7 +355,7 @@ async def serve(
             lambda: asyncio.ensure_future(runtime.reloader.reload_now("SIGHUP")),
         )
     gateway_runner = web.ServerRunner(
-        web.Server(runtime.gateway.handle, **SERVER_SETTINGS),
+        GatewayServer(runtime.gateway, timeout_seconds=settings.upstream_timeout_seconds),
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
     )

@@ -36,10 +36,23 @@ Decisions a reviewer should know about:
   may carry (controls, space, DEL, non-ASCII) and for ``#``.
 - ``X-Forwarded-*`` and ``Forwarded`` from the client are discarded and set fresh:
   permgate is the edge of the pod, so nothing before it is trusted.
+- ``Host`` must be RFC 9110 ``host[:port]``, and stricter: a name is made of
+  unreserved characters only (no percent-encoding, no sub-delims, no userinfo), an
+  IP literal is a plain IPv6 address, a port is 1 to 5 digits up to 65535. An upstream
+  that rebuilds its URL from ``Host`` + path (Starlette's ``request.url``, most
+  frameworks) must not read a path, a query or another authority out of it. An empty
+  ``Host`` is refused too (RFC 9110 §4.2.1: an ``http`` URI never has an empty host);
+  HTTP/1.0 may omit it.
+- Only HTTP/1.0 and HTTP/1.1 are served: llhttp reads ``GET /`` (HTTP/0.9) and
+  ``HTTP/2.0`` request lines as requests. An HTTP/1.0 message with
+  ``Transfer-Encoding`` has faulty framing (RFC 9112 §6.1) and is refused.
+- Refusals for :data:`FRAMING_REASONS` end the connection: once the framing is in
+  doubt, the bytes after the answer cannot be trusted to start a new request.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import unicodedata
@@ -54,11 +67,19 @@ __all__ = [
     "AMBIGUOUS_PATH",
     "CONFLICTING_LENGTH",
     "DUPLICATE_HEADER",
+    "FRAMING_REASONS",
+    "HEADERS_TOO_LARGE",
     "HOP_BY_HOP",
+    "INVALID_HOST",
     "INVALID_TARGET",
+    "MALFORMED_REQUEST",
     "REASONS",
+    "REQUEST_TIMEOUT",
     "UNSUPPORTED_TRANSFER_CODING",
+    "UNSUPPORTED_VERSION",
     "check_headers",
+    "check_host",
+    "check_message",
     "check_target",
     "connection_listed",
     "forward_headers",
@@ -75,6 +96,15 @@ DUPLICATE_HEADER: Final = "duplicate_header"
 AMBIGUOUS_HEADER: Final = "ambiguous_header"
 CONFLICTING_LENGTH: Final = "conflicting_length"
 UNSUPPORTED_TRANSFER_CODING: Final = "unsupported_transfer_coding"
+INVALID_HOST: Final = "invalid_host"
+UNSUPPORTED_VERSION: Final = "unsupported_http_version"
+# Refused by the HTTP parser itself, before any header could be read: bad line
+# endings, obs-fold, control bytes, ``Name :``, conflicting lengths...
+MALFORMED_REQUEST: Final = "malformed_request"
+# A request line, a header line or the header count beyond the parser's limits.
+HEADERS_TOO_LARGE: Final = "headers_too_large"
+# The client stopped sending its head or its body (answered 408, not 400).
+REQUEST_TIMEOUT: Final = "request_timeout"
 REASONS: Final = frozenset(
     {
         AMBIGUOUS_PATH,
@@ -84,6 +114,22 @@ REASONS: Final = frozenset(
         AMBIGUOUS_HEADER,
         CONFLICTING_LENGTH,
         UNSUPPORTED_TRANSFER_CODING,
+        INVALID_HOST,
+        UNSUPPORTED_VERSION,
+        MALFORMED_REQUEST,
+        HEADERS_TOO_LARGE,
+        REQUEST_TIMEOUT,
+    }
+)
+# Answers for these reasons close the connection (the framing of what follows is in doubt).
+FRAMING_REASONS: Final = frozenset(
+    {
+        CONFLICTING_LENGTH,
+        UNSUPPORTED_TRANSFER_CODING,
+        UNSUPPORTED_VERSION,
+        MALFORMED_REQUEST,
+        HEADERS_TOO_LARGE,
+        REQUEST_TIMEOUT,
     }
 )
 
@@ -175,6 +221,54 @@ def _decode_segment(segment: str) -> str | None:
     if _VALID_ESCAPE.search(text) is not None:  # '%252e': a second decode would differ
         return None
     return text
+
+
+# --------------------------------------------------------------------------- message
+# host[:port]: a name of unreserved characters, or an IPv6 literal; 1-5 port digits.
+_HOST: Final = re.compile(r"(?:[A-Za-z0-9._~-]+|\[([0-9A-Fa-f:.]+)\])(?::([0-9]{1,5}))?")
+_HOST_CACHE: Final[dict[str, bool]] = {}
+_HOST_CACHE_MAX: Final = 1024
+
+
+def check_host(values: list[str], version: tuple[int, int]) -> str | None:
+    """None if the ``Host`` field lines ``values`` are one valid ``host[:port]`` (or
+    absent on HTTP/1.0), else :data:`INVALID_HOST`."""
+    if not values:
+        return INVALID_HOST if version >= (1, 1) else None
+    if len(values) > 1:
+        return INVALID_HOST
+    value = values[0]
+    valid = _HOST_CACHE.get(value)
+    if valid is None:
+        valid = _valid_host(value)
+        if len(_HOST_CACHE) < _HOST_CACHE_MAX:
+            _HOST_CACHE[value] = valid
+    return None if valid else INVALID_HOST
+
+
+def _valid_host(value: str) -> bool:
+    match = _HOST.fullmatch(value)
+    if match is None:
+        return False
+    literal, port = match.groups()
+    if port is not None and int(port) > 65535:
+        return False
+    if literal is not None:
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return False
+    return True
+
+
+def check_message(version: tuple[int, int], headers: MultiMapping[str]) -> str | None:
+    """None if the protocol version, the framing headers it allows and ``Host`` are
+    acceptable, else a reason id (checked before the target and the other headers)."""
+    if version != (1, 1) and version != (1, 0):
+        return UNSUPPORTED_VERSION
+    if version == (1, 0) and "Transfer-Encoding" in headers:
+        return UNSUPPORTED_TRANSFER_CODING
+    return check_host(headers.getall("Host", []), version)
 
 
 # --------------------------------------------------------------------------- headers
@@ -284,6 +378,7 @@ def forward_headers(
     drop_credential: bool,
     identity: Mapping[str, str],
     protected: Collection[str] = (),
+    strip: Collection[str] = (),
 ) -> CIMultiDict[str]:
     """The header block the upstream receives.
 
@@ -297,6 +392,9 @@ def forward_headers(
     ``X-Forwarded-For/-Proto/-Host`` and ``identity`` (the ``X-Permgate-*`` headers and
     ``X-Request-Id``, built by the caller) — added last, so no client list removes them.
     ``identity`` names outside those two families replace any client value.
+    ``strip`` (lower-cased names) are removed whatever their spelling's case: the
+    tenant headers the map declares, which carry only what ``identity`` re-adds.
+    ``X-Forwarded-Host`` is set only from a ``host`` the caller validated.
     """
     listed = connection_listed(headers, protected)
     cache = _NAME_CACHE
@@ -309,6 +407,8 @@ def forward_headers(
         if key is None or (listed and key in listed):
             continue
         if drop_credential and key == _AUTHORIZATION:
+            continue
+        if strip and key in strip:
             continue
         kept.append((name, value))
     out: CIMultiDict[str] = CIMultiDict(kept)

@@ -32,7 +32,7 @@ from permgate.lookuplimit import LOOKUP_CLIENT
 from permgate.model import Tenant
 from permgate.modelcache import ModelCache
 from permgate.outcome import UNMAPPED_ENDPOINT, RequestOutcome
-from permgate.proxy import Upstream, UpstreamError, UpstreamTiming
+from permgate.proxy import ClientRequestError, Upstream, UpstreamError, UpstreamTiming
 
 __all__ = ["Gateway", "Observer"]
 
@@ -106,6 +106,7 @@ class Gateway:
         self._map_epoch = 0
         self.endpoint_map = endpoint_map
         self._tenant_headers = _tenant_headers(endpoint_map)
+        self._strip = _lower(self._tenant_headers)
         self._protected = _protected_headers(self._tenant_headers, forward_credential)
 
     # -- map ---------------------------------------------------------------------
@@ -113,12 +114,46 @@ class Gateway:
     def swap_map(self, endpoint_map: EndpointMap) -> None:
         """Replace the map atomically; every cached decision becomes stale at once."""
         self._tenant_headers = _tenant_headers(endpoint_map)
+        self._strip = _lower(self._tenant_headers)
         self._protected = _protected_headers(self._tenant_headers, self._forward_credential)
         self.endpoint_map = endpoint_map
         self._map_epoch += 1
         self._decisions.clear()
 
     # -- the handler -------------------------------------------------------------
+
+    async def refuse_unreadable(
+        self, request: web.BaseRequest, status: int, reason: str
+    ) -> web.StreamResponse:
+        """Answer a request the HTTP server could not read (bad framing or syntax, an
+        oversized head, a stalled client): counted and audited like any deny, the
+        connection closed. ``request`` is the server's placeholder: nothing of what
+        the client sent is known, so nothing of it is echoed or recorded."""
+        started = time.time()
+        t0 = self._clock()
+        request_id = os.urandom(16).hex()
+        outcome = RequestOutcome(
+            request_id=request_id,
+            decision_id=os.urandom(16).hex(),
+            method="",
+            path="",
+            client_ip=request.remote,
+            started=started,
+            map_sha256=self.endpoint_map.sha256,
+            reason=reason,
+            status=status,
+        )
+        error = "request_timeout" if status == 408 else "bad_request"
+        response = _closing(_refusal(status, error, reason, request_id))
+        try:
+            await self._observer.admit()
+        except PermgateError:
+            outcome.duration_s = self._clock() - t0
+            self._observer.refused(outcome)  # no audit slot: counted in metrics
+            return response
+        outcome.duration_s = self._clock() - t0
+        self._observer.record(outcome)
+        return response
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve one request; never raises for a request-level problem."""
@@ -176,12 +211,17 @@ class Gateway:
         raw_target: str,
     ) -> web.StreamResponse:
         headers = request.headers
-        problem = hygiene.check_target(request.method, raw_target) or hygiene.check_headers(
-            headers, self._tenant_headers
+        problem = (
+            hygiene.check_message(request.version, headers)
+            or hygiene.check_target(request.method, raw_target)
+            or hygiene.check_headers(headers, self._tenant_headers)
         )
         if problem is not None:
             outcome.reason = problem
-            return _refusal(400, "bad_request", problem, outcome.request_id)
+            refusal = _refusal(400, "bad_request", problem, outcome.request_id)
+            if problem in hygiene.FRAMING_REASONS:
+                return _closing(refusal)  # what follows on this connection is in doubt
+            return refusal
 
         # Everything below is decided against this map and this model epoch: a swap or
         # a change while we await must not let a decision be cached under newer epochs.
@@ -196,6 +236,8 @@ class Gateway:
             return await self._conclude(request, outcome, decision, None, None, path + query)
         endpoint = match.endpoint
         outcome.endpoint = endpoint.id
+        source = endpoint.tenant
+        tenant_header = source.name if source.kind == "header" else None
         if endpoint.public:
             decision = decide(endpoint_map, match, None, None, None)
             return await self._conclude(request, outcome, decision, None, None, path + query)
@@ -214,7 +256,7 @@ class Gateway:
         outcome.decision_s = self._clock() - t_decide
         outcome.cache_hit = hit
         return await self._conclude(
-            request, outcome, cached.decision, identity, cached, path + query
+            request, outcome, cached.decision, identity, cached, path + query, tenant_header
         )
 
     async def _decide(
@@ -262,6 +304,7 @@ class Gateway:
         identity: Identity | None,
         cached: _Cached | None,
         path_qs: str,
+        tenant_header: str | None = None,
     ) -> web.StreamResponse:
         """Turn a decision into a refusal or a forwarded request."""
         outcome.reason = decision.reason
@@ -276,7 +319,7 @@ class Gateway:
         else:
             outcome.decision = "deny"
             return _forbidden(decision, outcome.request_id)
-        return await self._forward(request, outcome, identity, path_qs)
+        return await self._forward(request, outcome, identity, path_qs, tenant_header)
 
     async def _forward(
         self,
@@ -284,7 +327,11 @@ class Gateway:
         outcome: RequestOutcome,
         identity: Identity | None,
         path_qs: str,
+        tenant_header: str | None,
     ) -> web.StreamResponse:
+        """Forward an allowed (or shadow-denied) request. Every tenant header the map
+        declares is removed, and the endpoint's own (when its tenant comes from one) is
+        set again to the decided tenant: the upstream sees no other tenant."""
         identity_headers = {"X-Request-Id": outcome.request_id}
         if identity is not None:
             principal = identity.principal
@@ -292,16 +339,21 @@ class Gateway:
             identity_headers["X-Permgate-Principal-Kind"] = principal.kind
             if outcome.tenant is not None:
                 identity_headers["X-Permgate-Tenant"] = outcome.tenant
+                if tenant_header is not None:
+                    identity_headers[tenant_header] = outcome.tenant
             if identity.token is not None:
                 identity_headers["X-Permgate-Token-Id"] = identity.token.id
         headers = hygiene.forward_headers(
             request.headers,
             client_ip=request.remote or "",
             scheme=request.scheme,
-            host=request.host,
+            # Checked by hygiene.check_message; request.host would fall back to a
+            # (blocking) getfqdn() on an HTTP/1.0 request without Host.
+            host=request.headers.get("Host"),
             drop_credential=not self._forward_credential,
             identity=identity_headers,
             protected=self._protected,
+            strip=self._strip,
         )
         if request.version >= HttpVersion11 and _expects_continue(request.headers):
             # No router answers "100 Continue" for us: the client is waiting for it.
@@ -312,6 +364,13 @@ class Gateway:
             response = await self._upstream.forward(
                 request, path_qs=path_qs, headers=headers, timing=timing
             )
+        except ClientRequestError as exc:
+            # The client stalled or broke its body: its fault, not the upstream's.
+            outcome.upstream_s = self._clock() - t_up
+            gone = request.transport is None or request.transport.is_closing()
+            outcome.reason = "client_gone" if gone else exc.reason
+            refusal = _refusal(exc.status_code, exc.error, exc.reason, outcome.request_id)
+            return _closing(refusal)  # the rest of the body will never be read
         except UpstreamError as exc:
             outcome.upstream_s = self._clock() - t_up
             outcome.upstream_error = exc.kind
@@ -330,12 +389,15 @@ def _expects_continue(headers: Mapping[str, str]) -> bool:
 
 
 def _tenant_headers(endpoint_map: EndpointMap) -> frozenset[str]:
-    """Every header an entry reads its tenant from: duplicates of these are refused."""
-    return frozenset(
-        e.tenant.name
-        for e in endpoint_map.endpoints
-        if e.tenant.kind == "header" and e.tenant.name is not None
-    )
+    """Every header the map reads a tenant from (its entries and its defaults):
+    duplicates of these are refused, and none reaches the upstream as the client sent it."""
+    sources = [e.tenant for e in endpoint_map.endpoints]
+    sources.append(endpoint_map.default_tenant)
+    return frozenset(s.name for s in sources if s.kind == "header" and s.name is not None)
+
+
+def _lower(names: frozenset[str]) -> frozenset[str]:
+    return frozenset(name.lower() for name in names)
 
 
 def _protected_headers(tenant_headers: frozenset[str], forward_credential: bool) -> frozenset[str]:
@@ -355,6 +417,13 @@ def _json(
 
 def _refusal(status: int, error: str, reason: str, request_id: str) -> web.Response:
     return _json(status, {"error": error, "reason": reason, "request_id": request_id})
+
+
+def _closing(response: web.Response) -> web.Response:
+    """The answer ends its connection, and says so (HTTP/1.0 clients included)."""
+    response.headers["Connection"] = "close"
+    response.force_close()
+    return response
 
 
 def _unauthenticated(failure: AuthFailure, request_id: str) -> web.Response:

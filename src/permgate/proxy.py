@@ -18,6 +18,14 @@ aiohttp's) become permgate errors::
         ├── UpstreamUnavailable     502, kind "connect": refused, reset, DNS, TLS
         ├── UpstreamProtocolError   502, kind "protocol": the upstream broke HTTP
         └── UpstreamTimeout         504, kind "timeout": connect, head or one read
+    ClientRequestError              the client's side of the exchange failed
+        ├── ClientStalled           408 request_timeout: no body bytes for the timeout
+        └── ClientBodyInvalid       400 malformed_request: the body's framing broke
+
+A body that is not arriving never holds an upstream connection: up to
+:data:`PREBUFFER_BYTES` of it are received (each read bounded by the timeout) before
+a pooled connection is taken, so a small body goes upstream whole, and only a large
+one is streamed while the connection is held; a stall while streaming releases it.
 
 Errors are raised only while no byte of the answer has been sent. Once the answer
 has started its status cannot change, so a failure then aborts the client
@@ -29,13 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
 import aiohttp
-from aiohttp import web
+from aiohttp import StreamReader, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -45,7 +53,11 @@ from permgate.hygiene import HOP_BY_HOP, connection_listed
 from permgate.upstream_http import BodyError, Connection, Pool, ProtocolViolation, UpstreamClosed
 
 __all__ = [
+    "PREBUFFER_BYTES",
     "SERVER_SETTINGS",
+    "ClientBodyInvalid",
+    "ClientRequestError",
+    "ClientStalled",
     "Upstream",
     "UpstreamError",
     "UpstreamProtocolError",
@@ -83,6 +95,31 @@ class UpstreamTimeout(UpstreamError):
     error = "gateway_timeout"
     reason = "upstream_timeout"
     kind = "timeout"
+
+
+class ClientRequestError(PermgateError):
+    """The client's request body could not be read; nothing is the upstream's fault."""
+
+    status_code = 400
+    error = "bad_request"
+    reason = "malformed_request"
+
+
+class ClientStalled(ClientRequestError, BodyError):
+    """The client sent no body bytes for the timeout (nginx's client_body_timeout)."""
+
+    status_code = 408
+    error = "request_timeout"
+    reason = "request_timeout"
+
+
+class ClientBodyInvalid(ClientRequestError):
+    """The client's body broke its framing (bad chunking, a short Content-Length)."""
+
+
+# Received before an upstream connection is taken: a body that is not arriving (or
+# arrives slowly) holds no pooled connection, and a small body is written at once.
+PREBUFFER_BYTES: Final = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -207,6 +244,11 @@ class Upstream:
             requote_redirect_url=False,
         )
 
+    @property
+    def open_connections(self) -> int:
+        """Upstream connections open now (idle or in use) in the lean client's pool."""
+        return self._pool.open_connections if self._pool is not None else 0
+
     async def close(self) -> None:
         """Close the pool; idempotent."""
         if self._pool is not None:
@@ -249,8 +291,11 @@ class Upstream:
         if timing is None:
             timing = UpstreamTiming()
         url = URL(self._origin + path_qs, encoded=True)
-        body = request.content if request.body_exists else None
+        body: _BodyStream | None = None
         try:
+            if request.body_exists:
+                first, done = await _prebuffer(request.content, self.timeout_seconds)
+                body = _BodyStream(request.content, first, done, self.timeout_seconds)
             try:
                 upstream = await session.request(
                     request.method,
@@ -261,6 +306,8 @@ class Upstream:
                     expect100=False,
                 )
             except (TimeoutError, aiohttp.ClientError) as exc:
+                if body is not None and body.error is not None:
+                    raise body.error from exc
                 raise _translate(exc) from exc
             timing.head_seconds = time.perf_counter() - started
             return await self._relay(request, upstream, timing)
@@ -337,6 +384,9 @@ class Upstream:
         conn: Connection | None = None
         sender: asyncio.Task[None] | None = None
         try:
+            first, done = b"", True
+            if has_body:
+                first, done = await _prebuffer(request.content, self.timeout_seconds)
             head = upstream_http.request_head(
                 method,
                 path_qs,
@@ -355,7 +405,9 @@ class Upstream:
                 conn.begin(method == "HEAD")
                 try:
                     if has_body:
-                        sender = _send_body(conn, request, head, length)
+                        sender = _send_body(
+                            conn, request, head, length, first, done, self.timeout_seconds
+                        )
                     else:
                         conn.write(head)
                         conn.request_sent()
@@ -368,7 +420,11 @@ class Upstream:
                         retry, fresh = False, True  # a stale pooled connection: once more
                         continue
                     raise _translate(exc) from exc
-                except (TimeoutError, OSError, ProtocolViolation, BodyError) as exc:
+                except ClientRequestError:
+                    raise
+                except BodyError as exc:
+                    raise ClientBodyInvalid(str(exc)) from exc
+                except (TimeoutError, OSError, ProtocolViolation) as exc:
                     raise _translate(exc) from exc
                 break
             timing.head_seconds = time.perf_counter() - started
@@ -447,59 +503,131 @@ def _raw_response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
     )
 
 
-async def _send_body_task(conn: Connection, request: web.BaseRequest, length: str | None) -> None:
-    """Stream the client's body upstream as it arrives: Content-Length bodies as they
-    are, the others chunked. Never more than one chunk is held."""
+async def _read_chunk(content: StreamReader, timeout: float) -> bytes:
+    """The next body bytes from the client (b"" at its end), waiting at most ``timeout``
+    for them; a client error (reset, bad chunking) becomes a :class:`BodyError` that
+    names the error's class only, never the bytes the parser quotes."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await content.readany()
+    except TimeoutError:
+        raise ClientStalled(f"the client sent no body bytes for {timeout}s") from None
+    except (asyncio.CancelledError, BodyError):
+        raise
+    except Exception as exc:
+        raise BodyError(f"reading the client's body failed: {type(exc).__name__}") from None
+
+
+async def _prebuffer(content: StreamReader, timeout: float) -> tuple[bytes, bool]:
+    """Up to :data:`PREBUFFER_BYTES` of the body, and whether that is all of it."""
+    parts: list[bytes] = []
+    size = 0
+    while size < PREBUFFER_BYTES:
+        chunk = await _read_chunk(content, timeout)
+        if not chunk:
+            return b"".join(parts), True
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts), False
+
+
+class _BodyStream:
+    """The body for aiohttp's client: the prebuffered part, then the rest as it
+    arrives, each read bounded by the timeout. ``error`` keeps a client-side failure,
+    which aiohttp's client would report as its own."""
+
+    def __init__(self, content: StreamReader, first: bytes, done: bool, timeout: float) -> None:
+        self._content = content
+        self._first = first
+        self._done = done
+        self._timeout = timeout
+        self.error: ClientRequestError | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._first:
+            yield self._first
+        if self._done:
+            return
+        try:
+            while chunk := await _read_chunk(self._content, self._timeout):
+                yield chunk
+        except ClientStalled as exc:
+            self.error = exc
+            raise
+        except BodyError as exc:
+            self.error = ClientBodyInvalid(str(exc))
+            raise self.error from exc
+
+
+async def _send_body_task(
+    conn: Connection, request: web.BaseRequest, length: str | None, remaining: int, timeout: float
+) -> None:
+    """Stream the rest of the client's body upstream as it arrives: Content-Length
+    bodies as they are, the others chunked. Never more than one chunk is held; a client
+    that sends nothing for ``timeout`` fails the exchange (:class:`ClientStalled`)."""
     content = request.content
     try:
         if length is not None:
-            remaining = int(length)
             while remaining > 0:
-                chunk = await content.readany()
+                chunk = await _read_chunk(content, timeout)
                 if not chunk:
                     raise BodyError("the client's body ended before its Content-Length")
                 remaining -= len(chunk)
                 conn.write(chunk)
                 await conn.drain()
         else:
-            while chunk := await content.readany():
+            while chunk := await _read_chunk(content, timeout):
                 conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
                 await conn.drain()
             conn.write(b"0\r\n\r\n")
-    except (UpstreamClosed, TimeoutError, asyncio.CancelledError):
+    except (UpstreamClosed, TimeoutError, asyncio.CancelledError, BodyError):
         raise
-    except Exception as exc:  # the client's side: reset, bad chunking, ...
-        raise BodyError(f"reading the client's body failed: {exc!r}") from exc
+    except Exception as exc:  # the client's side: reset, ...
+        raise BodyError(f"reading the client's body failed: {type(exc).__name__}") from exc
     conn.request_sent()
 
 
 def _send_body(
-    conn: Connection, request: web.BaseRequest, head: bytes, length: str | None
+    conn: Connection,
+    request: web.BaseRequest,
+    head: bytes,
+    length: str | None,
+    first: bytes,
+    done: bool,
+    timeout: float,
 ) -> asyncio.Task[None] | None:
-    """Write the head (with whatever of the body is already here) and stream the rest
-    in a task, so an upstream that answers before reading it all is heard at once."""
-    content = request.content
-    if length is not None and content.is_eof():
-        # The whole (small) body is already here: one write, no task.
-        try:
-            body = content.read_nowait(-1)
-        except Exception as exc:  # the client's side broke the body
-            raise BodyError(f"reading the client's body failed: {exc!r}") from exc
-        if len(body) == int(length):
-            conn.write(head + body)
+    """Write the head with the prebuffered ``first`` bytes of the body (all of it when
+    ``done``) and stream the rest in a task, so an upstream that answers before
+    reading it all is heard at once."""
+    if length is not None:
+        expected = int(length)
+        if done or len(first) >= expected:
+            if len(first) != expected:
+                raise BodyError(f"the client's body has {len(first)} bytes, not {length}")
+            conn.write(head + first)
             conn.request_sent()
             return None
-        raise BodyError(f"the client's body has {len(body)} bytes, not {length}")
-    conn.write(head)
-    task = asyncio.get_running_loop().create_task(_send_body_task(conn, request, length))
+        conn.write(head + first)
+        remaining = expected - len(first)
+    else:
+        if done:
+            framed = b"%x\r\n%b\r\n0\r\n\r\n" % (len(first), first) if first else b"0\r\n\r\n"
+            conn.write(head + framed)
+            conn.request_sent()
+            return None
+        conn.write(head + (b"%x\r\n%b\r\n" % (len(first), first) if first else b""))
+        remaining = 0
+    task = asyncio.get_running_loop().create_task(
+        _send_body_task(conn, request, length, remaining, timeout)
+    )
 
-    def done(task: asyncio.Task[None]) -> None:
+    def finished(task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
         if (exc := task.exception()) is not None:
             conn.fail(exc)
 
-    task.add_done_callback(done)
+    task.add_done_callback(finished)
     return task
 
 

@@ -458,6 +458,11 @@ class Pool:
         """An idle connection closed by the upstream; it is skipped when popped."""
         self.discard(conn)
 
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, idle or in use (those being opened included)."""
+        return self._count
+
     async def close(self) -> None:
         self._closed = True
         if self._sweeper is not None:
