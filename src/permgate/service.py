@@ -707,9 +707,17 @@ class ModelService:
         return current
 
     async def revoke_token(self, actor: Actor, token_id: str) -> AuthToken:
+        """Revoke a token and every token descended from it; see :meth:`revoke_lineage`."""
+        token, _ = await self.revoke_lineage(actor, token_id)
+        return token
+
+    async def revoke_lineage(
+        self, actor: Actor, token_id: str
+    ) -> tuple[AuthToken, list[AuthToken]]:
         """Revoke a token and every token descended from it (created by a caller
         authenticated with it, or with one of those, ...): a leaked token is contained
-        with everything it minted. Revoking a revoked token changes nothing more."""
+        with everything it minted. Returns the token and the descendants this call
+        revoked. Revoking a revoked token changes nothing more."""
         async with self.transaction() as tx:
             token = await tx.get_token(token_id)
             if token is None or not self._sees(actor, token.account):
@@ -731,14 +739,15 @@ class ModelService:
                     snapshot(token),
                     snapshot(after),
                 )
-            await self._revoke_descendants(tx, actor, [token_id])
-            return after
+            return after, await self._revoke_descendants(tx, actor, [token_id])
 
     async def _revoke_descendants(
         self, tx: Transaction, actor: Actor, roots: Sequence[str]
-    ) -> None:
+    ) -> list[AuthToken]:
         """Revoke every unrevoked token descended from ``roots``, whoever owns it (its
-        authority came from the root), each audited as ``token.revoke.cascade``."""
+        authority came from the root), each audited as ``token.revoke.cascade``;
+        returns them, revoked."""
+        revoked: list[AuthToken] = []
         pending = list(roots)
         seen = set(pending)
         while pending:
@@ -761,6 +770,8 @@ class ModelService:
                     snapshot(child),
                     snapshot(after),
                 )
+                revoked.append(after)
+        return revoked
 
     async def _may_manage_principal(
         self,

@@ -134,6 +134,10 @@ async def test_revoking_a_token_revokes_its_descendants_at_once(world: World) ->
         assert (await world.call("GET", "/v1/tenants", who=name)).status == 200
     revoked = await world.call("DELETE", f"/v1/tokens/{world.token_ids['minter']}")
     assert revoked.status == 200
+    assert revoked.body["revoked_descendants"] == [
+        world.token_ids["child"],
+        world.token_ids["grandchild"],
+    ]
     for name in ("minter", "child", "grandchild"):
         refused = await world.call("GET", "/v1/tenants", who=name)
         assert (refused.status, refused.body["reason"]) == (401, "revoked_token"), name
@@ -161,7 +165,8 @@ async def test_revoking_a_child_leaves_its_parent_and_siblings(world: World) -> 
     await _minter(world, "minter", HOUR)
     await _mint(world, "minter", "child", expires_in=600)
     await _mint(world, "minter", "sibling", expires_in=600)
-    assert (await world.call("DELETE", f"/v1/tokens/{world.token_ids['child']}")).status == 200
+    revoked = await world.call("DELETE", f"/v1/tokens/{world.token_ids['child']}")
+    assert (revoked.status, revoked.body["revoked_descendants"]) == (200, [])
     for name in ("minter", "sibling"):
         assert (await world.call("GET", "/v1/tenants", who=name)).status == 200
 

@@ -401,9 +401,13 @@ class _AdminApi:
     async def tokens_revoke(self, request: web.Request) -> web.StreamResponse:
         caller = request[CALLER]
         with forbidden_reason("not_token_owner"):
-            token = await self._service.revoke_token(caller.actor, request.match_info["id"])
+            token, descendants = await self._service.revoke_lineage(
+                caller.actor, request.match_info["id"]
+            )
         await self._committed()
-        return json_response(token_json(token))
+        return json_response(
+            {**token_json(token), "revoked_descendants": [t.id for t in descendants]}
+        )
 
     # -- explain and audit ---------------------------------------------------------
 

@@ -89,6 +89,22 @@ _RESPONSES: Final[dict[str, dict[str, Any]]] = {
             },
         ]
     },
+    "TokenRevoked": {
+        "allOf": [
+            {"$ref": "#/components/schemas/Token"},
+            {
+                "type": "object",
+                "properties": {
+                    "revoked_descendants": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "ids of the tokens descended from it that this call revoked",
+                    }
+                },
+                "required": ["revoked_descendants"],
+            },
+        ]
+    },
     "AuditRecord": {
         "type": "object",
         "properties": {
@@ -253,7 +269,7 @@ _DOCS: Final[dict[str, _Doc]] = {
         "Revoke an auth token and every token descended from it (own tokens; admins: any "
         "of the account)",
         200,
-        "Token",
+        "TokenRevoked",
         None,
         (404,),
     ),
