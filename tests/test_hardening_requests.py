@@ -28,7 +28,9 @@ import orjson
 import pytest
 import yarl
 
+from gateway_procs import echo_upstream, serve_sqlite
 from harness import TEST_MAP, Gateway, eventually, start_gateway
+from permgate.gateway_server import KEEPALIVE_SECONDS, GatewayServer
 from rawhttp import RawResponse, exchange, exchange_to_close, read_response, request
 
 SECRET = "pgt_SECRETtokenVALUE0123456789"
@@ -467,6 +469,35 @@ async def test_stalled_head_is_answered_408(quick_gw: Gateway, partial: bytes) -
     assert QUICK * 0.8 <= waited < QUICK * 6
 
 
+async def test_trickled_head_is_answered_408(quick_gw: Gateway) -> None:
+    """The head timeout bounds the whole head, not each byte: a client trickling its
+    head slower than it may take in total is answered 408 all the same."""
+    reader, writer = await asyncio.open_connection(*address(quick_gw))
+
+    async def trickle() -> None:
+        for byte in b"GET /health HTTP/1.1\r\nHost: gw\r\nX-Slow: " + b"a" * 100:
+            writer.write(bytes([byte]))
+            await asyncio.sleep(QUICK / 5)
+
+    started = time.monotonic()
+    sender = asyncio.create_task(trickle())
+    try:
+        response = await asyncio.wait_for(read_response(reader), QUICK * 10)
+        assert (response.status, body_of(response)["reason"]) == (408, "request_timeout")
+        assert time.monotonic() - started < QUICK * 4
+    finally:
+        sender.cancel()
+        writer.close()
+
+
+async def test_idle_keep_alive_connections_are_bounded(gw: Gateway) -> None:
+    """Connections of the gateway listener idle at most KEEPALIVE_SECONDS (not aiohttp's
+    hour), whatever the head timeout."""
+    server = GatewayServer(gw.runtime.gateway, timeout_seconds=5.0)
+    handler = server()
+    assert handler.keepalive_timeout == KEEPALIVE_SECONDS <= 75.0
+
+
 async def test_stalled_head_after_a_keep_alive_request_is_answered_408(quick_gw: Gateway) -> None:
     """On a kept-alive connection the next head is timed from its first byte."""
     reader, writer = await asyncio.open_connection(*address(quick_gw))
@@ -608,3 +639,58 @@ async def test_slow_but_steady_body_is_forwarded(quick_gw: Gateway) -> None:
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
     assert quick_gw.upstream.seen[-1]["body"] == '{"a":1,2}'
+
+
+# ----------------------------------------------------------------------------- serve --workers 2
+
+
+async def test_workers_answer_unreadable_requests_without_logging_them(tmp_path: Path) -> None:
+    """Under `permgate serve --workers 2`, logging at DEBUG, every unreadable request
+    gets the JSON refusal and is audited, and the process log never holds the credential
+    or the cookie."""
+    extra = "log_level: DEBUG\nupstream_timeout_seconds: 1\n"
+    async with (
+        echo_upstream() as upstream,
+        serve_sqlite(tmp_path, upstream, workers=2, extra=extra) as served,
+    ):
+        url = yarl.URL(served.url)
+        assert url.host is not None and url.port is not None
+        for _, raw, reason in UNREADABLE:
+            response = await exchange(url.host, url.port, raw)
+            assert (response.status, body_of(response)["reason"]) == (400, reason)
+            assert SECRET.encode() not in response.raw
+        expected = {reason for _, _, reason in UNREADABLE}
+
+        def reasons() -> set[str]:
+            return {e.get("reason") for e in served.events() if e.get("event") == "decision"}
+
+        await eventually(lambda: expected <= reasons(), "every refusal to be audited")
+        log = served.log.read_text(encoding="utf-8", errors="replace")
+        assert "refused an unreadable request" in log  # DEBUG lines were written
+        for secret in (SECRET, COOKIE, "SECRET", "COOKIE"):
+            assert secret not in log
+            assert all(secret not in path.read_text() for path in served.audit_files())
+
+
+async def test_workers_answer_a_stalled_body_408(tmp_path: Path) -> None:
+    """Under `permgate serve --workers 2` a stalled body is answered 408 and audited."""
+    extra = "upstream_timeout_seconds: 1\n"
+    async with (
+        echo_upstream() as upstream,
+        serve_sqlite(tmp_path, upstream, workers=2, extra=extra) as served,
+    ):
+        url = yarl.URL(served.url)
+        assert url.host is not None and url.port is not None
+        raw = request(
+            "POST",
+            "/policy/acme-prod/quotes",
+            [("Host", "gw"), bearer(served.tokens["alice"]), ("Content-Length", "10")],
+        )
+        response, _ = await exchange_to_close(url.host, url.port, raw, timeout=10)
+        assert (response.status, body_of(response)["reason"]) == (408, "request_timeout")
+
+        def stalled() -> list[dict[str, Any]]:
+            return [e for e in served.events() if e.get("reason") == "request_timeout"]
+
+        events = await eventually(stalled, "the 408 to be audited")
+        assert events[0]["status"] == 408
