@@ -816,6 +816,9 @@ def _check_id(what: str, value: object, pattern: re.Pattern[str]) -> None:
 def _check_text(what: str, value: object) -> None:
     if not isinstance(value, str) or not value.strip() or len(value) > _MAX_TEXT:
         raise InvalidInput(f"{what} {value!r} must be non-empty text of at most {_MAX_TEXT} chars")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        # A line break forges log lines; PostgreSQL cannot store a NUL at all.
+        raise InvalidInput(f"{what} {value!r} must not contain control characters")
 
 
 def _check_kind(kind: object) -> None:

@@ -163,3 +163,53 @@ async def test_a_closed_store_is_a_json_503(world: World) -> None:
     assert answer.status == 503
     assert answer.headers["Content-Type"] == "application/json"
     assert answer.body["reason"] == "store_unavailable"
+
+
+# -- control characters ----------------------------------------------------------------
+
+CONTROL_INPUTS = [
+    pytest.param("GET", "/v1/principals/a%00b", None, "path parameter 'id'", id="path-nul"),
+    pytest.param("GET", "/v1/tenants/a%0Ab", None, "path parameter 'id'", id="path-newline"),
+    pytest.param("DELETE", "/v1/tokens/a%00b", None, "path parameter 'id'", id="delete-nul"),
+    pytest.param("GET", "/v1/tokens?owner=a%00b", None, "'owner': contains a control", id="query"),
+    pytest.param(
+        "POST",
+        "/v1/tokens",
+        {"name": "x\u0000y", "permissions": ["tenants.read"]},
+        "body.name: contains a control character",
+        id="token-name-nul",
+    ),
+    pytest.param(
+        "POST",
+        "/v1/roles",
+        {"name": "r", "display_name": "Line\nBreak", "permissions": ["a.b"]},
+        "body.display_name: contains a control character",
+        id="display-name-newline",
+    ),
+    pytest.param(
+        "POST",
+        "/v1/explain",
+        {"principal": "a\u0000", "method": "GET", "path": "/x"},
+        "body.principal: contains a control character",
+        id="explain-principal",
+    ),
+    pytest.param(
+        "POST",
+        "/v1/explain",
+        {"principal": "alice", "method": "GET", "path": "/x", "headers": {"X\u0000": "v"}},
+        "a field name contains a control character",
+        id="explain-header-name",
+    ),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("method", "path", "body", "detail"), CONTROL_INPUTS)
+async def test_control_characters_are_422_on_every_backend(
+    world: World, method: str, path: str, body: object, detail: str
+) -> None:
+    """A NUL or a line break in a path parameter, a query value or a body string is a
+    422 naming where: never a 503 from a store that cannot hold it, never stored."""
+    answer = await world.call(method, path, json=body)
+    assert answer.status == 422, answer.body
+    assert detail in answer.body["detail"]

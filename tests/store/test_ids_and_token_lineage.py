@@ -294,3 +294,15 @@ async def test_deleting_a_principal_revokes_what_its_tokens_minted_for_others(
     assert token is not None and token.revoked_at is not None
     audit = await store.list_audit("acme", limit=5)
     assert ("token.revoke.cascade", minted.id) in {(r.action, r.target) for r in audit}
+
+
+@pytest.mark.parametrize(
+    "name", ["line\nbreak", "nul\u0000byte", "escape\u001b[31m"], ids=["newline", "nul", "escape"]
+)
+async def test_names_with_control_characters_are_refused(acme: ModelService, name: str) -> None:
+    """Token names and display names reach logs and text columns: no control characters,
+    whichever door (CLI, policy file, admin API) they come through."""
+    with pytest.raises(InvalidInput, match="must not contain control characters"):
+        await acme.create_token(CLI, "root", name, ["quotes.read"], [])
+    with pytest.raises(InvalidInput, match="must not contain control characters"):
+        await acme.create_role(CLI, "acme", "r", name, ["quotes.read"])

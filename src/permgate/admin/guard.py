@@ -25,7 +25,7 @@ from permgate.admin.schemas import parse_query
 from permgate.authn import Authenticator, AuthFailure, Identity
 from permgate.decision import Subject, decide
 from permgate.endpoints import Endpoint, EndpointMap, Match, parse_map
-from permgate.errors import Forbidden, InvalidPermission, ModelError, StoreUnavailable
+from permgate.errors import Forbidden, InvalidInput, InvalidPermission, ModelError, StoreUnavailable
 from permgate.modelcache import ModelCache
 from permgate.service import Actor
 
@@ -202,9 +202,18 @@ class Guard:
         principal = identity.principal
         subject = Subject(principal, await self._model.roles(principal.account), identity.token)
         authorize(match.endpoint, subject)
+        _check_path_parameters(request)
         request[QUERY] = parse_query(query_schemas(match.endpoint.id), request.query.items())
         request[CALLER] = Caller(identity, subject, Actor.of(principal, identity.token))
         return await handler(request)
+
+
+def _check_path_parameters(request: web.Request) -> None:
+    """No object's id or name holds a control character, so a path parameter with one
+    (``%00``) is refused before it reaches the store, where PostgreSQL cannot hold it."""
+    for name, value in request.match_info.items():
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+            raise InvalidInput(f"path parameter {name!r} contains a control character")
 
 
 def _unrouted(request: web.Request) -> ApiError:

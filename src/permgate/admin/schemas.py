@@ -149,6 +149,9 @@ _READ_ONLY: Final[dict[str, str]] = {
     "expires_at": "give expires_in (seconds) instead",
 }
 
+# C0 controls but tab, and DEL.
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
 _TYPE_NAMES: Final = {
     "object": "an object",
     "array": "an array",
@@ -209,6 +212,10 @@ def _check(schema: Schema, value: object, where: str, problems: list[str]) -> No
         options = ", ".join(repr(option) for option in schema["enum"])
         problems.append(f"{where}: {_show(value)} is not one of {options}")
     if isinstance(value, str):
+        if _CONTROL.search(value) is not None:
+            # No id, name or path holds one; in a log or a PostgreSQL text column a NUL
+            # or a line break would do harm.
+            problems.append(f"{where}: contains a control character")
         if len(value) < schema.get("minLength", 0):
             problems.append(f"{where}: must not be empty")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
@@ -234,6 +241,9 @@ def _check_object(
     properties: dict[str, Schema] = schema.get("properties", {})
     extra = schema.get("additionalProperties", True)
     for key, item in value.items():
+        if _CONTROL.search(key) is not None:
+            problems.append(f"{where}: a field name contains a control character")
+            continue
         if key in properties:
             _check(properties[key], item, f"{where}.{key}", problems)
         elif isinstance(extra, dict):
