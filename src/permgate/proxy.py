@@ -520,6 +520,12 @@ async def _read_chunk(content: StreamReader, timeout: float) -> bytes:
 
 async def _prebuffer(content: StreamReader, timeout: float) -> tuple[bytes, bool]:
     """Up to :data:`PREBUFFER_BYTES` of the body, and whether that is all of it."""
+    if content.is_eof():
+        # The whole body is already here (the common small request): no wait, no timer.
+        try:
+            return content.read_nowait(-1), True
+        except Exception as exc:  # the client's side broke the body
+            raise BodyError(f"reading the client's body failed: {type(exc).__name__}") from None
     parts: list[bytes] = []
     size = 0
     while size < PREBUFFER_BYTES:
