@@ -212,6 +212,11 @@ smoke_run() {
   if buildah run "$CONTAINER" -- sh -c 'command -v gcc || command -v cc || command -v make' >/dev/null 2>&1; then
     die "the runtime image contains a compiler or make"
   fi
+  # The installed package knows its version (from its own metadata).
+  local printed
+  printed=$(buildah run "$CONTAINER" -- permgate --version) || die "permgate --version in the image"
+  [[ $printed =~ ^permgate\ [0-9] ]] || die "permgate --version in the image printed '$printed'"
+  echo "image: $printed"
   # The image's default map is the shipped one, and it loads.
   buildah run "$CONTAINER" -- permgate check-map /etc/permgate/endpoint_map.yaml \
     || die "permgate check-map on the image's /etc/permgate/endpoint_map.yaml"
