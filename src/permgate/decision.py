@@ -8,7 +8,7 @@ from the closed set :class:`Reason`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -29,6 +29,7 @@ __all__ = [
     "decide",
     "effective_grants",
     "is_admin",
+    "missing_permissions",
     "resolve_tenant_id",
     "scope_allows",
     "scope_beyond",
@@ -227,9 +228,7 @@ def decide(
             return False
         return token_grants is None or token_grants.covers(permission, read_actions)
 
-    missing = [p for p in endpoint.permissions if not covered(p)]
-    if endpoint.any_of and not any(covered(p) for p in endpoint.any_of):
-        missing.extend(p for p in endpoint.any_of if p not in missing)
+    missing = missing_permissions(covered, endpoint.permissions, endpoint.any_of)
     if missing:
         return Decision(
             False,
@@ -243,6 +242,18 @@ def decide(
     return Decision(
         True, Reason.ALLOWED, endpoint.id, scoped_tenant, endpoint.permissions, endpoint.any_of
     )
+
+
+def missing_permissions(
+    covered: Callable[[str], bool], permissions: Sequence[str], any_of: Sequence[str]
+) -> list[str]:
+    """What a caller lacks for an endpoint: every permission of ``permissions`` that
+    ``covered`` rejects and, when ``any_of`` is given and none of it is covered, all of
+    ``any_of``. Empty means the permission step allows the request."""
+    missing = [p for p in permissions if not covered(p)]
+    if any_of and not any(covered(p) for p in any_of):
+        missing.extend(p for p in any_of if p not in missing)
+    return missing
 
 
 def _tenant_denial(
