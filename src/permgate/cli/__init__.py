@@ -33,6 +33,8 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "bootstrap": ("bootstrap", "create an account's first admin and print its token"),
     "tokens": ("tokens", "create, list and revoke auth tokens"),
     "explain": ("explain", "the decision the gateway would make, with reasons"),
+    "diff": ("diff", "who gains and loses which endpoint on which tenant with a change"),
+    "lint": ("lint", "roles that grant to no purpose, checked against the endpoint map"),
 }
 
 
