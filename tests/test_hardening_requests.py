@@ -434,6 +434,47 @@ async def test_unreadable_request_is_counted_and_audited(
     assert await decisions_counted(gw, reason) == 1.0
 
 
+# id, a chunked body whose framing breaks after the head was accepted
+BROKEN_BODIES: list[tuple[str, bytes]] = [
+    ("chunk-size-not-hex", b"zz" + SECRET.encode() + b"\r\nabc\r\n0\r\n\r\n"),
+    ("chunk-longer-than-its-size", b"5\r\n" + SECRET.encode() + b"\r\n0\r\n\r\n"),
+    ("chunk-size-overflow", b"ffffffffffffffffffff\r\n" + SECRET.encode() + b"\r\n"),
+    ("chunk-without-crlf", b"3\r\nabc" + SECRET.encode() + b"\r\n0\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize("body", [c[1] for c in BROKEN_BODIES], ids=[c[0] for c in BROKEN_BODIES])
+async def test_broken_body_is_refused_without_echo(
+    gw: Gateway, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An allowed request whose chunked body breaks its framing after the head was
+    accepted is a 400 malformed_request that closes the connection; the upstream gets
+    nothing, and the body's bytes are in no answer, audit event or log record."""
+    caplog.set_level(logging.DEBUG)
+    head = request(
+        "POST",
+        "/policy/acme-prod/quotes",
+        [("Host", "gw"), bearer(gw.tokens["alice"]), ("Transfer-Encoding", "chunked")],
+    )
+    reader, writer = await asyncio.open_connection(*address(gw))
+    try:
+        writer.write(head)
+        await asyncio.sleep(0.2)  # the head is read and decided before the body comes
+        writer.write(body)
+        response = await asyncio.wait_for(read_response(reader), 5)
+        rest = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert (response.status, body_of(response)["reason"]) == (400, "malformed_request")
+    assert (response.headers["Connection"], rest) == ("close", b"")
+    assert gw.upstream.seen == []
+    events = await eventually(lambda: audited(gw, "malformed_request"), "the audit event")
+    assert events[0]["endpoint"] == "quotes.create"
+    assert SECRET.encode() not in response.raw
+    assert SECRET not in gw.audit.getvalue()
+    assert [r.getMessage() for r in caplog.records if SECRET in _record_text(r)] == []
+
+
 # ----------------------------------------------------------------------------- timeouts
 
 ALLOWED_POST = [("Host", "gw"), bearer("{alice}"), ("Content-Type", "application/json")]

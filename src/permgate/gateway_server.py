@@ -58,6 +58,14 @@ class HeadTimeout(HttpProcessingError):
     message = "request head timeout"
 
 
+class BrokenBody(BadHttpMessage):
+    """What a request's body reader raises when the parser refused what followed its
+    head (bad chunking...): the parser's own error quotes the bytes, this does not."""
+
+    def __init__(self) -> None:
+        super().__init__("the request's body broke its framing")
+
+
 def classify(exc: BaseException) -> tuple[int, str]:
     """The status and the reason for a request the server could not read."""
     if isinstance(exc, HeadTimeout):
@@ -112,10 +120,25 @@ class GatewayRequestHandler(RequestHandler):
             if (waiter is not None and not waiter.done()) or self._request_count == 0:
                 self._head_count = self._request_count
                 self._head_timer = self._loop.call_later(self._head_timeout, self._head_expired)
+        queued = len(self._messages)
         super().data_received(data)
+        if len(self._messages) > queued and isinstance(self._messages[-1][0], _ErrInfo):
+            self._fail_open_bodies()
         if self._head_timer is not None and self._request_count != self._head_count:
             self._head_timer.cancel()  # the head is complete (or refused)
             self._head_timer = None
+
+    def _fail_open_bodies(self) -> None:
+        """The parser refused bytes that belonged to a body being read: aiohttp queues a
+        400 for later and leaves that body waiting for ever. Fail it now, so the request
+        reading it is answered (400, connection closed) instead of timing out."""
+        broken = BrokenBody()
+        current = self._current_request
+        if current is not None and not current.content.is_eof():
+            current.content.set_exception(broken)
+        for message, payload in self._messages:
+            if not isinstance(message, _ErrInfo) and not payload.is_eof():
+                payload.set_exception(broken)
 
     def _head_expired(self) -> None:
         self._head_timer = None
@@ -176,9 +199,9 @@ class GatewayRequestHandler(RequestHandler):
             # this server speaks, never the version the client claimed.
             _answer_as_http11(request)
         result = await super().finish_response(request, resp, start_time)
-        if resp.status == 408:
-            # A stalled client: close now, rather than linger for a body that is
-            # not coming (aiohttp would read on for its lingering time).
+        if resp.status == 408 or (not resp.keep_alive and request.content.exception() is not None):
+            # A stalled client or a broken body: close now, rather than linger for a
+            # body that is not coming (aiohttp would read on for its lingering time).
             self.force_close()
         return result
 

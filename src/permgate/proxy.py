@@ -113,8 +113,9 @@ class ClientStalled(ClientRequestError, BodyError):
     reason = "request_timeout"
 
 
-class ClientBodyInvalid(ClientRequestError):
-    """The client's body broke its framing (bad chunking, a short Content-Length)."""
+class ClientBodyInvalid(ClientRequestError, BodyError):
+    """The client's body broke its framing (bad chunking, a short Content-Length), or
+    the client went away while sending it."""
 
 
 # Received before an upstream connection is taken: a body that is not arriving (or
@@ -515,7 +516,7 @@ async def _read_chunk(content: StreamReader, timeout: float) -> bytes:
     except (asyncio.CancelledError, BodyError):
         raise
     except Exception as exc:
-        raise BodyError(f"reading the client's body failed: {type(exc).__name__}") from None
+        raise ClientBodyInvalid(f"reading the client's body failed: {type(exc).__name__}") from None
 
 
 async def _prebuffer(content: StreamReader, timeout: float) -> tuple[bytes, bool]:
@@ -525,7 +526,8 @@ async def _prebuffer(content: StreamReader, timeout: float) -> tuple[bytes, bool
         try:
             return content.read_nowait(-1), True
         except Exception as exc:  # the client's side broke the body
-            raise BodyError(f"reading the client's body failed: {type(exc).__name__}") from None
+            name = type(exc).__name__
+            raise ClientBodyInvalid(f"reading the client's body failed: {name}") from None
     parts: list[bytes] = []
     size = 0
     while size < PREBUFFER_BYTES:
@@ -557,12 +559,9 @@ class _BodyStream:
         try:
             while chunk := await _read_chunk(self._content, self._timeout):
                 yield chunk
-        except ClientStalled as exc:
+        except ClientRequestError as exc:
             self.error = exc
             raise
-        except BodyError as exc:
-            self.error = ClientBodyInvalid(str(exc))
-            raise self.error from exc
 
 
 async def _send_body_task(
@@ -577,7 +576,7 @@ async def _send_body_task(
             while remaining > 0:
                 chunk = await _read_chunk(content, timeout)
                 if not chunk:
-                    raise BodyError("the client's body ended before its Content-Length")
+                    raise ClientBodyInvalid("the client's body ended before its Content-Length")
                 remaining -= len(chunk)
                 conn.write(chunk)
                 await conn.drain()
@@ -609,7 +608,7 @@ def _send_body(
         expected = int(length)
         if done or len(first) >= expected:
             if len(first) != expected:
-                raise BodyError(f"the client's body has {len(first)} bytes, not {length}")
+                raise ClientBodyInvalid(f"the client's body has {len(first)} bytes, not {length}")
             conn.write(head + first)
             conn.request_sent()
             return None
