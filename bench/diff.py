@@ -9,16 +9,21 @@ principals with one to three roles, a few tenant-bound assignments, scopes of te
 ids, ``any`` or ``type:test``, and a handful of admins. It then times
 :func:`permgate.review.diff.diff_access` (the whole enumeration, in one process on one
 core) for three changes: none, one role gaining a permission group, and a map where
-every tenth entry needs one more permission. Prints the median of each over the rounds
-and how many changes it found. Deterministic (a fixed random seed).
+every tenth entry needs one more permission. Prints the median CPU time of each over the
+rounds and how many changes it found; then runs the whole command once, as a process, on
+the world written out as two policy files (the second with the role change). Deterministic
+(a fixed random seed).
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -89,6 +94,52 @@ def stricter_map(endpoint_map: EndpointMap) -> EndpointMap:
     return replace(endpoint_map, endpoints=endpoints)
 
 
+def policy_text(world: World) -> str:
+    """The world as a policy.yaml (custom roles only; built-in ones are implicit)."""
+    lines = ["accounts:", f"  - id: {ACCOUNT}", "    tenants:"]
+    lines += [f"      - {{id: {t.id}, type: {t.type}}}" for t in world.tenants.values()]
+    lines.append("    roles:")
+    for role in world.account_roles(ACCOUNT).values():
+        if not role.builtin:
+            grants = ", ".join(f"'{g}'" for g in role.permissions)
+            lines.append(f"      - {{name: {role.name}, permissions: [{grants}]}}")
+    lines.append("    principals:")
+    for p in world.principals.values():
+        everywhere = ", ".join(a.role for a in p.roles if a.tenant is None)
+        lines.append(f"      - id: {p.id}")
+        lines.append(f"        roles: [{everywhere}]")
+        on_tenant: dict[str, list[str]] = {}
+        for a in p.roles:
+            if a.tenant is not None:
+                on_tenant.setdefault(a.tenant, []).append(a.role)
+        if on_tenant:
+            pairs = ", ".join(f"{t}: [{', '.join(r)}]" for t, r in on_tenant.items())
+            lines.append(f"        tenant_roles: {{{pairs}}}")
+        lines.append(f"        tenants: [{', '.join(p.tenants)}]")
+    return "\n".join(lines) + "\n"
+
+
+def time_command(world: World, changed: World) -> tuple[float, float, int]:
+    """``permgate diff --policy OLD --to-policy NEW --json`` on the shipped map, as a
+    process: (wall seconds, CPU seconds, exit code)."""
+    with tempfile.TemporaryDirectory(prefix="bench-diff-") as tmp:
+        old, new = Path(tmp) / "old.yaml", Path(tmp) / "new.yaml"
+        old.write_text(policy_text(world), encoding="utf-8")
+        new.write_text(policy_text(changed), encoding="utf-8")
+        map_path = str(ROOT / "endpoint_map.yaml")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-m", "permgate", "diff", "--map", map_path, "--to-map", map_path,
+             "--policy", str(old), "--to-policy", str(new), "--json"],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, result.returncode
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--principals", type=int, default=2000)
@@ -123,6 +174,11 @@ def main() -> None:
             f"{name:<22} {statistics.median(runs):>9.2f} {len(impact.gained):>9,} "
             f"{len(impact.lost):>9,}   {' '.join(f'{r:.2f}' for r in runs)}"
         )
+    wall, cpu, code = time_command(world, role_gains_group(world, endpoint_map))
+    print(
+        f"the whole command (read two {args.principals}-principal policy files, check them, "
+        f"diff, print JSON; exit {code}): {wall:.1f} s wall, {cpu:.1f} s CPU"
+    )
 
 
 if __name__ == "__main__":
