@@ -18,7 +18,7 @@ import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Final, TypeVar
+from typing import Final, NoReturn, TypeVar
 
 from permgate.errors import StoreUnavailable
 
@@ -53,8 +53,10 @@ class FairLimiter:
         per_client: int = 8,
         max_clients: int = 1024,
         max_wait: float = 1.0,
+        refusal_delay: float = 1.0,
     ) -> None:
         self._free = slots
+        self._refusal_delay = refusal_delay
         self._per_client = per_client
         self._max_clients = max_clients
         self._max_wait = max_wait
@@ -81,10 +83,10 @@ class FairLimiter:
         queue = self._waiting.get(client)
         if queue is None:
             if len(self._waiting) >= self._max_clients:
-                raise LookupsBusy("too many clients are waiting to look up unknown credentials")
+                await self._refuse("too many clients are waiting to look up unknown credentials")
             queue = self._waiting[client] = deque()
         elif len(queue) >= self._per_client:
-            raise LookupsBusy("too many lookups of unknown credentials from this client")
+            await self._refuse("too many lookups of unknown credentials from this client")
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append(granted)
         try:
@@ -99,6 +101,12 @@ class FairLimiter:
             if isinstance(exc, TimeoutError):
                 raise LookupsBusy("timed out waiting to look up an unknown credential") from None
             raise
+
+    async def _refuse(self, why: str) -> NoReturn:
+        # Not at once: a flood answered at once comes straight back, and the gateway
+        # would spend its time answering it instead of everyone else.
+        await asyncio.sleep(self._refusal_delay)
+        raise LookupsBusy(why)
 
     def _forget(self, client: str, granted: asyncio.Future[None]) -> None:
         queue = self._waiting.get(client)

@@ -53,9 +53,14 @@ class SqlStore(ABC):
     def write(self) -> AbstractAsyncContextManager[Transaction]:
         """A serialised write transaction; see :meth:`Store.write`."""
 
+    def _point_read(self) -> AbstractAsyncContextManager[Transaction]:
+        """A read of ONE statement (consistent by itself): backends may skip the
+        explicit transaction, saving round trips on the request path's misses."""
+        return self._read()
+
     def _side_read(self) -> AbstractAsyncContextManager[Transaction]:
-        """A read on the connection kept for change delivery and pings (by default the
-        ordinary read path)."""
+        """A read of ONE statement on the connection kept for change delivery and pings
+        (by default the ordinary read path)."""
         return self._read()
 
     @abstractmethod
@@ -68,7 +73,7 @@ class SqlStore(ABC):
     # -- reads ---------------------------------------------------------------
 
     async def get_tenant(self, tenant_id: str) -> Tenant | None:
-        async with self._read() as tx:
+        async with self._point_read() as tx:
             return await tx.get_tenant(tenant_id)
 
     async def get_principal(self, principal_id: str) -> Principal | None:
@@ -76,11 +81,11 @@ class SqlStore(ABC):
             return await tx.get_principal(principal_id)
 
     async def get_roles(self, account: str) -> dict[str, Role]:
-        async with self._read() as tx:
+        async with self._point_read() as tx:
             return await tx.get_roles(account)
 
     async def get_token(self, token_id: str) -> AuthToken | None:
-        async with self._read() as tx:
+        async with self._point_read() as tx:
             return await tx.get_token(token_id)
 
     async def version(self) -> int:

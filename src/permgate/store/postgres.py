@@ -148,6 +148,21 @@ class PostgresStore(SqlStore):
             raise self._translate(exc) from exc
 
     @asynccontextmanager
+    async def _point_read(self) -> AsyncIterator[Transaction]:
+        # One statement is one snapshot: no BEGIN/COMMIT round trips.
+        pool = self._require_pool()
+        try:
+            async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+                try:
+                    self._answered.set()
+                    yield Transaction(_Conn(conn), writable=False)
+                except _CONNECTION_ERRORS:
+                    _discard(conn)
+                    raise
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            raise self._translate(exc) from exc
+
+    @asynccontextmanager
     async def _side_read(self) -> AsyncIterator[Transaction]:
         conn = self._listen
         if conn is None or conn.is_closed():
@@ -156,9 +171,10 @@ class PostgresStore(SqlStore):
             return
         async with self._listen_lock:
             try:
+                # One statement at a time (the log since a version, or its newest
+                # version): consistent by itself, no BEGIN/COMMIT round trips.
                 async with asyncio.timeout(SIDE_READ_TIMEOUT):
-                    async with conn.transaction(isolation="repeatable_read", readonly=True):
-                        yield Transaction(_Conn(conn), writable=False)
+                    yield Transaction(_Conn(conn), writable=False)
             except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                 if isinstance(exc, _CONNECTION_ERRORS):
                     conn.terminate()  # the watcher notices and listens again

@@ -44,8 +44,9 @@ class _Conn:
         self._db = db
 
     async def fetch(self, sql: str, *args: object) -> list[Sequence[Any]]:
-        async with self._db.execute(_qmark(sql), args) as cursor:
-            return list(await cursor.fetchall())
+        # One trip to the connection's thread, not three (execute, fetch, close): under
+        # load each trip waits a turn of a busy event loop.
+        return list(await self._db.execute_fetchall(_qmark(sql), args))
 
     async def execute(self, sql: str, *args: object) -> None:
         await self._db.execute(_qmark(sql), args)
@@ -122,7 +123,25 @@ class SQLiteStore(SqlStore):
         return self._snapshot(self._reader, self._read_lock)
 
     def _side_read(self) -> AbstractAsyncContextManager[Transaction]:
-        return self._snapshot(self._side, self._side_lock)
+        # The side connection only ever runs one statement at a time (the log since a
+        # version, or its newest version): no transaction needed.
+        return self._statement(self._side, self._side_lock)
+
+    def _point_read(self) -> AbstractAsyncContextManager[Transaction]:
+        return self._statement(self._reader, self._read_lock)
+
+    @asynccontextmanager
+    async def _statement(
+        self, conn: aiosqlite.Connection | None, lock: asyncio.Lock
+    ) -> AsyncIterator[Transaction]:
+        """For ONE statement: in autocommit mode it is one snapshot by itself, so no
+        BEGIN/COMMIT trips to the connection's thread."""
+        db = self._require(conn)
+        async with lock:
+            try:
+                yield Transaction(_Conn(db), writable=False)
+            except sqlite3.Error as exc:
+                raise self._translate(exc) from exc
 
     @asynccontextmanager
     async def _snapshot(
