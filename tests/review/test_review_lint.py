@@ -232,7 +232,7 @@ def test_lint_reads_the_live_store_without_a_policy(lint_dir: Path) -> None:
         ("wildcard", "everything"),
         ("identical_roles", "everything"),
     }
-    assert {f["where"] for f in findings} == {"store"}
+    assert {f["where"] for f in findings} == {"store: account acme"}
 
 
 LINT_BAD_INPUTS = {

@@ -43,13 +43,16 @@ def run(args: argparse.Namespace) -> int:
     from permgate.review.lint import lint_roles, roles_from_policy, roles_from_world
 
     try:
-        settings = settings_from_args(args) if args.map is None or args.policy is None else None
-        endpoint_map = load_map(args.map or settings.endpoint_map)  # type: ignore[union-attr]
-        if args.policy is not None:
+        if args.map is not None and args.policy is not None:
+            endpoint_map = load_map(args.map)
             roles = roles_from_policy(load_policy(args.policy))
-        else:
-            assert settings is not None
-            roles = roles_from_world(asyncio.run(_store_world(settings.store)))
+        else:  # the configured map, or the live store's roles, or both
+            settings = settings_from_args(args)
+            endpoint_map = load_map(args.map or settings.endpoint_map)
+            if args.policy is not None:
+                roles = roles_from_policy(load_policy(args.policy))
+            else:
+                roles = roles_from_world(asyncio.run(_store_world(settings.store)))
     except (MapError, PolicyError) as exc:
         return _fail(exc.errors)
     except ConfigError as exc:

@@ -221,10 +221,11 @@ def roles_from_policy(policy: Policy) -> list[LintRole]:
     ]
 
 
-def roles_from_world(world: World, where: str = "store") -> list[LintRole]:
-    """The roles the live model defines: every role that is not built in."""
+def roles_from_world(world: World) -> list[LintRole]:
+    """The roles the live model defines: every role that is not built in, each
+    located as ``store: account ID``."""
     return [
-        LintRole(role, world.account_roles(account), where)
+        LintRole(role, world.account_roles(account), f"store: account {account}")
         for account in sorted(world.roles)
         for role in sorted(world.account_roles(account).values(), key=lambda r: r.name)
         if not role.builtin
