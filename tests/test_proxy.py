@@ -23,13 +23,14 @@ from permgate.errors import ConfigError
 from permgate.hygiene import forward_headers
 from permgate.proxy import (
     SERVER_SETTINGS,
+    ClientRequestError,
     Upstream,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamTiming,
     UpstreamUnavailable,
 )
-from rawhttp import exchange, request
+from rawhttp import exchange, read_response, request
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
@@ -199,6 +200,12 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {"type": type(exc).__name__, "kind": exc.kind}, status=exc.status_code
         )
+    except ClientRequestError as exc:
+        response = web.json_response(
+            {"type": type(exc).__name__, "reason": exc.reason}, status=exc.status_code
+        )
+        response.force_close()
+        return response
 
 
 def proxy_app(spec: str, timeout: float, **upstream_kwargs: Any) -> web.Application:
@@ -328,6 +335,59 @@ async def test_slow_upload_is_not_cut_by_the_read_timeout(proxy: TestClient) -> 
 
     response = await proxy.post("/count", data=body())
     assert (response.status, (await response.json())["bytes"]) == (200, 80)
+
+
+# id, the body's framing headers, the body bytes sent before the client stalls
+STALLED_UPLOADS: list[tuple[str, list[tuple[str, str]], bytes]] = [
+    ("length-nothing", [("Content-Length", "100")], b""),
+    ("length-part", [("Content-Length", "100")], b"x" * 10),
+    ("chunked-nothing", [("Transfer-Encoding", "chunked")], b""),
+    ("chunked-part", [("Transfer-Encoding", "chunked")], b"a\r\n" + b"x" * 10 + b"\r\n"),
+]
+
+
+@pytest.mark.parametrize(
+    ("framing", "sent"), [c[1:] for c in STALLED_UPLOADS], ids=[c[0] for c in STALLED_UPLOADS]
+)
+async def test_stalled_upload_is_a_client_timeout_without_an_upstream_connection(
+    proxy: TestClient,  # type: ignore[type-arg]
+    framing: list[tuple[str, str]],
+    sent: bytes,
+) -> None:
+    """A body that stops arriving fails as ClientStalled (408) once the timeout passes
+    without a byte; no upstream connection was taken for it."""
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    try:
+        writer.write(request("POST", "/count", [("Host", "gw"), *framing], sent))
+        response = await asyncio.wait_for(read_response(reader), 5)
+    finally:
+        writer.close()
+    assert response.status == 408
+    assert response.text == '{"type": "ClientStalled", "reason": "request_timeout"}'
+    assert proxy.app[UPSTREAM].open_connections == 0  # type: ignore[index]
+
+
+async def test_upload_stalled_mid_stream_closes_its_upstream_connection(
+    proxy: TestClient,  # type: ignore[type-arg]
+) -> None:
+    """A large body that stops after it began to stream upstream fails as ClientStalled,
+    and the upstream connection carrying it is closed, never pooled."""
+    upstream = proxy.app[UPSTREAM]  # type: ignore[index]
+    head = request("POST", "/count", [("Host", "gw"), ("Content-Length", str(1 << 20))])
+    reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+    try:
+        writer.write(head + b"x" * (256 * 1024))
+        response = await asyncio.wait_for(read_response(reader), 5)
+    finally:
+        writer.close()
+    assert (response.status, response.text) == (
+        408,
+        '{"type": "ClientStalled", "reason": "request_timeout"}',
+    )
+    deadline = time.monotonic() + 5
+    while upstream.open_connections and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert upstream.open_connections == 0
 
 
 async def test_download_first_chunk_arrives_before_the_last_is_sent(
