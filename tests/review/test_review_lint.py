@@ -143,7 +143,7 @@ def test_needs_partner_names_the_missing_partner() -> None:
     policy = parse_policy(policy_with("payer: [payments.read]"), "policy.yaml")
     (finding,) = lint_roles(roles_from_policy(policy), parse_map(LINT_MAP, "map.yaml"))
     assert finding.where == "policy.yaml:4"
-    assert "also need invoices.read" in finding.message
+    assert "grant invoices.read too" in finding.message
 
 
 def permgate(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -156,8 +156,6 @@ def _grant_findings(item: LintRole, index: _MapIndex) -> Iterable[Finding]:
             continue
         gaps = [index.missing(grants, e) for e in needing]
         if all(gaps):
-            fewest = min(len(g) for g in gaps)
-            partners = sorted({p for g in gaps if len(g) == fewest for p in g})
             yield Finding(
                 "needs_partner",
                 role.account,
@@ -165,9 +163,18 @@ def _grant_findings(item: LintRole, index: _MapIndex) -> Iterable[Finding]:
                 grant,
                 item.where,
                 f"role {role.name!r} grants {grant!r}, which unlocks no endpoint on its own: "
-                f"each of the {len(needing)} endpoint(s) needing it also needs a permission "
-                f"the role lacks (the closest also need {' or '.join(partners)})",
+                f"every endpoint needing it ({len(needing)}) also needs a permission the role "
+                f"lacks; grant {_closest(gaps)} too, or drop it",
             )
+
+
+def _closest(gaps: list[list[str]], shown: int = 3) -> str:
+    """The smallest missing sets, as ``a and b or c`` (at most ``shown`` of them)."""
+    fewest = min(len(gap) for gap in gaps)
+    options = sorted({tuple(sorted(gap)) for gap in gaps if len(gap) == fewest})
+    words = [" and ".join(option) for option in options[:shown]]
+    more = f" (or {len(options) - shown} other sets)" if len(options) > shown else ""
+    return " or ".join(words) + more
 
 
 def _identical(item: LintRole, read_actions: Iterable[str]) -> Finding | None:
