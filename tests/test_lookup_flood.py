@@ -16,19 +16,29 @@ import asyncio
 import collections
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 
-from gateway_procs import Outcome, echo_upstream, outcome, serve_sqlite
+from gateway_procs import (
+    Outcome,
+    echo_upstream,
+    outcome,
+    seed_store,
+    serve_sqlite,
+    start_gateway_process,
+    write_gateway_config,
+)
 from permgate.errors import StoreUnavailable
 from permgate.lookuplimit import FairLimiter, LookupsBusy
 from permgate.service import Actor, ModelService
 from permgate.store import open_store
 from permgate.token_secrets import token_id_of
+from pgtools import fresh_database
 
 # -- the limiter -------------------------------------------------------------------------
 
@@ -206,57 +216,86 @@ async def _until(ask: Callable[[], Awaitable[Outcome]], wanted: Outcome, within:
     return took
 
 
+@dataclass(frozen=True)
+class Target:
+    """A running gateway, its store's DSN and the seed's secrets."""
+
+    url: str
+    admin_url: str
+    dsn: str
+    tokens: dict[str, str]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
+    """`permgate serve` on a seeded store of each kind."""
+    async with echo_upstream() as upstream:
+        if request.param == "sqlite":
+            async with serve_sqlite(tmp_path, upstream) as served:
+                dsn = f"sqlite://{tmp_path}/permgate.db"
+                yield Target(served.url, served.admin_url, dsn, served.tokens)
+            return
+        async with fresh_database() as dsn:
+            tokens = await seed_store(dsn)
+            gateway = write_gateway_config(tmp_path, "flooded", store=dsn, upstream=upstream)
+            async with aiohttp.ClientSession() as http:
+                await start_gateway_process(gateway, http)
+            try:
+                yield Target(gateway.url, gateway.admin_url, dsn, tokens)
+            finally:
+                await gateway.stop()
+
+
 @pytest.mark.slow
-async def test_flood_of_unknown_tokens_delays_no_known_work(tmp_path: Path) -> None:
+async def test_flood_of_unknown_tokens_delays_no_known_work(target: Target) -> None:
     """Under a flood of random tokens from one client: /readyz stays 200, another
     client's brand-new token is answered within 2 s, and a revocation made by another
     process is enforced within a second."""
-    async with echo_upstream() as upstream, serve_sqlite(tmp_path, upstream) as served:
-        url = served.url + READS[1]
-        connector = aiohttp.TCPConnector(local_addr=(OTHER_CLIENT, 0))
-        async with aiohttp.ClientSession(connector=connector) as other:
-            alice = served.tokens["alice"]
-            assert await outcome(other, "GET", url, alice) == (200, None)
-            flood = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-c",
-                FLOOD,
-                url,
-                str(FLOOD_REQUESTS),
-                str(FLOOD_SECONDS),
-                str(FLOOD_CONCURRENCY),
-                stdout=asyncio.subprocess.PIPE,
-            )
-            stop, readiness = asyncio.Event(), list[int]()
-            ready = asyncio.ensure_future(
-                _watch_readiness(served.admin_url + "/readyz", stop, readiness)
-            )
+    url = target.url + READS[1]
+    connector = aiohttp.TCPConnector(local_addr=(OTHER_CLIENT, 0))
+    async with aiohttp.ClientSession(connector=connector) as other:
+        alice = target.tokens["alice"]
+        assert await outcome(other, "GET", url, alice) == (200, None)
+        flood = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            FLOOD,
+            url,
+            str(FLOOD_REQUESTS),
+            str(FLOOD_SECONDS),
+            str(FLOOD_CONCURRENCY),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        stop, readiness = asyncio.Event(), list[int]()
+        ready = asyncio.ensure_future(
+            _watch_readiness(target.admin_url + "/readyz", stop, readiness)
+        )
+        try:
+            await asyncio.sleep(1.0)  # the flood is at full strength
+            store = await open_store(target.dsn)
             try:
-                await asyncio.sleep(1.0)  # the flood is at full strength
-                store = await open_store(f"sqlite://{tmp_path}/permgate.db")
-                try:
-                    service = ModelService(store)
-                    _, fresh = await service.create_token(
-                        Actor.cli(), "bob", "fresh", ["quotes.read"], ["any"]
-                    )
-                    took_new = await _until(
-                        lambda: outcome(other, "GET", url, fresh), (200, None), NEW_TOKEN_BOUND
-                    )
-                    alice_id = token_id_of("pgt_", alice)
-                    assert alice_id is not None
-                    await service.revoke_token(Actor.cli(), alice_id)
-                    took_revoke = await _until(
-                        lambda: outcome(other, "GET", url, alice),
-                        (401, "revoked_token"),
-                        CHANGE_BOUND,
-                    )
-                finally:
-                    await store.close()
-                assert flood.returncode is None, "the flood ended before the checks did"
+                service = ModelService(store)
+                _, fresh = await service.create_token(
+                    Actor.cli(), "bob", "fresh", ["quotes.read"], ["any"]
+                )
+                took_new = await _until(
+                    lambda: outcome(other, "GET", url, fresh), (200, None), NEW_TOKEN_BOUND
+                )
+                alice_id = token_id_of("pgt_", alice)
+                assert alice_id is not None
+                await service.revoke_token(Actor.cli(), alice_id)
+                took_revoke = await _until(
+                    lambda: outcome(other, "GET", url, alice),
+                    (401, "revoked_token"),
+                    CHANGE_BOUND,
+                )
             finally:
-                stop.set()
-                await ready
-                out, _ = await asyncio.wait_for(flood.communicate(), FLOOD_SECONDS + 10)
+                await store.close()
+            assert flood.returncode is None, "the flood ended before the checks did"
+        finally:
+            stop.set()
+            await ready
+            out, _ = await asyncio.wait_for(flood.communicate(), FLOOD_SECONDS + 10)
     statuses = {int(k): v for k, v in orjson.loads(out).items()}
     print(
         f"\nflood: {statuses}; new token answered in {took_new:.2f}s, revocation enforced "
