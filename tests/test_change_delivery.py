@@ -124,6 +124,9 @@ async def test_admin_change_binds_every_worker_before_the_answer(
         serve_sqlite(tmp_path, upstream, workers=2) as served,
         contextlib.AsyncExitStack() as stack,
     ):
+        # Whatever happens, SIGTERM the parent, which stops its workers (a SIGKILL would
+        # leave them running).
+        stack.push_async_callback(_stop_gracefully, served.process)
         bob = served.tokens["bob"]
         workers = await _one_connection_per_worker(served, bob, stack)
         for n in range(4):  # decisions now come from each worker's cache
@@ -143,8 +146,12 @@ async def test_admin_change_binds_every_worker_before_the_answer(
         answers = [await _ask(workers[n % 2], served, bob, f"after-{n}") for n in range(40)]
         accepted = [n for n, answer in enumerate(answers) if answer != change.after]
         assert not accepted, f"{len(accepted)} of 40 requests not refused: {answers}"
-        served.process.send_signal(signal.SIGTERM)  # the parent stops its workers too
-        await asyncio.wait_for(served.process.wait(), 30)
+
+
+async def _stop_gracefully(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 30)
 
 
 # -- sidecars on one PostgreSQL ----------------------------------------------------------
