@@ -195,6 +195,12 @@ class Served:
     admin_url: str
     tokens: dict[str, str]
     tmp_path: Path
+    config: Path
+
+    @property
+    def log(self) -> Path:
+        """Where the process's stderr (its log) goes."""
+        return self.tmp_path / "serve.stderr"
 
     def audit_files(self) -> list[Path]:
         return sorted(self.tmp_path.glob("audit*.log"))
@@ -209,57 +215,138 @@ class Served:
             if line.strip()
         ]
 
+    def log_lines(self) -> list[str]:
+        return self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """Every log line as the JSON object it must be (JSON is the default off a terminal)."""
+        return [orjson.loads(line) for line in self.log_lines()]
+
+
+async def seed_sqlite(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """A SQLite store in ``tmp_path`` seeded with the harness cast: its DSN, the secrets."""
+    dsn = f"sqlite://{tmp_path}/permgate.db"
+    store = await open_store(dsn)
+    try:
+        return dsn, await seed(ModelService(store))
+    finally:
+        await store.close()
+
+
+def write_sqlite_config(
+    tmp_path: Path,
+    upstream_url: str,
+    *,
+    listen: str,
+    admin_listen: str,
+    store: str,
+    extra: str = "",
+) -> Path:
+    """``tmp_path/permgate.yaml`` for `permgate serve`: the test map, a file audit sink."""
+    map_path = tmp_path / "endpoint_map.yaml"
+    if not map_path.exists():
+        map_path.write_text(TEST_MAP, encoding="utf-8")
+    config = tmp_path / "permgate.yaml"
+    config.write_text(
+        f"""
+listen: {listen}
+admin_listen: {admin_listen}
+upstream: {upstream_url}
+endpoint_map: {map_path}
+store: {store}
+audit: {{sink: "file:{tmp_path}/audit.log"}}
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def serve_env(tmp_path: Path) -> dict[str, str]:
+    """The test's environment without PERMGATE_* settings, with a metrics folder."""
+    env = clean_env()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")  # not created: serve does
+    return env
+
+
+@dataclass(frozen=True)
+class Exited:
+    """A `permgate` process that ran to its end."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+async def run_to_exit(*args: str, cwd: Path, timeout: float = START_SECONDS) -> Exited:
+    """Run ``permgate ARGS`` until it exits by itself (bounded); its code and output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "permgate",
+        *args,
+        cwd=cwd,
+        env=serve_env(cwd),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"permgate {' '.join(args)} did not exit within {timeout} s") from None
+    assert process.returncode is not None
+    return Exited(process.returncode, out.decode(), err.decode())
+
 
 @contextlib.asynccontextmanager
 async def serve_sqlite(
     tmp_path: Path, upstream_url: str, *, workers: int = 1, extra: str = ""
 ) -> AsyncIterator[Served]:
     """Seed a store, write a config with a file audit sink, run `permgate serve`
-    until ready; kill it on the way out if the test did not stop it."""
-    dsn = f"sqlite://{tmp_path}/permgate.db"
-    store = await open_store(dsn)
-    try:
-        tokens = await seed(ModelService(store))
-    finally:
-        await store.close()
-    (tmp_path / "endpoint_map.yaml").write_text(TEST_MAP, encoding="utf-8")
+    (its stderr in ``Served.log``) until ready; stop it on the way out if the test
+    did not."""
+    dsn, tokens = await seed_sqlite(tmp_path)
     port, admin_port = free_port(), free_port()
-    config = tmp_path / "permgate.yaml"
-    config.write_text(
-        f"""
-listen: 127.0.0.1:{port}
-admin_listen: 127.0.0.1:{admin_port}
-upstream: {upstream_url}
-endpoint_map: {tmp_path}/endpoint_map.yaml
-store: {dsn}
-audit: {{sink: "file:{tmp_path}/audit.log"}}
-{extra}
-""",
-        encoding="utf-8",
+    config = write_sqlite_config(
+        tmp_path,
+        upstream_url,
+        listen=f"127.0.0.1:{port}",
+        admin_listen=f"127.0.0.1:{admin_port}",
+        store=dsn,
+        extra=extra,
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PERMGATE_")}
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")  # not created: serve does
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "permgate",
-        "serve",
-        "--config",
-        str(config),
-        "--workers",
-        str(workers),
-        env=env,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    with (tmp_path / "serve.stderr").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "permgate",
+            "serve",
+            "--config",
+            str(config),
+            "--workers",
+            str(workers),
+            env=serve_env(tmp_path),
+            stderr=log,
+        )
     served = Served(
-        process, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", tokens, tmp_path
+        process,
+        f"http://127.0.0.1:{port}",
+        f"http://127.0.0.1:{admin_port}",
+        tokens,
+        tmp_path,
+        config,
     )
     try:
         async with aiohttp.ClientSession() as http:
 
             async def ready() -> bool:
                 if process.returncode is not None:
-                    raise AssertionError(f"permgate serve exited with {process.returncode}")
+                    raise AssertionError(
+                        f"permgate serve exited with {process.returncode}:\n"
+                        + "\n".join(served.log_lines())
+                    )
                 if len(served.audit_files()) < workers:  # each worker opens its own
                     return False
                 try:
@@ -271,6 +358,16 @@ audit: {{sink: "file:{tmp_path}/audit.log"}}
             await eventually(ready, "permgate serve to be ready", START_SECONDS)
         yield served
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        await stop_serve(process)
+
+
+async def stop_serve(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, so that a parent stops its workers too; SIGKILL if that takes too long."""
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), START_SECONDS)
+    except TimeoutError:
+        process.kill()
+        await process.wait()

@@ -12,6 +12,7 @@ forwards SIGTERM, SIGINT and SIGHUP to the workers and exits when they have drai
 from __future__ import annotations
 
 import argparse
+import asyncio
 import atexit
 import logging
 import os
@@ -32,6 +33,8 @@ from permgate.observability.logs import configure_logging
 WORKER_ENV = "_PERMGATE_WORKER"
 
 log = logging.getLogger("permgate")
+
+ORPHAN_CHECK_SECONDS = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,14 +58,14 @@ def run(args: argparse.Namespace) -> int:
     if worker is not None:
         inherited = os.environ.get(FDS_ENV)
         listeners = Listeners.from_env(inherited) if inherited else None
-        return _run_one(_per_worker(settings, worker), listeners)
+        return _run_one(_per_worker(settings, worker), listeners, worker=True)
     if args.workers == 1:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             # The one process is the parent: same preparation as for N workers.
             from permgate.observability.metrics import prepare_multiprocess_dir
 
             prepare_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-        return _run_one(settings, None)
+        return _run_one(settings, None, worker=False)
     return _run_workers(args, settings)
 
 
@@ -77,15 +80,35 @@ def _per_worker(settings: Settings, worker: str) -> Settings:
     return replace(settings, audit=replace(settings.audit, sink=f"file:{own}"))
 
 
-def _run_one(settings: Settings, listeners: Listeners | None) -> int:
+def _run_one(settings: Settings, listeners: Listeners | None, *, worker: bool) -> int:
     """Serve in this process, on ``listeners`` (a worker's) or on sockets bound here."""
-    import asyncio
-
     from permgate.app import install_uvloop, serve
 
     install_uvloop()
-    asyncio.run(serve(settings, listeners=listeners))
+    if not worker:
+        asyncio.run(serve(settings, listeners=listeners))
+        return 0
+
+    async def serve_while_parent_lives() -> None:
+        stop = asyncio.Event()
+        watch = asyncio.create_task(_stop_when_orphaned(stop))
+        try:
+            await serve(settings, listeners=listeners, stop=stop)
+        finally:
+            watch.cancel()
+
+    asyncio.run(serve_while_parent_lives())
     return 0
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """A worker whose parent died (SIGKILL, out of memory) drains and exits rather
+    than keep serving the inherited sockets on its own, unsupervised."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(ORPHAN_CHECK_SECONDS)
+    log.warning("permgate serve: the parent process is gone; this worker stops")
+    stop.set()
 
 
 def _check_map_and_store(settings: Settings) -> None:
@@ -137,12 +160,13 @@ def _run_workers(args: argparse.Namespace, settings: Settings) -> int:
             argv += ["--store", args.store]
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, forward)
-        log.info(
+        gateway_at, admin_at = describe(listeners.gateway), describe(listeners.admin)
+        log.info(  # the bound addresses: a configured port 0 shows the real one
             "permgate serve: %d workers on %s (admin %s)",
             args.workers,
-            describe(listeners.gateway),
-            describe(listeners.admin),
-            extra={"workers": args.workers},
+            gateway_at,
+            admin_at,
+            extra={"workers": args.workers, "listen": gateway_at, "admin_listen": admin_at},
         )
         for index in range(args.workers):
             worker = subprocess.Popen(
