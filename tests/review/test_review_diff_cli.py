@@ -180,6 +180,10 @@ BAD_INPUTS = {
         ["--map", "map.yaml", "--to-map", "map.yaml", "--store", "sqlite:///nonexistent/p.db"],
         "permgate diff: store 'sqlite:///nonexistent/p.db': no such file",
     ),
+    "--prune between two policy files": (
+        ["--map", "map.yaml", "--policy", "old.yaml", "--to-policy", "old.yaml", "--prune"],
+        "permgate diff: --prune applies to --to-policy with the live store",
+    ),
     "a markdown row limit below one": (
         ["--map", "map.yaml", "--policy", "old.yaml", "--markdown", "--max-rows", "0"],
         "permgate diff: --max-rows 0: must be at least 1",
@@ -287,3 +291,51 @@ def test_shipped_map_against_itself_changes_nothing(files: Path) -> None:
         "--policy", str(root / "examples" / "policy.yaml"), cwd=files,
     )  # fmt: skip
     assert (result.returncode, result.stdout) == (0, "no access changes\n")
+
+
+def test_prune_drops_what_the_new_policy_does_not_name(files: Path) -> None:
+    """--prune: the new side is the store as apply --prune would leave it, so the
+    principals the file omits lose everything."""
+    store = f"sqlite://{files / 'live.db'}"
+    apply(store, "old.yaml", files)
+    (files / "without-bob.yaml").write_text(
+        edited(
+            BASE_POLICY,
+            (
+                "      - id: bob\n        roles: [agent]\n"
+                "        tenants: [acme-prod, acme-test]\n",
+                "",
+            ),
+        ),
+        encoding="utf-8",
+    )
+    args = ["diff", "--store", store, "--map", "map.yaml", "--to-map", "map.yaml"]
+    kept = permgate(*args, "--to-policy", "without-bob.yaml", cwd=files)
+    assert (kept.returncode, kept.stdout) == (0, "no access changes\n")
+    pruned = permgate(*args, "--to-policy", "without-bob.yaml", "--prune", cwd=files)
+    assert pruned.returncode == 1, pruned.stderr
+    assert pruned.stdout.splitlines()[:-1] == [
+        "- bob acme-prod quotes.create (POST /policy/{tenantLocator}/quotes)",
+        "- bob acme-test quotes.create (POST /policy/{tenantLocator}/quotes)",
+        "- bob acme-prod quotes.get (GET /policy/{tenantLocator}/quotes/{locator})",
+        "- bob acme-test quotes.get (GET /policy/{tenantLocator}/quotes/{locator})",
+    ]
+
+
+def test_prune_refuses_a_role_the_new_policy_still_assigns(files: Path) -> None:
+    """--prune checks as apply --prune does: a pruned role still held is bad input."""
+    store = f"sqlite://{files / 'live.db'}"
+    apply(store, "old.yaml", files)
+    (files / "no-agent.yaml").write_text(
+        edited(
+            BASE_POLICY,
+            ("      - name: agent\n        permissions: [quotes.read, quotes.write]\n", ""),
+        ),
+        encoding="utf-8",
+    )
+    result = permgate(
+        "diff", "--store", store, "--map", "map.yaml", "--to-map", "map.yaml",
+        "--to-policy", "no-agent.yaml", "--prune", cwd=files,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (2, "")
+    assert "--prune would delete role 'agent'" in result.stderr

@@ -6,11 +6,11 @@
 
 A map not given is the configured one (``endpoint_map`` of permgate.yaml). Without
 ``--policy`` the old side is the live store and the new side is the store as
-``permgate apply NEW_POLICY`` (without ``--prune``) would leave it; with ``--policy``
-each side is its file alone (every account it names also holds the built-in roles),
-and without ``--to-policy`` the policy does not change. Every policy is first checked
-as ``apply`` would check it. Exit 0 when no decision changes, 1 when access changes,
-2 on bad input.
+``permgate apply NEW_POLICY`` would leave it (with ``--prune``: as ``apply --prune``
+would); with ``--policy`` each side is its file alone (every account it names also
+holds the built-in roles), and without ``--to-policy`` the policy does not change.
+Every policy is first checked as ``apply`` would check it. Exit 0 when no decision
+changes, 1 when access changes, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NEW_POLICY",
         help="new policy.yaml (default: the old side's policy, unchanged)",
     )
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="with the live store as the old side: the new side is the store as "
+        "'permgate apply NEW_POLICY --prune' would leave it",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     output.add_argument(
@@ -77,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_rows < 1:
         return _fail([f"--max-rows {args.max_rows}: must be at least 1"])
+    if args.prune and (args.to_policy is None or args.policy is not None):
+        return _fail(
+            ["--prune applies to --to-policy with the live store as the old side (no --policy)"]
+        )
     try:
         old, new = asyncio.run(_sides(args))
     except (MapError, PolicyError) as exc:
@@ -119,7 +129,7 @@ async def _sides(args: argparse.Namespace) -> tuple[Side, Side]:
         old_world = await _world_of_file(old_policy)
         new_world = old_world if new_policy is None else await _world_of_file(new_policy)
     else:
-        old_world, new_world = await _live_worlds(_configured(settings), new_policy)
+        old_world, new_world = await _live_worlds(_configured(settings), new_policy, args.prune)
     return Side(old_world, old_map), Side(new_world, new_map)
 
 
@@ -142,7 +152,9 @@ async def _world_of_file(policy: Policy) -> World:
     return overlay_policy(EMPTY_WORLD, policy)
 
 
-async def _live_worlds(settings: Settings, new_policy: Policy | None) -> tuple[World, World]:
+async def _live_worlds(
+    settings: Settings, new_policy: Policy | None, prune: bool
+) -> tuple[World, World]:
     """The live store, and the store with ``new_policy`` applied (or unchanged)."""
     from permgate.review.world import check_policy, overlay_policy, world_from_store
     from permgate.store import open_store, sqlite_path
@@ -161,8 +173,10 @@ async def _live_worlds(settings: Settings, new_policy: Policy | None) -> tuple[W
         old_world = await world_from_store(store)
         if new_policy is None:
             return old_world, old_world
-        await check_policy(store, new_policy)
+        await check_policy(store, new_policy, prune=prune)
     finally:
         await store.close()
-    enforcement = settings.default_enforcement
-    return old_world, overlay_policy(old_world, new_policy, default_enforcement=enforcement)
+    new_world = overlay_policy(
+        old_world, new_policy, default_enforcement=settings.default_enforcement, prune=prune
+    )
+    return old_world, new_world

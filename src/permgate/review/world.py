@@ -2,9 +2,10 @@
 
 A :class:`World` comes from the live store (:func:`world_from_store`) or from a
 ``policy.yaml`` laid over another world (:func:`overlay_policy`) exactly as
-``permgate apply`` (without ``--prune``) would leave it: tenants the file names are
+``permgate apply`` would leave it: tenants the file names are
 added, roles it defines get its grants, principals it names get its kind, roles,
-tenant scope and ``disabled`` flag; everything the file does not name stays. A
+tenant scope and ``disabled`` flag; everything the file does not name stays (unless
+pruned, as ``apply --prune`` does). A
 policy file on its own is that overlay on an empty world, so every account it names
 also holds the built-in roles. :func:`check_policy` runs apply's own planner for
 the references and rules that only a store can judge.
@@ -29,7 +30,7 @@ from permgate.model import (
 from permgate.roles import builtin_roles
 
 if TYPE_CHECKING:
-    from permgate.policy_file import Policy
+    from permgate.policy_file import AccountSpec, Policy
     from permgate.store.base import Store
 
 __all__ = ["EMPTY_WORLD", "World", "check_policy", "overlay_policy", "world_from_store"]
@@ -72,9 +73,15 @@ async def world_from_store(store: Store) -> World:
 
 
 def overlay_policy(
-    base: World, policy: Policy, *, default_enforcement: Enforcement = "enforce"
+    base: World,
+    policy: Policy,
+    *,
+    default_enforcement: Enforcement = "enforce",
+    prune: bool = False,
 ) -> World:
-    """``base`` as ``permgate apply`` of ``policy`` (without ``--prune``) would leave it.
+    """``base`` as ``permgate apply`` of ``policy`` would leave it; with ``prune``, as
+    ``apply --prune`` would (principals and custom roles of the file's accounts that
+    the file does not name are gone).
 
     The policy must already be valid against ``base`` (see :func:`check_policy`): a
     tenant's type is kept as ``base`` has it, since apply refuses to change it.
@@ -84,6 +91,8 @@ def overlay_policy(
     principals = dict(base.principals)
     for spec in policy.accounts:
         account_roles = roles.setdefault(spec.id, {r.name: r for r in builtin_roles(spec.id)})
+        if prune:
+            _prune(spec, account_roles, principals)
         for tenant in spec.tenants:
             current = tenants.get(tenant.id)
             mode = cast("Enforcement", tenant.enforcement or default_enforcement)
@@ -117,10 +126,23 @@ def overlay_policy(
     return World(tenants, roles, principals)
 
 
-async def check_policy(store: Store, policy: Policy) -> None:
+def _prune(spec: AccountSpec, roles: dict[str, Role], principals: dict[str, Principal]) -> None:
+    """Drop what ``apply --prune`` deletes in the account: unnamed principals, and
+    roles that are neither built in nor defined by the file."""
+    named = {p.id for p in spec.principals}
+    for principal_id in [
+        pid for pid, p in principals.items() if p.account == spec.id and pid not in named
+    ]:
+        del principals[principal_id]
+    defined = {r.name for r in spec.roles}
+    for name in [n for n, r in roles.items() if not r.builtin and n not in defined]:
+        del roles[name]
+
+
+async def check_policy(store: Store, policy: Policy, *, prune: bool = False) -> None:
     """Raise :class:`permgate.policy_file.PolicyError` when ``permgate apply`` would
     refuse ``policy`` on ``store`` (unknown roles or tenants, a tenant of another
     account, a changed tenant type...). Reads only; writes nothing."""
     from permgate.policy_file import plan_policy
 
-    await plan_policy(store, policy)
+    await plan_policy(store, policy, prune=prune)
