@@ -34,7 +34,7 @@ from gateway_procs import (
     write_gateway_config,
 )
 from permgate.errors import StoreUnavailable
-from permgate.lookuplimit import FairLimiter, LookupsBusy
+from permgate.lookuplimit import FairLimiter, LookupsBusy, client_bucket
 from permgate.service import Actor, ModelService
 from permgate.store import open_store
 from permgate.token_secrets import token_id_of
@@ -154,6 +154,23 @@ async def test_cancelled_waiters_give_back_nothing_they_did_not_hold() -> None:
     assert reads.running == 2  # both slots, and no more
     reads.gate.set()
     await asyncio.gather(*again)
+
+
+BUCKETS = {
+    "ipv4 is itself": ("192.0.2.7", "192.0.2.7"),
+    "ipv6 counts by its /64": ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    "ipv6 zone is dropped": ("fe80::1%eth0", "fe80::/64"),
+    "ipv4 on a dual-stack socket": ("::ffff:192.0.2.7", "192.0.2.7"),
+    "unknown peer": ("", ""),
+    "not an address": ("nonsense:", "nonsense:"),
+}
+
+
+@pytest.mark.parametrize("case", list(BUCKETS), ids=list(BUCKETS))
+def test_clients_are_bucketed_by_address(case: str) -> None:
+    """One queue per IPv4 address and per IPv6 /64 (one host often holds a whole /64)."""
+    address, bucket = BUCKETS[case]
+    assert client_bucket(address) == bucket
 
 
 # -- a real gateway under a flood --------------------------------------------------------

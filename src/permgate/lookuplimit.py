@@ -4,17 +4,24 @@ A flood of requests carrying random, well-formed token ids misses every cache, a
 each miss would read the store. :class:`FairLimiter` lets at most ``slots`` such reads
 run at once; further ones wait in a queue per client (by the peer address that
 :data:`LOOKUP_CLIENT` carries for the current request), and a freed slot goes to the
-clients in turn (round robin), so a flood from one address cannot take every slot
-from another. A client whose queue is full, a new client when too many are already
-queued, and a wait longer than ``max_wait`` get :class:`LookupsBusy`: a 503
-``store_unavailable`` answer at once, never a 401, because the credential was not
-checked (a new valid token must not be reported invalid). Memory is bounded by
-``max_clients * per_client`` waiting entries.
+clients in turn (round robin), so a flood from one address (one IPv6 /64) cannot take
+every slot from another. Behind a proxy every client has the proxy's address and
+shares one queue: the limit still bounds the store's load, but fairness is then
+between proxies, not end clients.
+
+A lookup past the bounds (its client's queue full, too many clients queued) is
+refused after ``refusal_delay``, and a lookup still queued after ``max_wait`` is
+refused then: :class:`LookupsBusy`, a 503 ``store_unavailable`` answer, never a 401,
+because the credential was not checked (a new valid token must not be reported
+invalid). The refusal is delayed on purpose: a flood answered at once comes straight
+back, and the gateway would spend its time answering it instead of everyone else.
+Memory is bounded by ``max_clients * per_client`` queued lookups.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections import deque
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -22,12 +29,26 @@ from typing import Final, NoReturn, TypeVar
 
 from permgate.errors import StoreUnavailable
 
-__all__ = ["LOOKUP_CLIENT", "FairLimiter", "LookupsBusy"]
+__all__ = ["LOOKUP_CLIENT", "FairLimiter", "LookupsBusy", "client_bucket"]
 
 # Who the current request comes from (its peer address); "" when not known.
 LOOKUP_CLIENT: Final[ContextVar[str]] = ContextVar("permgate_lookup_client", default="")
 
 _T = TypeVar("_T")
+
+
+def client_bucket(address: str) -> str:
+    """Who shares one queue: an IPv4 address, or an IPv6 address's /64 (one host
+    commonly holds a whole /64, so its addresses count as one client)."""
+    if ":" not in address:
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:  # an IPv4 client on a dual-stack socket
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 class LookupsBusy(StoreUnavailable):
@@ -42,6 +63,7 @@ class FairLimiter:
         per_client: reads one client may have waiting.
         max_clients: clients that may have reads waiting at the same time.
         max_wait: seconds a read may wait for a slot.
+        refusal_delay: seconds before a lookup past the bounds is refused.
 
     Runs on the event loop's thread only.
     """
@@ -70,7 +92,7 @@ class FairLimiter:
 
     async def run(self, client: str, read: Callable[[], Awaitable[_T]]) -> _T:
         """``read()`` once a slot is free for ``client``; raises :class:`LookupsBusy`."""
-        await self._acquire(client)
+        await self._acquire(client_bucket(client))
         try:
             return await read()
         finally:
