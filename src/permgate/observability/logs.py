@@ -3,12 +3,13 @@
 One handler on the root logger writes to stderr:
 
 - ``text``: ``2026-01-31 12:00:00,123 INFO permgate.access: GET /x 200 1.2ms key=value ...``
-- ``json``: one object per line, ``ts`` (RFC 3339, UTC), ``level``, ``logger``,
+- ``json``: one object per line, ``ts`` (RFC 3339, UTC, ``Z``), ``level``, ``logger``,
   ``message``, ``pid``, then the record's own fields (``extra=``), e.g. ``request_id``.
 
-Unset, the format is text when stderr is a terminal and JSON otherwise. Every line
-passes through :func:`redact` as it is written: whatever a message happens to quote
-(an exception's text, a URL, a request path), no credential reaches the log.
+Unset, the format is text when stderr is a terminal and JSON otherwise. The message,
+every field and any traceback pass through :func:`redact` as the line is written:
+whatever they happen to quote (an exception's text, a URL, a request path), no
+credential reaches the log.
 
 :class:`Throttle` keeps a recurring warning (an unreachable upstream under a flood of
 requests) to one line per interval, with the count of what it held back.
@@ -44,8 +45,7 @@ _RECORD_ATTRIBUTES: Final = frozenset(
 ) | {"message", "asctime"}
 
 _REDACTED: Final = "[redacted]"
-# Credentials a line might quote. Each pattern stops at characters a JSON string
-# escapes, so redacting a finished JSON line keeps it valid JSON.
+# Credentials a line might quote; each stops at a quote, a space or a separator.
 _SECRETS: Final = re.compile(
     r"(?P<scheme>\b(?i:bearer|basic)\s+)[A-Za-z0-9._~+/=-]+"  # an Authorization value
     r"|(?P<token>[a-z0-9]{16}_)[A-Za-z0-9_-]{43}"  # an auth token: keep its id only
@@ -62,9 +62,30 @@ def _replace(match: re.Match[str]) -> str:
     return f"{kept}{_REDACTED}"
 
 
+# A token is at least 16 + 1 + 43 characters of these: shorter text cannot hold one.
+_LONG_RUN: Final = re.compile(r"[A-Za-z0-9_-]{60}")
+
+
 def redact(text: str) -> str:
     """``text`` with every credential it quotes replaced by ``[redacted]``."""
+    # Cheap substring tests first: an access line is redacted on every request, and
+    # the full pattern costs tens of microseconds on a long line.
+    if "=" not in text and "eyJ" not in text and "://" not in text:
+        lowered = text.lower()
+        if "bearer" not in lowered and "basic" not in lowered and _LONG_RUN.search(text) is None:
+            return text
     return _SECRETS.sub(_replace, text)
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` (a field of a log line) with every string in it redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
 
 
 def resolve_format(log_format: str | None, stream: IO[str]) -> LogFormat:
@@ -85,15 +106,22 @@ class TextFormatter(logging.Formatter):
     """``TIME LEVEL logger: message key=value ...``, then any traceback, redacted."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = f"{self.formatTime(record)} {record.levelname} {record.name}: {record.getMessage()}"
+        message = redact(record.getMessage())
+        text = f"{self.formatTime(record)} {record.levelname} {record.name}: {message}"
         fields = _fields(record)
         if fields:
-            text += " " + " ".join(f"{key}={value}" for key, value in fields.items())
+            text += " " + " ".join(f"{key}={_redacted(value)}" for key, value in fields.items())
         if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+            text += "\n" + redact(self.formatException(record.exc_info))
         if record.stack_info:
-            text += "\n" + self.formatStack(record.stack_info)
-        return redact(text)
+            text += "\n" + redact(self.formatStack(record.stack_info))
+        return text
+
+
+def _timestamp(created: float) -> str:
+    """RFC 3339 in UTC with milliseconds, ``Z`` as in the audit events."""
+    moment = datetime.fromtimestamp(created, UTC)
+    return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -101,20 +129,19 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         event: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": _timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
             "pid": record.process,
         }
         for key, value in _fields(record).items():
-            event.setdefault(key, value)
+            event.setdefault(key, _redacted(value))
         if record.exc_info:
-            event["exc_info"] = self.formatException(record.exc_info)
+            event["exc_info"] = redact(self.formatException(record.exc_info))
         if record.stack_info:
-            event["stack_info"] = self.formatStack(record.stack_info)
-        line = orjson.dumps(event, default=str).decode()
-        return redact(line)
+            event["stack_info"] = redact(self.formatStack(record.stack_info))
+        return orjson.dumps(event, default=lambda value: redact(str(value))).decode()
 
 
 def configure_logging(
