@@ -70,6 +70,19 @@ async def test_a_port_held_by_another_program_is_refused_naming_the_key(
     assert_refused(exited, f"{key} {held}:", "already in use")
 
 
+async def test_the_admin_listener_on_the_gateway_address_is_refused(
+    tmp_path: Path, upstream: str
+) -> None:
+    """`admin_listen` equal to `listen` is a mistake in the config, not another process."""
+    address = f"127.0.0.1:{free_port()}"
+    dsn, _ = await seed_sqlite(tmp_path)
+    config = write_sqlite_config(
+        tmp_path, upstream, listen=address, admin_listen=address, store=dsn
+    )
+    exited = await run_to_exit("serve", "--config", str(config), cwd=tmp_path)
+    assert_refused(exited, f"admin_listen {address}: the same address as listen")
+
+
 @pytest.mark.parametrize("workers", [1, 2], ids=["one process", "two workers"])
 async def test_a_store_in_a_missing_folder_is_refused_naming_the_folder(
     tmp_path: Path, upstream: str, workers: int

@@ -79,6 +79,10 @@ class Listeners:
 
 def bind_listeners(settings: Settings) -> Listeners:
     """Bind ``listen`` then ``admin_listen``; a refusal names the key, address and why."""
+    if settings.admin_listen == settings.listen and not settings.listen.endswith(":0"):
+        raise ConfigError(
+            [f"admin_listen {settings.admin_listen}: the same address as listen; it needs its own"]
+        )
     gateway = _bind("listen", settings.listen)
     try:
         admin = _bind("admin_listen", settings.admin_listen)
