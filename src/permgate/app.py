@@ -92,10 +92,10 @@ class _Observer:
 
 def _log_access(outcome: RequestOutcome) -> None:
     """One line per request, carrying its request id (the audit event's too)."""
+    target = f"{outcome.method} {outcome.path}" if outcome.method else "(unreadable request)"
     access_log.info(
-        "%s %s -> %d",
-        outcome.method or "(unreadable request)",
-        outcome.path,
+        "%s -> %d",
+        target,
         outcome.status,
         extra={
             "request_id": outcome.request_id,
