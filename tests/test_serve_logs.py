@@ -207,3 +207,20 @@ async def test_no_log_line_carries_a_credential(
     assert len([line for line in text.splitlines() if "permgate.access" in line]) == len(requests)
     for secret in (real[-43:], forged[-43:], jwt, basic, "hunter2"):
         assert secret not in text
+
+
+async def test_an_unreadable_request_has_an_access_line_with_its_request_id(
+    tmp_path: Path, upstream: str
+) -> None:
+    """Bytes the HTTP parser refuses still get one access line (and no byte of them)."""
+    async with serve_sqlite(tmp_path, upstream) as served:
+        host, port = served.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /x HTTP/1.1\r\nHost: a\r\nno colon here secret-bytes\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), START_SECONDS)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400")
+        await stop_serve(served.process)
+    [line] = access_lines(served)
+    assert (line["message"], line["status"]) == ("(unreadable request) -> 400", 400)
+    assert line["request_id"] and "secret-bytes" not in served.log.read_text()
