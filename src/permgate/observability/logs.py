@@ -2,7 +2,8 @@
 
 One handler on the root logger writes to stderr:
 
-- ``text``: ``2026-01-31 12:00:00,123 INFO permgate.access: GET /x 200 1.2ms key=value ...``
+- ``text``: ``2026-01-31 12:00:00,123 INFO permgate.access: GET /x -> 200 request_id=...``
+  (the message, then the record's own fields as ``key=value``)
 - ``json``: one object per line, ``ts`` (RFC 3339, UTC, ``Z``), ``level``, ``logger``,
   ``message``, ``pid``, then the record's own fields (``extra=``), e.g. ``request_id``.
 
