@@ -94,3 +94,16 @@ class AuthToken:
     # The auth token whose caller created this one (None: created by a JWT session or
     # the local operator). Revoking a token revokes every token descended from it.
     parent_token_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """A signed-in console session: whose it is, the auth token it was opened with
+    (None for a password sign-in), its CSRF token and its lifetime. The session
+    secret is never part of it; the store keeps only its hash."""
+
+    principal_id: str
+    token_id: str | None
+    csrf: str = field(repr=False)
+    created_at: datetime
+    expires_at: datetime

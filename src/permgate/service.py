@@ -14,7 +14,10 @@ another account is reported as not found, never touched.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -32,6 +35,7 @@ from permgate.model import (
     SCOPE_TYPE_TEST,
     TENANT_TYPES,
     AuthToken,
+    ConsoleSession,
     Enforcement,
     Principal,
     PrincipalKind,
@@ -40,10 +44,21 @@ from permgate.model import (
     Tenant,
     TenantType,
 )
+from permgate.passwords import (
+    FLOOR,
+    LoginRefused,
+    PasswordPolicy,
+    PolicyViolation,
+    broken_rules,
+    dummy_verify,
+    hash_password,
+    policy_from_json,
+    verify_password,
+)
 from permgate.permissions import EMPTY_GRANTS, GrantSet, parse_grant
 from permgate.roles import ADMIN, BUILTIN_ROLE_NAMES, builtin_roles, role_grants
 from permgate.store.base import AuditRecord, Store
-from permgate.store.sql import Transaction
+from permgate.store.sql import StoredPassword, StoredSession, Transaction
 from permgate.token_secrets import hash_secret, new_secret, new_token_id
 
 if TYPE_CHECKING:
@@ -55,7 +70,11 @@ __all__ = [
     "ROLE_NAME",
     "TENANT_ID",
     "Actor",
+    "ConsoleSession",
+    "LoginRefused",
     "ModelService",
+    "PasswordPolicy",
+    "PolicyViolation",
     "audit_event",
     "operator_service",
     "owner_grants",
@@ -72,6 +91,10 @@ PRINCIPAL_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:+|/-]{0,254}")
 _MAX_TEXT: Final = 200
 DEFAULT_TOKEN_PREFIX: Final = "pgt_"
 MAX_TOKEN_LIFETIME_SECONDS: Final = 10 * 366 * 24 * 3600
+# A console session's last_seen_at is written at most this often (seconds).
+_SESSION_TOUCH_EVERY: Final = 10.0
+# What an audit event keeps of a principal id as given at sign-in (any text).
+_MAX_LOGIN_ID: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,6 +521,9 @@ class ModelService:
                 kind=before.kind if kind is None else kind,
                 disabled=before.disabled if disabled is None else bool(disabled),
             )
+            if after.disabled and not before.disabled:
+                # Disabling logs the principal out: console sessions and older JWTs.
+                after = replace(after, sessions_valid_after=self._now())
             return await self._store_principal(tx, actor, before, after, "principal.update")
 
     async def set_principal_roles(
@@ -607,6 +633,322 @@ class ModelService:
         if problems:
             raise InvalidInput("; ".join(problems))
         return tuple(scope)
+
+    # -- passwords and native login -------------------------------------------
+
+    async def password_policy(self, account: str) -> PasswordPolicy:
+        """``account``'s effective password policy: its configured one with the floor
+        applied, or the floor alone."""
+        async with self.transaction() as tx:
+            return policy_from_json(await tx.get_password_policy(account))
+
+    async def set_password_policy(
+        self, actor: Actor, account: str, policy: PasswordPolicy | None
+    ) -> bool:
+        """Configure ``account``'s password policy (None: back to the floor alone).
+        Admins only; True when something changed."""
+        self._require_admin(actor, "configure the password policy")
+        wanted = None if policy is None else policy.with_floor()
+        text = None if wanted is None else json.dumps(wanted.as_json(), sort_keys=True)
+        async with self.transaction() as tx:
+            await self._account(tx, actor, account)
+            stored = await tx.get_password_policy(account)
+            before = None if stored is None else policy_from_json(stored)
+            if before == wanted:
+                return False
+            await tx.put_password_policy(account, text)
+            tx.changed("account", account, None)
+            await self._audit(
+                tx,
+                actor,
+                account,
+                "account.password_policy",
+                account,
+                None if before is None else before.as_json(),
+                None if wanted is None else wanted.as_json(),
+            )
+            return True
+
+    async def set_password(
+        self,
+        actor: Actor,
+        principal_id: str,
+        password: str,
+        current_password: str | None = None,
+    ) -> None:
+        """Set a principal's password. One's own needs ``current_password`` when one
+        is set; someone else's needs an admin (or a ``principals.write`` holder, under
+        the same rules as other changes to a principal). A password the policy refuses
+        raises :class:`PolicyViolation` naming every rule it breaks. Setting a password
+        ends the principal's console sessions and older JWTs."""
+        if not isinstance(password, str):
+            raise InvalidInput("password must be a string")
+        if current_password is not None and not isinstance(current_password, str):
+            raise InvalidInput("current_password must be a string")
+        async with self.transaction() as tx:
+            target = await self._principal(tx, actor, principal_id)
+            own = actor.kind == "principal" and actor.principal_id == target.id
+            if not own:
+                await self._may_manage_principal(tx, actor, target)
+            stored = await tx.get_password(target.id)
+            policy = policy_from_json(await tx.get_password_policy(target.account))
+        # The slow part (Argon2id) runs outside the store's write lock.
+        if own and stored is not None:
+            if current_password is None:
+                raise Forbidden("current_password is required to change one's own password")
+            if not await verify_password(stored.hash, current_password):
+                raise Forbidden("current_password does not match the password set")
+        broken = broken_rules(password, target.id, policy)
+        if stored is not None and policy.history:
+            recent = (stored.hash, *stored.previous)[: policy.history]
+            for old in recent:
+                if await verify_password(old, password):
+                    broken.append(
+                        (
+                            "history",
+                            f"it is one of the last {policy.history} passwords of {target.id!r}",
+                        )
+                    )
+                    break
+        if broken:
+            raise PolicyViolation(broken)
+        new_hash = await hash_password(password)
+        async with self.transaction() as tx:
+            before = await self._principal(tx, actor, principal_id)
+            current = await tx.get_password(before.id)
+            if current != stored:
+                raise Conflict(f"the password of {principal_id!r} changed meanwhile; try again")
+            previous: tuple[str, ...] = ()
+            if current is not None and policy.history > 1:
+                previous = (current.hash, *current.previous)[: policy.history - 1]
+            await tx.put_password(before.id, StoredPassword(new_hash, self._clock(), previous))
+            after = replace(before, sessions_valid_after=self._now())
+            await tx.update_principal(after)
+            tx.changed("principal", after.account, after.id)
+            # The audit says a password was set, by whom; never any hash or password.
+            await self._audit(
+                tx,
+                actor,
+                after.account,
+                "principal.password",
+                after.id,
+                snapshot(before),
+                snapshot(after),
+            )
+
+    async def has_password(self, principal_id: str) -> bool:
+        """True when the principal has a password set (it can sign in natively)."""
+        async with self.transaction() as tx:
+            return await tx.get_password(principal_id) is not None
+
+    async def verify_login(
+        self, principal_id: str, password: str, *, client_ip: str | None
+    ) -> Principal:
+        """The principal signing in with ``password``, or :class:`LoginRefused`.
+
+        An unknown principal, one without a password and a wrong password are all
+        ``bad_credentials`` and take as long (a dummy hash is verified). Failed
+        sign-ins within the account's lockout window lock sign-in (``locked``) for
+        the lock time, for unknown ids too, so the answer tells nothing about which
+        ids exist. ``disabled`` and ``expired_password`` are told only after the
+        right password. Every attempt is audited as ``auth.login``, never with the
+        password.
+        """
+        given = principal_id if isinstance(principal_id, str) else ""
+        login = given.casefold()[:_MAX_LOGIN_ID]
+        password = password if isinstance(password, str) else ""
+        now = self._clock()
+        # Refusals are raised after their transaction commits, so that the failure
+        # count and the audit record are kept, not rolled back with the exception.
+        refusal: LoginRefused | None = None
+        async with self.transaction() as tx:
+            principal = await tx.get_principal(given) if given else None
+            if principal is None and given:
+                # Ids are unique regardless of case: sign in as typed.
+                folded = await tx.principal_id_folding_to(given)
+                principal = None if folded is None else await tx.get_principal(folded)
+            account = None if principal is None else principal.account
+            policy = (
+                FLOOR
+                if account is None
+                else policy_from_json(await tx.get_password_policy(account))
+            )
+            stored = None if principal is None else await tx.get_password(principal.id)
+            lockout = policy.lockout
+            failures, locked_until = await tx.get_login_failures(login)
+            recent = [t for t in failures if t > now - lockout.window_seconds]
+            if locked_until is None or locked_until <= now:
+                if len(recent) >= lockout.attempts:
+                    # Attempts still in flight count: a burst cannot outrun the lockout.
+                    await tx.put_login_failures(login, recent, now + lockout.lock_seconds, now)
+                    refusal = LoginRefused("locked")
+                else:
+                    # Counted as a failure until it succeeds (fail closed under
+                    # concurrency).
+                    await tx.put_login_failures(login, [*recent, now], None, now)
+                    await tx.prune_login_failures(now - 2 * 86400)
+            else:
+                refusal = LoginRefused("locked")
+            if refusal is not None:
+                await self._audit_login(tx, account, given, "refused", "locked", client_ip)
+        if refusal is not None:
+            raise refusal
+        if stored is None:
+            await dummy_verify(password)
+            ok = False
+        else:
+            ok = await verify_password(stored.hash, password)
+        async with self.transaction() as tx:
+            result = await self._login_outcome(tx, login, ok, principal, stored, policy, now)
+            if isinstance(result, LoginRefused):
+                await self._audit_login(tx, account, given, "refused", result.reason, client_ip)
+            else:
+                await self._audit_login(tx, account, given, "ok", None, client_ip)
+        if isinstance(result, LoginRefused):
+            raise result
+        return result
+
+    async def _login_outcome(
+        self,
+        tx: Transaction,
+        login: str,
+        ok: bool,
+        principal: Principal | None,
+        stored: StoredPassword | None,
+        policy: PasswordPolicy,
+        started: float,
+    ) -> Principal | LoginRefused:
+        """After the password was checked: record the failure (locking when it is one
+        too many) or clear the failures, and tell what the caller may know."""
+        lockout = policy.lockout
+        failures, locked_until = await tx.get_login_failures(login)
+        if not ok or principal is None or stored is None:
+            recent = [t for t in failures if t > started - lockout.window_seconds]
+            if len(recent) >= lockout.attempts:
+                locked_until = started + lockout.lock_seconds
+            await tx.put_login_failures(login, recent, locked_until, self._clock())
+            return LoginRefused("bad_credentials")
+        await tx.put_login_failures(login, [], None, self._clock())
+        current = await tx.get_principal(principal.id)
+        if current is None:
+            return LoginRefused("bad_credentials")
+        if current.disabled:
+            return LoginRefused("disabled", current.id)
+        if (
+            policy.max_age_days is not None
+            and stored.set_at + policy.max_age_days * 86400 <= started
+        ):
+            return LoginRefused("expired_password", current.id)
+        return current
+
+    async def _audit_login(
+        self,
+        tx: Transaction,
+        account: str | None,
+        given: str,
+        result: str,
+        reason: str | None,
+        client_ip: str | None,
+    ) -> None:
+        shown = given[:_MAX_LOGIN_ID]
+        actor = Actor(shown, account, False, "principal")
+        await self._audit(
+            tx,
+            actor,
+            account,
+            "auth.login",
+            shown,
+            None,
+            {"result": result, "reason": reason, "principal": shown, "client_ip": client_ip},
+        )
+
+    # -- console sessions ------------------------------------------------------
+
+    async def create_console_session(
+        self,
+        principal_id: str,
+        *,
+        token_id: str | None,
+        idle_seconds: int,
+        absolute_seconds: int,
+    ) -> tuple[str, str]:
+        """A new console session for a principal that has just signed in; returns
+        (session secret, CSRF token). Only the secret's SHA-256 is stored."""
+        if idle_seconds <= 0 or absolute_seconds <= 0:
+            raise InvalidInput("a console session needs positive idle and absolute timeouts")
+        session_secret = secrets.token_urlsafe(32)
+        csrf = secrets.token_urlsafe(32)
+        now = self._clock()
+        async with self.transaction() as tx:
+            principal = await tx.get_principal(principal_id)
+            if principal is None or principal.disabled:
+                raise NotFound(f"principal {principal_id!r} not found or disabled")
+            await tx.insert_console_session(
+                StoredSession(
+                    id_hash=_session_hash(session_secret),
+                    principal_id=principal.id,
+                    token_id=token_id,
+                    csrf=csrf,
+                    created_at=now,
+                    last_seen_at=now,
+                    idle_seconds=float(idle_seconds),
+                    expires_at=now + absolute_seconds,
+                )
+            )
+            await tx.prune_console_sessions(now - 86400)
+        return session_secret, csrf
+
+    async def console_session(self, session_secret: str) -> ConsoleSession | None:
+        """The live session ``session_secret`` opens, or None when it is unknown,
+        ended, idle too long, past its lifetime, older than its principal's
+        ``sessions_valid_after``, its principal is disabled or gone, or the auth token
+        it was opened with is revoked or expired."""
+        if not isinstance(session_secret, str) or not session_secret:
+            return None
+        id_hash = _session_hash(session_secret)
+        now = self._clock()
+        async with self.transaction() as tx:
+            row = await tx.get_console_session(id_hash)
+            if row is None or not await self._session_alive(tx, row, now):
+                return None
+            if now - row.last_seen_at >= _SESSION_TOUCH_EVERY:
+                await tx.touch_console_session(id_hash, now)
+            return ConsoleSession(
+                principal_id=row.principal_id,
+                token_id=row.token_id,
+                csrf=row.csrf,
+                created_at=datetime.fromtimestamp(row.created_at, UTC),
+                expires_at=datetime.fromtimestamp(row.expires_at, UTC),
+            )
+
+    async def _session_alive(self, tx: Transaction, row: StoredSession, now: float) -> bool:
+        if row.ended_at is not None or now >= row.expires_at:
+            return False
+        if now - row.last_seen_at >= row.idle_seconds:
+            return False
+        principal = await tx.get_principal(row.principal_id)
+        if principal is None or principal.disabled:
+            return False
+        valid_after = principal.sessions_valid_after
+        if valid_after is not None and row.created_at < valid_after.timestamp():
+            return False
+        if row.token_id is not None:
+            token = await tx.get_token(row.token_id)
+            if (
+                token is None
+                or token.owner != principal.id
+                or token.revoked_at is not None
+                or (token.expires_at is not None and token.expires_at.timestamp() <= now)
+            ):
+                return False
+        return True
+
+    async def end_console_session(self, session_secret: str) -> None:
+        """Sign out: the session ends on the server (unknown secrets are ignored)."""
+        if not isinstance(session_secret, str) or not session_secret:
+            return
+        async with self.transaction() as tx:
+            await tx.end_console_session(_session_hash(session_secret), self._clock())
 
     # -- tokens ----------------------------------------------------------------
 
@@ -805,6 +1147,10 @@ class ModelService:
         raise Forbidden(f"only {owner.id!r} itself or an admin can manage its tokens")
 
 
+def _session_hash(session_secret: str) -> str:
+    return hashlib.sha256(session_secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _check_id(what: str, value: object, pattern: re.Pattern[str]) -> None:
     if not isinstance(value, str) or pattern.fullmatch(value) is None:
         raise InvalidInput(
@@ -901,8 +1247,16 @@ def _iso(moment: datetime) -> str:
 
 
 def audit_event(record: AuditRecord) -> dict[str, object]:
-    """An audit record as an audit event: ``enforcement.change`` for a tenant's
+    """An audit record as an audit event: ``auth.login`` for a sign-in (result,
+    reason, principal as given, client address), ``enforcement.change`` for a tenant's
     mode (both the switch and a refused switch back), ``admin.change`` for the rest."""
+    if record.action == "auth.login" and isinstance(record.after, dict):
+        return {
+            "ts": datetime.fromtimestamp(record.ts, UTC).isoformat().replace("+00:00", "Z"),
+            "event": "auth.login",
+            "account": record.account,
+            **record.after,
+        }
     kind = (
         "enforcement.change" if record.action.startswith("tenant.enforcement") else "admin.change"
     )

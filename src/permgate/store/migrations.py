@@ -161,6 +161,47 @@ MIGRATIONS: Final = (
             ),
         ),
     ),
+    Migration(
+        4,
+        "native login: password hashes, per-account password policies, sign-in "
+        "failures and console sessions",
+        (
+            # One row per principal that has a password: its Argon2id PHC string, when
+            # it was set, and the previous hashes the policy's history keeps (JSON list,
+            # newest first). Never the password itself.
+            """CREATE TABLE passwords (
+                principal TEXT PRIMARY KEY REFERENCES principals(id) ON DELETE CASCADE,
+                hash TEXT NOT NULL,
+                set_at {float} NOT NULL,
+                previous TEXT NOT NULL)""",
+            # An account's configured password policy as JSON (no row: the floor only).
+            """CREATE TABLE password_policies (
+                account TEXT PRIMARY KEY REFERENCES accounts(id),
+                policy TEXT NOT NULL)""",
+            # Failed sign-ins per principal id as given, folded to lower case (unknown
+            # ids included, so that the lockout answer tells nothing about which ids
+            # exist): the failure instants within the window, and the lock's end.
+            """CREATE TABLE login_failures (
+                login TEXT PRIMARY KEY,
+                failures TEXT NOT NULL,
+                locked_until {float},
+                updated_at {float} NOT NULL)""",
+            "CREATE INDEX login_failures_updated ON login_failures(updated_at)",
+            # Console sessions: only the SHA-256 of the session secret is stored.
+            """CREATE TABLE console_sessions (
+                id_hash TEXT PRIMARY KEY,
+                principal_id TEXT NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+                token_id TEXT,
+                csrf TEXT NOT NULL,
+                created_at {float} NOT NULL,
+                last_seen_at {float} NOT NULL,
+                idle_seconds {float} NOT NULL,
+                expires_at {float} NOT NULL,
+                ended_at {float})""",
+            "CREATE INDEX console_sessions_principal ON console_sessions(principal_id)",
+            "CREATE INDEX console_sessions_expires ON console_sessions(expires_at)",
+        ),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].number

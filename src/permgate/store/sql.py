@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 from permgate.model import AuthToken, Principal, Role, RoleAssignment, Tenant
 from permgate.store.base import AuditRecord, Change, ChangeKind
 
-__all__ = ["Connection", "Transaction", "from_epoch", "to_epoch"]
+__all__ = [
+    "Connection",
+    "StoredPassword",
+    "StoredSession",
+    "Transaction",
+    "from_epoch",
+    "to_epoch",
+]
 
 NOTIFY_CHANNEL: Final = "permgate_changes"
 
@@ -63,6 +71,37 @@ _TOKEN_COLUMNS: Final = (
     "id, owner, account, name, permissions, tenants, created_at, expires_at, "
     "last_used_at, revoked_at, secret_hash, parent_token_id"
 )
+
+
+_SESSION_COLUMNS: Final = (
+    "id_hash, principal_id, token_id, csrf, created_at, last_seen_at, idle_seconds, "
+    "expires_at, ended_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPassword:
+    """A principal's password as stored: its Argon2id PHC string, when it was set
+    (epoch seconds) and the previous hashes kept for the history rule, newest first."""
+
+    hash: str = field(repr=False)
+    set_at: float
+    previous: tuple[str, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    """A console session row; ``id_hash`` is the SHA-256 (hex) of its secret."""
+
+    id_hash: str
+    principal_id: str
+    token_id: str | None
+    csrf: str
+    created_at: float
+    last_seen_at: float
+    idle_seconds: float
+    expires_at: float
+    ended_at: float | None = None
 
 
 def _tenant(row: Sequence[Any]) -> Tenant:
@@ -421,6 +460,118 @@ class Transaction:
             target,
             None if before is None else json.dumps(before, sort_keys=True),
             None if after is None else json.dumps(after, sort_keys=True),
+        )
+
+    # -- passwords, sign-in failures and console sessions (service only) ---------
+
+    async def get_password(self, principal_id: str) -> StoredPassword | None:
+        rows = await self._conn.fetch(
+            "SELECT hash, set_at, previous FROM passwords WHERE principal = $1", principal_id
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return StoredPassword(str(row[0]), float(row[1]), _load(row[2]))
+
+    async def put_password(self, principal_id: str, stored: StoredPassword) -> None:
+        await self._conn.execute("DELETE FROM passwords WHERE principal = $1", principal_id)
+        await self._conn.execute(
+            "INSERT INTO passwords (principal, hash, set_at, previous) VALUES ($1, $2, $3, $4)",
+            principal_id,
+            stored.hash,
+            stored.set_at,
+            _dump(stored.previous),
+        )
+
+    async def get_password_policy(self, account: str) -> str | None:
+        """The account's configured policy as stored JSON; None when it has none."""
+        rows = await self._conn.fetch(
+            "SELECT policy FROM password_policies WHERE account = $1", account
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def put_password_policy(self, account: str, policy_json: str | None) -> None:
+        await self._conn.execute("DELETE FROM password_policies WHERE account = $1", account)
+        if policy_json is not None:
+            await self._conn.execute(
+                "INSERT INTO password_policies (account, policy) VALUES ($1, $2)",
+                account,
+                policy_json,
+            )
+
+    async def get_login_failures(self, login: str) -> tuple[list[float], float | None]:
+        """The failure instants recorded for ``login`` and the end of its lock."""
+        rows = await self._conn.fetch(
+            "SELECT failures, locked_until FROM login_failures WHERE login = $1", login
+        )
+        if not rows:
+            return [], None
+        return [float(x) for x in json.loads(rows[0][0])], rows[0][1]
+
+    async def put_login_failures(
+        self, login: str, failures: Sequence[float], locked_until: float | None, now: float
+    ) -> None:
+        await self._conn.execute("DELETE FROM login_failures WHERE login = $1", login)
+        if failures or locked_until is not None:
+            await self._conn.execute(
+                "INSERT INTO login_failures (login, failures, locked_until, updated_at) "
+                "VALUES ($1, $2, $3, $4)",
+                login,
+                json.dumps(list(failures)),
+                locked_until,
+                now,
+            )
+
+    async def prune_login_failures(self, older_than: float) -> None:
+        """Forget failures of logins untouched since ``older_than`` whose lock is over."""
+        await self._conn.execute(
+            "DELETE FROM login_failures WHERE updated_at < $1 "
+            "AND (locked_until IS NULL OR locked_until < $1)",
+            older_than,
+        )
+
+    async def insert_console_session(self, session: StoredSession) -> None:
+        await self._conn.execute(
+            f"INSERT INTO console_sessions ({_SESSION_COLUMNS}) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            session.id_hash,
+            session.principal_id,
+            session.token_id,
+            session.csrf,
+            session.created_at,
+            session.last_seen_at,
+            session.idle_seconds,
+            session.expires_at,
+            session.ended_at,
+        )
+
+    async def get_console_session(self, id_hash: str) -> StoredSession | None:
+        rows = await self._conn.fetch(
+            f"SELECT {_SESSION_COLUMNS} FROM console_sessions WHERE id_hash = $1", id_hash
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return StoredSession(
+            r[0], r[1], r[2], r[3], float(r[4]), float(r[5]), float(r[6]), float(r[7]), r[8]
+        )
+
+    async def touch_console_session(self, id_hash: str, now: float) -> None:
+        await self._conn.execute(
+            "UPDATE console_sessions SET last_seen_at = $1 WHERE id_hash = $2", now, id_hash
+        )
+
+    async def end_console_session(self, id_hash: str, now: float) -> None:
+        await self._conn.execute(
+            "UPDATE console_sessions SET ended_at = $1 WHERE id_hash = $2 AND ended_at IS NULL",
+            now,
+            id_hash,
+        )
+
+    async def prune_console_sessions(self, older_than: float) -> None:
+        """Delete sessions past their lifetime, or ended, before ``older_than``."""
+        await self._conn.execute(
+            "DELETE FROM console_sessions WHERE expires_at < $1 OR ended_at < $1", older_than
         )
 
     async def flush_changes(self, now: float) -> int | None:
