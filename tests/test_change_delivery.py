@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from gateway_procs import (
     start_gateway_process,
     write_gateway_config,
 )
+from permgate import changeepoch
 from permgate.token_secrets import token_id_of
 from pgtools import server_connection
 
@@ -51,6 +53,43 @@ def _token_id(secret: str) -> str:
     found = token_id_of("pgt_", secret)
     assert found is not None
     return found
+
+
+# -- the counter the workers share -------------------------------------------------------
+
+BUMPER = """
+import sys
+from permgate.changeepoch import ChangeEpoch
+epoch = ChangeEpoch(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    epoch.bump()
+"""
+
+
+async def test_concurrent_bumps_from_several_processes_are_all_counted(tmp_path: Path) -> None:
+    """Three processes bumping the shared counter at once lose no bump, and a reader
+    in another process sees every one of them."""
+    path = changeepoch.create_file()
+    try:
+        reader = changeepoch.ChangeEpoch(path)
+        assert reader.value == 0
+        bumpers = [
+            await asyncio.create_subprocess_exec(sys.executable, "-c", BUMPER, path, "200000")
+            for _ in range(3)
+        ]
+        codes = await asyncio.wait_for(asyncio.gather(*(b.wait() for b in bumpers)), 60)
+        assert codes == [0, 0, 0]
+        assert reader.value == 600_000
+        reader.close()
+    finally:
+        changeepoch.remove_file(path)
+    assert not Path(path).exists()
+
+
+def test_outside_a_worker_there_is_no_shared_counter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A single `serve` (no parent naming a counter) follows no shared counter."""
+    monkeypatch.delenv(changeepoch.ENV, raising=False)
+    assert changeepoch.ChangeEpoch.from_environment() is None
 
 
 # -- workers of one `serve` --------------------------------------------------------------
