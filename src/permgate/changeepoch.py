@@ -22,6 +22,8 @@ import os
 import tempfile
 from typing import Final
 
+from permgate.errors import ConfigError
+
 __all__ = ["ENV", "ChangeEpoch", "create_file", "remove_file"]
 
 # Set in each worker's environment by the parent; outside the PERMGATE_ config namespace.
@@ -30,10 +32,22 @@ _SIZE: Final = 8
 
 
 def create_file() -> str:
-    """A new counter file holding zero; the caller removes it when the workers are gone."""
+    """A new counter file holding zero; the caller removes it when the workers are gone.
+
+    Raises :class:`ConfigError` (one line: where and why) when no file can be made.
+    """
     # In memory where the system offers it (/dev/shm): the file is never written to disk.
     where = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    fd, path = tempfile.mkstemp(prefix="permgate-epoch-", dir=where)
+    try:
+        fd, path = tempfile.mkstemp(prefix="permgate-epoch-", dir=where)
+    except OSError as exc:
+        place = where or tempfile.gettempdir()
+        raise ConfigError(
+            [
+                f"--workers: cannot create the workers' shared change counter in {place}: "
+                f"{exc.strerror or exc}"
+            ]
+        ) from None
     try:
         os.write(fd, bytes(_SIZE))
     finally:
@@ -64,7 +78,14 @@ class ChangeEpoch:
     def from_environment(cls) -> ChangeEpoch | None:
         """The counter the parent named in :data:`ENV`, or None outside a worker."""
         path = os.environ.get(ENV)
-        return cls(path) if path else None
+        if not path:
+            return None
+        try:
+            return cls(path)
+        except OSError as exc:
+            raise ConfigError(
+                [f"cannot open the workers' shared change counter {path}: {exc.strerror or exc}"]
+            ) from None
 
     @property
     def value(self) -> int:
