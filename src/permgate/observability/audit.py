@@ -73,7 +73,13 @@ Processor = Callable[[dict[str, Any]], dict[str, Any]]
 """One step of the audit chain (structlog's processor, minus logger and method name):
 takes the event dict and returns the dict to pass on (the same one or a new one)."""
 
-AUDIT_EVENTS: Final = ("decision", "admin.change", "map.reload", "enforcement.change")
+AUDIT_EVENTS: Final = (
+    "decision",
+    "admin.change",
+    "map.reload",
+    "enforcement.change",
+    "auth.login",
+)
 REDACTED: Final = "[REDACTED]"
 _RETRY_FIRST_SECONDS: Final = 0.1
 _RETRY_MAX_SECONDS: Final = 5.0
