@@ -34,12 +34,14 @@ from permgate.modelcache import ModelCache
 from permgate.observability.audit import AuditLog
 from permgate.observability.metrics import Metrics
 from permgate.observability.reload import MapReloader
+from permgate.observability.tracing import Tracer
 from permgate.observability.upstream_watch import UpstreamWatch
 from permgate.outcome import RequestOutcome
 from permgate.pipeline import Gateway
 from permgate.proxy import Upstream
 from permgate.service import ModelService, audit_event
 from permgate.store import AuditRecord, Store, open_store
+from permgate.tls import TlsSetup
 
 __all__ = ["Runtime", "serve"]
 
@@ -127,6 +129,8 @@ class Runtime:
     observer: _Observer = field(init=False)
     gateway: Gateway = field(init=False)
     gateway_listening: bool = False
+    tls: TlsSetup = field(init=False)
+    tracer: Tracer | None = None
     change_epoch: ChangeEpoch | None = None
     _jwt: JwtVerifier | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -151,6 +155,8 @@ class Runtime:
 
     async def _start_parts(self) -> None:
         settings = self.settings
+        # Certificates first: a missing or broken file is refused before anything runs.
+        self.tls = TlsSetup.from_settings(settings)
         self.metrics = Metrics()
         self.audit = AuditLog(settings.audit, metrics=self.metrics, stream=self.audit_stream)
         await self.audit.start()
@@ -188,9 +194,14 @@ class Runtime:
             self.model, token_prefix=settings.auth.token_prefix, jwt=self._jwt
         )
         self.upstream = Upstream(
-            settings.upstream, timeout_seconds=settings.upstream_timeout_seconds
+            settings.upstream,
+            timeout_seconds=settings.upstream_timeout_seconds,
+            ssl_context=self.tls.upstream,
+            server_name=self.tls.server_name,
         )
         await self.upstream.start()
+        if settings.tracing is not None:  # only the key turns it on, never OTEL_* variables
+            self.tracer = Tracer(settings.tracing)
         self.upstream_watch = UpstreamWatch(settings.upstream)
         self.observer = _Observer(self.metrics, self.audit, self.upstream_watch)
         self.gateway = Gateway(
@@ -202,6 +213,8 @@ class Runtime:
             forward_credential=settings.auth.forward_credential,
             decision_ttl_seconds=settings.cache.decision_ttl_seconds,
             max_entries=settings.cache.max_entries,
+            tracer=self.tracer,
+            principal_from=settings.auth.mtls.principal_from if settings.auth.mtls else None,
         )
         await self.reloader.start()
         self._tasks = [
@@ -210,6 +223,8 @@ class Runtime:
             # Never delays the start: an upstream that starts later is fine, but say so.
             asyncio.create_task(self._probe_upstream(), name="permgate-upstream-probe"),
         ]
+        if self.tls.watcher.contexts:  # rotated certificates, seen within seconds
+            self._tasks.append(asyncio.create_task(self.tls.watcher.run(), name="permgate-tls"))
 
     async def _probe_upstream(self) -> None:
         await self.upstream_watch.probe()
@@ -259,6 +274,8 @@ class Runtime:
         with contextlib.suppress(Exception):
             await self.flush_token_uses()
         await self.upstream.close()
+        if self.tracer is not None:  # the last spans are sent (bounded by the exporter)
+            await asyncio.to_thread(self.tracer.close)
         if self._jwt is not None:
             await self._jwt.close()
         await self.store.close()
@@ -364,10 +381,14 @@ async def serve(
     await admin_runner.setup()
     try:
         for sock in listeners.gateway:
-            await web.SockSite(gateway_runner, sock, backlog=BACKLOG).start()
+            await web.SockSite(
+                gateway_runner, sock, backlog=BACKLOG, ssl_context=runtime.tls.listen
+            ).start()
         runtime.gateway_listening = True
         for sock in listeners.admin:
-            await web.SockSite(admin_runner, sock, backlog=BACKLOG).start()
+            await web.SockSite(
+                admin_runner, sock, backlog=BACKLOG, ssl_context=runtime.tls.admin
+            ).start()
         gateway_at, admin_at = _bound(gateway_runner), _bound(admin_runner)
         log.info(  # the bound addresses: a configured port 0 shows the real one
             "permgate serving %s -> %s (admin %s)",

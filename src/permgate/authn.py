@@ -7,6 +7,13 @@ is compared in constant time. Any other bearer value is a JWT, checked by a
 hot path verifies no signature twice. The principal checks (exists, enabled, session
 not revoked) run on every call, against memory.
 
+A verified client certificate (mutual TLS) identifies a caller that presents no bearer
+credential: :func:`certificate_principal` reads the principal id from it (the whole
+first URI SAN, e.g. a SPIFFE id, the first DNS SAN, or the subject CN), and the
+principal checks are the same. A bearer credential, when present, decides alone: the
+certificate is then not consulted, so a bad token is refused even from a client with
+a good certificate. The TLS layer hands over only certificates it verified.
+
 Every refusal is an :class:`AuthFailure` with one reason from a closed set, and a
 ``detail`` saying which check failed (unknown token id, secret mismatch, expired,
 revoked, owner disabled, session revoked, ...). The detail goes to the audit event
@@ -23,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from cachetools import LRUCache
 
@@ -35,7 +42,18 @@ if TYPE_CHECKING:
     from permgate.jwks import JwtVerifier
     from permgate.modelcache import ModelCache
 
-__all__ = ["AUTH_FAILURE_REASONS", "AuthFailure", "AuthFailureReason", "Authenticator", "Identity"]
+__all__ = [
+    "AUTH_FAILURE_REASONS",
+    "AuthFailure",
+    "AuthFailureReason",
+    "Authenticator",
+    "Identity",
+    "PrincipalFrom",
+    "certificate_principal",
+]
+
+# Which field of a verified client certificate is the principal id.
+PrincipalFrom = Literal["san_uri", "san_dns", "subject_cn"]
 
 AuthFailureReason = Literal[
     "missing_credentials",
@@ -88,7 +106,8 @@ class Identity:
     """Who is calling and with what.
 
     ``credential_key`` names the credential for the decision cache without being it:
-    ``t:<token id>`` or ``j:<sha256 of the JWT>``.
+    ``t:<token id>``, ``j:<sha256 of the JWT>`` or ``c:<principal id>`` (a verified
+    client certificate).
     """
 
     principal: Principal
@@ -128,14 +147,20 @@ class Authenticator:
         self._verified: LRUCache[str, _VerifiedJwt] = LRUCache(maxsize=jwt_cache_size)
         self._uses: dict[str, float] = {}
 
-    async def authenticate(self, authorization: str | None) -> Identity:
+    async def authenticate(
+        self, authorization: str | None, certificate_id: str | None = None
+    ) -> Identity:
         """The caller's identity, or :class:`AuthFailure`.
 
         A header with another scheme (``Basic ...``) counts as missing credentials:
         no bearer credential was presented, and the challenge tells the client which
-        scheme to use (RFC 6750 §3.1).
+        scheme to use (RFC 6750 §3.1). ``certificate_id`` is the principal id read
+        from the client's *verified* certificate (:func:`certificate_principal`): it
+        identifies the caller only when no bearer credential was presented.
         """
         try:
+            if certificate_id is not None and not _is_bearer(authorization):
+                return await self._certificate(certificate_id)
             return await self._authenticate(authorization)
         except AuthFailure as failure:
             log.debug("credential refused: %s: %s", failure.reason, failure.detail)
@@ -153,6 +178,20 @@ class Authenticator:
         if credential.startswith(self._prefix):
             return await self._auth_token(credential)
         return await self._auth_jwt(credential)
+
+    # -- client certificates -----------------------------------------------------------
+
+    async def _certificate(self, principal_id: str) -> Identity:
+        principal = await self._cache.principal(principal_id)
+        if principal is None:
+            raise AuthFailure(
+                "unknown_principal", f"certificate principal {principal_id[:100]!r} not found"
+            )
+        if principal.disabled:
+            raise AuthFailure(
+                "disabled_principal", f"certificate principal {principal.id} is disabled"
+            )
+        return Identity(principal, None, None, f"c:{principal.id}")
 
     # -- auth tokens ------------------------------------------------------------------
 
@@ -228,6 +267,34 @@ class Authenticator:
         if isinstance(exp, int | float) and not isinstance(exp, bool):
             self._verified[digest] = _VerifiedJwt(claims, exp + verifier.leeway)
         return claims
+
+
+def _is_bearer(authorization: str | None) -> bool:
+    return authorization is not None and authorization.partition(" ")[0].lower() == "bearer"
+
+
+def certificate_principal(
+    peercert: Mapping[str, Any] | None, principal_from: PrincipalFrom
+) -> str | None:
+    """The principal id a verified peer certificate names, or None.
+
+    ``peercert`` is what ``SSLObject.getpeercert()`` returns: an empty dict (or None)
+    when the client sent no certificate or it was not verified; the id is the whole
+    value of the first URI SAN, the first DNS SAN or the subject's common name.
+    """
+    if not peercert:
+        return None
+    if principal_from == "subject_cn":
+        for rdn in peercert.get("subject", ()):
+            for name, value in rdn:
+                if name == "commonName" and isinstance(value, str) and value:
+                    return value
+        return None
+    wanted = "URI" if principal_from == "san_uri" else "DNS"
+    for kind, value in peercert.get("subjectAltName", ()):
+        if kind == wanted and isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _epoch(moment: datetime) -> float:

@@ -54,7 +54,11 @@ __all__ = [
     "AuthSettings",
     "CacheSettings",
     "JwtSettings",
+    "ListenerTls",
+    "MtlsSettings",
     "Settings",
+    "TracingSettings",
+    "UpstreamTls",
     "ignored_variables",
     "load_settings",
     "parse_hostport",
@@ -167,6 +171,21 @@ def _jwks_url(value: Any) -> str | None:
     return text
 
 
+def _tls_version(value: Any) -> Any:
+    """YAML reads ``min_version: 1.2`` as a number: take it as the version it names."""
+    if isinstance(value, float) and value in (1.2, 1.3):
+        return str(value)
+    return value
+
+
+def _otlp_endpoint(value: Any) -> str:
+    expected = "expected the collector's http(s) base URL, e.g. http://otel-collector:4318"
+    text = _string(value, expected)
+    if not text.startswith(("http://", "https://")) or len(text.split("://", 1)[1]) == 0:
+        raise _refuse(expected)
+    return text
+
+
 HostPort = Annotated[str, PlainValidator(_hostport)]
 Upstream = Annotated[str, PlainValidator(_upstream)]
 StoreDsn = Annotated[str, PlainValidator(_store)]
@@ -178,6 +197,9 @@ NonEmpty = Annotated[str, Field(min_length=1)]
 Seconds = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, allow_inf_nan=False)]
 Count = Annotated[int, BeforeValidator(_no_bool), Field(ge=1)]
+TlsVersion = Annotated[Literal["1.2", "1.3"], BeforeValidator(_tls_version)]
+OtlpEndpoint = Annotated[str, PlainValidator(_otlp_endpoint)]
+Ratio = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=1, allow_inf_nan=False)]
 
 
 # ---------------------------------------------------------------- the settings
@@ -200,12 +222,63 @@ class JwtSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MtlsSettings:
+    """Verified client certificates as identities: which field of the certificate is
+    the principal id (the whole value of the first URI SAN, e.g. a SPIFFE id, of the
+    first DNS SAN, or the subject's common name)."""
+
+    __pydantic_config__ = _SECTION
+
+    principal_from: Literal["san_uri", "san_dns", "subject_cn"] = "san_uri"
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSettings:
     __pydantic_config__ = _SECTION
 
     token_prefix: NonEmpty = "pgt_"
     forward_credential: bool = False
     jwt: JwtSettings | None = None
+    mtls: MtlsSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """TLS on one listener: the certificate chain and key (re-read when they change on
+    disk), the oldest protocol version accepted, and the CA that client certificates
+    are verified against (clients without one still connect)."""
+
+    __pydantic_config__ = _SECTION
+
+    cert_file: NonEmpty
+    key_file: NonEmpty
+    client_ca_file: str | None = None
+    min_version: TlsVersion = "1.2"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """TLS to an ``https://`` upstream: the CA it is verified against (verification is
+    always on), an optional client certificate, and the name to verify when it is not
+    the upstream's host."""
+
+    __pydantic_config__ = _SECTION
+
+    ca_file: NonEmpty
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """OpenTelemetry spans over OTLP/HTTP to ``otlp_endpoint``/v1/traces."""
+
+    __pydantic_config__ = _SECTION
+
+    otlp_endpoint: OtlpEndpoint
+    sample_ratio: Ratio = 1.0
+    service_name: NonEmpty = "permgate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +324,11 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    listen_tls: ListenerTls | None = None
+    admin_tls: ListenerTls | None = None
+    upstream_tls: UpstreamTls | None = None
+    # Off unless configured here: OTEL_* environment variables never turn it on.
+    tracing: TracingSettings | None = None
 
 
 # ---------------------------------------------------------------- the keys
@@ -408,6 +486,8 @@ def load_settings(
     except ValidationError as exc:
         problems.extend(_problems(exc.errors(), sources))
     problems.extend(_missing_jwt_keys(sources))
+    if settings is not None:
+        problems.extend(_tls_problems(settings, sources))
     if problems or settings is None:
         raise ConfigError([f"invalid configuration: {p}" for p in problems])
     return settings
@@ -479,6 +559,12 @@ _PATH_KEYS: Final[dict[tuple[str, ...], Callable[[Path, str], str]]] = {
     ("endpoint_map",): _path,
     ("store",): _sqlite,
     ("audit", "sink"): _file_sink,
+    **{
+        (section, key): _path
+        for section in ("listen_tls", "admin_tls")
+        for key in ("cert_file", "key_file", "client_ca_file")
+    },
+    **{("upstream_tls", key): _path for key in ("ca_file", "cert_file", "key_file")},
 }
 
 
@@ -509,6 +595,7 @@ _WHY: Final[dict[str, str]] = {
     "dataclass_type": "expected a section (a mapping of keys)",
     "dict_type": "expected a section (a mapping of keys)",
     "finite_number": "expected a finite number",
+    "missing": "required",
 }
 
 
@@ -520,6 +607,8 @@ def _why(error: ErrorDetails) -> str:
         return f"expected {ctx['expected']}"
     if kind == "greater_than":
         return f"expected more than {ctx['gt']}"
+    if kind == "less_than_equal":
+        return f"expected at most {ctx['le']}"
     if kind == "greater_than_equal":
         return f"expected at least {ctx['ge']}"
     if kind in ("too_short", "string_too_short"):
@@ -559,6 +648,9 @@ def _describe(error: ErrorDetails, sources: _Sources) -> str:
         known = ", ".join(sorted(_keys(section))) if section else ""
         where = f"{origin.name}: {key}" if origin and origin.kind == "file" else key
         return f"{where}: unknown key (known: {known})"
+    if error["type"] == "missing":
+        where = f"{origin.name}: {key}" if origin and origin.kind == "file" else key
+        return f"{where}: required"
     value = error["input"]
     if origin is None:
         where = f"{key}: {_show(value)}"
@@ -595,4 +687,36 @@ def _missing_jwt_keys(sources: _Sources) -> list[str]:
             )
     if not jwt.get("jwks_url") and not jwt.get("keys"):
         problems.append(f"{file}auth.jwt: set jwks_url or keys (PEM public keys) to verify JWTs")
+    return problems
+
+
+def _tls_problems(settings: Settings, sources: _Sources) -> list[str]:
+    """TLS keys that only make sense together: a client certificate needs its key,
+    ``upstream_tls`` an ``https://`` upstream, and certificate identities a client CA."""
+
+    def where(path: tuple[str, ...]) -> str:
+        origin = sources.origin(path)
+        file = f"{origin.name}: " if origin is not None and origin.kind == "file" else ""
+        return f"{file}{'.'.join(path)}"
+
+    problems = []
+    upstream_tls = settings.upstream_tls
+    if upstream_tls is not None:
+        if (upstream_tls.cert_file is None) != (upstream_tls.key_file is None):
+            problems.append(
+                f"{where(('upstream_tls',))}: cert_file and key_file go together "
+                "(a client certificate needs its key)"
+            )
+        if not settings.upstream.startswith("https://"):
+            problems.append(
+                f"{where(('upstream_tls',))}: set, but upstream {settings.upstream!r} "
+                "is not https://"
+            )
+    if settings.auth.mtls is not None and (
+        settings.listen_tls is None or settings.listen_tls.client_ca_file is None
+    ):
+        problems.append(
+            f"{where(('auth', 'mtls'))}: client certificates identify principals only with "
+            "listen_tls.client_ca_file (the CA they are verified against)"
+        )
     return problems

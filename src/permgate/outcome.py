@@ -51,3 +51,4 @@ class RequestOutcome:
     upstream_error: str | None = None  # "connect" | "timeout" | "aborted"
     auth_failure: str | None = None
     map_sha256: str = ""
+    trace_id: str | None = None  # from the caller's W3C traceparent, when valid

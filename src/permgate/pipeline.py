@@ -12,6 +12,7 @@ decision a cache hit keyed on the model's and the map's epochs.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import time
@@ -24,13 +25,20 @@ from aiohttp import HttpVersion11, web
 from cachetools import TTLCache
 
 from permgate import hygiene
-from permgate.authn import Authenticator, AuthFailure, Identity
+from permgate.authn import (
+    Authenticator,
+    AuthFailure,
+    Identity,
+    PrincipalFrom,
+    certificate_principal,
+)
 from permgate.decision import Decision, Reason, Subject, decide, resolve_tenant_id
 from permgate.endpoints import EndpointMap, Match
 from permgate.errors import PermgateError, StoreUnavailable
 from permgate.lookuplimit import LOOKUP_CLIENT
 from permgate.model import Tenant
 from permgate.modelcache import ModelCache
+from permgate.observability.tracing import RequestTrace, Tracer, trace_id_of
 from permgate.outcome import UNMAPPED_ENDPOINT, RequestOutcome
 from permgate.proxy import ClientRequestError, Upstream, UpstreamError, UpstreamTiming
 
@@ -40,6 +48,10 @@ log = logging.getLogger("permgate.pipeline")
 
 _JSON: Final = "application/json"
 _UPSTREAM_REASONS: Final = {"connect": "upstream_unavailable", "timeout": "upstream_timeout"}
+# The sampled request's spans, read only when tracing is configured.
+_TRACE: contextvars.ContextVar[RequestTrace | None] = contextvars.ContextVar(
+    "permgate_trace", default=None
+)
 
 
 class Observer(Protocol):
@@ -79,6 +91,9 @@ class Gateway:
         upstream: the pooled client to the protected API.
         observer: metrics and audit.
         forward_credential: pass the client's ``Authorization`` on to the upstream.
+        tracer: spans for sampled requests, or None (tracing off: no span is made).
+        principal_from: with client certificates verified by the listener, which of
+            their fields is the principal id of a request without a bearer credential.
     """
 
     def __init__(
@@ -93,7 +108,11 @@ class Gateway:
         decision_ttl_seconds: float = 30.0,
         max_entries: int = 100_000,
         clock: Callable[[], float] = time.perf_counter,
+        tracer: Tracer | None = None,
+        principal_from: PrincipalFrom | None = None,
     ) -> None:
+        self._tracer = tracer
+        self._principal_from = principal_from
         self._model = model
         self._authn = authenticator
         self._upstream = upstream
@@ -171,7 +190,19 @@ class Gateway:
             client_ip=request.remote,
             started=started,
             map_sha256=self.endpoint_map.sha256,
+            trace_id=trace_id_of(headers.get("traceparent")),
         )
+        trace: RequestTrace | None = None
+        if self._tracer is not None:
+            trace = self._tracer.start(
+                headers,
+                method=request.method,
+                path=path,
+                scheme=request.scheme,
+                host=headers.get("Host"),
+                client_ip=outcome.client_ip,
+            )
+            _TRACE.set(trace)
         try:
             await self._observer.admit()
         except PermgateError as exc:
@@ -180,6 +211,8 @@ class Gateway:
             outcome.status = exc.status_code
             outcome.duration_s = self._clock() - t0
             self._observer.refused(outcome)
+            if trace is not None:
+                trace.finish(outcome)
             return _refusal(exc.status_code, exc.error, "audit_overloaded", request_id)
         response: web.StreamResponse | None = None
         LOOKUP_CLIENT.set(outcome.client_ip or "")  # unknown-key lookups are shared per client
@@ -200,6 +233,8 @@ class Gateway:
             outcome.status = response.status if response is not None else 499
             outcome.duration_s = self._clock() - t0
             self._observer.record(outcome)
+            if trace is not None:
+                trace.finish(outcome)
         return response
 
     async def _handle(
@@ -242,8 +277,13 @@ class Gateway:
             decision = decide(endpoint_map, match, None, None, None)
             return await self._conclude(request, outcome, decision, None, None, path + query)
 
+        certificate_id = None
+        if self._principal_from is not None and request.transport is not None:
+            # Only a certificate the listener verified is there (see permgate.tls).
+            peercert = request.transport.get_extra_info("peercert")
+            certificate_id = certificate_principal(peercert, self._principal_from)
         try:
-            identity = await self._authn.authenticate(headers.get("Authorization"))
+            identity = await self._authn.authenticate(headers.get("Authorization"), certificate_id)
         except AuthFailure as failure:
             outcome.reason = outcome.auth_failure = failure.reason
             outcome.detail = failure.detail
@@ -307,6 +347,8 @@ class Gateway:
         tenant_header: str | None = None,
     ) -> web.StreamResponse:
         """Turn a decision into a refusal or a forwarded request."""
+        if self._tracer is not None and (trace := _TRACE.get()) is not None:
+            trace.decided()
         outcome.reason = decision.reason
         outcome.detail = decision.detail
         outcome.tenant = decision.tenant
@@ -358,6 +400,11 @@ class Gateway:
         if request.version >= HttpVersion11 and _expects_continue(request.headers):
             # No router answers "100 Continue" for us: the client is waiting for it.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        trace = _TRACE.get() if self._tracer is not None else None
+        if trace is not None:
+            trace.upstream_started(
+                headers, method=request.method, url=self._upstream.spec + path_qs
+            )
         timing = UpstreamTiming()
         t_up = self._clock()
         try:
@@ -375,11 +422,14 @@ class Gateway:
             outcome.upstream_s = self._clock() - t_up
             outcome.upstream_error = exc.kind
             outcome.reason = _UPSTREAM_REASONS.get(exc.kind, "upstream_unavailable")
+            outcome.detail = str(exc)  # refused, timed out, TLS handshake failed: why
             error = "gateway_timeout" if exc.status_code == 504 else "bad_gateway"
             return _refusal(exc.status_code, error, outcome.reason, outcome.request_id)
         outcome.upstream_s = timing.head_seconds
         if timing.error is not None and not timing.client_gone:
             outcome.upstream_error = timing.error.kind  # failed mid-answer: client cut off
+        if trace is not None:
+            trace.upstream_finished(response.status, outcome.upstream_error)
         return response
 
 

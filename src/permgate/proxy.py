@@ -2,20 +2,19 @@
 
 The client half of a proxy is where most of its CPU goes (bench/README.md):
 aiohttp's ``ClientSession`` alone costs ~100-130 µs per request. So one
-:class:`Upstream` owns, for ``http://`` and ``unix:`` upstreams (what a sidecar talks
-to), a lean HTTP/1.1 client of its own (:mod:`permgate.upstream_http`): a keep-alive
+:class:`Upstream` owns a lean HTTP/1.1 client of its own (:mod:`permgate.upstream_http`)
+for every kind of upstream (``http://``, ``https://`` and ``unix:``): a keep-alive
 pool of asyncio protocols on the running loop, each request head written as one
 buffer, answers parsed by ``httptools`` and relayed chunk by chunk with flow control
-both ways. ``https://`` upstreams (rare next to a sidecar) still go through one pooled
-``ClientSession``, tuned once: keep-alive pool, DNS cached for the process's life, no
-cookie jar, no redirects, no decompression, no headers of its own.
+both ways. An ``https://`` upstream is the same client over asyncio's TLS transport,
+verified against the configured CA (see :mod:`permgate.tls`).
 
-This module is the one boundary where client errors (the lean client's and
-aiohttp's) become permgate errors::
+This module is the one boundary where the lean client's errors become permgate
+errors::
 
     PermgateError
     └── UpstreamError               502 bad_gateway
-        ├── UpstreamUnavailable     502, kind "connect": refused, reset, DNS, TLS
+        ├── UpstreamUnavailable     502, kind "connect": refused, reset, DNS, TLS handshake
         ├── UpstreamProtocolError   502, kind "protocol": the upstream broke HTTP
         └── UpstreamTimeout         504, kind "timeout": connect, head or one read
     ClientRequestError              the client's side of the exchange failed
@@ -36,21 +35,28 @@ reported through :class:`UpstreamTiming` instead.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
-import aiohttp
 from aiohttp import StreamReader, web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 from yarl import URL
 
 from permgate import upstream_http
 from permgate.errors import ConfigError, PermgateError
-from permgate.hygiene import HOP_BY_HOP, connection_listed
-from permgate.upstream_http import BodyError, Connection, Pool, ProtocolViolation, UpstreamClosed
+from permgate.hygiene import HOP_BY_HOP
+from permgate.upstream_http import (
+    BodyError,
+    Connection,
+    Pool,
+    ProtocolViolation,
+    TlsHandshakeFailed,
+    UpstreamClosed,
+)
 
 __all__ = [
     "PREBUFFER_BYTES",
@@ -146,9 +152,6 @@ class UpstreamTiming:
 # get plain bytes still labelled gzip (and permgate would inflate compression bombs).
 SERVER_SETTINGS: Final[Mapping[str, Any]] = MappingProxyType({"auto_decompress": False})
 
-# What aiohttp's client would add on its own; the upstream must see the client's.
-_SKIP_AUTO_HEADERS: Final = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-_HOP_BY_HOP_RESPONSE: Final = HOP_BY_HOP
 _HOP_BY_HOP_RESPONSE_RAW: Final = frozenset(name.encode() for name in HOP_BY_HOP)
 _UNIX_ORIGIN: Final = "http://localhost"
 
@@ -161,6 +164,10 @@ class Upstream:
         timeout_seconds: bound on connecting, on waiting for the answer's head and on
             each read; never on the whole transfer, so long streams are fine.
         max_connections: pool size; requests beyond it wait (within the timeout).
+        ssl_context: for an ``https://`` upstream, the verifying client context
+            (:func:`permgate.tls.upstream_context`); None takes the system's CAs.
+        server_name: the name the upstream's certificate must carry, when it is not
+            the host of ``spec``.
         keepalive_seconds: how long an idle pooled connection is kept. Keep it below
             the upstream's own idle timeout, or a request may land on a connection
             the upstream is closing.
@@ -173,6 +180,8 @@ class Upstream:
         *,
         max_connections: int = 1024,
         keepalive_seconds: float = 4.0,
+        ssl_context: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
         if timeout_seconds <= 0:
             raise ConfigError([f"upstream_timeout_seconds: {timeout_seconds!r}: must be > 0"])
@@ -197,52 +206,31 @@ class Upstream:
             self._origin = str(url.origin())
             self._host, self._port = url.raw_host, url.port
             self._default_host = url.host_port_subcomponent or url.raw_host or ""
-        # https keeps aiohttp's client (TLS to the upstream is rare for a sidecar).
-        self._lean = self._unix_path is not None or URL(self._origin).scheme == "http"
-        self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._server_name: str | None = None
+        if self._origin.startswith("https://"):
+            # Verification is always on: a context that would not verify is refused.
+            if ssl_context is None:
+                ssl_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+            if ssl_context.verify_mode != ssl.CERT_REQUIRED or not ssl_context.check_hostname:
+                raise ValueError("an upstream TLS context must verify the upstream")
+            self._ssl = ssl_context
+            self._server_name = server_name or self._host
         self._pool: Pool | None = None
 
     async def start(self) -> None:
         """Create the connection pool (inside the running loop)."""
-        if self._session is not None or self._pool is not None:
+        if self._pool is not None:
             return
-        if self._lean:
-            self._pool = Pool(
-                host=self._host,
-                port=self._port,
-                unix_path=self._unix_path,
-                timeout=self.timeout_seconds,
-                max_connections=self._max_connections,
-                keepalive_seconds=self._keepalive_seconds,
-            )
-            return
-        connector: aiohttp.BaseConnector
-        if self._unix_path is not None:
-            connector = aiohttp.UnixConnector(
-                path=self._unix_path,
-                limit=self._max_connections,
-                keepalive_timeout=self._keepalive_seconds,
-            )
-        else:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections,
-                limit_per_host=0,
-                use_dns_cache=True,
-                ttl_dns_cache=None,  # resolve the upstream once, not per request
-                keepalive_timeout=self._keepalive_seconds,
-            )
-        t = self.timeout_seconds
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # sock_read starts once the request body is sent, then restarts on every
-            # read: it bounds the head and each chunk, never the whole transfer.
-            timeout=aiohttp.ClientTimeout(total=None, connect=t, sock_connect=t, sock_read=t),
-            auto_decompress=False,
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            raise_for_status=False,
-            requote_redirect_url=False,
+        self._pool = Pool(
+            host=self._host,
+            port=self._port,
+            unix_path=self._unix_path,
+            timeout=self.timeout_seconds,
+            max_connections=self._max_connections,
+            keepalive_seconds=self._keepalive_seconds,
+            ssl_context=self._ssl,
+            server_hostname=self._server_name,
         )
 
     @property
@@ -255,9 +243,6 @@ class Upstream:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
 
     async def __aenter__(self) -> Upstream:
         await self.start()
@@ -283,88 +268,9 @@ class Upstream:
         byte of the answer went out.
         """
         pool = self._pool
-        if pool is not None:
-            return await self._forward_lean(pool, request, path_qs, headers, timing)
-        session = self._session
-        if session is None:
+        if pool is None:
             raise RuntimeError("Upstream.forward() before start()")
-        started = time.perf_counter()
-        if timing is None:
-            timing = UpstreamTiming()
-        url = URL(self._origin + path_qs, encoded=True)
-        body: _BodyStream | None = None
-        try:
-            if request.body_exists:
-                first, done = await _prebuffer(request.content, self.timeout_seconds)
-                body = _BodyStream(request.content, first, done, self.timeout_seconds)
-            try:
-                upstream = await session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=body,
-                    allow_redirects=False,
-                    expect100=False,
-                )
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                if body is not None and body.error is not None:
-                    raise body.error from exc
-                raise _translate(exc) from exc
-            timing.head_seconds = time.perf_counter() - started
-            return await self._relay(request, upstream, timing)
-        finally:
-            # Whatever ended the exchange, say whether the client was still there: an
-            # upload cut by its client surfaces as an upstream write error, and a
-            # server with handler_cancellation cancels us when the client leaves.
-            timing.client_gone = timing.client_gone or _client_gone(request)
-            timing.total_seconds = time.perf_counter() - started
-
-    async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, timing: UpstreamTiming
-    ) -> web.StreamResponse:
-        """Copy status, headers and body chunks as they arrive; the pool gets the
-        connection back only when the body was read to its end."""
-        response = web.StreamResponse(
-            status=upstream.status,
-            reason=upstream.reason,
-            headers=_response_headers(upstream.headers),
-        )
-        clean = False
-        try:
-            try:
-                await response.prepare(request)
-            except ConnectionError:
-                timing.client_gone = True
-                return response
-            content = upstream.content
-            while True:
-                try:
-                    chunk = await content.readany()
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    timing.error = _translate(exc)
-                    timing.error.__cause__ = exc
-                    _abort(request)
-                    return response
-                if not chunk:
-                    break
-                try:
-                    await response.write(chunk)
-                except ConnectionError:
-                    timing.client_gone = True
-                    return response
-                timing.bytes_down += len(chunk)
-            try:
-                await response.write_eof()
-            except ConnectionError:
-                timing.client_gone = True
-                return response
-            clean = True
-            return response
-        finally:
-            if clean:
-                upstream.release()
-            else:
-                upstream.close()
+        return await self._forward_lean(pool, request, path_qs, headers, timing)
 
     # ------------------------------------------------------------------ lean client
 
@@ -478,16 +384,6 @@ class Upstream:
             return response
 
 
-def _response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The upstream's answer headers minus hop-by-hop ones and those its Connection lists."""
-    listed = connection_listed(headers)
-    return CIMultiDict(
-        (name, value)
-        for name, value in headers.items()
-        if (key := name.lower()) not in _HOP_BY_HOP_RESPONSE and key not in listed
-    )
-
-
 def _raw_response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
     """The lean client's answer headers minus hop-by-hop ones and those its Connection
     lists, decoded like aiohttp's client does (UTF-8, undecodable bytes kept)."""
@@ -537,31 +433,6 @@ async def _prebuffer(content: StreamReader, timeout: float) -> tuple[bytes, bool
         parts.append(chunk)
         size += len(chunk)
     return b"".join(parts), False
-
-
-class _BodyStream:
-    """The body for aiohttp's client: the prebuffered part, then the rest as it
-    arrives, each read bounded by the timeout. ``error`` keeps a client-side failure,
-    which aiohttp's client would report as its own."""
-
-    def __init__(self, content: StreamReader, first: bytes, done: bool, timeout: float) -> None:
-        self._content = content
-        self._first = first
-        self._done = done
-        self._timeout = timeout
-        self.error: ClientRequestError | None = None
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        if self._first:
-            yield self._first
-        if self._done:
-            return
-        try:
-            while chunk := await _read_chunk(self._content, self._timeout):
-                yield chunk
-        except ClientRequestError as exc:
-            self.error = exc
-            raise
 
 
 async def _send_body_task(
@@ -641,13 +512,13 @@ def _sent(task: asyncio.Task[None]) -> bool:
 
 
 def _translate(exc: BaseException) -> UpstreamError:
-    """Map one client failure (lean or aiohttp) onto the permgate tree (the only place)."""
-    if isinstance(exc, TimeoutError):  # ServerTimeoutError and subclasses too
+    """Map one client failure onto the permgate tree (the only place)."""
+    if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"upstream timed out: {exc}")
-    if isinstance(
-        exc, ProtocolViolation | aiohttp.ClientResponseError | aiohttp.ClientPayloadError
-    ):
+    if isinstance(exc, ProtocolViolation):
         return UpstreamProtocolError(f"upstream answered invalid HTTP: {exc}")
+    if isinstance(exc, TlsHandshakeFailed):
+        return UpstreamUnavailable(str(exc))
     return UpstreamUnavailable(f"upstream unavailable: {exc}")
 
 

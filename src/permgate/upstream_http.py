@@ -30,13 +30,21 @@ import asyncio
 import collections
 import contextlib
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Final
 
 import httptools
 from multidict import CIMultiDict
 
-__all__ = ["BodyError", "Connection", "Pool", "ProtocolViolation", "UpstreamClosed"]
+__all__ = [
+    "BodyError",
+    "Connection",
+    "Pool",
+    "ProtocolViolation",
+    "TlsHandshakeFailed",
+    "UpstreamClosed",
+]
 
 # Body bytes waiting for the client beyond this pause reading from the upstream socket.
 HIGH_WATER: Final = 256 * 1024
@@ -48,6 +56,11 @@ _BODYLESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNEC
 
 class UpstreamClosed(ConnectionError):
     """The upstream closed (or reset) the connection before any byte of the answer."""
+
+
+class TlsHandshakeFailed(ConnectionError):
+    """The TLS handshake with the upstream failed (its certificate did not verify, no
+    common protocol version, ...); the message says why."""
 
 
 class ProtocolViolation(Exception):
@@ -373,8 +386,13 @@ class Pool:
         timeout: float,
         max_connections: int,
         keepalive_seconds: float,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        # TLS to the upstream: verified against ssl_context's CAs as server_hostname.
+        self._ssl = ssl_context
+        self._server_hostname = server_hostname if ssl_context is not None else None
         self.timeout = timeout
         self._host = host
         self._port = port
@@ -536,12 +554,34 @@ class Pool:
         last: OSError | None = None
         for family, address, port in addresses:
             try:
-                _, conn = await loop.create_connection(self._factory, address, port, family=family)
+                _, conn = await loop.create_connection(
+                    self._factory,
+                    address,
+                    port,
+                    family=family,
+                    ssl=self._ssl,
+                    server_hostname=self._server_hostname,
+                    ssl_handshake_timeout=self.timeout if self._ssl is not None else None,
+                )
                 return conn
+            except ssl.SSLError as exc:
+                # Connected, but no TLS session: another address would answer the same.
+                raise TlsHandshakeFailed(
+                    f"TLS handshake with the upstream failed: {_tls_reason(exc)}"
+                ) from exc
             except OSError as exc:
                 last = exc
         self._addresses = None
         raise last if last is not None else OSError(f"cannot resolve {self._host}")
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's own words without the source location: 'certificate verify failed:
+    unable to get local issuer certificate', 'Hostname mismatch, ...'."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    reason = exc.reason or exc.strerror or str(exc)
+    return str(reason).lower().replace("_", " ")
 
 
 def _expire_slot(waiter: asyncio.Future[None]) -> None:

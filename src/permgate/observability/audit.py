@@ -220,6 +220,7 @@ def decision_event(outcome: RequestOutcome) -> dict[str, Any]:
         "event": "decision",
         "decision_id": outcome.decision_id,
         "request_id": outcome.request_id,
+        "trace_id": outcome.trace_id,
         "decision": outcome.decision,
         "cache_hit": outcome.cache_hit,
         "reason": outcome.reason,

@@ -1,0 +1,220 @@
+"""TLS on the gateway and admin listeners: HTTPS, minimum versions, rotation on disk.
+
+Real gateways on loopback with trustme certificates; rotation is written the way a
+mounted Kubernetes Secret changes (a ``..data`` symlink swap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+
+from harness import eventually, start_gateway
+from permgate.config import load_settings
+from permgate.errors import ConfigError
+from permgate.tls import TlsSetup
+from rawhttp import read_response, request
+from tlsfiles import (
+    client_context,
+    der,
+    leaf_pems,
+    secret_folder,
+    swap_secret,
+    write_ca,
+    write_leaf,
+)
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def listener_tls(tmp_path: Path, ca: trustme.CA, name: str, **extra: str) -> dict[str, str]:
+    cert, key = write_leaf(tmp_path / name, ca.issue_cert("127.0.0.1", "localhost"))
+    return {"cert_file": str(cert), "key_file": str(key), **extra}
+
+
+def https(url: str) -> str:
+    return url.replace("http://", "https://")
+
+
+async def get(url: str, context: ssl.SSLContext, **headers: str) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session,
+        session.get(url, headers=headers) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def peer_certificate(host: str, port: int, context: ssl.SSLContext) -> bytes:
+    """The certificate a new handshake with ``host:port`` presents (DER)."""
+    _reader, writer = await asyncio.open_connection(host, port, ssl=context)
+    try:
+        obj = writer.get_extra_info("ssl_object")
+        cert: bytes = obj.getpeercert(binary_form=True)
+        return cert
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def test_https_on_the_gateway_and_admin_listeners(tmp_path: Path, ca: trustme.CA) -> None:
+    """With listen_tls and admin_tls, both listeners answer HTTPS with the configured
+    certificate, verified by a client that trusts its CA."""
+    ca_file = write_ca(tmp_path, ca)
+    async with start_gateway(
+        tmp_path,
+        listen_tls=listener_tls(tmp_path, ca, "gw"),
+        admin_tls=listener_tls(tmp_path, ca, "admin"),
+    ) as gw:
+        context = client_context(ca_file)
+        status, _ = await get(https(gw.url) + "/health", context)
+        assert status == 200
+        status, _body = await get(https(gw.admin_url) + "/healthz", context)
+        assert status == 200
+        token = gw.tokens["alice"]
+        status, _ = await get(
+            https(gw.url) + "/policy/acme-prod/quotes/q1", context, Authorization=f"Bearer {token}"
+        )
+        assert status == 200
+        assert gw.upstream.seen[-1]["headers"]["X-Forwarded-Proto"] == "https"
+
+
+async def test_plain_http_to_a_tls_listener_gets_no_answer(tmp_path: Path, ca: trustme.CA) -> None:
+    """A listener with TLS speaks nothing else: a plain HTTP request is not served."""
+    async with start_gateway(tmp_path, listen_tls=listener_tls(tmp_path, ca, "gw")) as gw:
+        with pytest.raises(aiohttp.ClientError):
+            async with aiohttp.ClientSession() as session:
+                await session.get(gw.url + "/health", timeout=aiohttp.ClientTimeout(total=5))
+        assert gw.upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    ("min_version", "client_max", "accepted"),
+    [
+        ("1.2", ssl.TLSVersion.TLSv1_2, True),
+        ("1.2", ssl.TLSVersion.TLSv1_3, True),
+        ("1.3", ssl.TLSVersion.TLSv1_2, False),
+        ("1.3", ssl.TLSVersion.TLSv1_3, True),
+    ],
+    ids=["1.2-accepts-1.2", "1.2-accepts-1.3", "1.3-refuses-1.2", "1.3-accepts-1.3"],
+)
+async def test_minimum_version(
+    tmp_path: Path, ca: trustme.CA, min_version: str, client_max: ssl.TLSVersion, accepted: bool
+) -> None:
+    """min_version is the oldest protocol a listener accepts (admin listener too)."""
+    ca_file = write_ca(tmp_path, ca)
+    tls = listener_tls(tmp_path, ca, "gw", min_version=min_version)
+    async with start_gateway(tmp_path, listen_tls=tls, admin_tls=tls) as gw:
+        context = client_context(ca_file, maximum=client_max)
+        for url in (https(gw.url) + "/health", https(gw.admin_url) + "/healthz"):
+            if accepted:
+                assert (await get(url, context))[0] == 200
+            else:
+                with pytest.raises(aiohttp.ClientConnectorError):
+                    await get(url, context)
+
+
+async def test_rotation_is_seen_by_new_handshakes_while_an_open_connection_keeps_working(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    """A Secret update (``..data`` swapped to a new folder) is used by new handshakes
+    within seconds, without a restart, and a keep-alive connection opened before it
+    keeps being served."""
+    ca_file = write_ca(tmp_path, ca)
+    first, second = ca.issue_cert("127.0.0.1"), ca.issue_cert("127.0.0.1")
+    folder = tmp_path / "secret"
+    cert, key = secret_folder(folder, first)
+    async with start_gateway(
+        tmp_path, listen_tls={"cert_file": str(cert), "key_file": str(key)}
+    ) as gw:
+        port = port_of(gw.url)
+        context = client_context(ca_file)
+        assert await peer_certificate("127.0.0.1", port, context) == der(first)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        try:
+            writer.write(request("GET", "/health"))
+            assert (await read_response(reader)).status == 200
+            swap_secret(folder, *leaf_pems(second), version=2)
+
+            async def rotated() -> bool:
+                return await peer_certificate("127.0.0.1", port, context) == der(second)
+
+            await eventually(rotated, "the new certificate on new handshakes", timeout=10)
+            writer.write(request("GET", "/health"))  # the same connection, still served
+            answer = await read_response(reader)
+            assert answer.status == 200
+            assert "close" not in answer.headers.get("Connection", "")
+            peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            assert peer == der(first)
+        finally:
+            writer.close()
+
+
+async def test_a_bad_new_certificate_keeps_the_old_one_and_logs_why(
+    tmp_path: Path, ca: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rotated key that does not match its certificate is refused: the previous
+    certificate stays in use and one error line says what was wrong."""
+    ca_file = write_ca(tmp_path, ca)
+    first, second, third = (ca.issue_cert("127.0.0.1") for _ in range(3))
+    folder = tmp_path / "secret"
+    cert, key = secret_folder(folder, first)
+    caplog.set_level(logging.INFO, logger="permgate.tls")
+    async with start_gateway(
+        tmp_path, listen_tls={"cert_file": str(cert), "key_file": str(key)}
+    ) as gw:
+        port = port_of(gw.url)
+        context = client_context(ca_file)
+        mismatched = (leaf_pems(second)[0], leaf_pems(third)[1])
+        swap_secret(folder, *mismatched, version=2)
+        await eventually(
+            lambda: any(r.levelno == logging.ERROR for r in caplog.records),
+            "an error about the new files",
+        )
+        error = next(r for r in caplog.records if r.levelno == logging.ERROR).getMessage()
+        assert "listen_tls" in error and "previous certificate stays in use" in error
+        assert await peer_certificate("127.0.0.1", port, context) == der(first)
+        assert (await get(https(gw.url) + "/health", context))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("which", "expected"),
+    [
+        ("missing-cert", "listen_tls.cert_file: {cert}: cannot read: no such file"),
+        ("garbage-cert", "listen_tls: {cert} and {key}: not a PEM certificate chain"),
+        ("missing-ca", "listen_tls.ca_file: {ca}: cannot read: no such file"),
+    ],
+    ids=["missing-cert", "garbage-cert", "missing-client-ca"],
+)
+def test_unusable_files_are_one_line_each(
+    tmp_path: Path, ca: trustme.CA, which: str, expected: str
+) -> None:
+    """Certificate files that cannot be used stop the start with one line naming the
+    key, the file and why."""
+    cert, key = write_leaf(tmp_path, ca.issue_cert("localhost"))
+    ca_file = tmp_path / "client-ca.pem"
+    tls: dict[str, str] = {"cert_file": str(cert), "key_file": str(key)}
+    if which == "missing-cert":
+        cert.unlink()
+    elif which == "garbage-cert":
+        cert.write_text("not a certificate\n")
+    else:
+        tls["client_ca_file"] = str(ca_file)
+    settings = load_settings(env={}, overrides={"listen_tls": tls})
+    with pytest.raises(ConfigError) as caught:
+        TlsSetup.from_settings(settings)
+    assert len(caught.value.problems) == 1
+    assert "\n" not in caught.value.problems[0]
+    assert caught.value.problems[0].startswith(expected.format(cert=cert, key=key, ca=ca_file))
