@@ -301,6 +301,19 @@ class Runtime:
                 on_committed=self.deliver_changes,
             ),
         )
+        from permgate.console import RecentDecisions, create_console  # the web console
+
+        app.add_subapp(
+            "/console/",
+            create_console(
+                service=self.service,
+                authenticator=self.authenticator,
+                model=self.model,
+                endpoint_map=lambda: self.gateway.endpoint_map,
+                on_committed=self.deliver_changes,
+                decisions=RecentDecisions.tap(self.audit),
+            ),
+        )
         return app
 
     async def _healthz(self, request: web.Request) -> web.Response:
