@@ -690,13 +690,24 @@ class ModelService:
             own = actor.kind == "principal" and actor.principal_id == target.id
             if not own:
                 await self._may_manage_principal(tx, actor, target)
+                await self._within_own_power(tx, actor, target)
             stored = await tx.get_password(target.id)
             policy = policy_from_json(await tx.get_password_policy(target.account))
+            _, locked_until = await tx.get_login_failures(target.id.casefold())
         # The slow part (Argon2id) runs outside the store's write lock.
         if own and stored is not None:
             if current_password is None:
                 raise Forbidden("current_password is required to change one's own password")
+            if locked_until is not None and locked_until > self._clock():
+                raise Forbidden(
+                    f"sign-in for {target.id!r} is locked after too many failed attempts; "
+                    "try again later"
+                )
             if not await verify_password(stored.hash, current_password):
+                # A wrong current password is a failed sign-in: the lockout bounds
+                # guessing through this door too.
+                async with self.transaction() as tx:
+                    await self._record_failure(tx, target.id.casefold(), policy, self._clock())
                 raise Forbidden("current_password does not match the password set")
         broken = broken_rules(password, target.id, policy)
         if stored is not None and policy.history:
@@ -734,6 +745,42 @@ class ModelService:
                 after.id,
                 snapshot(before),
                 snapshot(after),
+            )
+
+    async def _record_failure(
+        self, tx: Transaction, login: str, policy: PasswordPolicy, now: float
+    ) -> None:
+        lockout = policy.lockout
+        failures, locked_until = await tx.get_login_failures(login)
+        recent = [t for t in failures if t > now - lockout.window_seconds] + [now]
+        if len(recent) >= lockout.attempts:
+            locked_until = now + lockout.lock_seconds
+        await tx.put_login_failures(login, recent, locked_until, now)
+
+    async def _within_own_power(self, tx: Transaction, actor: Actor, target: Principal) -> None:
+        """Whoever sets a password can sign in with it: a non-admin may do so only for
+        a principal holding nothing it does not hold itself, on no tenant it does not
+        reach, or ``principals.write`` would buy any other principal's power."""
+        if actor.kind == "cli" or actor.is_admin or actor.principal_id is None:
+            return
+        me = await tx.get_principal(actor.principal_id)
+        roles = await tx.get_roles(target.account)
+        theirs = [p for a in target.roles if a.role in roles for p in roles[a.role].permissions]
+        tenants_by_id = {t.id: t for t in await tx.list_tenants(target.account)}
+        if me is None:
+            raise Forbidden(f"cannot set the password of {target.id!r}")
+        beyond = owner_grants(me, roles).beyond(theirs)
+        outside = _exceeding_tenants(target.tenants, me, tenants_by_id)
+        if beyond or outside:
+            parts = []
+            if beyond:
+                parts.append("permissions you do not hold: " + ", ".join(beyond))
+            if outside:
+                parts.append("tenants beyond your scope: " + ", ".join(outside))
+            raise Forbidden(
+                f"cannot set the password of {target.id!r}, who holds "
+                + "; ".join(parts)
+                + " (only an admin can)"
             )
 
     async def has_password(self, principal_id: str) -> bool:

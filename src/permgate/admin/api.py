@@ -40,6 +40,7 @@ from permgate.admin.guard import (
     ASSIGN_ROLES,
     CALLER,
     QUERY,
+    SET_OTHERS_PASSWORD,
     Caller,
     Guard,
     authorize,
@@ -51,6 +52,7 @@ from permgate.admin.render import (
     ApiError,
     audit_json,
     json_response,
+    password_policy_json,
     principal_json,
     role_json,
     tenant_json,
@@ -115,6 +117,8 @@ def create_admin_api(
     app.router.add_patch("/principals/{id}", api.principals_update)
     app.router.add_put("/principals/{id}/roles", api.principals_roles)
     app.router.add_put("/principals/{id}/tenants", api.principals_tenants)
+    app.router.add_put("/principals/{id}/password", api.principals_password)
+    app.router.add_get("/password-policy", api.password_policy, allow_head=False)
     app.router.add_get("/tokens", api.tokens_list, allow_head=False)
     app.router.add_post("/tokens", api.tokens_create)
     app.router.add_delete("/tokens/{id}", api.tokens_revoke)
@@ -350,6 +354,31 @@ class _AdminApi:
         )
         await self._committed()
         return json_response(principal_json(principal))
+
+    async def principals_password(self, request: web.Request) -> web.StreamResponse:
+        caller = request[CALLER]
+        body = await _body(request, "PasswordPut")
+        target = request.match_info["id"]
+        me = caller.identity.principal
+        if target != me.id:
+            authorize(SET_OTHERS_PASSWORD, caller.subject, "setting another principal's password")
+        elif caller.identity.token is not None and not await self._service.has_password(me.id):
+            # A password signs in with the owner's full power: a token that does not
+            # grant principals.write must not buy that by setting the first one.
+            authorize(
+                SET_OTHERS_PASSWORD,
+                caller.subject,
+                "setting a first password with an auth token",
+            )
+        await self._service.set_password(
+            caller.actor, target, body["password"], body.get("current_password")
+        )
+        await self._committed()
+        return web.Response(status=204, headers={"Cache-Control": "no-store"})
+
+    async def password_policy(self, request: web.Request) -> web.StreamResponse:
+        policy = await self._service.password_policy(request[CALLER].account)
+        return json_response(password_policy_json(policy))
 
     # -- tokens ----------------------------------------------------------------------
 

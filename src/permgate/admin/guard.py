@@ -34,6 +34,7 @@ __all__ = [
     "ASSIGN_ROLES",
     "CALLER",
     "QUERY",
+    "SET_OTHERS_PASSWORD",
     "Caller",
     "Guard",
     "forbidden_reason",
@@ -55,6 +56,8 @@ def _entry(endpoint_id: str) -> Endpoint:
 
 # Creating a principal with roles needs what assigning roles needs.
 ASSIGN_ROLES: Final = _entry("admin.principals.roles")
+# Setting another principal's password needs what changing a principal needs.
+SET_OTHERS_PASSWORD: Final = _entry("admin.principals.update")
 
 _AUTH_DETAILS: Final = {
     "missing_credentials": "send Authorization: Bearer <auth token or JWT>",
@@ -111,9 +114,10 @@ def require_admin(caller: Caller, what: str) -> None:
         )
 
 
-def authorize(endpoint: Endpoint, subject: Subject) -> None:
+def authorize(endpoint: Endpoint, subject: Subject, what: str | None = None) -> None:
     """403 unless ``subject`` holds everything ``endpoint`` requires; the detail says
-    whether the principal or only its token lacks it."""
+    whether the principal or only its token lacks it (``what`` names the action when
+    it is not the endpoint itself)."""
     decision = decide(ADMIN_MAP, Match(endpoint), subject, None, None)
     if decision.allowed:
         return
@@ -126,7 +130,7 @@ def authorize(endpoint: Endpoint, subject: Subject) -> None:
     raise ApiError(
         403,
         "forbidden",
-        f"{endpoint.id} requires {', '.join(decision.required)}; {who}",
+        f"{what or endpoint.id} requires {', '.join(decision.required)}; {who}",
         reason=str(decision.reason),
         extra={"missing_permissions": list(decision.missing)},
     )

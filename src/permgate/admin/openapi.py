@@ -105,6 +105,49 @@ _RESPONSES: Final[dict[str, dict[str, Any]]] = {
             },
         ]
     },
+    "PasswordPolicy": {
+        "type": "object",
+        "description": (
+            "the caller's account's effective password policy, the floor applied (at least "
+            "8 characters, not a common or breached password, not the principal's id)"
+        ),
+        "properties": {
+            "min_length": {"type": "integer", "minimum": 8},
+            "max_length": {"type": "integer", "maximum": 128},
+            "require_classes": {
+                "type": "array",
+                "items": {"type": "string", "enum": ["lower", "upper", "digit", "symbol"]},
+            },
+            "history": {
+                "type": "integer",
+                "description": "how many previous passwords may not be reused",
+            },
+            "max_age_days": {
+                "type": ["integer", "null"],
+                "description": "null: passwords never expire",
+            },
+            "lockout": {
+                "type": "object",
+                "description": (
+                    "attempts failed sign-ins within window_seconds lock sign-in for lock_seconds"
+                ),
+                "properties": {
+                    "attempts": {"type": "integer"},
+                    "window_seconds": {"type": "integer"},
+                    "lock_seconds": {"type": "integer"},
+                },
+                "required": ["attempts", "window_seconds", "lock_seconds"],
+            },
+        },
+        "required": [
+            "min_length",
+            "max_length",
+            "require_classes",
+            "history",
+            "max_age_days",
+            "lockout",
+        ],
+    },
     "AuditRecord": {
         "type": "object",
         "properties": {
@@ -246,6 +289,20 @@ _DOCS: Final[dict[str, _Doc]] = {
     ),
     "admin.principals.tenants": _Doc(
         "Replace a principal's tenant scope", 200, "Principal", "TenantsPut", (404, 422)
+    ),
+    "admin.principals.password": _Doc(
+        "Set a principal's password: one's own (current_password required once one is "
+        "set), or another's with principals.write (not an admin's unless admin). It ends "
+        "the principal's console sessions and older JWTs",
+        204,
+        None,
+        "PasswordPut",
+        (404, 409, 422),
+    ),
+    "admin.password_policy": _Doc(
+        "The caller's account's effective password policy (the floor applied)",
+        200,
+        "PasswordPolicy",
     ),
     "admin.tokens.list": _Doc(
         "List auth tokens: the caller's own, or (admins) the account's or one owner's",

@@ -15,12 +15,14 @@ import orjson
 from aiohttp import web
 
 from permgate.model import AuthToken, Principal, Role, Tenant
+from permgate.passwords import PasswordPolicy
 from permgate.store.base import AuditRecord
 
 __all__ = [
     "ApiError",
     "audit_json",
     "json_response",
+    "password_policy_json",
     "principal_json",
     "role_json",
     "tenant_json",
@@ -148,3 +150,8 @@ def audit_json(record: AuditRecord) -> dict[str, object]:
         "before": record.before,
         "after": record.after,
     }
+
+
+def password_policy_json(policy: PasswordPolicy) -> dict[str, object]:
+    """An effective password policy under its ``policy.yaml`` key names."""
+    return policy.as_json()
