@@ -34,6 +34,8 @@ from permgate.model import (
     TENANT_TYPES,
     Principal,
 )
+from permgate.passwords import PasswordPolicy
+from permgate.passwords import parse_policy as parse_password_policy
 from permgate.permissions import parse_grant
 from permgate.roles import BUILTIN_ROLE_NAMES, builtin_roles
 from permgate.service import (
@@ -112,6 +114,8 @@ class AccountSpec:
     roles: tuple[RoleSpec, ...]
     principals: tuple[PrincipalSpec, ...]
     line: int
+    # None: the file does not say (the stored policy is left alone, unless --prune).
+    password_policy: PasswordPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +127,7 @@ class Policy:
 
 
 _ROOT_KEYS: Final = ("accounts",)
-_ACCOUNT_KEYS: Final = ("id", "tenants", "roles", "principals")
+_ACCOUNT_KEYS: Final = ("id", "tenants", "roles", "principals", "password_policy")
 _TENANT_KEYS: Final = ("id", "type", "enforcement")
 _ROLE_KEYS: Final = ("name", "display_name", "permissions")
 _PRINCIPAL_KEYS: Final = ("id", "kind", "roles", "tenant_roles", "tenants", "disabled")
@@ -240,6 +244,9 @@ class _Parser:
         principals = [
             self.principal(n, where) for n in self.sequence(keys.get("principals"), "principals")
         ]
+        password_policy = None
+        if "password_policy" in keys:
+            password_policy = self.password_policy(keys["password_policy"], where)
         if account is None:
             return None
         return AccountSpec(
@@ -248,7 +255,31 @@ class _Parser:
             tuple(r for r in roles if r is not None),
             tuple(p for p in principals if p is not None),
             line,
+            password_policy,
         )
+
+    def password_policy(self, node: yaml.Node, where: str) -> PasswordPolicy | None:
+        """An account's ``password_policy``: every problem on its key's line; a
+        policy that would lower the mandatory floor is an error, never clamped."""
+        if not isinstance(node, yaml.MappingNode):
+            self.error(_line(node), f"password_policy of {where} must be a mapping")
+            return None
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            lines[key] = _line(key_node)
+            if key == "lockout" and isinstance(value_node, yaml.MappingNode):
+                for inner, _ in value_node.value:
+                    lines[f"lockout.{inner.value}"] = _line(inner)
+        try:
+            raw = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self.error(_line(node), f"password_policy of {where} cannot be read: {exc}")
+            return None
+        policy, problems = parse_password_policy(raw)
+        for key, message in problems:
+            self.error(lines.get(key, _line(node)), f"password_policy of {where}: {message}")
+        return policy
 
     def tenant(self, node: yaml.Node, where: str) -> TenantSpec | None:
         keys = self.mapping(node, f"a tenant of {where}", _TENANT_KEYS)
@@ -509,6 +540,8 @@ async def _plan_account(
         stored_principals = {}
         actions.append(Action(f"+ account {account}", _ensure_account(account)))
 
+    await _plan_password_policy(store, spec, exists, prune, actions)
+
     # Tenants.
     for tenant in spec.tenants:
         current = stored_tenants.get(tenant.id)
@@ -735,6 +768,24 @@ async def _plan_account(
             actions.append(Action(f"- role {role_name}", _delete_role(account, role_name)))
 
 
+async def _plan_password_policy(
+    store: Store, spec: AccountSpec, exists: bool, prune: bool, actions: list[Action]
+) -> None:
+    """Configure the account's password policy when the file's differs from the stored
+    one; with --prune an account whose entry has none goes back to the floor alone."""
+    if spec.password_policy is None and not prune:
+        return
+    current = await ModelService(store).configured_password_policy(spec.id) if exists else None
+    wanted = None if spec.password_policy is None else spec.password_policy.with_floor()
+    if wanted == current:
+        return
+    if wanted is None:
+        line = f"- account {spec.id} password_policy (back to the floor)"
+    else:
+        line = f"{'+' if current is None else '~'} account {spec.id} password_policy"
+    actions.append(Action(line, _set_password_policy(spec.id, wanted)))
+
+
 def _akey(item: tuple[str, str | None]) -> tuple[str, str]:
     return item[0], item[1] or ""
 
@@ -806,6 +857,10 @@ def _set_roles(principal_id: str, roles: tuple[tuple[str, str | None], ...]) -> 
 
 def _set_tenants(principal_id: str, scope: tuple[str, ...]) -> Run:
     return lambda service, actor: service.set_principal_tenants(actor, principal_id, scope)
+
+
+def _set_password_policy(account: str, policy: PasswordPolicy | None) -> Run:
+    return lambda service, actor: service.set_password_policy(actor, account, policy)
 
 
 def _delete_principal(principal_id: str) -> Run:

@@ -642,6 +642,13 @@ class ModelService:
         async with self.transaction() as tx:
             return policy_from_json(await tx.get_password_policy(account))
 
+    async def configured_password_policy(self, account: str) -> PasswordPolicy | None:
+        """``account``'s configured password policy (floor applied); None when it has
+        none (then the floor alone applies)."""
+        async with self.transaction() as tx:
+            text = await tx.get_password_policy(account)
+        return None if text is None else policy_from_json(text)
+
     async def set_password_policy(
         self, actor: Actor, account: str, policy: PasswordPolicy | None
     ) -> bool:
