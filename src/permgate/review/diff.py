@@ -134,10 +134,14 @@ class _Evaluator:
         principal = self.world.principals.get(principal_id)
         return None if principal is None or principal.disabled else principal
 
-    def tenants_of(self, principal_id: str) -> Iterable[Tenant]:
-        """The tenants of the principal's account on this side."""
+    def account_of(self, principal_id: str) -> str | None:
+        """The principal's account on this side, or None when it is not there."""
         principal = self.world.principals.get(principal_id)
-        return () if principal is None else self.tenants_by_account.get(principal.account, ())
+        return None if principal is None else principal.account
+
+    def tenants_in(self, account: str | None) -> Iterable[Tenant]:
+        """The tenants of ``account`` on this side."""
+        return () if account is None else self.tenants_by_account.get(account, ())
 
     def masks(self, principal: Principal | None, tenant_ids: Iterable[str]) -> Iterator[int]:
         """What ``principal`` may call: first with no tenant, then on each tenant id."""
@@ -210,9 +214,16 @@ def diff_access(old: Side, new: Side) -> Impact:
 
     principal_ids = sorted(set(old.world.principals) | set(new.world.principals))
     for principal_id in principal_ids:
+        # Every tenant of the principal's account, on either side: a tenant only the
+        # old side has can still be reached on the new one (through a passthrough).
+        accounts = {before_side.account_of(principal_id), after_side.account_of(principal_id)}
         tenant_ids = sorted(
-            {t.id for t in before_side.tenants_of(principal_id)}
-            | {t.id for t in after_side.tenants_of(principal_id)}
+            {
+                t.id
+                for side in (before_side, after_side)
+                for a in accounts
+                for t in side.tenants_in(a)
+            }
         )
         was = before_side.masks(before_side.principal(principal_id), tenant_ids)
         now = after_side.masks(after_side.principal(principal_id), tenant_ids)
