@@ -55,10 +55,11 @@ class Side:
     endpoint_map: EndpointMap
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class AccessChange:
     """One (principal, tenant, endpoint) whose decision changes; ``tenant`` is None for
-    an entry without a tenant on both sides. Sorted per principal, then per endpoint."""
+    an entry without a tenant on both sides. ``method`` and ``path`` are the entry's on
+    the side that allows it."""
 
     principal: str
     endpoint: str
@@ -69,7 +70,8 @@ class AccessChange:
 
 @dataclass(frozen=True, slots=True)
 class Impact:
-    """What a change does: access gained and access lost, each sorted."""
+    """What a change does: access gained and access lost, each sorted per principal,
+    then per endpoint, then tenant."""
 
     gained: tuple[AccessChange, ...]
     lost: tuple[AccessChange, ...]
