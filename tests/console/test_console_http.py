@@ -57,6 +57,7 @@ async def test_session_cookie_is_httponly_strict_and_scoped(world: World) -> Non
     assert "SameSite=Strict" in line
     assert "Path=/console/" in line
     assert "Secure" not in line
+    assert "Max-Age=43200" in line  # the absolute lifetime, twelve hours
 
 
 async def test_signed_in_pages_show_the_principal_and_sign_out(world: World) -> None:
@@ -83,6 +84,21 @@ async def test_refused_sign_in_says_so_without_telling_which(
     assert page.status == 401
     assert message in page.text
     assert SESSION_COOKIE not in {c.key for c in world.client.session.cookie_jar}
+
+
+async def test_repeated_failures_lock_sign_in_and_are_audited(world: World) -> None:
+    """After ten failures even the right password is refused as locked; an admin sees
+    the refused sign-ins on the Audit page, never a password."""
+    for _ in range(10):
+        assert (await world.sign_in("alice", "not-her-password-1")).status == 401
+    page = await world.sign_in("alice")
+    assert page.status == 401
+    assert "locked" in page.text
+    world.forget_cookies()
+    await world.sign_in("root")
+    audit = await world.get("/console/audit?action=auth.login&target=alice")
+    assert audit.text.count("<code>auth.login</code>") == 11
+    assert "not-her-password-1" not in audit.text
 
 
 async def test_sign_in_with_an_auth_token(world: World) -> None:
