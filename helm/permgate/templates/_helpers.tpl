@@ -50,6 +50,7 @@ app.kubernetes.io/part-of: permgate
 {{- define "permgate.mapDir" -}}/etc/permgate/map{{- end }}
 {{- define "permgate.configDir" -}}/etc/permgate/config{{- end }}
 {{- define "permgate.dataDir" -}}/var/lib/permgate{{- end }}
+{{- define "permgate.tlsDir" -}}/etc/permgate/tls{{- end }}
 
 {{- define "permgate.mapConfigMapName" -}}
 {{- default (printf "%s-endpoint-map" (include "permgate.fullname" .)) .Values.endpointMap.existingConfigMap }}
@@ -90,6 +91,41 @@ app.kubernetes.io/part-of: permgate
   "cache" (dict "decision_ttl_seconds" $p.cache.decisionTtlSeconds "max_entries" $p.cache.maxEntries)
   "audit" (dict "sink" $p.audit.sink)
 }}
+{{- $tls := .Values.tls }}
+{{- $tlsDir := include "permgate.tlsDir" . }}
+{{- if $tls.gateway.enabled }}
+{{- $listen := dict
+  "cert_file" (printf "%s/gateway/tls.crt" $tlsDir)
+  "key_file" (printf "%s/gateway/tls.key" $tlsDir)
+  "min_version" (toString $tls.gateway.minVersion)
+}}
+{{- if $tls.gateway.clientCa }}{{ $_ := set $listen "client_ca_file" (printf "%s/gateway/ca.crt" $tlsDir) }}{{ end }}
+{{- $_ := set $config "listen_tls" $listen }}
+{{- end }}
+{{- if $tls.admin.enabled }}
+{{- $_ := set $config "admin_tls" (dict
+  "cert_file" (printf "%s/admin/tls.crt" $tlsDir)
+  "key_file" (printf "%s/admin/tls.key" $tlsDir)
+  "min_version" (toString $tls.admin.minVersion)
+) }}
+{{- end }}
+{{- if $tls.upstream.enabled }}
+{{- $_ := set $config "upstream" (printf "https://127.0.0.1:%d" (int .Values.app.port)) }}
+{{- $upstream := dict "ca_file" (printf "%s/upstream/ca.crt" $tlsDir) }}
+{{- if $tls.upstream.clientCertificate }}
+{{- $_ := set $upstream "cert_file" (printf "%s/upstream/tls.crt" $tlsDir) }}
+{{- $_ := set $upstream "key_file" (printf "%s/upstream/tls.key" $tlsDir) }}
+{{- end }}
+{{- with $tls.upstream.serverName }}{{ $_ := set $upstream "server_name" . }}{{ end }}
+{{- $_ := set $config "upstream_tls" $upstream }}
+{{- end }}
+{{- if .Values.tracing.enabled }}
+{{- $_ := set $config "tracing" (dict
+  "otlp_endpoint" .Values.tracing.otlpEndpoint
+  "sample_ratio" .Values.tracing.sampleRatio
+  "service_name" .Values.tracing.serviceName
+) }}
+{{- end }}
 {{- if eq .Values.store.type "sqlite" }}
 {{- $_ := set $config "store" (printf "sqlite://%s/permgate.db" (include "permgate.dataDir" .)) }}
 {{- end }}
@@ -102,6 +138,9 @@ app.kubernetes.io/part-of: permgate
 }}
 {{- with .Values.auth.jwt.keys }}{{ $_ := set $jwt "keys" . }}{{ end }}
 {{- $_ := set $auth "jwt" $jwt }}
+{{- end }}
+{{- with .Values.tls.mtlsPrincipalFrom }}
+{{- $_ := set $auth "mtls" (dict "principal_from" .) }}
 {{- end }}
 {{- $_ := set $config "auth" $auth }}
 {{- toYaml (mustMergeOverwrite $config (deepCopy $p.extraConfig)) }}
@@ -130,6 +169,18 @@ app.kubernetes.io/part-of: permgate
 {{- end }}
 {{- if and .Values.endpointMap.content .Values.endpointMap.existingConfigMap }}
 {{- fail "\n\nset endpointMap.content or endpointMap.existingConfigMap, not both." }}
+{{- end }}
+{{- range $name := list "gateway" "admin" "upstream" }}
+{{- $listener := index $.Values.tls $name }}
+{{- if and $listener.enabled (not $listener.secretName) }}
+{{- fail (printf "\n\ntls.%s.enabled=true needs tls.%s.secretName: a kubernetes.io/tls Secret (tls.crt, tls.key%s), e.g. one that cert-manager keeps renewed." $name $name (ternary ", ca.crt" "" (eq $name "upstream"))) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.tls.mtlsPrincipalFrom (not (and .Values.tls.gateway.enabled .Values.tls.gateway.clientCa)) }}
+{{- fail "\n\ntls.mtlsPrincipalFrom needs tls.gateway.enabled=true and tls.gateway.clientCa=true: only certificates verified against a client CA may name a principal." }}
+{{- end }}
+{{- if and .Values.tracing.enabled (not .Values.tracing.otlpEndpoint) }}
+{{- fail "\n\ntracing.enabled=true needs tracing.otlpEndpoint: the collector's OTLP/HTTP base URL, e.g. http://otel-collector.observability:4318 (spans go to its /v1/traces)." }}
 {{- end }}
 {{- if has (int .Values.app.port) (list (int .Values.permgate.port) (int .Values.permgate.adminPort)) }}
 {{- fail (printf "\n\napp.port %d is also one of permgate's ports (permgate.port %d, permgate.adminPort %d): the API and the sidecar share the pod's network, so they need different ports." (int .Values.app.port) (int .Values.permgate.port) (int .Values.permgate.adminPort)) }}
