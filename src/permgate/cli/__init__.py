@@ -32,6 +32,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "apply": ("apply", "apply a declarative policy.yaml to the store"),
     "bootstrap": ("bootstrap", "create an account's first admin and print its token"),
     "tokens": ("tokens", "create, list and revoke auth tokens"),
+    "password": ("password", "set a principal's password (native login to the console)"),
     "explain": ("explain", "the decision the gateway would make, with reasons"),
     "diff": ("diff", "who gains and loses which endpoint on which tenant with a change"),
     "lint": ("lint", "roles that grant to no purpose, checked against the endpoint map"),
