@@ -66,10 +66,6 @@ def trace_id_of(traceparent: str | None) -> str | None:
     return trace_id
 
 
-def _sampled_flag(traceparent: str) -> bool:
-    return bool(int(traceparent.strip()[53:55], 16) & 1)
-
-
 class Tracer:
     """Spans for sampled requests, exported over OTLP/HTTP. One per process; build it
     only when tracing is configured, and :meth:`close` it on the way out (the last
@@ -81,7 +77,15 @@ class Tracer:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        from opentelemetry.trace import (
+            NonRecordingSpan,
+            SpanContext,
+            SpanKind,
+            StatusCode,
+            TraceFlags,
+            set_span_in_context,
+        )
+        from opentelemetry.trace.span import TraceState
 
         self.ratio = settings.sample_ratio
         # Whether to sample is decided in start(); the SDK only follows the parent.
@@ -94,8 +98,15 @@ class Tracer:
             BatchSpanProcessor(exporter, schedule_delay_millis=schedule_delay_ms)
         )
         self._tracer = self._provider.get_tracer("permgate")
-        self._propagator = TraceContextTextMapPropagator()
         self._random = random.random
+        # The API's names, bound once: the request path does no import lookups.
+        self._kinds = (SpanKind.SERVER, SpanKind.INTERNAL, SpanKind.CLIENT)
+        self._error = StatusCode.ERROR
+        self._in_context = set_span_in_context
+        self._remote_parent = NonRecordingSpan
+        self._span_context = SpanContext
+        self._sampled = TraceFlags(TraceFlags.SAMPLED)
+        self._trace_state = TraceState.from_header
 
     def start(
         self,
@@ -108,20 +119,25 @@ class Tracer:
         client_ip: str | None,
     ) -> RequestTrace | None:
         """The request's trace when it is sampled, else None (and nothing made)."""
-        from opentelemetry.trace import SpanKind
-
         traceparent = headers.get("traceparent")
-        has_parent = trace_id_of(traceparent) is not None
-        if has_parent:
+        trace_id = trace_id_of(traceparent)
+        parent = None
+        if trace_id is not None:
             assert traceparent is not None
-            if not _sampled_flag(traceparent):
-                return None
+            value = traceparent.strip()
+            if not int(value[53:55], 16) & 1:
+                return None  # the caller did not sample it: neither do we
+            state = headers.get("tracestate")
+            remote = self._span_context(
+                trace_id=int(trace_id, 16),
+                span_id=int(value[36:52], 16),
+                is_remote=True,
+                trace_flags=self._sampled,
+                trace_state=self._trace_state([state]) if state else None,
+            )
+            parent = self._in_context(self._remote_parent(remote))
         elif self._random() >= self.ratio:
             return None
-        carrier = {"traceparent": traceparent} if has_parent else {}
-        if has_parent and (state := headers.get("tracestate")) is not None:
-            carrier["tracestate"] = state
-        parent = self._propagator.extract(carrier) if has_parent else None
         attributes: dict[str, Any] = {
             "http.request.method": method,
             "url.path": path,
@@ -139,7 +155,7 @@ class Tracer:
         if (agent := headers.get("User-Agent")) is not None:
             attributes["user_agent.original"] = agent
         span = self._tracer.start_span(
-            method, context=parent, kind=SpanKind.SERVER, attributes=attributes
+            method, context=parent, kind=self._kinds[0], attributes=attributes
         )
         return RequestTrace(self, span)
 
@@ -167,25 +183,20 @@ class RequestTrace:
     def upstream_started(self, headers: MutableMapping[str, str], *, method: str, url: str) -> None:
         """Start the client span and make it the upstream's parent in ``headers``
         (``traceparent`` replaced, ``tracestate`` carried unchanged)."""
-        from opentelemetry.trace import SpanKind, set_span_in_context
-
+        owner = self._owner
         if self._decided_ns is None:
             self._decided_ns = time.time_ns()
-        context = set_span_in_context(self.server)
-        span = self._owner._tracer.start_span(
+        span = owner._tracer.start_span(
             method,
-            context=context,
-            kind=SpanKind.CLIENT,
+            context=owner._in_context(self.server),
+            kind=owner._kinds[2],
             attributes={"http.request.method": method, "url.full": url},
         )
         self._upstream = span
-        carrier: dict[str, str] = {}
-        self._owner._propagator.inject(carrier, context=set_span_in_context(span))
-        headers["traceparent"] = carrier["traceparent"]
+        ids = span.get_span_context()
+        headers["traceparent"] = f"00-{ids.trace_id:032x}-{ids.span_id:016x}-01"
 
     def upstream_finished(self, status: int | None, error: str | None) -> None:
-        from opentelemetry.trace import StatusCode
-
         span = self._upstream
         if span is None:
             return
@@ -193,18 +204,17 @@ class RequestTrace:
             span.set_attribute("http.response.status_code", status)
         if error is not None:
             span.set_attribute("error.type", error)
-            span.set_status(StatusCode.ERROR, error)
+            span.set_status(self._owner._error, error)
         span.end()
 
     def finish(self, outcome: RequestOutcome) -> None:
         """End the decision and server spans with what happened."""
-        from opentelemetry.trace import SpanKind, StatusCode, set_span_in_context
-
+        owner = self._owner
         server = self.server
-        decision = self._owner._tracer.start_span(
+        decision = owner._tracer.start_span(
             "permgate.decision",
-            context=set_span_in_context(server),
-            kind=SpanKind.INTERNAL,
+            context=owner._in_context(server),
+            kind=owner._kinds[1],
             start_time=self._started_ns,
             attributes={
                 "permgate.decision": outcome.decision,
@@ -221,5 +231,5 @@ class RequestTrace:
         server.set_attribute("permgate.endpoint", outcome.endpoint)
         if outcome.status >= 500:
             server.set_attribute("error.type", str(outcome.status))
-            server.set_status(StatusCode.ERROR)
+            server.set_status(owner._error)
         server.end()
