@@ -15,12 +15,16 @@ import aiohttp
 import pytest
 import trustme
 
-from harness import eventually, start_gateway
+from gateway_procs import echo_upstream, run_to_exit, serve_sqlite, write_sqlite_config
+from harness import eventually, free_port, start_gateway
 from permgate.config import load_settings
 from permgate.errors import ConfigError
+from permgate.service import Actor, ModelService
+from permgate.store import open_store
 from permgate.tls import TlsSetup
 from rawhttp import read_response, request
 from tlsfiles import (
+    client_cert,
     client_context,
     der,
     leaf_pems,
@@ -218,3 +222,69 @@ def test_unusable_files_are_one_line_each(
     assert len(caught.value.problems) == 1
     assert "\n" not in caught.value.problems[0]
     assert caught.value.problems[0].startswith(expected.format(cert=cert, key=key, ca=ca_file))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+async def test_serve_refuses_unusable_certificate_files_in_one_line(
+    tmp_path: Path, workers: int
+) -> None:
+    """A real `permgate serve` whose certificate file is missing exits 2 with one
+    line naming the key and the file, before any worker starts."""
+    config = write_sqlite_config(
+        tmp_path,
+        "http://127.0.0.1:9",
+        listen=f"127.0.0.1:{free_port()}",
+        admin_listen=f"127.0.0.1:{free_port()}",
+        store=f"sqlite://{tmp_path}/permgate.db",
+        extra="listen_tls: {cert_file: certs/tls.crt, key_file: certs/tls.key}\n",
+    )
+    exited = await run_to_exit(
+        "serve", "--config", str(config), "--workers", str(workers), cwd=tmp_path
+    )
+    assert exited.code == 2
+    assert exited.stderr.splitlines() == [
+        f"permgate serve: listen_tls.cert_file: {tmp_path}/certs/tls.crt: cannot read: no such file"
+    ]
+
+
+@pytest.mark.slow
+async def test_serve_with_two_workers_answers_https_and_identifies_certificates(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    """Both workers of a real `serve --workers 2` serve TLS with the file's relative
+    certificate paths, and map a client certificate's SPIFFE id to the principal."""
+    write_leaf(tmp_path / "certs", ca.issue_cert("127.0.0.1"))
+    write_ca(tmp_path / "certs", ca)
+    extra = (
+        "listen_tls: {cert_file: certs/tls.crt, key_file: certs/tls.key,"
+        " client_ca_file: certs/ca.crt}\n"
+        "auth: {mtls: {principal_from: san_uri}}\n"
+    )
+    cert = client_cert(ca, tmp_path / "client", uri="spiffe://acme/svc-billing")
+    async with (
+        echo_upstream() as upstream,
+        serve_sqlite(tmp_path, upstream, workers=2, extra=extra) as served,
+    ):
+        store = await open_store(f"sqlite://{tmp_path}/permgate.db")
+        try:
+            await ModelService(store).create_principal(
+                Actor.cli(),
+                "acme",
+                "spiffe://acme/svc-billing",
+                kind="client",
+                tenants=["acme-prod"],
+                roles=[("reader", None)],
+            )
+        finally:
+            await store.close()
+        context = client_context(tmp_path / "certs" / "ca.crt", cert)
+        url = https(served.url) + "/policy/acme-prod/quotes/q1"
+
+        async def served_by_certificate() -> bool:
+            status, body = await get(url, context)
+            return status == 200 and "spiffe://acme/svc-billing" in body
+
+        await eventually(served_by_certificate, "the certificate's principal to be served")
+        statuses = {(await get(https(served.url) + "/health", context))[0] for _ in range(8)}
+        assert statuses == {200}

@@ -118,7 +118,9 @@ def _check_map_and_store(settings: Settings) -> None:
 
     from permgate.endpoints import load_map
     from permgate.store import open_store
+    from permgate.tls import TlsSetup
 
+    TlsSetup.from_settings(settings)  # certificate files that cannot be used
     load_map(settings.endpoint_map)
 
     async def open_and_close() -> None:
