@@ -19,6 +19,7 @@ memory for passes. Hashing and verifying run in a worker thread, never on the ev
 from __future__ import annotations
 
 import asyncio
+import json
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -239,8 +240,6 @@ def _lockout(value: object, problems: list[tuple[str, str]]) -> Lockout:
 
 def policy_from_json(text: str | None) -> PasswordPolicy:
     """A stored policy (None: only the floor), floor applied."""
-    import json
-
     if text is None:
         return FLOOR
     policy, problems = parse_policy(json.loads(text))

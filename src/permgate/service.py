@@ -46,12 +46,14 @@ from permgate.model import (
 )
 from permgate.passwords import (
     FLOOR,
+    MAX_SECONDS,
     LoginRefused,
     PasswordPolicy,
     PolicyViolation,
     broken_rules,
     dummy_verify,
     hash_password,
+    needs_rehash,
     policy_from_json,
     verify_password,
 )
@@ -93,6 +95,9 @@ DEFAULT_TOKEN_PREFIX: Final = "pgt_"
 MAX_TOKEN_LIFETIME_SECONDS: Final = 10 * 366 * 24 * 3600
 # A console session's last_seen_at is written at most this often (seconds).
 _SESSION_TOUCH_EVERY: Final = 10.0
+# How long failed sign-ins of an id nobody tried since are kept: past the longest
+# lockout window a policy may configure.
+_LOGIN_FAILURES_KEPT: Final = MAX_SECONDS + 86400
 # What an audit event keeps of a principal id as given at sign-in (any text).
 _MAX_LOGIN_ID: Final = 256
 
@@ -840,7 +845,8 @@ class ModelService:
                     # Counted as a failure until it succeeds (fail closed under
                     # concurrency).
                     await tx.put_login_failures(login, [*recent, now], None, now)
-                    await tx.prune_login_failures(now - 2 * 86400)
+                    # Forget what no window can still count (the longest is a week).
+                    await tx.prune_login_failures(now - _LOGIN_FAILURES_KEPT)
             else:
                 refusal = LoginRefused("locked")
             if refusal is not None:
@@ -860,7 +866,19 @@ class ModelService:
                 await self._audit_login(tx, account, given, "ok", None, client_ip)
         if isinstance(result, LoginRefused):
             raise result
+        if stored is not None and needs_rehash(stored.hash):
+            await self._rehash(result.id, stored, password)
         return result
+
+    async def _rehash(self, principal_id: str, stored: StoredPassword, password: str) -> None:
+        """Re-hash a password made with older Argon2id parameters, now that it is known
+        to be right, unless it changed meanwhile; its set_at and history stay."""
+        new_hash = await hash_password(password)
+        async with self.transaction() as tx:
+            if await tx.get_password(principal_id) == stored:
+                await tx.put_password(
+                    principal_id, StoredPassword(new_hash, stored.set_at, stored.previous)
+                )
 
     async def _login_outcome(
         self,

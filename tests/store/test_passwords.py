@@ -572,3 +572,35 @@ async def test_session_for_disabled_refused(svc: ModelService) -> None:
     await svc.update_principal(CLI, "alice", disabled=True)
     with pytest.raises(Exception, match="disabled"):
         await _session(svc)
+
+
+async def test_old_parameters_rehashed_on_sign_in(svc: ModelService) -> None:
+    """A hash made with older (weaker) Argon2id parameters still signs in, and is
+    re-hashed with today's parameters then, keeping when the password was set."""
+    from argon2 import PasswordHasher
+
+    from permgate.store.sql import StoredPassword
+
+    weak = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(GOOD)
+    async with svc.transaction() as tx:
+        await tx.put_password("alice", StoredPassword(weak, 1_700_000_000.0, ()))
+    await svc.verify_login("alice", GOOD, client_ip=None)
+    async with svc.transaction() as tx:
+        stored = await tx.get_password("alice")
+    assert stored is not None and stored.hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+    assert stored.set_at == 1_700_000_000.0
+
+
+async def test_wrong_current_password_counts_toward_lockout(svc: ModelService) -> None:
+    """Guessing the current password through a password change counts as failed
+    sign-ins: after the lockout's attempts, both doors are locked."""
+    lockout = Lockout(attempts=2, window_seconds=60, lock_seconds=300)
+    await svc.set_password_policy(CLI, "acme", PasswordPolicy(lockout=lockout))
+    await svc.set_password(CLI, "alice", GOOD)
+    alice = await _actor(svc, "alice")
+    for _ in range(2):
+        with pytest.raises(Forbidden, match="does not match"):
+            await svc.set_password(alice, "alice", OTHER, current_password="a wrong guess!")
+    with pytest.raises(Forbidden, match="locked"):
+        await svc.set_password(alice, "alice", OTHER, current_password=GOOD)
+    assert await _refusal(svc, "alice", GOOD) == "locked"
