@@ -604,3 +604,21 @@ async def test_wrong_current_password_counts_toward_lockout(svc: ModelService) -
     with pytest.raises(Forbidden, match="locked"):
         await svc.set_password(alice, "alice", OTHER, current_password=GOOD)
     assert await _refusal(svc, "alice", GOOD) == "locked"
+
+
+def test_login_audit_event_shape() -> None:
+    """A sign-in's audit record becomes an ``auth.login`` event with the result, the
+    reason, the principal as given and the client address (and nothing else)."""
+    from permgate.service import audit_event
+    from permgate.store.base import AuditRecord
+
+    after = {"result": "refused", "reason": "locked", "principal": "Bob", "client_ip": "10.1.2.3"}
+    record = AuditRecord(
+        0, 1_800_000_000.0, "acme", "principal:Bob", "auth.login", "Bob", None, after
+    )
+    assert audit_event(record) == {
+        "ts": "2027-01-15T08:00:00Z",
+        "event": "auth.login",
+        "account": "acme",
+        **after,
+    }
