@@ -36,6 +36,7 @@ from permgate.observability.metrics import Metrics
 from permgate.observability.reload import MapReloader
 from permgate.observability.tracing import Tracer
 from permgate.observability.upstream_watch import UpstreamWatch
+from permgate.observability.usage import UsageRecorder
 from permgate.outcome import RequestOutcome
 from permgate.pipeline import Gateway
 from permgate.proxy import Upstream
@@ -49,6 +50,7 @@ log = logging.getLogger("permgate")
 access_log = logging.getLogger("permgate.access")
 
 TOKEN_USE_FLUSH_SECONDS: Final = 5.0
+USAGE_FLUSH_SECONDS: Final = 5.0  # permission usage reaches the store this far behind at most
 SHUTDOWN_TIMEOUT_SECONDS: Final = 20.0
 AUDIT_DRAIN_SECONDS: Final = 8.0  # with the shutdown timeout, under Kubernetes' default 30 s
 CLIENT_GONE_STATUS: Final = 499  # what the pipeline records when no answer was sent
@@ -58,12 +60,19 @@ class _Observer:
     """The pipeline's observer: one audit slot per request, metrics, the event, the
     access log line, and what the upstream's fate says about its reachability."""
 
-    __slots__ = ("_audit", "_metrics", "_upstream", "answered", "unanswered")
+    __slots__ = ("_audit", "_metrics", "_upstream", "_usage", "answered", "unanswered")
 
-    def __init__(self, metrics: Metrics, audit: AuditLog, upstream: UpstreamWatch) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        audit: AuditLog,
+        upstream: UpstreamWatch,
+        usage: UsageRecorder | None = None,
+    ) -> None:
         self._metrics = metrics
         self._audit = audit
         self._upstream = upstream
+        self._usage = usage
         self.answered = 0  # requests that got an answer
         self.unanswered = 0  # requests that ended without one: client gone, or cut at shutdown
 
@@ -73,6 +82,8 @@ class _Observer:
     def record(self, outcome: RequestOutcome) -> None:
         self._metrics.observe(outcome)
         self._audit.emit_decision(outcome)
+        if self._usage is not None:
+            self._usage.record(outcome)  # allowed requests only; an in-memory count
         self._finished(outcome)
 
     def refused(self, outcome: RequestOutcome) -> None:
@@ -127,6 +138,7 @@ class Runtime:
     upstream: Upstream = field(init=False)
     upstream_watch: UpstreamWatch = field(init=False)
     observer: _Observer = field(init=False)
+    usage: UsageRecorder = field(init=False)
     gateway: Gateway = field(init=False)
     gateway_listening: bool = False
     tls: TlsSetup = field(init=False)
@@ -203,7 +215,8 @@ class Runtime:
         if settings.tracing is not None:  # only the key turns it on, never OTEL_* variables
             self.tracer = Tracer(settings.tracing)
         self.upstream_watch = UpstreamWatch(settings.upstream)
-        self.observer = _Observer(self.metrics, self.audit, self.upstream_watch)
+        self.usage = UsageRecorder(self.model, lambda: self.gateway.endpoint_map)
+        self.observer = _Observer(self.metrics, self.audit, self.upstream_watch, self.usage)
         self.gateway = Gateway(
             endpoint_map=endpoint_map,
             model=self.model,
@@ -219,6 +232,7 @@ class Runtime:
         await self.reloader.start()
         self._tasks = [
             asyncio.create_task(self._flush_token_uses(), name="permgate-token-uses"),
+            asyncio.create_task(self._flush_usage(), name="permgate-usage"),
             asyncio.create_task(self.model.keepalive(), name="permgate-keepalive"),
             # Never delays the start: an upstream that starts later is fine, but say so.
             asyncio.create_task(self._probe_upstream(), name="permgate-upstream-probe"),
@@ -253,6 +267,19 @@ class Runtime:
         except StoreUnavailable as exc:
             log.warning("could not record token use: %s", exc)
 
+    async def _flush_usage(self) -> None:
+        while True:
+            await asyncio.sleep(USAGE_FLUSH_SECONDS)
+            await self.flush_usage()
+
+    async def flush_usage(self) -> None:
+        """Write the permissions exercised since the last flush (best effort: a store
+        that cannot be reached keeps them for the next flush)."""
+        try:
+            await self.usage.flush(self.store)
+        except Exception:  # never let bookkeeping stop the periodic flush
+            log.exception("could not record permission usage")
+
     async def deliver_changes(self) -> None:
         """Apply committed store changes to the local caches now (after an admin write),
         then tell the other workers, which catch up before their next decision: the
@@ -273,6 +300,7 @@ class Runtime:
         await self.reloader.close()
         with contextlib.suppress(Exception):
             await self.flush_token_uses()
+        await self.flush_usage()
         await self.upstream.close()
         if self.tracer is not None:  # the last spans are sent (bounded by the exporter)
             await asyncio.to_thread(self.tracer.close)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import Final
 
 from permgate.errors import StoreUnavailable
 from permgate.model import AuthToken, Principal, Role, Tenant
 from permgate.store.base import AuditRecord, Change, OnChanges, OnReset
-from permgate.store.sql import Transaction
+from permgate.store.sql import Transaction, UsageRow
 
 log: Final = logging.getLogger("permgate.store")
 # After an unexpected error in the watcher: how long before it starts again.
@@ -142,6 +143,19 @@ class SqlStore(ABC):
             return
         async with self._touch() as tx:
             await tx.touch_tokens(last_used)
+
+    async def add_usage(self, rows: Sequence[UsageRow]) -> None:
+        # Bookkeeping like last_used_at: no change-log row, not behind the model's lock.
+        if not rows:
+            return
+        async with self._touch() as tx:
+            await tx.add_usage(rows)
+
+    async def list_usage(
+        self, *, principal: str | None = None, token_id: str | None = None, since: float
+    ) -> list[UsageRow]:
+        async with self._read() as tx:
+            return await tx.list_usage(principal=principal, token_id=token_id, since=since)
 
     def _touch(self) -> AbstractAsyncContextManager[Transaction]:
         return self.write()

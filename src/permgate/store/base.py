@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from permgate.model import AuthToken, Principal, Role, Tenant
 
 if TYPE_CHECKING:
-    from permgate.store.sql import Transaction
+    from permgate.store.sql import Transaction, UsageRow
 
 ChangeKind = Literal["account", "tenant", "role", "principal", "token", "all"]
 
@@ -119,6 +119,18 @@ class Store(StoreReader, Protocol):
         ...
 
     async def changes_since(self, version: int) -> list[Change]: ...
+
+    async def add_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Add aggregated permission uses in one write (counts add up; earliest first
+        use, latest last use); bookkeeping, not a model change."""
+        ...
+
+    async def list_usage(
+        self, *, principal: str | None = None, token_id: str | None = None, since: float
+    ) -> list[UsageRow]:
+        """Permission uses of one principal (its tokens' too) or one token, last used
+        at or after ``since`` (epoch seconds)."""
+        ...
 
     def write(self) -> AbstractAsyncContextManager[Transaction]:
         """One serialised write transaction; its change-log rows and notification are

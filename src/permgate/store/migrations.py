@@ -202,6 +202,28 @@ MIGRATIONS: Final = (
             "CREATE INDEX console_sessions_expires ON console_sessions(expires_at)",
         ),
     ),
+    Migration(
+        5,
+        "permission usage: which permissions each principal and token exercised, per tenant",
+        (
+            # One row per (principal, token, tenant, permission) a gateway saw allowed:
+            # first and last use (epoch seconds) and how many uses. '' stands for "no
+            # token" and "no tenant" (a key column cannot be NULL). No foreign keys:
+            # usage outlives a deleted token or principal, and is written without the
+            # model's write lock.
+            """CREATE TABLE permission_usage (
+                principal TEXT NOT NULL,
+                token_id TEXT NOT NULL,
+                tenant TEXT NOT NULL,
+                permission TEXT NOT NULL,
+                account TEXT NOT NULL,
+                first_used {float} NOT NULL,
+                last_used {float} NOT NULL,
+                uses BIGINT NOT NULL,
+                PRIMARY KEY (principal, token_id, tenant, permission))""",
+            "CREATE INDEX permission_usage_token ON permission_usage(token_id)",
+        ),
+    ),
 )
 
 LATEST: Final = MIGRATIONS[-1].number

@@ -27,6 +27,7 @@ __all__ = [
     "StoredPassword",
     "StoredSession",
     "Transaction",
+    "UsageRow",
     "from_epoch",
     "to_epoch",
 ]
@@ -145,6 +146,21 @@ def _principal(row: Sequence[Any], assignments: tuple[RoleAssignment, ...]) -> P
         disabled=bool(row[4]),
         sessions_valid_after=from_epoch(row[5]),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Uses of one permission by one principal (through ``token_id``, or None: its
+    own credentials) on one tenant (None: an endpoint without a tenant)."""
+
+    principal: str
+    token_id: str | None
+    tenant: str | None
+    permission: str
+    account: str
+    first_used: float
+    last_used: float
+    uses: int
 
 
 class Transaction:
@@ -438,6 +454,49 @@ class Transaction:
                 when,
                 token_id,
             )
+
+    async def add_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Add aggregated uses: counts add up, the first use is the earliest and the
+        last use the latest of what is stored and what is added."""
+        for row in rows:
+            await self._conn.execute(
+                "INSERT INTO permission_usage (principal, token_id, tenant, permission, "
+                "account, first_used, last_used, uses) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                "ON CONFLICT (principal, token_id, tenant, permission) DO UPDATE SET "
+                "uses = permission_usage.uses + excluded.uses, "
+                "first_used = CASE WHEN excluded.first_used < permission_usage.first_used "
+                "THEN excluded.first_used ELSE permission_usage.first_used END, "
+                "last_used = CASE WHEN excluded.last_used > permission_usage.last_used "
+                "THEN excluded.last_used ELSE permission_usage.last_used END",
+                row.principal,
+                row.token_id or "",
+                row.tenant or "",
+                row.permission,
+                row.account,
+                row.first_used,
+                row.last_used,
+                row.uses,
+            )
+
+    async def list_usage(
+        self, *, principal: str | None = None, token_id: str | None = None, since: float
+    ) -> list[UsageRow]:
+        """Usage rows of one principal (its tokens' included) or of one token, last
+        used at or after ``since``."""
+        column, key = ("token_id", token_id) if token_id is not None else ("principal", principal)
+        rows = await self._conn.fetch(
+            "SELECT principal, token_id, tenant, permission, account, first_used, last_used, "
+            f"uses FROM permission_usage WHERE {column} = $1 AND last_used >= $2 "
+            "ORDER BY permission, tenant, token_id",
+            key,
+            since,
+        )
+        return [
+            UsageRow(
+                r[0], r[1] or None, r[2] or None, r[3], r[4], float(r[5]), float(r[6]), int(r[7])
+            )
+            for r in rows
+        ]
 
     async def audit(
         self,
