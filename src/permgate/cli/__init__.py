@@ -36,6 +36,7 @@ COMMANDS: Final[dict[str, tuple[str, str]]] = {
     "explain": ("explain", "the decision the gateway would make, with reasons"),
     "diff": ("diff", "who gains and loses which endpoint on which tenant with a change"),
     "lint": ("lint", "roles that grant to no purpose, checked against the endpoint map"),
+    "advise": ("advise", "grants never used, and the narrowest grants that cover real usage"),
 }
 
 
