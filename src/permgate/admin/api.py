@@ -118,11 +118,13 @@ def create_admin_api(
     app.router.add_put("/principals/{id}/roles", api.principals_roles)
     app.router.add_put("/principals/{id}/tenants", api.principals_tenants)
     app.router.add_put("/principals/{id}/password", api.principals_password)
+    app.router.add_get("/principals/{id}/advice", api.principals_advice, allow_head=False)
     app.router.add_get("/password-policy", api.password_policy, allow_head=False)
     app.router.add_get("/tokens", api.tokens_list, allow_head=False)
     app.router.add_post("/tokens", api.tokens_create)
     app.router.add_delete("/tokens/{id}", api.tokens_revoke)
     app.router.add_post("/explain", api.explain)
+    app.router.add_post("/diff", api.diff)
     app.router.add_get("/audit", api.audit, allow_head=False)
     return app
 
@@ -437,6 +439,36 @@ class _AdminApi:
         return json_response(
             {**token_json(token), "revoked_descendants": [t.id for t in descendants]}
         )
+
+    # -- access review: a principal's advice, the impact of a change -------------------
+
+    async def principals_advice(self, request: web.Request) -> web.StreamResponse:
+        from permgate.review.advise import UnknownSubject, advise
+
+        caller = request[CALLER]
+        principal_id = request.match_info["id"]
+        try:
+            advice = await advise(
+                self._store,
+                principal=principal_id,
+                days=cast(int, request[QUERY]["days"]),
+                account=caller.account,
+            )
+        except UnknownSubject as exc:
+            raise _not_found("principal", principal_id) from exc
+        return json_response(advice.as_dict())
+
+    async def diff(self, request: web.Request) -> web.StreamResponse:
+        from permgate.admin.review import diff_json
+
+        body = await diff_json(
+            self._store,
+            request[CALLER].account,
+            self._endpoint_map(),
+            await request.read(),
+            default_enforcement=self._service.default_enforcement,
+        )
+        return web.Response(body=body, content_type="application/json")
 
     # -- explain and audit ---------------------------------------------------------
 

@@ -105,6 +105,60 @@ _RESPONSES: Final[dict[str, dict[str, Any]]] = {
             },
         ]
     },
+    "Advice": {
+        "type": "object",
+        "properties": {
+            "subject": _STRING,
+            "kind": {"type": "string", "enum": ["principal", "token"]},
+            "days": {"type": "integer"},
+            "used": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "permission": _STRING,
+                        "tenant": {"type": ["string", "null"]},
+                        "count": {"type": "integer"},
+                        "last_used": {"type": "string", "format": "date-time"},
+                    },
+                    "required": ["permission", "tenant", "count", "last_used"],
+                },
+            },
+            "unused_grants": {**_STRINGS, "description": "held grants covering nothing used"},
+            "suggested_grants": {
+                **_STRINGS,
+                "description": "exact permissions covering everything used, never wildcards",
+            },
+            "suggested_tenants": _STRINGS,
+        },
+        "required": [
+            "subject",
+            "days",
+            "used",
+            "unused_grants",
+            "suggested_grants",
+            "suggested_tenants",
+        ],
+    },
+    "Impact": {
+        "type": "object",
+        "properties": {
+            "gained": {"type": "array", "items": {"$ref": "#/components/schemas/AccessChange"}},
+            "lost": {"type": "array", "items": {"$ref": "#/components/schemas/AccessChange"}},
+        },
+        "required": ["gained", "lost"],
+    },
+    "AccessChange": {
+        "type": "object",
+        "properties": {
+            "principal": _STRING,
+            "tenant": {"type": ["string", "null"]},
+            "endpoint": _STRING,
+            "method": _STRING,
+            "path": _STRING,
+        },
+        "required": ["principal", "tenant", "endpoint", "method", "path"],
+    },
     "PasswordPolicy": {
         "type": "object",
         "description": (
@@ -299,6 +353,21 @@ _DOCS: Final[dict[str, _Doc]] = {
         "PasswordPut",
         (404, 409, 422),
     ),
+    "admin.principals.advice": _Doc(
+        "A principal's grants never used in the window, and the exact permissions and "
+        "tenants covering everything it (and its tokens) did",
+        200,
+        "Advice",
+        None,
+        (404, 422),
+        (
+            (
+                "days",
+                "the window: uses in the last N days",
+                {"type": "integer", "minimum": 1, "maximum": 3650, "default": 90},
+            ),
+        ),
+    ),
     "admin.password_policy": _Doc(
         "The caller's account's effective password policy (the floor applied)",
         200,
@@ -336,6 +405,15 @@ _DOCS: Final[dict[str, _Doc]] = {
         "Decision",
         "ExplainRequest",
         (404, 422),
+    ),
+    "admin.diff": _Doc(
+        "Who gains and loses which endpoint on which tenant (the caller's account) if "
+        "the policy and/or the map were replaced: the live store and the current map "
+        "against the store as apply of the policy would leave it and the given map",
+        200,
+        "Impact",
+        "DiffRequest",
+        (422,),
     ),
     "admin.audit": _Doc(
         "Admin changes of the account, newest first",

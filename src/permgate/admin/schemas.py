@@ -138,6 +138,20 @@ SCHEMAS: Final[dict[str, Schema]] = {
         "required": ["name", "permissions"],
         "additionalProperties": False,
     },
+    "DiffRequest": {
+        "type": "object",
+        "description": (
+            "the new side: a policy (applied over the live store) and/or an endpoint map "
+            "(default: the current one); each as YAML text or a JSON object"
+        ),
+        "properties": {
+            "policy": {"type": ["string", "object"], "description": "a policy.yaml"},
+            "map": {"type": ["string", "object"], "description": "an endpoint_map.yaml"},
+            "prune": {"type": "boolean", "description": "as apply --prune would"},
+        },
+        "minProperties": 1,
+        "additionalProperties": False,
+    },
     "ExplainRequest": {
         "type": "object",
         "properties": {
