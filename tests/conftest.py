@@ -37,7 +37,9 @@ async def pg_dsn() -> AsyncIterator[str]:
 
 # `permgate serve` runs on uvloop, whose transports differ from asyncio's; the modules
 # that talk to sockets directly run on both loops.
-BOTH_LOOPS = frozenset({"test_proxy.py"})
+BOTH_LOOPS = frozenset(
+    {"test_proxy.py", "test_tls.py", "test_mtls.py", "test_upstream_tls.py"}  # TLS: uvloop's own
+)
 
 
 def pytest_asyncio_loop_factories(
