@@ -198,7 +198,7 @@ async def test_a_bad_new_certificate_keeps_the_old_one_and_logs_why(
     [
         ("missing-cert", "listen_tls.cert_file: {cert}: cannot read: no such file"),
         ("garbage-cert", "listen_tls: {cert} and {key}: not a PEM certificate chain"),
-        ("missing-ca", "listen_tls.ca_file: {ca}: cannot read: no such file"),
+        ("missing-ca", "listen_tls.client_ca_file: {ca}: cannot read: no such file"),
     ],
     ids=["missing-cert", "garbage-cert", "missing-client-ca"],
 )

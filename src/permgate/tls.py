@@ -74,6 +74,7 @@ class ReloadingContext:
             without a certificate).
         ca_file: CAs to trust (client certificates on a server, the upstream's
             certificate on a client), or None.
+        ca_key: the key that names ``ca_file``, for messages.
     """
 
     def __init__(
@@ -84,15 +85,20 @@ class ReloadingContext:
         cert_file: str | None,
         key_file: str | None,
         ca_file: str | None,
+        ca_key: str = "ca_file",
     ) -> None:
         self.name = name
+        self._ca_key = ca_key
         self.context = context
         self._cert_file = cert_file
         self._key_file = key_file
         self._ca_file = ca_file
         self._files = tuple(f for f in (cert_file, key_file, ca_file) if f is not None)
         self._stamps = self._current_stamps()
-        _load(name, context, cert_file, key_file, ca_file)
+        self._load(context)
+
+    def _load(self, context: ssl.SSLContext) -> None:
+        _load(self.name, context, self._cert_file, self._key_file, self._ca_file, self._ca_key)
 
     def _current_stamps(self) -> tuple[_Stamp, ...]:
         return tuple(_stamp(f) for f in self._files)
@@ -110,8 +116,8 @@ class ReloadingContext:
             else ssl.PROTOCOL_TLS_CLIENT
         )
         try:
-            _load(self.name, scratch, self._cert_file, self._key_file, self._ca_file)
-            _load(self.name, self.context, self._cert_file, self._key_file, self._ca_file)
+            self._load(scratch)
+            self._load(self.context)
         except ConfigError as exc:
             log.error(
                 "%s: new files refused, the previous certificate stays in use: %s",
@@ -129,9 +135,10 @@ def _load(
     cert_file: str | None,
     key_file: str | None,
     ca_file: str | None,
+    ca_key: str,
 ) -> None:
     """Load the chain and the CAs into ``context``; one clear line on failure."""
-    for key, path in (("cert_file", cert_file), ("key_file", key_file), ("ca_file", ca_file)):
+    for key, path in (("cert_file", cert_file), ("key_file", key_file), (ca_key, ca_file)):
         if path is not None and not os.access(path, os.R_OK):
             why = "no such file" if not os.path.exists(path) else "not readable"
             raise ConfigError([f"{name}.{key}: {path}: cannot read: {why}"])
@@ -173,6 +180,7 @@ def server_context(name: str, settings: ListenerTls) -> ReloadingContext:
         cert_file=settings.cert_file,
         key_file=settings.key_file,
         ca_file=settings.client_ca_file,
+        ca_key="client_ca_file",
     )
     if settings.client_ca_file is not None:
         context.verify_mode = ssl.CERT_OPTIONAL
