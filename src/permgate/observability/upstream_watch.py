@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Final
 
 from yarl import URL
@@ -49,7 +50,8 @@ class UpstreamWatch:
             self.unreachable(f"no connection within {timeout:g} s")
             return False
         except OSError as exc:
-            self.unreachable(exc.strerror or str(exc))
+            # asyncio words a refused connect "Connect call failed (...)": say why.
+            self.unreachable(os.strerror(exc.errno) if exc.errno else str(exc))
             return False
         writer.close()
         with contextlib.suppress(OSError, TimeoutError):
