@@ -36,6 +36,7 @@ from cachetools import LRUCache
 
 from permgate.errors import PermgateError
 from permgate.model import AuthToken, Principal
+from permgate.reasons import AUTH_REASONS, AuthReason
 from permgate.token_secrets import secret_matches, token_id_of
 
 if TYPE_CHECKING:
@@ -55,24 +56,9 @@ __all__ = [
 # Which field of a verified client certificate is the principal id.
 PrincipalFrom = Literal["san_uri", "san_dns", "subject_cn"]
 
-AuthFailureReason = Literal[
-    "missing_credentials",
-    "invalid_token",
-    "expired_token",
-    "revoked_token",
-    "session_revoked",
-    "unknown_principal",
-    "disabled_principal",
-]
-AUTH_FAILURE_REASONS: Final[tuple[AuthFailureReason, ...]] = (
-    "missing_credentials",
-    "invalid_token",
-    "expired_token",
-    "revoked_token",
-    "session_revoked",
-    "unknown_principal",
-    "disabled_principal",
-)
+# The closed set lives in permgate.reasons; these names stay for their importers.
+AuthFailureReason = AuthReason
+AUTH_FAILURE_REASONS: Final = AUTH_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +154,15 @@ class Authenticator:
 
     async def _authenticate(self, authorization: str | None) -> Identity:
         if not authorization:
-            raise AuthFailure("missing_credentials", "no Authorization header")
+            raise AuthFailure(AuthReason.MISSING_CREDENTIALS, "no Authorization header")
         scheme, _, credential = authorization.partition(" ")
         if scheme.lower() != "bearer":
-            raise AuthFailure("missing_credentials", f"scheme {scheme[:20]!r} is not Bearer")
+            raise AuthFailure(
+                AuthReason.MISSING_CREDENTIALS, f"scheme {scheme[:20]!r} is not Bearer"
+            )
         credential = credential.strip(" ")
         if not credential:
-            raise AuthFailure("missing_credentials", "empty bearer credential")
+            raise AuthFailure(AuthReason.MISSING_CREDENTIALS, "empty bearer credential")
         if credential.startswith(self._prefix):
             return await self._auth_token(credential)
         return await self._auth_jwt(credential)
@@ -185,11 +173,12 @@ class Authenticator:
         principal = await self._cache.principal(principal_id)
         if principal is None:
             raise AuthFailure(
-                "unknown_principal", f"certificate principal {principal_id[:100]!r} not found"
+                AuthReason.UNKNOWN_PRINCIPAL,
+                f"certificate principal {principal_id[:100]!r} not found",
             )
         if principal.disabled:
             raise AuthFailure(
-                "disabled_principal", f"certificate principal {principal.id} is disabled"
+                AuthReason.DISABLED_PRINCIPAL, f"certificate principal {principal.id} is disabled"
             )
         return Identity(principal, None, None, f"c:{principal.id}")
 
@@ -199,27 +188,27 @@ class Authenticator:
         token_id = token_id_of(self._prefix, secret)
         if token_id is None:
             raise AuthFailure(
-                "invalid_token",
+                AuthReason.INVALID_TOKEN,
                 f"malformed auth token: {self._prefix!r} is not followed by a token id, '_' "
                 "and the random part",
             )
         token = await self._cache.token(token_id)
         if token is None:
-            raise AuthFailure("invalid_token", f"unknown token id {token_id}")
+            raise AuthFailure(AuthReason.INVALID_TOKEN, f"unknown token id {token_id}")
         if not secret_matches(secret, token.secret_hash):
-            raise AuthFailure("invalid_token", f"secret mismatch for token {token_id}")
+            raise AuthFailure(AuthReason.INVALID_TOKEN, f"secret mismatch for token {token_id}")
         now = time.time()
         if token.revoked_at is not None:
-            raise AuthFailure("revoked_token", f"token {token_id} is revoked")
+            raise AuthFailure(AuthReason.REVOKED_TOKEN, f"token {token_id} is revoked")
         if token.expires_at is not None and _epoch(token.expires_at) <= now:
-            raise AuthFailure("expired_token", f"token {token_id} has expired")
+            raise AuthFailure(AuthReason.EXPIRED_TOKEN, f"token {token_id} has expired")
         owner = await self._cache.principal(token.owner)
         # An owner in another account is, from the token's account, no principal at all.
         if owner is None or owner.account != token.account:
-            raise AuthFailure("unknown_principal", f"owner of token {token_id} not found")
+            raise AuthFailure(AuthReason.UNKNOWN_PRINCIPAL, f"owner of token {token_id} not found")
         if owner.disabled:
             raise AuthFailure(
-                "disabled_principal", f"owner {owner.id} of token {token_id} is disabled"
+                AuthReason.DISABLED_PRINCIPAL, f"owner {owner.id} of token {token_id} is disabled"
             )
         self._uses[token_id] = now
         return Identity(owner, token, None, f"t:{token_id}")
@@ -233,17 +222,23 @@ class Authenticator:
 
     async def _auth_jwt(self, token: str) -> Identity:
         if self._jwt is None:
-            raise AuthFailure("invalid_token", "not an auth token and JWTs are not configured")
+            raise AuthFailure(
+                AuthReason.INVALID_TOKEN, "not an auth token and JWTs are not configured"
+            )
         digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
         claims = await self._verified_claims(self._jwt, token, digest)
         subject = claims.get(self._jwt.principal_claim)
         if not isinstance(subject, str) or not subject:
-            raise AuthFailure("invalid_token", f"no {self._jwt.principal_claim!r} claim")
+            raise AuthFailure(AuthReason.INVALID_TOKEN, f"no {self._jwt.principal_claim!r} claim")
         principal = await self._cache.principal(subject)
         if principal is None:
-            raise AuthFailure("unknown_principal", f"principal {subject[:100]!r} not found")
+            raise AuthFailure(
+                AuthReason.UNKNOWN_PRINCIPAL, f"principal {subject[:100]!r} not found"
+            )
         if principal.disabled:
-            raise AuthFailure("disabled_principal", f"principal {principal.id} is disabled")
+            raise AuthFailure(
+                AuthReason.DISABLED_PRINCIPAL, f"principal {principal.id} is disabled"
+            )
         if principal.sessions_valid_after is not None:
             iat = claims.get("iat")
             # No iat, or issued before the forced logout: fail closed.
@@ -252,7 +247,9 @@ class Authenticator:
                 or isinstance(iat, bool)
                 or iat < _epoch(principal.sessions_valid_after)
             ):
-                raise AuthFailure("session_revoked", f"session of {principal.id} was revoked")
+                raise AuthFailure(
+                    AuthReason.SESSION_REVOKED, f"session of {principal.id} was revoked"
+                )
         return Identity(principal, None, claims, f"j:{digest}")
 
     async def _verified_claims(

@@ -3,7 +3,7 @@
 No I/O and no web types: the gateway, ``permgate explain``, ``permgate test`` and
 the admin API's what-if all call :func:`decide` with data they fetched themselves.
 Tenant scope is checked before permissions, and every denial carries one reason
-from the closed set :class:`Reason`.
+from the closed set :class:`permgate.reasons.Reason` (re-exported here).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 from permgate.model import SCOPE_ANY, SCOPE_TYPE_TEST, AuthToken, Principal, Role, Tenant
 from permgate.permissions import EMPTY_GRANTS, GrantSet
+from permgate.reasons import Reason
 from permgate.roles import ADMIN, role_grants
 
 if TYPE_CHECKING:
@@ -34,18 +35,6 @@ __all__ = [
     "scope_allows",
     "scope_beyond",
 ]
-
-
-class Reason(StrEnum):
-    """Why a decision came out as it did: the audit field and the metric label."""
-
-    ALLOWED = "allowed"
-    PUBLIC = "public"
-    UNMAPPED_PASSTHROUGH = "unmapped_passthrough"
-    UNMAPPED_ROUTE = "unmapped_route"
-    UNAUTHENTICATED = "unauthenticated"
-    TENANT_OUT_OF_SCOPE = "tenant_out_of_scope"
-    MISSING_PERMISSION = "missing_permission"
 
 
 class ScopeDetail(StrEnum):

@@ -63,6 +63,8 @@ from typing import Final
 
 from multidict import CIMultiDict, MultiMapping
 
+from permgate.reasons import FRAMING_REASONS, HYGIENE_REASONS, HygieneReason
+
 __all__ = [
     "ABSOLUTE_FORM",
     "AMBIGUOUS_HEADER",
@@ -90,50 +92,21 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------- reasons
-# Each is the ``reason`` of a 400 ``{"error":"bad_request",...}`` answer.
-AMBIGUOUS_PATH: Final = "ambiguous_path"
-ABSOLUTE_FORM: Final = "absolute_form"
-INVALID_TARGET: Final = "invalid_target"
-DUPLICATE_HEADER: Final = "duplicate_header"
-AMBIGUOUS_HEADER: Final = "ambiguous_header"
-CONFLICTING_LENGTH: Final = "conflicting_length"
-UNSUPPORTED_TRANSFER_CODING: Final = "unsupported_transfer_coding"
-INVALID_HOST: Final = "invalid_host"
-UNSUPPORTED_VERSION: Final = "unsupported_http_version"
-# Refused by the HTTP parser itself, before any header could be read: bad line
-# endings, obs-fold, control bytes, ``Name :``, conflicting lengths...
-MALFORMED_REQUEST: Final = "malformed_request"
-# A request line, a header line or the header count beyond the parser's limits.
-HEADERS_TOO_LARGE: Final = "headers_too_large"
-# The client stopped sending its head or its body (answered 408, not 400).
-REQUEST_TIMEOUT: Final = "request_timeout"
-REASONS: Final = frozenset(
-    {
-        AMBIGUOUS_PATH,
-        ABSOLUTE_FORM,
-        INVALID_TARGET,
-        DUPLICATE_HEADER,
-        AMBIGUOUS_HEADER,
-        CONFLICTING_LENGTH,
-        UNSUPPORTED_TRANSFER_CODING,
-        INVALID_HOST,
-        UNSUPPORTED_VERSION,
-        MALFORMED_REQUEST,
-        HEADERS_TOO_LARGE,
-        REQUEST_TIMEOUT,
-    }
-)
-# Answers for these reasons close the connection (the framing of what follows is in doubt).
-FRAMING_REASONS: Final = frozenset(
-    {
-        CONFLICTING_LENGTH,
-        UNSUPPORTED_TRANSFER_CODING,
-        UNSUPPORTED_VERSION,
-        MALFORMED_REQUEST,
-        HEADERS_TOO_LARGE,
-        REQUEST_TIMEOUT,
-    }
-)
+# Each is the ``reason`` of a 400 ``{"error":"bad_request",...}`` answer; the closed
+# set is :class:`permgate.reasons.HygieneReason` (these names are its members).
+AMBIGUOUS_PATH: Final = HygieneReason.AMBIGUOUS_PATH
+ABSOLUTE_FORM: Final = HygieneReason.ABSOLUTE_FORM
+INVALID_TARGET: Final = HygieneReason.INVALID_TARGET
+DUPLICATE_HEADER: Final = HygieneReason.DUPLICATE_HEADER
+AMBIGUOUS_HEADER: Final = HygieneReason.AMBIGUOUS_HEADER
+CONFLICTING_LENGTH: Final = HygieneReason.CONFLICTING_LENGTH
+UNSUPPORTED_TRANSFER_CODING: Final = HygieneReason.UNSUPPORTED_TRANSFER_CODING
+INVALID_HOST: Final = HygieneReason.INVALID_HOST
+UNSUPPORTED_VERSION: Final = HygieneReason.UNSUPPORTED_VERSION
+MALFORMED_REQUEST: Final = HygieneReason.MALFORMED_REQUEST
+HEADERS_TOO_LARGE: Final = HygieneReason.HEADERS_TOO_LARGE
+REQUEST_TIMEOUT: Final = HygieneReason.REQUEST_TIMEOUT
+REASONS: Final = HYGIENE_REASONS
 
 # --------------------------------------------------------------------------- targets
 # The common request in one match: origin-form, no '%', no ';', no '\\', no dot
@@ -166,7 +139,7 @@ def split_target(raw_target: str) -> tuple[str, str]:
     return path, sep + query
 
 
-def check_target(method: str, raw_target: str) -> str | None:
+def check_target(method: str, raw_target: str) -> HygieneReason | None:
     """None if ``raw_target`` (aiohttp's ``request.raw_path``) is clean, else a reason id."""
     if _CLEAN_TARGET.match(raw_target) is not None and raw_target[:1] == "/":
         return None
@@ -181,7 +154,7 @@ def check_target(method: str, raw_target: str) -> str | None:
     return _check_path(path)
 
 
-def _check_path(path: str) -> str | None:
+def _check_path(path: str) -> HygieneReason | None:
     """The slow path: look at every segment, decoded, for a second reading."""
     if _BAD_RAW_PATH.search(path) is not None:
         return AMBIGUOUS_PATH
@@ -232,7 +205,7 @@ _HOST_CACHE: Final[dict[str, bool]] = {}
 _HOST_CACHE_MAX: Final = 1024
 
 
-def check_host(values: list[str], version: tuple[int, int]) -> str | None:
+def check_host(values: list[str], version: tuple[int, int]) -> HygieneReason | None:
     """None if the ``Host`` field lines ``values`` are one valid ``host[:port]`` (or
     absent on HTTP/1.0), else :data:`INVALID_HOST`."""
     if not values:
@@ -263,7 +236,7 @@ def _valid_host(value: str) -> bool:
     return True
 
 
-def check_message(version: tuple[int, int], headers: MultiMapping[str]) -> str | None:
+def check_message(version: tuple[int, int], headers: MultiMapping[str]) -> HygieneReason | None:
     """None if the protocol version, the framing headers it allows and ``Host`` are
     acceptable, else a reason id (checked before the target and the other headers)."""
     if version != (1, 1) and version != (1, 0):
@@ -279,7 +252,7 @@ _AUTHORIZATION: Final = "authorization"
 
 def check_headers(
     headers: MultiMapping[str], tenant_headers: str | Collection[str] | None
-) -> str | None:
+) -> HygieneReason | None:
     """None if no security-relevant header can be read two ways, else a reason id.
 
     ``tenant_headers`` names the header(s) the endpoint map reads tenants from: one

@@ -38,6 +38,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from permgate.authn import AuthFailure
 from permgate.config import JwtSettings
 from permgate.errors import ConfigError
+from permgate.reasons import AuthReason
 
 __all__ = ["SUPPORTED_ALGORITHMS", "JwtVerifier"]
 
@@ -205,22 +206,25 @@ class JwtVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
-            raise AuthFailure("invalid_token", f"malformed JWT: {str(exc)[:100]}") from None
+            raise AuthFailure(
+                AuthReason.INVALID_TOKEN, f"malformed JWT: {str(exc)[:100]}"
+            ) from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
             allowed = ", ".join(sorted(self._algorithms))
             raise AuthFailure(
-                "invalid_token", f"algorithm {_shown(alg)} is not allowed (allowed: {allowed})"
+                AuthReason.INVALID_TOKEN,
+                f"algorithm {_shown(alg)} is not allowed (allowed: {allowed})",
             )
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
-            raise AuthFailure("invalid_token", "malformed JWT: kid is not a string")
+            raise AuthFailure(AuthReason.INVALID_TOKEN, "malformed JWT: kid is not a string")
         self._refresh_if_old()
         claims = self._try_keys(token, alg, kid)
         if claims is None and self._wants_refetch(kid) and await self._refresh():
             claims = self._try_keys(token, alg, kid)
         if claims is None:
-            raise AuthFailure("invalid_token", self._no_key_detail(alg, kid))
+            raise AuthFailure(AuthReason.INVALID_TOKEN, self._no_key_detail(alg, kid))
         return claims
 
     def _no_key_detail(self, alg: str, kid: str | None) -> str:
@@ -260,10 +264,13 @@ class JwtVerifier:
                 continue
             except jwt.ExpiredSignatureError:
                 raise AuthFailure(
-                    "expired_token", f"expired: exp has passed (leeway {settings.leeway_seconds}s)"
+                    AuthReason.EXPIRED_TOKEN,
+                    f"expired: exp has passed (leeway {settings.leeway_seconds}s)",
                 ) from None
             except jwt.PyJWTError as exc:
-                raise AuthFailure("invalid_token", self._claim_detail(token, exc)) from None
+                raise AuthFailure(
+                    AuthReason.INVALID_TOKEN, self._claim_detail(token, exc)
+                ) from None
             return claims
         return None
 

@@ -22,9 +22,9 @@ UNROUTED_ENDPOINT: Final = "unrouted"
 
 @dataclass(slots=True)
 class RequestOutcome:
-    """One request's decision and result. ``reason`` is always from a closed set:
-    a decision reason, an authentication failure reason, a hygiene reason, or
-    ``store_unavailable`` / ``audit_overloaded``."""
+    """One request's decision and result. ``reason`` is always from the closed set
+    of :mod:`permgate.reasons` (:data:`~permgate.reasons.ALL_REASONS`): a decision
+    reason, an authentication failure reason, a hygiene reason or a refusal."""
 
     request_id: str
     decision_id: str

@@ -43,6 +43,7 @@ import orjson
 from permgate.config import AuditSettings
 from permgate.errors import PermgateError
 from permgate.outcome import RequestOutcome
+from permgate.reasons import Refusal
 
 if TYPE_CHECKING:
     from permgate.observability.metrics import Metrics
@@ -90,7 +91,7 @@ class AuditOverloaded(PermgateError):
 
     status_code = 503
     error = "unavailable"
-    reason = "audit_overloaded"
+    reason = Refusal.AUDIT_OVERLOADED
 
 
 # --------------------------------------------------------------------------- processors
