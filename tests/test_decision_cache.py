@@ -69,14 +69,16 @@ async def test_decision_made_across_a_change_is_not_cached(
     epochs = (model.epoch, 0)
 
     store.gate = asyncio.Event()  # hold the roles read...
-    deciding = asyncio.create_task(gateway._decide(identity, match, {}, MAP, epochs))
+    deciding = asyncio.create_task(
+        gateway.evaluator.permit(identity, match, {}, gateway.memo, epochs)
+    )
     await asyncio.sleep(0.01)
     store.put_role(Role("acme", "agent", "Agent", ()))  # ...commit a change meanwhile...
     store.gate.set()  # ...and let the read finish with whatever it reads
     await deciding
 
     fresh_epochs = (model.epoch, 0)
-    cached, hit = await gateway._decide(identity, match, {}, MAP, fresh_epochs)
+    cached, _, hit = await gateway.evaluator.permit(identity, match, {}, gateway.memo, fresh_epochs)
     assert not hit
     assert not cached.decision.allowed  # the edited role, not the old one
 
@@ -94,11 +96,13 @@ async def test_change_during_authentication_is_not_cached_under_the_new_epoch(
     without_role = Principal("alice", "acme", "user", (), ("acme-prod",))
     store.put_principal(without_role)  # committed while the request authenticated
 
-    in_flight, _ = await gateway._decide(stale, match, {}, MAP, epochs)
+    in_flight, _, _ = await gateway.evaluator.permit(stale, match, {}, gateway.memo, epochs)
     assert in_flight.decision.allowed  # the racing request saw the old snapshot
 
     fresh = Identity(without_role, None, None, "j:alice")
-    cached, hit = await gateway._decide(fresh, match, {}, MAP, (model.epoch, 0))
+    cached, _, hit = await gateway.evaluator.permit(
+        fresh, match, {}, gateway.memo, (model.epoch, 0)
+    )
     assert not hit
     assert not cached.decision.allowed
 
@@ -111,7 +115,11 @@ async def test_unchanged_model_serves_the_cached_decision(
     identity = Identity(ALICE, None, None, "j:alice")
     match = MAP.match("POST", "/p/acme-prod/quotes")
     assert match is not None
-    first, hit = await gateway._decide(identity, match, {}, MAP, (model.epoch, 0))
+    first, _, hit = await gateway.evaluator.permit(
+        identity, match, {}, gateway.memo, (model.epoch, 0)
+    )
     assert (first.decision.allowed, hit) == (True, False)
-    again, hit = await gateway._decide(identity, match, {}, MAP, (model.epoch, 0))
+    again, _, hit = await gateway.evaluator.permit(
+        identity, match, {}, gateway.memo, (model.epoch, 0)
+    )
     assert (again.decision.allowed, hit) == (True, True)

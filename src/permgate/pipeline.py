@@ -1,8 +1,10 @@
-"""The request pipeline: hygiene → route → authenticate → decide → forward or refuse.
+"""The inline gateway: evaluate a request, then forward it or refuse it.
 
-This is the only module that knows the order of the stages. Every
-request, whatever its fate, produces exactly one :class:`RequestOutcome`, handed to
-the observer once, from which the metrics and the audit event are made.
+The evaluation (hygiene → route → authenticate → tenant → permissions) is
+:mod:`permgate.evaluate`'s, the same every door calls; this module keeps the decision
+cache around it, renders its answer, forwards what it allows and records the outcome.
+Every request, whatever its fate, produces exactly one :class:`RequestOutcome`,
+handed to the observer once, from which the metrics and the audit event are made.
 
 The hot path of a repeated request (a known token, a cached decision) does no I/O:
 the route is a trie walk, the credential a dict lookup plus a hash comparison, the
@@ -16,7 +18,7 @@ import contextvars
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -32,22 +34,26 @@ from permgate.authn import (
     PrincipalFrom,
     certificate_principal,
 )
-from permgate.decision import Decision, Reason, Subject, decide, resolve_tenant_id
-from permgate.endpoints import EndpointMap, Match
+from permgate.decision import Decision
+from permgate.endpoints import EndpointMap
 from permgate.errors import PermgateError, StoreUnavailable
+from permgate.evaluate import EvalRequest, Evaluation, Evaluator, MemoKey, Verdict
 from permgate.lookuplimit import LOOKUP_CLIENT
-from permgate.model import Tenant
 from permgate.modelcache import ModelCache
 from permgate.observability.tracing import RequestTrace, Tracer, trace_id_of
 from permgate.outcome import UNMAPPED_ENDPOINT, RequestOutcome
 from permgate.proxy import ClientRequestError, Upstream, UpstreamError, UpstreamTiming
+from permgate.reasons import FRAMING_REASONS, Reason, Refusal
 
 __all__ = ["Gateway", "Observer"]
 
 log = logging.getLogger("permgate.pipeline")
 
 _JSON: Final = "application/json"
-_UPSTREAM_REASONS: Final = {"connect": "upstream_unavailable", "timeout": "upstream_timeout"}
+_UPSTREAM_REASONS: Final = {
+    "connect": Refusal.UPSTREAM_UNAVAILABLE,
+    "timeout": Refusal.UPSTREAM_TIMEOUT,
+}
 # The sampled request's spans, read only when tracing is configured.
 _TRACE: contextvars.ContextVar[RequestTrace | None] = contextvars.ContextVar(
     "permgate_trace", default=None
@@ -73,12 +79,46 @@ class Observer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class _Cached:
-    """A decision with the epochs it was made at and the tenant's enforcement."""
+    """A verdict with the epochs (model, map) it was made at."""
 
-    model_epoch: int
-    map_epoch: int
-    decision: Decision
-    shadow: bool
+    epochs: tuple[int, int]
+    verdict: Verdict
+
+
+class DecisionCache:
+    """The gateway's decision cache, around the evaluation's permission step.
+
+    A verdict is served only while the model's and the map's epochs are those it was
+    made at, and stored only if neither moved while its inputs were read (the
+    snapshot is taken before authentication). The TTL is a safety net only.
+    """
+
+    def __init__(self, model: ModelCache, *, ttl_seconds: float, max_entries: int) -> None:
+        self._model = model
+        self.map_epoch = 0
+        self._entries: TTLCache[MemoKey, _Cached] = TTLCache(maxsize=max_entries, ttl=ttl_seconds)
+
+    def snapshot(self) -> tuple[int, int]:
+        """The epochs now: (model, map)."""
+        return (self._model.epoch, self.map_epoch)
+
+    def get(self, key: MemoKey, snapshot: Hashable) -> Verdict | None:
+        """The cached verdict, if made at ``snapshot`` and nothing changed since."""
+        cached = self._entries.get(key)
+        if cached is not None and snapshot == self.snapshot() == cached.epochs:
+            return cached.verdict
+        return None
+
+    def put(self, key: MemoKey, snapshot: Hashable, verdict: Verdict) -> None:
+        """Remember ``verdict`` unless the model or the map moved since ``snapshot``."""
+        current = self.snapshot()
+        if snapshot == current:
+            self._entries[key] = _Cached(current, verdict)
+
+    def new_map(self) -> None:
+        """A new map: every cached verdict is stale at once."""
+        self.map_epoch += 1
+        self._entries.clear()
 
 
 class Gateway:
@@ -118,26 +158,23 @@ class Gateway:
         self._upstream = upstream
         self._observer = observer
         self._forward_credential = forward_credential
-        self._decisions: TTLCache[tuple[str, str, str | None], _Cached] = TTLCache(
-            maxsize=max_entries, ttl=decision_ttl_seconds
-        )
+        self.memo = DecisionCache(model, ttl_seconds=decision_ttl_seconds, max_entries=max_entries)
         self._clock = clock
-        self._map_epoch = 0
         self.endpoint_map = endpoint_map
-        self._tenant_headers = _tenant_headers(endpoint_map)
-        self._strip = _lower(self._tenant_headers)
-        self._protected = _protected_headers(self._tenant_headers, forward_credential)
+        self.evaluator = Evaluator(endpoint_map, model, authenticator, clock=clock)
+        self._strip = _lower(self.evaluator.tenant_headers)
+        self._protected = _protected_headers(self.evaluator.tenant_headers, forward_credential)
 
     # -- map ---------------------------------------------------------------------
 
     def swap_map(self, endpoint_map: EndpointMap) -> None:
         """Replace the map atomically; every cached decision becomes stale at once."""
-        self._tenant_headers = _tenant_headers(endpoint_map)
-        self._strip = _lower(self._tenant_headers)
-        self._protected = _protected_headers(self._tenant_headers, self._forward_credential)
+        evaluator = Evaluator(endpoint_map, self._model, self._authn, clock=self._clock)
+        self._strip = _lower(evaluator.tenant_headers)
+        self._protected = _protected_headers(evaluator.tenant_headers, self._forward_credential)
         self.endpoint_map = endpoint_map
-        self._map_epoch += 1
-        self._decisions.clear()
+        self.evaluator = evaluator
+        self.memo.new_map()
 
     # -- the handler -------------------------------------------------------------
 
@@ -207,27 +244,27 @@ class Gateway:
             await self._observer.admit()
         except PermgateError as exc:
             # No audit slot was granted, so no event: the refusal is counted in metrics.
-            outcome.reason = "audit_overloaded"
+            outcome.reason = Refusal.AUDIT_OVERLOADED
             outcome.status = exc.status_code
             outcome.duration_s = self._clock() - t0
             self._observer.refused(outcome)
             if trace is not None:
                 trace.finish(outcome)
-            return _refusal(exc.status_code, exc.error, "audit_overloaded", request_id)
+            return _refusal(exc.status_code, exc.error, Refusal.AUDIT_OVERLOADED, request_id)
         response: web.StreamResponse | None = None
         LOOKUP_CLIENT.set(outcome.client_ip or "")  # unknown-key lookups are shared per client
         try:
             response = await self._handle(request, outcome, path, query, raw_target)
         except StoreUnavailable:
-            outcome.decision, outcome.reason = "deny", "store_unavailable"
-            response = _refusal(503, "unavailable", "store_unavailable", request_id)
+            outcome.decision, outcome.reason = "deny", Refusal.STORE_UNAVAILABLE
+            response = _refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, request_id)
         except asyncio.CancelledError:
-            outcome.reason = outcome.reason or "client_gone"  # the client went away mid-way
+            outcome.reason = outcome.reason or Refusal.CLIENT_GONE  # the client went away mid-way
             raise
         except Exception:
             log.exception("request %s failed", request_id)
-            outcome.decision, outcome.reason = "deny", "internal_error"
-            response = _refusal(500, "internal", "internal_error", request_id)
+            outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
+            response = _refusal(500, "internal", Refusal.INTERNAL_ERROR, request_id)
         finally:
             # Whatever happened, the request's audit slot is used exactly once.
             outcome.status = response.status if response is not None else 499
@@ -245,123 +282,71 @@ class Gateway:
         query: str,
         raw_target: str,
     ) -> web.StreamResponse:
-        headers = request.headers
-        problem = (
-            hygiene.check_message(request.version, headers)
-            or hygiene.check_target(request.method, raw_target)
-            or hygiene.check_headers(headers, self._tenant_headers)
-        )
-        if problem is not None:
-            outcome.reason = problem
-            refusal = _refusal(400, "bad_request", problem, outcome.request_id)
-            if problem in hygiene.FRAMING_REASONS:
-                return _closing(refusal)  # what follows on this connection is in doubt
-            return refusal
-
-        # Everything below is decided against this map and this model epoch: a swap or
-        # a change while we await must not let a decision be cached under newer epochs.
-        endpoint_map = self.endpoint_map
-        epochs = (self._model.epoch, self._map_epoch)
-        outcome.map_sha256 = endpoint_map.sha256
-        method = request.method
-        match = endpoint_map.match(method, path)
-        if match is None:
-            outcome.endpoint = UNMAPPED_ENDPOINT
-            decision = decide(endpoint_map, None, None, None, None)
-            return await self._conclude(request, outcome, decision, None, None, path + query)
-        endpoint = match.endpoint
-        outcome.endpoint = endpoint.id
-        source = endpoint.tenant
-        tenant_header = source.name if source.kind == "header" else None
-        if endpoint.public:
-            decision = decide(endpoint_map, match, None, None, None)
-            return await self._conclude(request, outcome, decision, None, None, path + query)
-
         certificate_id = None
         if self._principal_from is not None and request.transport is not None:
             # Only a certificate the listener verified is there (see permgate.tls).
             peercert = request.transport.get_extra_info("peercert")
             certificate_id = certificate_principal(peercert, self._principal_from)
-        try:
-            identity = await self._authn.authenticate(headers.get("Authorization"), certificate_id)
-        except AuthFailure as failure:
+        # The evaluator and the cache's snapshot are read together, before any await:
+        # a map swap cannot slip between them.
+        evaluator = self.evaluator
+        evaluation = await evaluator.evaluate(
+            EvalRequest(
+                request.method, raw_target, request.headers, request.version, certificate_id
+            ),
+            self.memo,
+        )
+        refusal = evaluation.refusal
+        if refusal is not None:
+            outcome.reason = refusal
+            answer = _refusal(400, "bad_request", refusal, outcome.request_id)
+            if refusal in FRAMING_REASONS:
+                return _closing(answer)  # what follows on this connection is in doubt
+            return answer
+
+        endpoint_map = evaluator.endpoint_map
+        outcome.map_sha256 = endpoint_map.sha256
+        match = evaluation.match
+        outcome.endpoint = UNMAPPED_ENDPOINT if match is None else match.endpoint.id
+        failure = evaluation.failure
+        if failure is not None:
             outcome.reason = outcome.auth_failure = failure.reason
             outcome.detail = failure.detail
             return _unauthenticated(failure, outcome.request_id)
-        outcome.principal = identity.principal
-        outcome.token_id = identity.token.id if identity.token is not None else None
-
-        t_decide = self._clock()
-        cached, hit = await self._decide(identity, match, headers, endpoint_map, epochs)
-        outcome.decision_s = self._clock() - t_decide
-        outcome.cache_hit = hit
-        return await self._conclude(
-            request, outcome, cached.decision, identity, cached, path + query, tenant_header
-        )
-
-    async def _decide(
-        self,
-        identity: Identity,
-        match: Match,
-        headers: Mapping[str, str],
-        endpoint_map: EndpointMap,
-        epochs: tuple[int, int],
-    ) -> tuple[_Cached, bool]:
-        """The decision for this identity, endpoint and tenant: cached or made now.
-
-        ``epochs`` are the model's and the map's epochs from before authentication:
-        a decision is cached only if neither moved while its inputs were read.
-        """
-        endpoint = match.endpoint
-        tenant_id = resolve_tenant_id(endpoint, match.params, headers, identity.claims)
-        key = (identity.credential_key, endpoint.id, tenant_id)
-        model = self._model
-        current = (model.epoch, self._map_epoch)
-        cached = self._decisions.get(key)
-        if cached is not None and epochs == current == (cached.model_epoch, cached.map_epoch):
-            return cached, True
-        principal = identity.principal
-        roles = await model.roles(principal.account)
-        tenant: Tenant | None = await model.tenant(tenant_id) if tenant_id is not None else None
-        subject = Subject(principal, roles, identity.token)
-        decision = decide(endpoint_map, match, subject, tenant, tenant_id)
-        # Shadow mode is the tenant's opt-in, and never reaches across accounts.
-        shadow = (
-            tenant is not None
-            and tenant.enforcement == "shadow"
-            and tenant.account == principal.account
-        )
-        fresh = _Cached(epochs[0], epochs[1], decision, shadow)
-        if epochs == (model.epoch, self._map_epoch):  # nothing changed while we read
-            self._decisions[key] = fresh
-        return fresh, False
+        identity = evaluation.identity
+        tenant_header = None
+        if identity is not None and match is not None:
+            outcome.principal = identity.principal
+            outcome.token_id = identity.token.id if identity.token is not None else None
+            outcome.decision_s = evaluation.decision_seconds
+            outcome.cache_hit = evaluation.cache_hit
+            source = match.endpoint.tenant
+            tenant_header = source.name if source.kind == "header" else None
+        return await self._conclude(request, outcome, evaluation, path + query, tenant_header)
 
     async def _conclude(
         self,
         request: web.BaseRequest,
         outcome: RequestOutcome,
-        decision: Decision,
-        identity: Identity | None,
-        cached: _Cached | None,
+        evaluation: Evaluation,
         path_qs: str,
         tenant_header: str | None = None,
     ) -> web.StreamResponse:
         """Turn a decision into a refusal or a forwarded request."""
         if self._tracer is not None and (trace := _TRACE.get()) is not None:
             trace.decided()
+        verdict = evaluation.verdict
+        assert verdict is not None  # neither a hygiene refusal nor a 401
+        decision = verdict.decision
         outcome.reason = decision.reason
         outcome.detail = decision.detail
         outcome.tenant = decision.tenant
         outcome.required = decision.required + decision.any_of
         outcome.missing = decision.missing
-        if decision.allowed:
-            outcome.decision = "allow"
-        elif cached is not None and cached.shadow:
-            outcome.decision = "shadow_deny"
-        else:
-            outcome.decision = "deny"
+        outcome.decision = evaluation.label
+        if not evaluation.forwarded:
             return _forbidden(decision, outcome.request_id)
-        return await self._forward(request, outcome, identity, path_qs, tenant_header)
+        return await self._forward(request, outcome, evaluation.identity, path_qs, tenant_header)
 
     async def _forward(
         self,
@@ -415,13 +400,13 @@ class Gateway:
             # The client stalled or broke its body: its fault, not the upstream's.
             outcome.upstream_s = self._clock() - t_up
             gone = request.transport is None or request.transport.is_closing()
-            outcome.reason = "client_gone" if gone else exc.reason
+            outcome.reason = Refusal.CLIENT_GONE if gone else exc.reason
             refusal = _refusal(exc.status_code, exc.error, exc.reason, outcome.request_id)
             return _closing(refusal)  # the rest of the body will never be read
         except UpstreamError as exc:
             outcome.upstream_s = self._clock() - t_up
             outcome.upstream_error = exc.kind
-            outcome.reason = _UPSTREAM_REASONS.get(exc.kind, "upstream_unavailable")
+            outcome.reason = _UPSTREAM_REASONS.get(exc.kind, Refusal.UPSTREAM_UNAVAILABLE)
             outcome.detail = str(exc)  # refused, timed out, TLS handshake failed: why
             error = "gateway_timeout" if exc.status_code == 504 else "bad_gateway"
             return _refusal(exc.status_code, error, outcome.reason, outcome.request_id)
@@ -436,14 +421,6 @@ class Gateway:
 def _expects_continue(headers: Mapping[str, str]) -> bool:
     expect = headers.get("Expect")
     return expect is not None and expect.lower() == "100-continue"
-
-
-def _tenant_headers(endpoint_map: EndpointMap) -> frozenset[str]:
-    """Every header the map reads a tenant from (its entries and its defaults):
-    duplicates of these are refused, and none reaches the upstream as the client sent it."""
-    sources = [e.tenant for e in endpoint_map.endpoints]
-    sources.append(endpoint_map.default_tenant)
-    return frozenset(s.name for s in sources if s.kind == "header" and s.name is not None)
 
 
 def _lower(names: frozenset[str]) -> frozenset[str]:

@@ -1,10 +1,12 @@
-"""The admin API's guard: permgate's own decision applied to the admin API.
+"""The admin API's guard: permgate's own evaluation applied to the admin API.
 
-Route against the admin endpoint map (``admin_map.yaml``), authenticate with the
-gateway's :class:`Authenticator`, then :func:`permgate.decision.decide` with the
-caller's roles and token, so an auth token is capped by its grants and its owner
-here exactly as on the gateway. Only then does a handler run, with the caller under
-:data:`CALLER`. Every error, whoever raised it, leaves as the admin API's JSON error shape.
+Every request is evaluated by :mod:`permgate.evaluate` against the admin endpoint map
+(``admin_map.yaml``) with the gateway's :class:`Authenticator`: request hygiene,
+route, public, authenticate, permissions with the caller's roles and token, so an
+auth token is capped by its grants and its owner here exactly as on the gateway. The
+guard only renders the evaluation; when it allows, the handler runs with the caller
+under :data:`CALLER`. Every error, whoever raised it, leaves as the admin API's JSON
+error shape.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from permgate import hygiene
 from permgate.admin.openapi import query_schemas
 from permgate.admin.render import ApiError
 from permgate.admin.schemas import parse_query
-from permgate.authn import Authenticator, AuthFailure, Identity
-from permgate.decision import Subject, decide
+from permgate.authn import Authenticator, Identity
+from permgate.decision import Decision, Subject, decide
 from permgate.endpoints import Endpoint, EndpointMap, Match, parse_map
 from permgate.errors import Forbidden, InvalidInput, InvalidPermission, ModelError, StoreUnavailable
+from permgate.evaluate import EvalRequest, Evaluator
 from permgate.modelcache import ModelCache
+from permgate.reasons import HygieneReason
 from permgate.service import Actor
 
 __all__ = [
@@ -67,6 +71,13 @@ _AUTH_DETAILS: Final = {
     "session_revoked": "the session was revoked: log in again",
     "unknown_principal": "the credential names no known principal",
     "disabled_principal": "the principal is disabled",
+}
+
+_HYGIENE_DETAILS: Final[dict[str, str]] = {
+    HygieneReason.DUPLICATE_HEADER: "the Authorization header is sent more than once",
+    HygieneReason.AMBIGUOUS_HEADER: (
+        "a header name with '_' would read as Authorization: it is refused"
+    ),
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -119,15 +130,22 @@ def authorize(endpoint: Endpoint, subject: Subject, what: str | None = None) -> 
     whether the principal or only its token lacks it (``what`` names the action when
     it is not the endpoint itself)."""
     decision = decide(ADMIN_MAP, Match(endpoint), subject, None, None)
-    if decision.allowed:
-        return
+    if not decision.allowed:
+        raise _forbidden(endpoint, subject, decision, what)
+
+
+def _forbidden(
+    endpoint: Endpoint, subject: Subject, decision: Decision, what: str | None = None
+) -> ApiError:
+    """The 403 for a denied ``decision``, saying whether the principal or only its
+    token lacks what ``endpoint`` requires."""
     missing = ", ".join(decision.missing)
     who = f"principal {subject.principal.id!r} lacks {missing}"
     if subject.token is not None:
         owner = decide(ADMIN_MAP, Match(endpoint), replace(subject, token=None), None, None)
         if owner.allowed:
             who = f"auth token {subject.token.id!r} does not grant {missing} (its owner does)"
-    raise ApiError(
+    return ApiError(
         403,
         "forbidden",
         f"{what or endpoint.id} requires {', '.join(decision.required)}; {who}",
@@ -142,6 +160,9 @@ class Guard:
     def __init__(self, authenticator: Authenticator, model: ModelCache) -> None:
         self._authenticator = authenticator
         self._model = model
+        # The admin API addresses ids percent-encoded (a SPIFFE id holds '/'), and its
+        # path parameters are checked for control characters below.
+        self._evaluator = Evaluator(ADMIN_MAP, model, authenticator, check_target=False)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -181,21 +202,25 @@ class Guard:
         return response
 
     async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        match = ADMIN_MAP.match(request.method, request.rel_url.raw_path)
+        evaluation = await self._evaluator.evaluate(
+            EvalRequest(request.method, request.raw_path, request.headers, request.version)
+        )
+        if evaluation.refusal is not None:
+            raise ApiError(
+                400,
+                "bad_request",
+                _HYGIENE_DETAILS.get(
+                    evaluation.refusal, "the request could be read two ways: it is refused"
+                ),
+                reason=evaluation.refusal,
+            )
+        match = evaluation.match
         if match is None:
             raise _unrouted(request)
         if match.endpoint.public:
             return await handler(request)
-        if len(request.headers.getall("Authorization", ())) > 1:
-            raise ApiError(
-                400,
-                "bad_request",
-                "the Authorization header is sent more than once",
-                reason="duplicate_header",
-            )
-        try:
-            identity = await self._authenticator.authenticate(request.headers.get("Authorization"))
-        except AuthFailure as failure:
+        failure = evaluation.failure
+        if failure is not None:
             raise ApiError(
                 401,
                 "unauthenticated",
@@ -203,12 +228,13 @@ class Guard:
                 reason=failure.reason,
                 headers={"WWW-Authenticate": failure.www_authenticate},
             ) from failure
-        principal = identity.principal
-        subject = Subject(principal, await self._model.roles(principal.account), identity.token)
-        authorize(match.endpoint, subject)
+        identity, subject, decision = evaluation.identity, evaluation.subject, evaluation.decision
+        assert identity is not None and subject is not None and decision is not None
+        if not decision.allowed:
+            raise _forbidden(match.endpoint, subject, decision)
         _check_path_parameters(request)
         request[QUERY] = parse_query(query_schemas(match.endpoint.id), request.query.items())
-        request[CALLER] = Caller(identity, subject, Actor.of(principal, identity.token))
+        request[CALLER] = Caller(identity, subject, Actor.of(identity.principal, identity.token))
         return await handler(request)
 
 

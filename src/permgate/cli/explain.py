@@ -1,11 +1,15 @@
-"""``permgate explain (--token SECRET | --principal ID) METHOD PATH``: the decision
-the gateway would make, with its reasons, from the configured map and store.
+"""``permgate explain (--token CREDENTIAL | --principal ID) METHOD TARGET``: the
+decision the gateway would make, with its reasons, from the configured map and store.
 
-The tenant comes from where the endpoint says: a path parameter, or (for header or
-claim endpoints) ``--tenant-header VALUE``. A token is checked as the gateway would
-check it (known, secret matches, not revoked or expired, owner enabled); when it
-fails, the answer is a deny with the authentication reason. The exit code is 0
-whenever a decision was made; read ``decision`` for the outcome.
+It runs the gateway's own evaluation (:mod:`permgate.evaluate`) with the
+authenticator the gateway builds from the same settings (auth tokens, and JWTs with
+the configured keys or JWKS): request hygiene, route, public, authenticate, tenant,
+permissions. ``--token`` takes any bearer credential the gateway accepts (an auth
+token or a JWT); ``--principal`` asks for a principal with a fresh credential. The
+tenant comes from where the endpoint says: a path parameter, or (for header or claim
+endpoints) ``--tenant-header VALUE``. A hygiene refusal or an authentication failure
+is a ``deny`` with the gateway's reason. The exit code is 0 for every decision; read
+``decision`` for the outcome.
 """
 
 from __future__ import annotations
@@ -13,23 +17,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from permgate.cli._common import add_common_arguments, settings_from_args
 
+if TYPE_CHECKING:
+    from permgate.config import Settings
+    from permgate.endpoints import EndpointMap
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Who (--token or --principal), METHOD, PATH, --tenant-header, --map."""
+    """Who (--token or --principal), METHOD, TARGET, --tenant-header, --map."""
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--token", metavar="SECRET", help="an auth token secret")
+    who.add_argument(
+        "--token",
+        metavar="CREDENTIAL",
+        help="a bearer credential the gateway accepts: an auth token secret or a JWT",
+    )
     who.add_argument("--principal", metavar="ID", help="a principal id (as a JWT would name)")
     parser.add_argument(
         "method",
         metavar="METHOD",
         help="the HTTP method, case-sensitive as the gateway matches it (GET, POST...)",
     )
-    parser.add_argument("path", metavar="PATH", help="the request path, without the query")
+    parser.add_argument(
+        "path", metavar="TARGET", help="the request target as a client sends it (path, ?query)"
+    )
     parser.add_argument(
         "--tenant-header",
         metavar="VALUE",
@@ -63,71 +76,43 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _auth_failure(reason: str, detail: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "decision": "deny",
-        "reason": reason,
-        "endpoint": None,
-        "tenant": None,
-        "required": [],
-        "any_of": [],
-        "missing_permissions": [],
-        "detail": detail,
-        **extra,
-    }
-
-
-async def _explain(settings: Any, endpoint_map: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from permgate.decision import Subject, decide, resolve_tenant_id
+async def _explain(
+    settings: Settings, endpoint_map: EndpointMap, args: argparse.Namespace
+) -> dict[str, Any]:
+    from permgate.authn import Authenticator
+    from permgate.evaluate import (
+        Evaluator,
+        explanation,
+        map_tenant_headers,
+        tenant_claims,
+        what_if,
+    )
+    from permgate.jwks import JwtVerifier
+    from permgate.modelcache import ModelCache
     from permgate.store import open_store
-    from permgate.token_secrets import secret_matches, token_id_of
 
-    method = args.method  # case-sensitive, as the gateway matches it
-    match = endpoint_map.match(method, args.path)
+    value = args.tenant_header
+    # The tenant value under every header the map reads a tenant from (one each).
+    headers = [(name, value) for name in sorted(map_tenant_headers(endpoint_map))] if value else []
+    request = what_if(
+        args.method,  # case-sensitive, as the gateway matches it
+        args.path,
+        headers,
+        credential=args.token,
+        principal=args.principal,
+        claims=tenant_claims(endpoint_map, value) if args.principal is not None else None,
+    )
     store = await open_store(settings.store)
+    verifier: JwtVerifier | None = None
     try:
-        token = None
-        principal_id = args.principal
-        if args.token is not None:
-            token_id = token_id_of(settings.auth.token_prefix, args.token)
-            token = await store.get_token(token_id) if token_id else None
-            if token is None or not secret_matches(args.token, token.secret_hash):
-                return _auth_failure("invalid_token", "no token has this secret")
-            if token.revoked_at is not None:
-                return _auth_failure("revoked_token", f"token {token.id} is revoked")
-            if token.expires_at is not None and token.expires_at <= datetime.now(UTC):
-                return _auth_failure("expired_token", f"token {token.id} has expired")
-            principal_id = token.owner
-        principal = await store.get_principal(principal_id)
-        if principal is None:
-            return _auth_failure("unknown_principal", f"no principal {principal_id!r}")
-        if principal.disabled:
-            return _auth_failure("disabled_principal", f"principal {principal.id} is disabled")
-        subject = Subject(principal, await store.get_roles(principal.account), token)
-        tenant_id = None
-        tenant = None
-        if match is not None:
-            source = match.endpoint.tenant
-            headers = {}
-            claims: dict[str, object] = {}
-            if args.tenant_header is not None and source.name is not None:
-                headers[source.name] = args.tenant_header
-                claims[source.name] = args.tenant_header
-            tenant_id = resolve_tenant_id(match.endpoint, match.params, headers, claims)
-            tenant = await store.get_tenant(tenant_id) if tenant_id else None
-        decision = decide(endpoint_map, match, subject, tenant, tenant_id)
+        if settings.auth.jwt is not None:  # the gateway's JWT checks, JWKS included
+            verifier = JwtVerifier(settings.auth.jwt)
+            await verifier.start()
+        model = ModelCache(store, max_entries=settings.cache.max_entries)
+        authenticator = Authenticator(model, token_prefix=settings.auth.token_prefix, jwt=verifier)
+        evaluation = await Evaluator(endpoint_map, model, authenticator).evaluate(request)
     finally:
+        if verifier is not None:
+            await verifier.close()
         await store.close()
-    return {
-        "decision": "allow" if decision.allowed else "deny",
-        "reason": str(decision.reason),
-        "endpoint": decision.endpoint_id,
-        "tenant": decision.tenant,
-        "required": list(decision.required),
-        "any_of": list(decision.any_of),
-        "missing_permissions": list(decision.missing),
-        "detail": str(decision.detail),
-        "principal": principal.id,
-        "token_id": token.id if token is not None else None,
-        "enforcement": tenant.enforcement if tenant is not None else None,
-    }
+    return explanation(evaluation, request.method)

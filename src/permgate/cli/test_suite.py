@@ -163,6 +163,9 @@ class _Suite:
         return cls(source, endpoint_map, policy, cases)
 
     async def run(self) -> tuple[list[str], int]:
+        from permgate.authn import Authenticator
+        from permgate.evaluate import Evaluator
+        from permgate.modelcache import ModelCache
         from permgate.policy_file import apply_plan, plan_policy
         from permgate.service import Actor, ModelService
         from permgate.store import open_store
@@ -174,66 +177,89 @@ class _Suite:
                 service = ModelService(store)
                 actions = await plan_policy(store, self.policy)
                 await apply_plan(service, Actor.cli(), actions)
+                model = ModelCache(store)
+                authenticator = Authenticator(model, token_prefix=service.token_prefix, jwt=None)
+                evaluator = Evaluator(self.endpoint_map, model, authenticator)
                 for case in self.cases:
-                    failure = await self._run_case(service, case)
+                    failure = await self._run_case(service, model, evaluator, case)
                     if failure is not None:
                         failures.append(failure)
             finally:
                 await store.close()
         return failures, len(self.cases)
 
-    async def _run_case(self, service: Any, case: dict[str, Any]) -> str | None:
-        from permgate.decision import Subject, decide, resolve_tenant_id
+    async def _run_case(
+        self, service: Any, model: Any, evaluator: Any, case: dict[str, Any]
+    ) -> str | None:
+        """Evaluate the case as the gateway would: the principal with a fresh
+        credential, or a new auth token of the case's shape presented as a client
+        presents it."""
         from permgate.errors import ModelError
+        from permgate.evaluate import what_if
         from permgate.service import Actor
 
-        store = service.store
         name = case.get("name") or f"{case['method']} {case['path']}"
         where = f"{self.source}:{case['_line']}: case {name!r}"
-        token = None
-        principal_id = case.get("principal")
+        headers = [(str(k), str(v)) for k, v in (case.get("headers") or {}).items()]
         spec = case.get("token")
         if spec is not None:
-            principal_id = spec["owner"]
             try:
-                token, _secret = await service.create_token(
+                _token, secret = await service.create_token(
                     Actor.cli(),
-                    principal_id,
+                    spec["owner"],
                     name[:200],
                     list(spec.get("permissions") or []),
                     list(spec.get("tenants") or []),
                 )
             except ModelError as exc:
                 return f"{where}: the case's token cannot exist: {exc}"
-        principal = await store.get_principal(principal_id)
-        if principal is None:
-            return f"{where}: unknown principal {principal_id!r}"
-        subject = Subject(principal, await store.get_roles(principal.account), token)
-        method = str(case["method"])  # case-sensitive, as the gateway matches it
-        match = self.endpoint_map.match(method, case["path"])
-        tenant_id = None
-        tenant = None
-        if match is not None:
-            headers = {str(k): str(v) for k, v in (case.get("headers") or {}).items()}
-            lowered = {k.lower(): v for k, v in headers.items()}
-            source = match.endpoint.tenant
-            if source.name is not None and source.kind == "header":
-                value = lowered.get(source.name.lower())
-                headers = {source.name: value} if value is not None else {}
-            claims = {source.name: lowered.get(source.name.lower())} if source.name else {}
-            tenant_id = resolve_tenant_id(match.endpoint, match.params, headers, claims)
-            tenant = await store.get_tenant(tenant_id) if tenant_id else None
-        decision = decide(self.endpoint_map, match, subject, tenant, tenant_id)
-        got = "allow" if decision.allowed else "deny"
+            model.reset()  # the model was read before this token existed
+            request = what_if(str(case["method"]), case["path"], headers, credential=secret)
+        else:
+            principal_id = str(case["principal"])
+            if await service.store.get_principal(principal_id) is None:
+                return f"{where}: unknown principal {principal_id!r}"
+            # A claim tenant is read from the header of the same name, as a JWT of the
+            # principal would carry it.
+            lowered = {k.lower(): v for k, v in headers}
+            claims: dict[str, object] = {
+                claim: lowered[claim.lower()]
+                for claim in self._claim_sources()
+                if claim.lower() in lowered
+            }
+            request = what_if(
+                str(case["method"]),  # case-sensitive, as the gateway matches it
+                case["path"],
+                headers,
+                principal=principal_id,
+                claims=claims,
+            )
+        evaluation = await evaluator.evaluate(request)
+        got = "allow" if evaluation.label == "allow" else "deny"
+        reason = str(evaluation.reason)
         expected_reason = case.get("reason")
-        if got == case["expect"] and (expected_reason in (None, str(decision.reason))):
+        if got == case["expect"] and expected_reason in (None, reason):
             return None
         wanted = case["expect"] + (f" ({expected_reason})" if expected_reason else "")
+        decision = evaluation.decision
+        if decision is None:  # refused before a decision: 400 or 401
+            stage = "request hygiene" if evaluation.refusal is not None else "authentication"
+            return (
+                f"{where}: expected {wanted}, got {got} ({reason})"
+                f"; refused by {stage} with {evaluation.status}"
+                f"; endpoint {evaluation.endpoint_id or '-'}"
+            )
         return (
-            f"{where}: expected {wanted}, got {got} ({decision.reason})"
+            f"{where}: expected {wanted}, got {got} ({reason})"
             f"; endpoint {decision.endpoint_id or '-'}"
-            f"; tenant {decision.tenant or tenant_id or '-'}"
+            f"; tenant {decision.tenant or '-'}"
             f"; required [{', '.join(decision.required)}]"
             f"; missing [{', '.join(decision.missing)}]"
             + (f"; detail {decision.detail}" if decision.detail else "")
         )
+
+    def _claim_sources(self) -> list[str]:
+        """The claims the map reads a tenant from."""
+        sources = [e.tenant for e in self.endpoint_map.endpoints]
+        sources.append(self.endpoint_map.default_tenant)
+        return [s.name for s in sources if s.kind == "claim" and s.name is not None]
