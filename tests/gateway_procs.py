@@ -349,6 +349,10 @@ async def serve_sqlite(
                     )
                 if len(served.audit_files()) < workers:  # each worker opens its own
                     return False
+                # Every worker serving, not only the one that answers /readyz: a
+                # signal sent to a worker still starting would simply end it.
+                if served.log.read_text(errors="replace").count("permgate serving") < workers:
+                    return False
                 try:
                     async with http.get(served.admin_url + "/readyz") as response:
                         return response.status == 200
