@@ -27,7 +27,7 @@ BACKLOG: Final = 128  # aiohttp's default, which its sites pass to listen() agai
 
 _WHY: Final[dict[int, str]] = {
     errno.EADDRINUSE: (
-        "the address is already in use: another process holds it (perhaps another "
+        "address already in use: another process listens there (perhaps another "
         "permgate serve; two instances never share an address)"
     ),
     errno.EADDRNOTAVAIL: "no network interface of this machine has that address",
@@ -117,7 +117,7 @@ def _bind(key: str, value: str) -> tuple[socket.socket, ...]:
         for sock in bound:
             sock.close()
         why = _WHY.get(exc.errno or 0, exc.strerror or str(exc))
-        raise ConfigError([f"{key} {value}: cannot listen: {why}"]) from None
+        raise ConfigError([f"{key} {value}: {why}"]) from None
     return tuple(bound)
 
 
