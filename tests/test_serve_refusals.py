@@ -70,6 +70,21 @@ async def test_a_port_held_by_another_program_is_refused_naming_the_key(
     assert_refused(exited, f"{key} {held}:", "already in use")
 
 
+async def test_an_address_of_no_interface_is_refused(tmp_path: Path, upstream: str) -> None:
+    """`listen` on an address this machine does not have (192.0.2.1 is reserved for
+    documentation) says so, rather than a bare errno."""
+    dsn, _ = await seed_sqlite(tmp_path)
+    config = write_sqlite_config(
+        tmp_path,
+        upstream,
+        listen="192.0.2.1:8080",
+        admin_listen=f"127.0.0.1:{free_port()}",
+        store=dsn,
+    )
+    exited = await run_to_exit("serve", "--config", str(config), cwd=tmp_path)
+    assert_refused(exited, "listen 192.0.2.1:8080: no network interface of this machine has")
+
+
 async def test_the_admin_listener_on_the_gateway_address_is_refused(
     tmp_path: Path, upstream: str
 ) -> None:
