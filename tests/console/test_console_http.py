@@ -408,6 +408,38 @@ async def test_password_refused_by_the_policy_names_the_rules(world: World) -> N
     assert (await world.sign_in("carol")).path == "/console/"
 
 
+async def test_anyone_sets_their_own_password_with_the_current_one(world: World) -> None:
+    """carol (no principals permission) opens her own page and sets her password; her
+    session ends and the new password signs her in."""
+    await world.sign_in("carol")
+    own = await world.get("/console/users/view?id=carol")
+    assert own.status == 200
+    assert 'name="current_password"' in own.text
+    page = await world.post(
+        "/console/users/password",
+        {
+            "csrf": own.csrf,
+            "id": "carol",
+            "current_password": PASSWORD,
+            "password": "carol-picked-a-new-one-9",
+        },
+    )
+    assert page.path == "/console/login"
+    assert (await world.sign_in("carol", "carol-picked-a-new-one-9")).path == "/console/"
+
+
+async def test_own_password_needs_the_right_current_one(world: World) -> None:
+    """A wrong current password is refused with the service's words; nothing changes."""
+    await world.sign_in("carol")
+    own = await world.get("/console/users/view?id=carol")
+    page = await world.post(
+        "/console/users/password",
+        {"csrf": own.csrf, "id": "carol", "current_password": "nope", "password": "x" * 20},
+    )
+    assert page.status == 403
+    assert "current_password does not match" in page.text
+
+
 # -- every page ---------------------------------------------------------------------
 
 PAGES = [

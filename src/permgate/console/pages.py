@@ -396,9 +396,11 @@ class Pages:
         return principal
 
     async def user(self, request: web.Request) -> web.StreamResponse:
-        """One principal: its Roles and Tenants tabs, status and password."""
+        """One principal: its Roles and Tenants tabs, status and password. Everyone may
+        open their own page (to set their own password); others' need principals.read."""
         caller = request[SIGNED_IN].caller
-        need(caller, "admin.principals.get")
+        if _field(request, "id") != caller.identity.principal.id:
+            need(caller, "admin.principals.get")
         principal = await self._principal(caller, _field(request, "id"))
         tab = "tenants" if _field(request, "tab") == "tenants" else "roles"
         roles = sorted(await self._store.list_roles(caller.account), key=lambda r: r.name)
