@@ -138,7 +138,9 @@ class UsageRecorder:
         if not rows:
             return 0
         try:
-            await store.add_usage(list(rows.values()))
+            # In key order: two gateways upserting the same keys take their row locks
+            # in the same order, so their batches cannot deadlock each other.
+            await store.add_usage([rows[k] for k in sorted(rows, key=_order)])
         except StoreUnavailable as exc:
             log.warning("could not record permission usage: %s", exc)
             self._keep(rows)
@@ -186,6 +188,11 @@ class UsageRecorder:
             if owner.covers(p, reads) and (capped is None or capped.covers(p, reads))
         )
         return covered or any_of
+
+
+def _order(row_key: _RowKey) -> tuple[str, str, str, str]:
+    principal, token_id, tenant, permission = row_key
+    return (principal, token_id or "", tenant or "", permission)
 
 
 def _merge(old: UsageRow | None, new: UsageRow) -> UsageRow:
