@@ -3,11 +3,15 @@ enforced server-side, against the real admin application on a real store."""
 
 from __future__ import annotations
 
+import asyncio
 import html
+from typing import Any
 
 import pytest
+from aiohttp import web
 from console_world import PASSWORD, World
 
+from permgate.console import create_console
 from permgate.console.session import LOGIN_COOKIE, SESSION_COOKIE
 
 
@@ -495,3 +499,40 @@ async def test_explain_answers_with_the_gateways_reasons(world: World) -> None:
     )
     assert "missing_permission" in page.text
     assert "quotes.write" in page.text
+
+
+@pytest.mark.parametrize(
+    ("idle", "lifetime", "keep_busy"),
+    [(1, 3600, False), (3600, 1, True)],
+    ids=["idle-timeout", "absolute-lifetime"],
+)
+async def test_session_expires(
+    world: World, aiohttp_client: Any, idle: int, lifetime: int, keep_busy: bool
+) -> None:
+    """A session idle longer than the idle timeout ends; so does one past its absolute
+    lifetime even while it is being used."""
+    runtime = world.runtime
+    app = web.Application()
+    app.add_subapp(
+        "/console/",
+        create_console(
+            service=runtime.service,
+            authenticator=runtime.authenticator,
+            model=runtime.model,
+            endpoint_map=lambda: runtime.gateway.endpoint_map,
+            on_committed=runtime.deliver_changes,
+            idle_seconds=idle,
+            lifetime_seconds=lifetime,
+        ),
+    )
+    short = World(runtime, await aiohttp_client(app))
+    assert (await short.sign_in("root")).path == "/console/"
+    jar = short.client.session.cookie_jar
+    secret = next(c.value for c in jar if c.key == SESSION_COOKIE)
+    for _ in range(3 if keep_busy else 1):
+        if keep_busy:
+            assert (await short.get("/console/")).path == "/console/"
+        await asyncio.sleep(0.45 if keep_busy else 1.1)
+    # The server decides, not the cookie's Max-Age: replay the secret by hand.
+    jar.update_cookies({SESSION_COOKIE: secret})
+    assert (await short.get("/console/roles")).path == "/console/login"
