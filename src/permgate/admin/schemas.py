@@ -156,7 +156,12 @@ SCHEMAS: Final[dict[str, Schema]] = {
         "type": "object",
         "properties": {
             "principal": _TEXT,
-            "token": {**_TEXT, "description": "an auth token secret"},
+            "token": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 8192,
+                "description": "a bearer credential the gateway accepts: an auth token or a JWT",
+            },
             "method": {"type": "string", "minLength": 1, "maxLength": 32},
             "path": {"type": "string", "minLength": 1, "maxLength": 8192},
             "headers": {
