@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import pytest
@@ -20,6 +21,7 @@ from permgate.service import Actor, ModelService
 from permgate.store import Store, open_store
 from permgate.store.sql import UsageRow
 from permgate.token_secrets import token_id_of
+from tcpproxy import TcpProxy
 
 
 async def request(
@@ -207,3 +209,29 @@ async def test_memory_is_bounded_and_drops_are_counted(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert [(r.tenant, r.uses) for r in rows] == [("t1", 2), ("t2", 1)]
+
+
+async def test_a_store_outage_keeps_usage_for_the_next_flush(pg_dsn: str) -> None:
+    """A flush while PostgreSQL cannot be reached writes nothing and loses nothing: the
+    next flush after it is back writes the held uses together with the new ones."""
+    parts = urlsplit(pg_dsn)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    userinfo = parts.netloc.rpartition("@")[0]
+    proxied = urlunsplit(parts._replace(netloc=f"{userinfo}@127.0.0.1:{proxy.port}"))
+    store, recorder = await recorder_on(proxied)
+    try:
+        alice = Principal("alice", "acme", "user", (), ("any",))
+        recorder.record(outcome(alice, "acme-prod", 1000.0))
+        await proxy.cut()
+        assert await recorder.flush(store) == 0
+        assert len(recorder) == 1
+        await proxy.restore()
+        recorder.record(outcome(alice, "acme-prod", 1010.0))
+        assert await eventually(lambda: recorder.flush(store), "a flush after the outage") == 1
+        rows = await store.list_usage(principal="alice", since=0)
+    finally:
+        await proxy.restore()
+        await store.close()
+        await proxy.close()
+    assert [(r.uses, r.first_used, r.last_used) for r in rows] == [(2, 1000.0, 1010.0)]
