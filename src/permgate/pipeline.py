@@ -105,7 +105,7 @@ class DecisionCache:
     def get(self, key: MemoKey, snapshot: Hashable) -> Verdict | None:
         """The cached verdict, if made at ``snapshot`` and nothing changed since."""
         cached = self._entries.get(key)
-        if cached is not None and snapshot == self.snapshot() == cached.epochs:
+        if cached is not None and snapshot == cached.epochs == (self._model.epoch, self.map_epoch):
             return cached.verdict
         return None
 
@@ -343,8 +343,12 @@ class Gateway:
         outcome.tenant = decision.tenant
         outcome.required = decision.required + decision.any_of
         outcome.missing = decision.missing
-        outcome.decision = evaluation.label
-        if not evaluation.forwarded:
+        if decision.allowed:
+            outcome.decision = "allow"
+        elif verdict.shadow:
+            outcome.decision = "shadow_deny"
+        else:
+            outcome.decision = "deny"
             return _forbidden(decision, outcome.request_id)
         return await self._forward(request, outcome, evaluation.identity, path_qs, tenant_header)
 
