@@ -282,6 +282,7 @@ async def test_allowed_request_event_has_every_field(
         "event": "decision",
         "decision_id": None,
         "request_id": request_id,
+        "trace_id": None,  # the client sent no traceparent
         "decision": "allow",
         "cache_hit": False,
         "reason": "allowed",
