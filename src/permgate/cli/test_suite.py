@@ -16,6 +16,13 @@ suite is built into a temporary SQLite store, so no server is needed. Format::
         expect: allow                       # allow | deny
         reason: missing_permission          # optional: the decision's reason too
 
+Each case is evaluated as the gateway evaluates a request (:mod:`permgate.evaluate`):
+request hygiene, route, authenticate, tenant, permissions. A ``principal`` case is that
+principal with a fresh login (a claim tenant is read from the header of the same
+name); a ``token`` case creates an auth token of that shape and presents it as a
+client would. So a path the gateway refuses with 400 is a ``deny`` with the hygiene
+reason, and a disabled principal a ``deny`` with ``disabled_principal``.
+
 Every mismatch is printed as ``FILE:LINE: case NAME: expected ..., got ...`` with
 the decision's reason, required and missing permissions; the exit code is 1 when any
 case fails (or the suite itself is invalid), 0 when all pass.
