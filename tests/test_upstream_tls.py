@@ -3,6 +3,7 @@ whose reason is in the audit event's ``detail``."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import ssl
@@ -15,7 +16,9 @@ import trustme
 from aiohttp import web
 
 from harness import Gateway, Upstream, eventually, free_port, start_gateway
-from tlsfiles import client_cert, write_ca, write_leaf
+from permgate.config import UpstreamTls
+from permgate.tls import upstream_context
+from tlsfiles import client_cert, der, leaf_pems, secret_folder, swap_secret, write_ca, write_leaf
 
 PATH = "/policy/acme-prod/quotes/q1"
 
@@ -153,3 +156,50 @@ async def test_a_client_certificate_for_an_upstream_that_requires_one(tmp_path: 
         ) as gw:
             assert (await call(gw.url, gw.tokens["alice"]))[0] == 502
         assert len(up.seen) == 1
+
+
+async def test_a_rotated_client_certificate_is_presented_on_new_connections(
+    tmp_path: Path,
+) -> None:
+    """The upstream client's certificate is re-read like a listener's: after a
+    Secret-style swap, new connections present the new certificate."""
+    ca, clients = trustme.CA(), trustme.CA()
+    first, second = clients.issue_cert("permgate-a"), clients.issue_cert("permgate-b")
+    folder = tmp_path / "client"
+    cert, key = secret_folder(folder, first)
+    server_cert, server_key = write_leaf(tmp_path / "server", ca.issue_cert("127.0.0.1"))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(str(server_cert), str(server_key))
+    server.load_verify_locations(cadata=clients.cert_pem.bytes().decode())
+    server.verify_mode = ssl.CERT_REQUIRED
+    presented: list[bytes] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        presented.append(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
+        writer.close()
+
+    listening = await asyncio.start_server(accept, "127.0.0.1", 0, ssl=server)
+    port = listening.sockets[0].getsockname()[1]
+    settings = UpstreamTls(
+        ca_file=str(write_ca(tmp_path, ca)), cert_file=str(cert), key_file=str(key)
+    )
+    reloading = upstream_context(settings)
+
+    async def connect() -> None:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=reloading.context, server_hostname="127.0.0.1"
+        )
+        await asyncio.sleep(0.05)
+        writer.close()
+
+    try:
+        await connect()
+        assert not reloading.refresh()  # nothing changed
+        swap_secret(folder, *leaf_pems(second), version=2)
+        assert reloading.refresh()
+        await connect()
+        await eventually(lambda: len(presented) == 2, "two handshakes")
+        assert presented == [der(first), der(second)]
+    finally:
+        listening.close()
+        await listening.wait_closed()
