@@ -23,6 +23,7 @@ from aiohttp import web
 
 from permgate.admin import create_admin_api
 from permgate.authn import Authenticator
+from permgate.authz import DecisionService
 from permgate.changeepoch import ChangeEpoch
 from permgate.config import Settings
 from permgate.endpoints import EndpointMap
@@ -141,6 +142,7 @@ class Runtime:
     usage: UsageRecorder = field(init=False)
     gateway: Gateway = field(init=False)
     gateway_listening: bool = False
+    authz_listening: bool = False
     tls: TlsSetup = field(init=False)
     tracer: Tracer | None = None
     change_epoch: ChangeEpoch | None = None
@@ -234,9 +236,12 @@ class Runtime:
             asyncio.create_task(self._flush_token_uses(), name="permgate-token-uses"),
             asyncio.create_task(self._flush_usage(), name="permgate-usage"),
             asyncio.create_task(self.model.keepalive(), name="permgate-keepalive"),
-            # Never delays the start: an upstream that starts later is fine, but say so.
-            asyncio.create_task(self._probe_upstream(), name="permgate-upstream-probe"),
         ]
+        if settings.listen is not None:  # decision-only mode has no upstream to probe
+            # Never delays the start: an upstream that starts later is fine, but say so.
+            self._tasks.append(
+                asyncio.create_task(self._probe_upstream(), name="permgate-upstream-probe")
+            )
         if self.tls.watcher.contexts:  # rotated certificates, seen within seconds
             self._tasks.append(asyncio.create_task(self.tls.watcher.run(), name="permgate-tls"))
 
@@ -347,12 +352,23 @@ class Runtime:
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    def decision_service(self) -> DecisionService:
+        """The ``authz_listen`` handler: the gateway's evaluator, cache, metrics, audit."""
+        return DecisionService(
+            gateway=self.gateway,
+            observer=self.observer,
+            authenticator=self.authenticator,
+            model=self.model,
+            trusted_proxies=self.settings.authz_trusted_proxies,
+        )
+
     async def _readyz(self, request: web.Request) -> web.Response:
-        checks = {
-            "endpoint_map": True,
-            "store": await self._store_answers(),
-            "gateway_listener": self.gateway_listening,
-        }
+        checks = {"endpoint_map": True, "store": await self._store_answers()}
+        # Decision-only mode has no gateway listener: the decision listener stands in.
+        if self.settings.listen is not None:
+            checks["gateway_listener"] = self.gateway_listening
+        if self.settings.authz_listen is not None:
+            checks["decision_listener"] = self.authz_listening
         ready = all(checks.values())
         return web.json_response(
             {"status": "ready" if ready else "not_ready", "checks": checks},
@@ -418,14 +434,23 @@ async def serve(
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
     )
     admin_runner = web.AppRunner(runtime.admin_application(), handle_signals=False, access_log=None)
+    authz_runner = web.ServerRunner(
+        web.Server(runtime.decision_service().handle, access_log=None),
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+    )
     await gateway_runner.setup()
     await admin_runner.setup()
+    await authz_runner.setup()
     try:
         for sock in listeners.gateway:
             await web.SockSite(
                 gateway_runner, sock, backlog=BACKLOG, ssl_context=runtime.tls.listen
             ).start()
-        runtime.gateway_listening = True
+        runtime.gateway_listening = bool(listeners.gateway)
+        for sock in listeners.authz:  # the decision service (TLS, if any, is the proxy's)
+            await web.SockSite(authz_runner, sock, backlog=BACKLOG).start()
+        runtime.authz_listening = bool(listeners.authz)
         for sock in listeners.admin:
             await web.SockSite(
                 admin_runner, sock, backlog=BACKLOG, ssl_context=runtime.tls.admin
@@ -438,6 +463,13 @@ async def serve(
             admin_at,
             extra={"listen": gateway_at, "admin_listen": admin_at, "upstream": settings.upstream},
         )
+        if listeners.authz:
+            authz_at = _bound(authz_runner)
+            log.info(
+                "permgate decision service on %s (Envoy ext_authz, forward auth, AuthZEN)",
+                authz_at,
+                extra={"authz_listen": authz_at},
+            )
         if on_ready is not None:
             result = on_ready(runtime)
             if result is not None:
@@ -446,7 +478,7 @@ async def serve(
         return runtime
     finally:
         cause = causes[0] if causes else "stop requested" if stop.is_set() else "error"
-        await _shut_down(runtime, (gateway_runner, admin_runner), cause)
+        await _shut_down(runtime, (gateway_runner, authz_runner, admin_runner), cause)
         listeners.close()
 
 
@@ -457,7 +489,7 @@ def _stop_on_signal(stop: asyncio.Event, causes: list[str], name: str) -> None:
 
 async def _shut_down(runtime: Runtime, runners: tuple[web.BaseRunner, ...], cause: str) -> None:
     """Stop accepting, let in-flight requests finish, close the parts; say how it went."""
-    runtime.gateway_listening = False
+    runtime.gateway_listening = runtime.authz_listening = False
     observer = runtime.observer
     answered, unanswered = observer.answered, observer.unanswered
     log.info(

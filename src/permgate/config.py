@@ -26,11 +26,12 @@ overrides (the command line's ``--store``).
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
@@ -116,6 +117,15 @@ def _hostport(value: Any) -> str:
     return text
 
 
+def _cidr(value: Any) -> str:
+    expected = "expected a CIDR such as 10.0.0.0/8 or fd00::/8 (an address alone is one host)"
+    text = _string(value, expected)
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise _refuse(expected) from None
+
+
 def _upstream(value: Any) -> str:
     expected = "expected http://HOST:PORT, https://HOST:PORT or unix:/PATH"
     text = _string(value, expected)
@@ -188,6 +198,7 @@ def _otlp_endpoint(value: Any) -> str:
 
 HostPort = Annotated[str, PlainValidator(_hostport)]
 Upstream = Annotated[str, PlainValidator(_upstream)]
+Cidr = Annotated[str, PlainValidator(_cidr)]
 StoreDsn = Annotated[str, PlainValidator(_store)]
 AuditSink = Annotated[str, PlainValidator(_sink)]
 LogLevel = Annotated[str, PlainValidator(_log_level)]
@@ -310,9 +321,15 @@ class AuditSettings:
 class Settings:
     __pydantic_config__ = _SECTION
 
-    listen: HostPort = "0.0.0.0:8080"
+    # None: no gateway listener (decision-only mode, see authz_listen).
+    listen: HostPort | None = "0.0.0.0:8080"
     admin_listen: HostPort = "127.0.0.1:9090"
     upstream: Upstream = "http://127.0.0.1:8000"
+    # The decision service (permgate behind Envoy, Istio, nginx, Traefik; AuthZEN).
+    # Off unless set; with it set, listen and upstream may be omitted (decision only).
+    authz_listen: HostPort | None = None
+    # Peers whose X-Forwarded-Method/-Uri (X-Original-*) headers are honoured.
+    authz_trusted_proxies: tuple[Cidr, ...] = ("127.0.0.0/8", "::1/128")
     upstream_timeout_seconds: PositiveSeconds = 30.0
     endpoint_map: str = "endpoint_map.yaml"
     map_poll_seconds: Seconds = 1.0
@@ -488,6 +505,7 @@ def load_settings(
     problems.extend(_missing_jwt_keys(sources))
     if settings is not None:
         problems.extend(_tls_problems(settings, sources))
+        settings = _decision_only(settings, sources, problems)
     if problems or settings is None:
         raise ConfigError([f"invalid configuration: {p}" for p in problems])
     return settings
@@ -720,3 +738,16 @@ def _tls_problems(settings: Settings, sources: _Sources) -> list[str]:
             "listen_tls.client_ca_file (the CA they are verified against)"
         )
     return problems
+
+
+def _decision_only(settings: Settings, sources: _Sources, problems: list[str]) -> Settings:
+    """With ``authz_listen`` set and ``listen`` never given, there is no gateway
+    listener (decision-only mode); with neither listener, nothing would be served."""
+    if settings.authz_listen is not None and sources.get(["listen"]) is None:
+        return replace(settings, listen=None)
+    if settings.listen is None and settings.authz_listen is None:
+        problems.append(
+            "listen: null: nothing to serve; set listen (the gateway), "
+            "authz_listen (the decision service) or both"
+        )
+    return settings

@@ -37,40 +37,45 @@ _WHY: Final[dict[int, str]] = {
 
 @dataclass(frozen=True)
 class Listeners:
-    """The bound, listening sockets of the gateway and of the admin listener (one per
-    address a host name resolves to, as asyncio's own servers do)."""
+    """The bound, listening sockets of the gateway, of the admin listener and of the
+    decision service (one per address a host name resolves to, as asyncio's own servers
+    do). ``gateway`` is empty in decision-only mode, ``authz`` when it is off."""
 
     gateway: tuple[socket.socket, ...]
     admin: tuple[socket.socket, ...]
+    authz: tuple[socket.socket, ...] = ()
 
     def all(self) -> Iterator[socket.socket]:
         yield from self.gateway
         yield from self.admin
+        yield from self.authz
 
     def fds(self) -> tuple[int, ...]:
         return tuple(sock.fileno() for sock in self.all())
 
     def to_env(self) -> str:
-        """What a worker reads back with :meth:`from_env`: ``3,4;5``."""
+        """What a worker reads back with :meth:`from_env`: ``3,4;5;6`` (gateway; admin;
+        decision service, either end possibly empty)."""
         return ";".join(
-            ",".join(str(sock.fileno()) for sock in group) for group in (self.gateway, self.admin)
+            ",".join(str(sock.fileno()) for sock in group)
+            for group in (self.gateway, self.admin, self.authz)
         )
 
     @classmethod
     def from_env(cls, text: str) -> Listeners:
         """The sockets a parent ``serve`` handed down (see :meth:`to_env`)."""
-        gateway, sep, admin = text.partition(";")
+        parts = text.split(";")
         try:
-            groups = [
-                tuple(_inherited(int(fd)) for fd in part.split(",")) for part in (gateway, admin)
-            ]
+            groups = [tuple(_inherited(int(fd)) for fd in part.split(",") if fd) for part in parts]
         except (ValueError, OSError) as exc:
             raise ConfigError(
                 [f"{FDS_ENV}: {text!r}: not the sockets of a parent serve ({exc})"]
             ) from None
-        if not sep or not all(groups):
-            raise ConfigError([f"{FDS_ENV}: {text!r}: expected GATEWAY_FDS;ADMIN_FDS"])
-        return cls(gateway=groups[0], admin=groups[1])
+        if len(groups) == 2:
+            groups.append(())
+        if len(groups) != 3 or not groups[1] or not (groups[0] or groups[2]):
+            raise ConfigError([f"{FDS_ENV}: {text!r}: expected GATEWAY_FDS;ADMIN_FDS;AUTHZ_FDS"])
+        return cls(gateway=groups[0], admin=groups[1], authz=groups[2])
 
     def close(self) -> None:
         for sock in self.all():
@@ -78,19 +83,38 @@ class Listeners:
 
 
 def bind_listeners(settings: Settings) -> Listeners:
-    """Bind ``listen`` then ``admin_listen``; a refusal names the key, address and why."""
-    if settings.admin_listen == settings.listen and not settings.listen.endswith(":0"):
-        raise ConfigError(
-            [f"admin_listen {settings.admin_listen}: the same address as listen; it needs its own"]
+    """Bind ``listen``, ``admin_listen`` then ``authz_listen`` (those set); a refusal
+    names the key, address and why."""
+    addresses = {
+        key: value
+        for key, value in (
+            ("listen", settings.listen),
+            ("admin_listen", settings.admin_listen),
+            ("authz_listen", settings.authz_listen),
         )
-    gateway = _bind("listen", settings.listen)
+        if value is not None
+    }
+    seen: dict[str, str] = {}
+    for key, value in addresses.items():
+        if value in seen and not value.endswith(":0"):
+            raise ConfigError(
+                [f"{key} {value}: the same address as {seen[value]}; it needs its own"]
+            )
+        seen.setdefault(value, key)
+    bound: dict[str, tuple[socket.socket, ...]] = {}
     try:
-        admin = _bind("admin_listen", settings.admin_listen)
+        for key, value in addresses.items():
+            bound[key] = _bind(key, value)
     except BaseException:
-        for sock in gateway:
-            sock.close()
+        for group in bound.values():
+            for sock in group:
+                sock.close()
         raise
-    return Listeners(gateway=gateway, admin=admin)
+    return Listeners(
+        gateway=bound.get("listen", ()),
+        admin=bound["admin_listen"],
+        authz=bound.get("authz_listen", ()),
+    )
 
 
 def describe(sockets: tuple[socket.socket, ...]) -> str:

@@ -13,6 +13,8 @@ from typing import Final, Literal
 from permgate.model import Principal
 
 DecisionLabel = Literal["allow", "deny", "shadow_deny"]
+# Which door the request came through: the inline gateway or the decision service's.
+Door = Literal["inline", "envoy", "forward_auth", "authzen"]
 
 # The endpoint label for requests that matched no map entry (bounded, never a path).
 UNMAPPED_ENDPOINT: Final = "unmapped"
@@ -52,3 +54,4 @@ class RequestOutcome:
     auth_failure: str | None = None
     map_sha256: str = ""
     trace_id: str | None = None  # from the caller's W3C traceparent, when valid
+    door: Door = "inline"

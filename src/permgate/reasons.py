@@ -10,7 +10,10 @@ compares, hashes, formats and serialises as the plain value):
 - :class:`HygieneReason`: why a request was refused before routing (answered 400, or
   408 for a stalled client);
 - :class:`Refusal`: why a request was refused for no fault of its content (the store,
-  the audit queue, the upstream, the client going away, an internal error).
+  the audit queue, the upstream, the client going away, an internal error);
+- :class:`DoorReason`: why the decision service refused to decide a check a proxy
+  forwarded (the original method or target missing or given twice, or a peer that is
+  not a trusted proxy).
 
 Pure data: imported by the core, the request path and observability alike.
 """
@@ -26,6 +29,7 @@ __all__ = [
     "FRAMING_REASONS",
     "HYGIENE_REASONS",
     "AuthReason",
+    "DoorReason",
     "HygieneReason",
     "Reason",
     "Refusal",
@@ -88,6 +92,22 @@ class Refusal(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
+class DoorReason(StrEnum):
+    """Why a forwarded check was refused before its original request was evaluated."""
+
+    # A forward-auth check without the original method: never read as GET (nginx
+    # sends every auth subrequest as GET).
+    MISSING_FORWARDED_METHOD = "missing_forwarded_method"
+    MISSING_FORWARDED_URI = "missing_forwarded_uri"
+    # The method or target given more than once: two header families, a repeated
+    # header, or a spelling with ``_`` or ``.`` that some proxy passes through.
+    AMBIGUOUS_FORWARDED_REQUEST = "ambiguous_forwarded_request"
+    # Forwarded-request headers from a peer outside ``authz_trusted_proxies`` (403).
+    UNTRUSTED_PROXY = "untrusted_proxy"
+    # An AuthZEN request whose body does not say what to evaluate (400).
+    INVALID_EVALUATION_REQUEST = "invalid_evaluation_request"
+
+
 AUTH_REASONS: Final = tuple(AuthReason)
 HYGIENE_REASONS: Final = frozenset(HygieneReason)
 # Answers for these close the connection (the framing of what follows is in doubt).
@@ -102,4 +122,4 @@ FRAMING_REASONS: Final = frozenset(
     }
 )
 # The whole closed set: what a decision event's ``reason`` can be.
-ALL_REASONS: Final = frozenset((*Reason, *AuthReason, *HygieneReason, *Refusal))
+ALL_REASONS: Final = frozenset((*Reason, *AuthReason, *HygieneReason, *Refusal, *DoorReason))

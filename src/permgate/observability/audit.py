@@ -219,6 +219,7 @@ def decision_event(outcome: RequestOutcome) -> dict[str, Any]:
     return {
         "ts": rfc3339(outcome.started),
         "event": "decision",
+        "door": outcome.door,
         "decision_id": outcome.decision_id,
         "request_id": outcome.request_id,
         "trace_id": outcome.trace_id,
