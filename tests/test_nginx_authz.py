@@ -148,3 +148,21 @@ async def test_client_copy_of_the_other_header_family_is_refused(
     assert front.gw.upstream.seen == []
     event = (await front.decisions(1))[-1]
     assert event["reason"] == "ambiguous_forwarded_request"
+
+
+def test_nginx_example_is_a_valid_nginx_config(tmp_path: Path) -> None:
+    """examples/decision-service/nginx.conf passes nginx -t (inside an http block)."""
+    import subprocess
+
+    binary = require(nginx_binary(), "nginx", "apt-get install -y nginx")
+    example = Path(__file__).resolve().parent.parent / "examples/decision-service/nginx.conf"
+    main = tmp_path / "main.conf"
+    main.write_text(f"pid {tmp_path}/nginx.pid;\nevents {{}}\nhttp {{ include {example}; }}\n")
+    result = subprocess.run(
+        [binary, "-t", "-p", str(tmp_path), "-c", str(main), "-e", str(tmp_path / "e.log")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr

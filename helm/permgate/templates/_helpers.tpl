@@ -143,6 +143,11 @@ app.kubernetes.io/part-of: permgate
 {{- $_ := set $auth "mtls" (dict "principal_from" .) }}
 {{- end }}
 {{- $_ := set $config "auth" $auth }}
+{{- if .Values.decisionService.enabled }}{{/* decision only: no gateway, no upstream */}}
+{{- $config = omit $config "listen" "listen_tls" "upstream" "upstream_tls" "upstream_timeout_seconds" }}
+{{- $_ := set $config "authz_listen" (printf "0.0.0.0:%d" (int .Values.decisionService.port)) }}
+{{- $_ := set $config "authz_trusted_proxies" .Values.decisionService.trustedProxies }}
+{{- end }}
 {{- toYaml (mustMergeOverwrite $config (deepCopy $p.extraConfig)) }}
 {{- end }}
 
