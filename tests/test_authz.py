@@ -569,3 +569,22 @@ def test_decision_listener_address_must_be_its_own(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         bind_listeners(settings)
     assert "authz_listen 127.0.0.1:9393: the same address as listen" in str(raised.value)
+
+
+async def test_unreadable_request_is_refused_without_echo(dec: Decider) -> None:
+    """A request the decision listener cannot parse gets the gateway's JSON 400 (never
+    aiohttp's text answer quoting the request bytes), audited with door null."""
+    from rawhttp import exchange
+
+    host, port = dec.url.removeprefix("http://").rsplit(":", 1)
+    secret = dec.gw.tokens["alice"]
+    data = (
+        "GET /forward-auth HTTP/1.1\r\nHost: t\r\n"
+        f"Authorization : Bearer {secret}\r\n\r\n"  # "Name :" is refused by the parser
+    ).encode()
+    answer = await exchange(host, int(port), data)
+    assert answer.status == 400
+    assert json.loads(answer.body)["reason"] == "malformed_request"
+    assert secret.encode() not in answer.raw
+    event = (await dec.decisions())[-1]
+    assert (event["door"], event["reason"]) == (None, "malformed_request")

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import IO, Final
+from typing import IO, Final, cast
 
 from aiohttp import web
 
@@ -435,7 +435,12 @@ async def serve(
     )
     admin_runner = web.AppRunner(runtime.admin_application(), handle_signals=False, access_log=None)
     authz_runner = web.ServerRunner(
-        web.Server(runtime.decision_service().handle, access_log=None),
+        # The gateway's hardened server (JSON refusals of unreadable requests that echo
+        # nothing, head timeouts): it needs only handle() and refuse_unreadable().
+        GatewayServer(
+            cast("Gateway", runtime.decision_service()),
+            timeout_seconds=settings.upstream_timeout_seconds,
+        ),
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
     )

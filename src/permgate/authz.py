@@ -51,6 +51,7 @@ from permgate.outcome import UNMAPPED_ENDPOINT, Door, RequestOutcome
 from permgate.pipeline import (
     Gateway,
     Observer,
+    _closing,
     _forbidden,
     _json,
     _refusal,
@@ -112,19 +113,29 @@ endpoints:
 )
 _SEMANTICS: Final = frozenset({"execute_all", "deny_on_first_deny", "permit_on_first_permit"})
 _MAX_EVALUATIONS: Final = 1000
+_MAX_KNOWN_PEERS: Final = 4096
 
 
 class TrustedProxies:
     """The peers whose forwarded-request headers are honoured (``authz_trusted_proxies``)."""
 
-    __slots__ = ("_networks",)
+    __slots__ = ("_known", "_networks")
 
     def __init__(self, cidrs: Iterable[str]) -> None:
         self._networks = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+        self._known: dict[str, bool] = {}  # peers seen: parsing an address costs µs
 
     def __contains__(self, peer: object) -> bool:
         if not isinstance(peer, str):
             return False  # a Unix socket peer, or none at all: not an address we trust
+        known = self._known.get(peer)
+        if known is None:
+            known = self._trusted(peer)
+            if len(self._known) < _MAX_KNOWN_PEERS:
+                self._known[peer] = known
+        return known
+
+    def _trusted(self, peer: str) -> bool:
         try:
             address = ipaddress.ip_address(peer.split("%", 1)[0])
         except ValueError:
@@ -274,6 +285,34 @@ class DecisionService:
             },
         )
 
+    async def refuse_unreadable(
+        self, request: web.BaseRequest, status: int, reason: str
+    ) -> web.StreamResponse:
+        """Answer a request the HTTP server could not read, as the gateway does: the JSON
+        shape, counted and audited (its door unknown: ``door`` is null), connection
+        closed, nothing of the request echoed or recorded."""
+        t0 = self._clock()
+        outcome = RequestOutcome(
+            request_id=os.urandom(16).hex(),
+            decision_id=os.urandom(16).hex(),
+            method="",
+            path="",
+            client_ip=request.remote,
+            started=time.time(),
+            map_sha256=self._gateway.evaluator.endpoint_map.sha256,
+            reason=reason,
+            door=None,
+        )
+        error = "request_timeout" if status == 408 else "bad_request"
+        response = _closing(_refusal(status, error, reason, outcome.request_id))
+        try:
+            await self._observer.admit()
+        except PermgateError:
+            self._finish(outcome, status, t0, recorded=False)
+            return response
+        self._finish(outcome, status, t0, recorded=True)
+        return response
+
     # -- the proxy doors ---------------------------------------------------------------
 
     async def _check(self, request: web.BaseRequest, door: Door) -> web.StreamResponse:
@@ -346,7 +385,9 @@ class DecisionService:
         record_evaluation(outcome, evaluation)
         return render_check(evaluation, outcome.request_id)
 
-    def _outcome(self, request: web.BaseRequest, request_id: str, door: Door) -> RequestOutcome:
+    def _outcome(
+        self, request: web.BaseRequest, request_id: str, door: Door | None
+    ) -> RequestOutcome:
         return RequestOutcome(
             request_id=request_id,
             decision_id=os.urandom(16).hex(),

@@ -54,4 +54,5 @@ class RequestOutcome:
     auth_failure: str | None = None
     map_sha256: str = ""
     trace_id: str | None = None  # from the caller's W3C traceparent, when valid
-    door: Door = "inline"
+    # None: a request the decision listener could not read (its door is unknown).
+    door: Door | None = "inline"
