@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -47,6 +47,7 @@ from permgate.model import (
     TenantType,
 )
 from permgate.modelcache import ModelCache
+from permgate.review.advise import MAX_DAYS, Advice, UnknownSubject, advise
 from permgate.service import ModelService
 
 __all__ = ["ERROR", "FORM", "SIGNED_IN", "Pages", "Signed", "refusal", "render", "see_other"]
@@ -78,6 +79,8 @@ NAV: Final = (
     ("Access map", "/access", "admin.explain"),
 )
 SECONDS_PER_DAY: Final = 86400
+# The advice window when the page does not ask for one (as the admin API).
+ADVICE_DAYS: Final = 90
 AUDIT_ROWS: Final = 200
 
 
@@ -200,6 +203,7 @@ class Pages:
             "/tenants": self.tenants,
             "/tenants/enforce": self.enforce_confirm,
             "/tokens": self.tokens,
+            "/tokens/view": self.token,
             "/audit": self.audit,
             "/explain": self.explain,
             "/access": self.access,
@@ -421,8 +425,40 @@ class Pages:
                 "may_scope": can(caller, "admin.principals.tenants"),
                 "is_me": principal.id == me.id,
                 "url": _user_url(principal.id),
+                **await self._advice(request, caller, principal=principal.id),
+                "advice_path": "/users/view",
+                "narrower_url": None,
             },
         )
+
+    async def _advice(
+        self,
+        request: web.Request,
+        caller: Caller,
+        *,
+        principal: str | None = None,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        """The least-privilege advice for a principal or a token (the one of
+        ``permgate advise`` and the admin API), when the caller holds what the admin
+        API's advice route needs (principals.read); else none."""
+        if not can(caller, "admin.principals.advice"):
+            return {"may_advise": False, "advice": None}
+        text = _field(request, "days")
+        days = ADVICE_DAYS
+        if text:
+            if not text.isdigit() or not 1 <= int(text) <= MAX_DAYS:
+                raise InvalidInput(
+                    f"days {text[:20]!r} is invalid: a whole number from 1 to {MAX_DAYS}"
+                )
+            days = int(text)
+        try:
+            advice = await advise(
+                self._store, principal=principal, token=token, days=days, account=caller.account
+            )
+        except UnknownSubject as exc:
+            raise ApiError(404, "not_found", str(exc)) from exc
+        return {"may_advise": True, "advice": advice}
 
     async def _set_roles(
         self, request: web.Request, change: Callable[[list[RoleAssignment]], list[RoleAssignment]]
@@ -595,10 +631,41 @@ class Pages:
                 "scope_keywords": (SCOPE_ANY, SCOPE_TYPE_TEST),
                 "may_write": can(caller, "admin.tokens.create"),
                 "form": {
+                    "owner": _field(request, "owner"),
                     "name": _field(request, "name"),
                     "permissions": _field(request, "permissions"),
+                    "tenants": set(_fields(request, "tenants")),
                     "expires_days": _field(request, "expires_days"),
                 },
+            },
+        )
+
+    async def token(self, request: web.Request) -> web.StreamResponse:
+        """One auth token and its least-privilege advice (with the narrower token to
+        replace it). As the token list: an admin sees the account's, others their own."""
+        caller = request[SIGNED_IN].caller
+        need(caller, "admin.tokens.list")
+        token_id = _field(request, "id")
+        token = await self._store.get_token(token_id)
+        if (
+            token is None
+            or token.account != caller.account
+            or not (caller.actor.is_admin or token.owner == caller.identity.principal.id)
+        ):
+            raise ApiError(404, "not_found", f"token {token_id!r} not found")
+        found = await self._advice(request, caller, token=token.id)
+        advice: Advice | None = found["advice"]
+        return render(
+            request,
+            "token.html",
+            {
+                "title": f"Auth token {token.name}",
+                "token": token,
+                **found,
+                "advice_path": "/tokens/view",
+                "narrower_url": None
+                if advice is None or not can(caller, "admin.tokens.create")
+                else _narrower_url(advice),
             },
         )
 
@@ -750,6 +817,17 @@ class Pages:
 
 def _user_url(principal_id: str) -> str:
     return "/users/view?id=" + quote(principal_id, safe="")
+
+
+def _narrower_url(advice: Advice) -> str:
+    """The create-token form filled in with the advice's narrower token."""
+    query = [
+        ("owner", advice.owner or ""),
+        ("name", f"{advice.name} (narrowed)"),
+        ("permissions", " ".join(advice.suggested_grants)),
+        *(("tenants", tenant) for tenant in advice.suggested_tenants),
+    ]
+    return "/tokens?" + urlencode(query)
 
 
 def _raw(request: web.Request, name: str) -> str:
