@@ -1,5 +1,5 @@
-"""The console's least-privilege advice (user and token pages), against the real admin
-application on a real store."""
+"""The console's least-privilege advice (user and token pages) and the first-password
+rule for token sessions, against the real admin application on a real store."""
 
 from __future__ import annotations
 
@@ -151,3 +151,45 @@ async def test_token_session_without_principals_read_sees_no_advice(world: World
     page = await world.get(f"/console/tokens/view?id={world.token_ids['alice']}")
     assert page.status == 200
     assert "needs principals.read" in _section(page.text)
+
+
+# -- a token session and its owner's first password ------------------------------------
+
+
+async def _erin(world: World, grants: list[str]) -> str:
+    """A new principal erin (ops role, no password) and a token of hers; its secret."""
+    service = world.runtime.service
+    await service.create_principal(
+        CLI, "acme", "erin", tenants=["acme-prod"], roles=[("ops", None)]
+    )
+    _, secret = await service.create_token(CLI, "erin", "erin", grants, ["acme-prod"])
+    await world.runtime.deliver_changes()
+    return secret
+
+
+async def test_token_session_without_principals_write_cannot_set_a_first_password(
+    world: World,
+) -> None:
+    """erin signed in with a token that does not grant principals.write cannot give
+    herself a first password (it would sign in with all her roles' power)."""
+    await world.sign_in_token(await _erin(world, ["principals.read"]))
+    csrf = await world.csrf()
+    page = await world.post(
+        "/console/users/password", {"csrf": csrf, "id": "erin", "password": "erin-first-one-77"}
+    )
+    assert page.status == 403
+    text = html.unescape(page.text)
+    assert "setting a first password with an auth token requires principals.write" in text
+    assert not await world.runtime.service.has_password("erin")
+
+
+async def test_token_session_with_principals_write_sets_a_first_password(world: World) -> None:
+    """With principals.write in the token, erin's first password is set and signs her in."""
+    await world.sign_in_token(await _erin(world, ["principals.read", "principals.write"]))
+    csrf = await world.csrf()
+    await world.post(
+        "/console/users/password", {"csrf": csrf, "id": "erin", "password": "erin-first-one-77"}
+    )
+    assert await world.runtime.service.has_password("erin")
+    world.forget_cookies()
+    assert (await world.sign_in("erin", "erin-first-one-77")).path == "/console/"

@@ -40,7 +40,6 @@ from permgate.admin.guard import (
     ASSIGN_ROLES,
     CALLER,
     QUERY,
-    SET_OTHERS_PASSWORD,
     Caller,
     Guard,
     authorize,
@@ -48,6 +47,7 @@ from permgate.admin.guard import (
     require_admin,
 )
 from permgate.admin.openapi import build_document
+from permgate.admin.password_rule import check_password_setter
 from permgate.admin.render import (
     ApiError,
     audit_json,
@@ -361,17 +361,7 @@ class _AdminApi:
         caller = request[CALLER]
         body = await _body(request, "PasswordPut")
         target = request.match_info["id"]
-        me = caller.identity.principal
-        if target != me.id:
-            authorize(SET_OTHERS_PASSWORD, caller.subject, "setting another principal's password")
-        elif caller.identity.token is not None and not await self._service.has_password(me.id):
-            # A password signs in with the owner's full power: a token that does not
-            # grant principals.write must not buy that by setting the first one.
-            authorize(
-                SET_OTHERS_PASSWORD,
-                caller.subject,
-                "setting a first password with an auth token",
-            )
+        await check_password_setter(caller, self._service, target)
         await self._service.set_password(
             caller.actor, target, body["password"], body.get("current_password")
         )

@@ -21,6 +21,7 @@ from multidict import MultiDictProxy
 
 from permgate.admin.explain import explain
 from permgate.admin.guard import ADMIN_MAP, ASSIGN_ROLES, Caller, authorize, require_admin
+from permgate.admin.password_rule import check_password_setter
 from permgate.admin.render import ApiError
 from permgate.admin.schemas import SCHEMAS, validate
 from permgate.authn import Authenticator
@@ -535,9 +536,9 @@ class Pages:
     async def user_password(self, request: web.Request) -> web.StreamResponse:
         caller = request[SIGNED_IN].caller
         principal = await self._principal(caller, _field(request, "id"))
-        own = principal.id == caller.identity.principal.id
-        if not own:
-            need(caller, "admin.principals.update")
+        # The admin API's rule: another's password, or a token session's first one,
+        # needs principals.write.
+        await check_password_setter(caller, self._service, principal.id)
         current = _field(request, "current_password") or None
         await self._service.set_password(
             caller.actor, principal.id, _raw(request, "password"), current_password=current
