@@ -934,6 +934,35 @@ class ModelService:
             {"result": result, "reason": reason, "principal": shown, "client_ip": client_ip},
         )
 
+    async def audit_token_login(
+        self, token_id: str | None, result: str, reason: str | None, *, client_ip: str | None
+    ) -> None:
+        """Audit a console sign-in with an auth token as ``auth.login``, as password
+        sign-ins are: the token's id (read from its secret; None when it names none),
+        its owner and account when the token exists, the result and the reason, never
+        the secret."""
+        async with self.transaction() as tx:
+            token = await tx.get_token(token_id) if token_id else None
+            account = None if token is None else token.account
+            owner = None if token is None else token.owner
+            target = token_id or "(no token id)"
+            actor = Actor(owner or target, account, False, "principal")
+            await self._audit(
+                tx,
+                actor,
+                account,
+                "auth.login",
+                target,
+                None,
+                {
+                    "result": result,
+                    "reason": reason,
+                    "principal": owner,
+                    "token": token_id,
+                    "client_ip": client_ip,
+                },
+            )
+
     # -- console sessions ------------------------------------------------------
 
     async def create_console_session(

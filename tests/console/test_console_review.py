@@ -1,5 +1,6 @@
-"""The console's least-privilege advice (user and token pages) and the first-password
-rule for token sessions, against the real admin application on a real store."""
+"""The console's least-privilege advice (user and token pages), the first-password rule
+for token sessions, and the audit of token sign-ins, against the real admin application
+on a real store."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from urllib.parse import urlencode
 
 import pytest
-from console_world import OPS, World
+from console_world import OPS, PASSWORD, World
 
 from permgate.service import Actor
 from permgate.store.sql import UsageRow
@@ -193,3 +194,80 @@ async def test_token_session_with_principals_write_sets_a_first_password(world: 
     assert await world.runtime.service.has_password("erin")
     world.forget_cookies()
     assert (await world.sign_in("erin", "erin-first-one-77")).path == "/console/"
+
+
+# -- token sign-ins are audited --------------------------------------------------------
+
+
+async def _logins(world: World, account: str | None) -> list[tuple[str, object]]:
+    records = await world.runtime.store.list_audit(account, limit=50)
+    return [(r.target, r.after) for r in records if r.action == "auth.login"]
+
+
+async def test_refused_token_sign_in_is_audited_without_the_secret(world: World) -> None:
+    """A revoked token's sign-in is refused and audited as auth.login on its account:
+    the token's id, its owner, result refused, reason revoked_token, never the secret."""
+    token_id, secret = world.token_ids["carol"], world.secrets["carol"]
+    await world.runtime.service.revoke_token(CLI, token_id)
+    await world.runtime.deliver_changes()
+    assert (await world.sign_in_token(secret)).status == 401
+    logins = await _logins(world, "acme")
+    assert logins[0][0] == token_id
+    after = logins[0][1]
+    assert isinstance(after, dict)
+    assert after["result"] == "refused"
+    assert after["reason"] == "revoked_token"
+    assert after["principal"] == "carol"
+    assert secret not in repr(await world.runtime.store.list_audit(None, limit=50))
+
+
+@pytest.mark.parametrize(
+    ("secret", "target", "reason"),
+    [
+        ("pgt_0123456789abcdef_" + "A" * 43, "0123456789abcdef", "invalid_token"),
+        ("pgt_not-a-real-token", "(no token id)", "invalid_token"),
+        ("eyJhbGciOiJub25lIn0.e30.", "(no token id)", "invalid_token"),
+    ],
+    ids=["unknown-id", "malformed", "jwt"],
+)
+async def test_sign_in_with_a_token_naming_nobody_is_audited(
+    world: World, secret: str, target: str, reason: str
+) -> None:
+    """A secret that names no token of any account is audited without an account: the
+    id it names (or none), the reason, never the secret."""
+    assert (await world.sign_in_token(secret)).status == 401
+    records = [r for r in await world.runtime.store.list_audit(None) if r.action == "auth.login"]
+    assert records[0].account is None
+    assert records[0].target == target
+    assert isinstance(records[0].after, dict)
+    assert records[0].after["reason"] == reason
+    assert secret not in repr(records)
+
+
+async def test_token_sign_in_with_a_wrong_secret_shows_on_the_audit_page(world: World) -> None:
+    """alice's token id with a wrong random part: the admin sees the refused sign-in on
+    the Audit page under that token id."""
+    token_id = world.token_ids["alice"]
+    forged = f"pgt_{token_id}_" + "B" * 43
+    assert (await world.sign_in_token(forged)).status == 401
+    await world.sign_in("root")
+    audit = await world.get(f"/console/audit?action=auth.login&target={token_id}")
+    assert audit.text.count("<code>auth.login</code>") == 1
+    assert forged not in audit.text
+
+
+async def test_token_sign_in_success_is_audited(world: World) -> None:
+    """A token sign-in that succeeds is audited too (result ok), as password ones are."""
+    assert (await world.sign_in_token(world.secrets["carol"])).status == 200
+    target, after = (await _logins(world, "acme"))[0]
+    assert target == world.token_ids["carol"]
+    assert isinstance(after, dict) and after["result"] == "ok"
+
+
+async def test_password_sign_in_audit_is_unchanged(world: World) -> None:
+    """A failed password sign-in is still audited under the principal id typed."""
+    assert (await world.sign_in("alice", "not-her-password-1")).status == 401
+    target, after = (await _logins(world, "acme"))[0]
+    assert target == "alice"
+    assert isinstance(after, dict) and after["reason"] == "bad_credentials"
+    assert PASSWORD not in repr(after)

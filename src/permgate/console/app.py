@@ -49,7 +49,9 @@ from permgate.endpoints import EndpointMap
 from permgate.errors import InvalidPermission, ModelError, StoreUnavailable
 from permgate.modelcache import ModelCache
 from permgate.passwords import LoginRefused
+from permgate.reasons import AuthReason
 from permgate.service import Actor, ModelService
+from permgate.token_secrets import token_id_of
 
 __all__ = ["IDLE_SECONDS", "LIFETIME_SECONDS", "create_console"]
 
@@ -247,13 +249,22 @@ class _Console:
             return self._login_page(request, _FORM_EXPIRED, status=403)
         token_secret = _text(form.get("token"))
         if token_secret:
+            # Audited as password sign-ins are: the token's id, never its secret.
+            named = token_id_of(self._service.token_prefix, token_secret)
             try:
                 identity = await self._authenticator.authenticate(f"Bearer {token_secret}")
-            except AuthFailure:
+            except AuthFailure as failure:
+                await self._service.audit_token_login(
+                    named, "refused", str(failure.reason), client_ip=request.remote
+                )
                 return self._login_page(request, _TOKEN_REFUSED, status=401)
             if identity.token is None:  # a JWT: the console signs in with auth tokens only
+                await self._service.audit_token_login(
+                    None, "refused", str(AuthReason.INVALID_TOKEN), client_ip=request.remote
+                )
                 return self._login_page(request, _TOKEN_REFUSED, status=401)
             principal_id, token_id = identity.principal.id, identity.token.id
+            await self._service.audit_token_login(token_id, "ok", None, client_ip=request.remote)
         else:
             principal_id, token_id = _text(form.get("principal")), None
             try:
