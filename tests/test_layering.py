@@ -10,6 +10,7 @@ import pytest
 CORE = [
     "permgate.model",
     "permgate.errors",
+    "permgate.reasons",
     "permgate.permissions",
     "permgate.roles",
     "permgate.endpoints",
@@ -44,6 +45,7 @@ REVIEW = [
     "permgate.review.diff",
     "permgate.review.render",
     "permgate.review.lint",
+    "permgate.review.advise",
 ]
 REVIEW_FORBIDDEN = [
     "aiohttp",
