@@ -105,16 +105,53 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return ticks / CLK_TCK
 
 
-def listeners(port: int) -> int:
-    """How many sockets listen on ``port`` (one per worker with SO_REUSEPORT)."""
-    count = 0
+def listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on ``port`` (one however many workers share it)."""
+    inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError), open(table) as f:
             for line in f.readlines()[1:]:
                 parts = line.split()
                 if parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                    count += 1
-    return count
+                    inodes.add(parts[9])
+    return inodes
+
+
+def accepts_on(pid: int, inodes: set[str]) -> bool:
+    """Whether process ``pid`` accepts on one of these listening sockets: its event loop
+    (asyncio's or uvloop's, both epoll) watches the socket, which happens only once the
+    process serves. ``permgate serve --workers N`` binds in the parent and hands the same
+    socket to every worker, so holding it says nothing; watching it does."""
+    fd_dir = f"/proc/{pid}/fd"
+    sockets: set[str] = set()
+    polls: list[str] = []
+    try:
+        for fd in os.listdir(fd_dir):
+            try:
+                target = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                sockets.add(fd)
+            elif target == "anon_inode:[eventpoll]":
+                polls.append(fd)
+        for fd in polls:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                # Each watched fd is a line "tfd: <fd> events: ... data: ...".
+                if any(line.startswith("tfd:") and line.split()[1] in sockets for line in f):
+                    return True
+    except OSError:  # the process is gone or not ours
+        return False
+    return False
+
+
+def children(root: int) -> list[int]:
+    """The direct children of ``root`` (serve --workers N: its N workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None and stat[0] == root:
+            found.append(int(entry))
+    return found
 
 
 @dataclass
@@ -136,14 +173,24 @@ class Server:
             )
 
     def wait_listening(self, timeout: float = 30.0) -> None:
-        """Until every worker listens; raises with the log's tail if it died."""
+        """Until every serving process accepts on the port (each of the ``workers``
+        children of a ``serve --workers N``, else the process itself); raises with the
+        log's tail if it died or took too long."""
         assert self.proc is not None
         deadline = time.monotonic() + timeout
-        while listeners(self.port) < self.workers:
+        while not self._accepting():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = self.log.read_text(errors="replace")[-3000:]
                 raise SystemExit(f"{self.name} did not start listening:\n{tail}")
             time.sleep(0.1)
+
+    def _accepting(self) -> bool:
+        assert self.proc is not None
+        inodes = listening_inodes(self.port)
+        if not inodes:
+            return False
+        serving = children(self.proc.pid) if self.workers > 1 else [self.proc.pid]
+        return len(serving) >= self.workers and all(accepts_on(pid, inodes) for pid in serving)
 
     def pids(self) -> list[int]:
         assert self.proc is not None
