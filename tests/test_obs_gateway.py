@@ -280,6 +280,7 @@ async def test_allowed_request_event_has_every_field(
     assert event | {"ts": None, "decision_id": None, "duration_ms": None} == {
         "ts": None,
         "event": "decision",
+        "door": "inline",
         "decision_id": None,
         "request_id": request_id,
         "trace_id": None,  # the client sent no traceparent

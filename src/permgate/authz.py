@@ -447,7 +447,10 @@ class DecisionService:
             items = _authzen_items(body, batch=batch)
         except (ValueError, web.HTTPException) as exc:
             outcome.decision, outcome.reason = "deny", DoorReason.INVALID_EVALUATION_REQUEST
-            detail = str(exc) if isinstance(exc, _Invalid) else "the body is not a JSON object"
+            if isinstance(exc, web.HTTPException):
+                detail = "the body is too large"  # the server's client_max_size
+            else:
+                detail = str(exc) if isinstance(exc, _Invalid) else "the body is not a JSON object"
             outcome.detail = detail
             return (
                 _json(
