@@ -283,7 +283,7 @@ def test_wrong_type_in_the_environment_names_the_variable(
 
 
 UNKNOWN_FILE_KEYS = [
-    ({"port": 8080}, "port: unknown key (known: admin_listen, admin_tls, audit, auth, authz_listen,"),
+    ({"port": 8080}, "port: unknown key (known: admin_listen, admin_tls, audit, auth,"),
     ({"cache": {"size": 5}}, "cache.size: unknown key (known: decision_ttl_seconds,"),
     ({"auth": {"jwt": {"issuer": "i", "iss": "i"}}}, "auth.jwt.iss: unknown key (known:"),
 ]

@@ -288,3 +288,52 @@ async def test_serve_with_two_workers_answers_https_and_identifies_certificates(
         await eventually(served_by_certificate, "the certificate's principal to be served")
         statuses = {(await get(https(served.url) + "/health", context))[0] for _ in range(8)}
         assert statuses == {200}
+
+
+async def test_https_on_the_decision_service_listener(tmp_path: Path, ca: trustme.CA) -> None:
+    """With authz_tls, the decision service answers forward-auth checks over HTTPS."""
+    ca_file = write_ca(tmp_path, ca)
+    port = free_port()
+    async with start_gateway(
+        tmp_path,
+        authz_listen=f"127.0.0.1:{port}",
+        authz_tls=listener_tls(tmp_path, ca, "authz"),
+    ) as gw:
+        status, _ = await get(
+            f"https://127.0.0.1:{port}/forward-auth",
+            client_context(ca_file),
+            Authorization=f"Bearer {gw.tokens['alice']}",
+            **{"X-Original-Method": "GET", "X-Original-URI": "/policy/acme-prod/quotes/q1"},
+        )
+        assert status == 200
+
+
+async def test_a_client_certificate_on_the_decision_listener_identifies_no_one(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    """A proxy's client certificate on authz_listen never names the principal being
+    decided, even with auth.mtls on: a check without a bearer credential is 401."""
+    ca_file = write_ca(tmp_path, ca)
+    port = free_port()
+    async with start_gateway(
+        tmp_path,
+        listen_tls=listener_tls(tmp_path, ca, "gw", client_ca_file=str(ca_file)),
+        **{"auth.mtls": {"principal_from": "subject_cn"}},
+        authz_listen=f"127.0.0.1:{port}",
+        authz_tls=listener_tls(tmp_path, ca, "authz", client_ca_file=str(ca_file)),
+    ) as gw:
+        context = client_context(ca_file, client_cert(ca, tmp_path / "client", common_name="alice"))
+        status, body = await get(
+            f"https://127.0.0.1:{port}/forward-auth",
+            context,
+            **{"X-Original-Method": "GET", "X-Original-URI": "/policy/acme-prod/quotes/q1"},
+        )
+        assert status == 401, body
+        assert gw.tokens  # the world is seeded: alice exists and would be allowed
+
+
+def test_authz_tls_without_authz_listen_is_refused(tmp_path: Path, ca: trustme.CA) -> None:
+    """authz_tls for a decision service that is not served is a config mistake."""
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={}, overrides={"authz_tls": listener_tls(tmp_path, ca, "authz")})
+    assert "authz_tls: set, but authz_listen is not" in str(raised.value)

@@ -453,8 +453,11 @@ async def serve(
                 gateway_runner, sock, backlog=BACKLOG, ssl_context=runtime.tls.listen
             ).start()
         runtime.gateway_listening = bool(listeners.gateway)
-        for sock in listeners.authz:  # the decision service (TLS, if any, is the proxy's)
-            await web.SockSite(authz_runner, sock, backlog=BACKLOG).start()
+        for sock in listeners.authz:  # the decision service; a client certificate there
+            # is the calling proxy's and never identifies the principal being decided
+            await web.SockSite(
+                authz_runner, sock, backlog=BACKLOG, ssl_context=runtime.tls.authz
+            ).start()
         runtime.authz_listening = bool(listeners.authz)
         for sock in listeners.admin:
             await web.SockSite(

@@ -343,6 +343,9 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     listen_tls: ListenerTls | None = None
     admin_tls: ListenerTls | None = None
+    # The decision service's own TLS: its client certificates are the calling proxy's,
+    # never the identity of the request being decided.
+    authz_tls: ListenerTls | None = None
     upstream_tls: UpstreamTls | None = None
     # Off unless configured here: OTEL_* environment variables never turn it on.
     tracing: TracingSettings | None = None
@@ -579,7 +582,7 @@ _PATH_KEYS: Final[dict[tuple[str, ...], Callable[[Path, str], str]]] = {
     ("audit", "sink"): _file_sink,
     **{
         (section, key): _path
-        for section in ("listen_tls", "admin_tls")
+        for section in ("listen_tls", "admin_tls", "authz_tls")
         for key in ("cert_file", "key_file", "client_ca_file")
     },
     **{("upstream_tls", key): _path for key in ("ca_file", "cert_file", "key_file")},
@@ -730,6 +733,11 @@ def _tls_problems(settings: Settings, sources: _Sources) -> list[str]:
                 f"{where(('upstream_tls',))}: set, but upstream {settings.upstream!r} "
                 "is not https://"
             )
+    if settings.authz_tls is not None and settings.authz_listen is None:
+        problems.append(
+            f"{where(('authz_tls',))}: set, but authz_listen is not (TLS for a decision "
+            "service that is not served)"
+        )
     if settings.auth.mtls is not None and (
         settings.listen_tls is None or settings.listen_tls.client_ca_file is None
     ):

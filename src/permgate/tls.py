@@ -231,12 +231,13 @@ class CertificateWatcher:
 class TlsSetup:
     """Every TLS context one process serves and connects with, and their watcher.
 
-    ``listen`` and ``admin`` are None for a plain-HTTP listener, ``upstream`` for a
+    ``listen``, ``admin`` and ``authz`` are None for a plain-HTTP listener, ``upstream`` for a
     plain-HTTP (or unix socket) upstream.
     """
 
     listen: ssl.SSLContext | None
     admin: ssl.SSLContext | None
+    authz: ssl.SSLContext | None
     upstream: ssl.SSLContext | None
     server_name: str | None
     watcher: CertificateWatcher
@@ -256,15 +257,18 @@ class TlsSetup:
             contexts.append(reloading)
             return reloading.context
 
-        listen = admin = upstream = None
+        listen = admin = authz = upstream = None
         if (listen_tls := settings.listen_tls) is not None:
             listen = build(lambda: server_context("listen_tls", listen_tls))
         if (admin_tls := settings.admin_tls) is not None:
             admin = build(lambda: server_context("admin_tls", admin_tls))
+        if (authz_tls := settings.authz_tls) is not None:
+            authz = build(lambda: server_context("authz_tls", authz_tls))
         if settings.upstream.startswith("https://"):
             upstream = build(lambda: upstream_context(settings.upstream_tls))
         if problems:
             raise ConfigError(problems)
         upstream_tls = settings.upstream_tls
         server_name = upstream_tls.server_name if upstream_tls is not None else None
-        return cls(listen, admin, upstream, server_name, CertificateWatcher(contexts, poll_seconds))
+        watcher = CertificateWatcher(contexts, poll_seconds)
+        return cls(listen, admin, authz, upstream, server_name, watcher)
