@@ -48,16 +48,9 @@ from permgate.evaluate import EvalRequest, Evaluation, Evaluator, what_if
 from permgate.modelcache import ModelCache
 from permgate.observability.tracing import trace_id_of
 from permgate.outcome import UNMAPPED_ENDPOINT, Door, RequestOutcome
-from permgate.pipeline import (
-    Gateway,
-    Observer,
-    _closing,
-    _forbidden,
-    _json,
-    _refusal,
-    _unauthenticated,
-)
+from permgate.pipeline import Gateway, Observer
 from permgate.reasons import DoorReason, Reason, Refusal
+from permgate.responses import closing, forbidden, json_response, refusal, unauthenticated
 
 __all__ = [
     "AUTHZEN_MAP",
@@ -196,9 +189,9 @@ def identity_headers(evaluation: Evaluation, request_id: str) -> dict[str, str]:
 def record_evaluation(outcome: RequestOutcome, evaluation: Evaluation) -> None:
     """Fill ``outcome`` from what the evaluation concluded (the inline gateway's rules:
     the endpoint label, the credential's failure, the decision and its reasons)."""
-    refusal = evaluation.refusal
-    if refusal is not None:
-        outcome.reason = refusal
+    refused = evaluation.refusal
+    if refused is not None:
+        outcome.reason = refused
         return
     match = evaluation.match
     outcome.endpoint = UNMAPPED_ENDPOINT if match is None else match.endpoint.id
@@ -226,13 +219,13 @@ def record_evaluation(outcome: RequestOutcome, evaluation: Evaluation) -> None:
 def render_check(evaluation: Evaluation, request_id: str) -> web.Response:
     """A proxy door's answer: 200 with the identity headers, or the gateway's refusal."""
     if evaluation.refusal is not None:
-        return _refusal(400, "bad_request", evaluation.refusal, request_id)
+        return refusal(400, "bad_request", evaluation.refusal, request_id)
     if evaluation.failure is not None:
-        return _unauthenticated(evaluation.failure, request_id)
+        return unauthenticated(evaluation.failure, request_id)
     decision = evaluation.decision
     assert decision is not None
     if not evaluation.forwarded:
-        return _forbidden(decision, request_id)
+        return forbidden(decision, request_id)
     return web.Response(status=200, headers=identity_headers(evaluation, request_id))
 
 
@@ -275,7 +268,7 @@ class DecisionService:
             return await self._check(request, "forward_auth")
         if path in (EVALUATION, EVALUATIONS):
             return await self._authzen(request, batch=path == EVALUATIONS)
-        return _json(
+        return json_response(
             404,
             {
                 "error": "not_found",
@@ -304,7 +297,7 @@ class DecisionService:
             door=None,
         )
         error = "request_timeout" if status == 408 else "bad_request"
-        response = _closing(_refusal(status, error, reason, outcome.request_id))
+        response = closing(refusal(status, error, reason, outcome.request_id))
         try:
             await self._observer.admit()
         except PermgateError:
@@ -336,7 +329,7 @@ class DecisionService:
             await self._observer.admit()
         except PermgateError as exc:
             outcome.reason = Refusal.AUDIT_OVERLOADED
-            return _refusal(exc.status_code, exc.error, outcome.reason, outcome.request_id)
+            return refusal(exc.status_code, exc.error, outcome.reason, outcome.request_id)
         return None
 
     def _finish(self, outcome: RequestOutcome, status: int, t0: float, *, recorded: bool) -> None:
@@ -354,14 +347,14 @@ class DecisionService:
         if request.remote not in self._trusted:
             outcome.reason = DoorReason.UNTRUSTED_PROXY
             outcome.detail = "the peer is not in authz_trusted_proxies"
-            return _refusal(403, "forbidden", DoorReason.UNTRUSTED_PROXY, request_id)
+            return refusal(403, "forbidden", DoorReason.UNTRUSTED_PROXY, request_id)
         if door == "envoy":
             method, target = request.method, request.raw_path[len(ENVOY_PREFIX) :]
         else:
             named = forwarded_request(request.headers)
             if isinstance(named, DoorReason):
                 outcome.reason = named
-                return _refusal(400, "bad_request", named, request_id)
+                return refusal(400, "bad_request", named, request_id)
             method, target = named
         outcome.method = method
         outcome.path = hygiene.split_target(target)[0]
@@ -377,11 +370,11 @@ class DecisionService:
             evaluation = await evaluator.evaluate(eval_request, gateway.memo)
         except StoreUnavailable:
             outcome.decision, outcome.reason = "deny", Refusal.STORE_UNAVAILABLE
-            return _refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, outcome.request_id)
+            return refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, outcome.request_id)
         except Exception:
             log.exception("decision %s failed", outcome.request_id)
             outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
-            return _refusal(500, "internal", Refusal.INTERNAL_ERROR, outcome.request_id)
+            return refusal(500, "internal", Refusal.INTERNAL_ERROR, outcome.request_id)
         record_evaluation(outcome, evaluation)
         return render_check(evaluation, outcome.request_id)
 
@@ -437,7 +430,7 @@ class DecisionService:
             )
         except StoreUnavailable:
             outcome.reason = Refusal.STORE_UNAVAILABLE
-            return _refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, request_id), [], None
+            return refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, request_id), [], None
         record_evaluation(outcome, evaluation)
         outcome.map_sha256 = AUTHZEN_MAP.sha256
         if evaluation.status != 200:
@@ -453,7 +446,7 @@ class DecisionService:
                 detail = str(exc) if isinstance(exc, _Invalid) else "the body is not a JSON object"
             outcome.detail = detail
             return (
-                _json(
+                json_response(
                     400,
                     {
                         "error": "bad_request",

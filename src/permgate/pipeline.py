@@ -22,19 +22,16 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-import orjson
 from aiohttp import HttpVersion11, web
 from cachetools import TTLCache
 
 from permgate import hygiene
 from permgate.authn import (
     Authenticator,
-    AuthFailure,
     Identity,
     PrincipalFrom,
     certificate_principal,
 )
-from permgate.decision import Decision
 from permgate.endpoints import EndpointMap
 from permgate.errors import PermgateError, StoreUnavailable
 from permgate.evaluate import EvalRequest, Evaluation, Evaluator, MemoKey, Verdict
@@ -43,13 +40,13 @@ from permgate.modelcache import ModelCache
 from permgate.observability.tracing import RequestTrace, Tracer, trace_id_of
 from permgate.outcome import UNMAPPED_ENDPOINT, RequestOutcome
 from permgate.proxy import ClientRequestError, Upstream, UpstreamError, UpstreamTiming
-from permgate.reasons import FRAMING_REASONS, Reason, Refusal
+from permgate.reasons import FRAMING_REASONS, Refusal
+from permgate.responses import closing, forbidden, refusal, unauthenticated
 
 __all__ = ["Gateway", "Observer"]
 
 log = logging.getLogger("permgate.pipeline")
 
-_JSON: Final = "application/json"
 _UPSTREAM_REASONS: Final = {
     "connect": Refusal.UPSTREAM_UNAVAILABLE,
     "timeout": Refusal.UPSTREAM_TIMEOUT,
@@ -200,7 +197,7 @@ class Gateway:
             status=status,
         )
         error = "request_timeout" if status == 408 else "bad_request"
-        response = _closing(_refusal(status, error, reason, request_id))
+        response = closing(refusal(status, error, reason, request_id))
         try:
             await self._observer.admit()
         except PermgateError:
@@ -250,21 +247,21 @@ class Gateway:
             self._observer.refused(outcome)
             if trace is not None:
                 trace.finish(outcome)
-            return _refusal(exc.status_code, exc.error, Refusal.AUDIT_OVERLOADED, request_id)
+            return refusal(exc.status_code, exc.error, Refusal.AUDIT_OVERLOADED, request_id)
         response: web.StreamResponse | None = None
         LOOKUP_CLIENT.set(outcome.client_ip or "")  # unknown-key lookups are shared per client
         try:
             response = await self._handle(request, outcome, path, query, raw_target)
         except StoreUnavailable:
             outcome.decision, outcome.reason = "deny", Refusal.STORE_UNAVAILABLE
-            response = _refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, request_id)
+            response = refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, request_id)
         except asyncio.CancelledError:
             outcome.reason = outcome.reason or Refusal.CLIENT_GONE  # the client went away mid-way
             raise
         except Exception:
             log.exception("request %s failed", request_id)
             outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
-            response = _refusal(500, "internal", Refusal.INTERNAL_ERROR, request_id)
+            response = refusal(500, "internal", Refusal.INTERNAL_ERROR, request_id)
         finally:
             # Whatever happened, the request's audit slot is used exactly once.
             outcome.status = response.status if response is not None else 499
@@ -296,12 +293,12 @@ class Gateway:
             ),
             self.memo,
         )
-        refusal = evaluation.refusal
-        if refusal is not None:
-            outcome.reason = refusal
-            answer = _refusal(400, "bad_request", refusal, outcome.request_id)
-            if refusal in FRAMING_REASONS:
-                return _closing(answer)  # what follows on this connection is in doubt
+        refused = evaluation.refusal
+        if refused is not None:
+            outcome.reason = refused
+            answer = refusal(400, "bad_request", refused, outcome.request_id)
+            if refused in FRAMING_REASONS:
+                return closing(answer)  # what follows on this connection is in doubt
             return answer
 
         endpoint_map = evaluator.endpoint_map
@@ -312,7 +309,7 @@ class Gateway:
         if failure is not None:
             outcome.reason = outcome.auth_failure = failure.reason
             outcome.detail = failure.detail
-            return _unauthenticated(failure, outcome.request_id)
+            return unauthenticated(failure, outcome.request_id)
         identity = evaluation.identity
         tenant_header = None
         if identity is not None and match is not None:
@@ -349,7 +346,7 @@ class Gateway:
             outcome.decision = "shadow_deny"
         else:
             outcome.decision = "deny"
-            return _forbidden(decision, outcome.request_id)
+            return forbidden(decision, outcome.request_id)
         return await self._forward(request, outcome, evaluation.identity, path_qs, tenant_header)
 
     async def _forward(
@@ -405,15 +402,15 @@ class Gateway:
             outcome.upstream_s = self._clock() - t_up
             gone = request.transport is None or request.transport.is_closing()
             outcome.reason = Refusal.CLIENT_GONE if gone else exc.reason
-            refusal = _refusal(exc.status_code, exc.error, exc.reason, outcome.request_id)
-            return _closing(refusal)  # the rest of the body will never be read
+            answer = refusal(exc.status_code, exc.error, exc.reason, outcome.request_id)
+            return closing(answer)  # the rest of the body will never be read
         except UpstreamError as exc:
             outcome.upstream_s = self._clock() - t_up
             outcome.upstream_error = exc.kind
             outcome.reason = _UPSTREAM_REASONS.get(exc.kind, Refusal.UPSTREAM_UNAVAILABLE)
             outcome.detail = str(exc)  # refused, timed out, TLS handshake failed: why
             error = "gateway_timeout" if exc.status_code == 504 else "bad_gateway"
-            return _refusal(exc.status_code, error, outcome.reason, outcome.request_id)
+            return refusal(exc.status_code, error, outcome.reason, outcome.request_id)
         outcome.upstream_s = timing.head_seconds
         if timing.error is not None and not timing.client_gone:
             outcome.upstream_error = timing.error.kind  # failed mid-answer: client cut off
@@ -438,40 +435,3 @@ def _protected_headers(tenant_headers: frozenset[str], forward_credential: bool)
     if forward_credential:
         names.add("authorization")
     return frozenset(names)
-
-
-def _json(
-    status: int, body: dict[str, object], headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type=_JSON, headers=headers)
-
-
-def _refusal(status: int, error: str, reason: str, request_id: str) -> web.Response:
-    return _json(status, {"error": error, "reason": reason, "request_id": request_id})
-
-
-def _closing(response: web.Response) -> web.Response:
-    """The answer ends its connection, and says so (HTTP/1.0 clients included)."""
-    response.headers["Connection"] = "close"
-    response.force_close()
-    return response
-
-
-def _unauthenticated(failure: AuthFailure, request_id: str) -> web.Response:
-    return _json(
-        401,
-        {"error": "unauthenticated", "reason": failure.reason, "request_id": request_id},
-        {"WWW-Authenticate": failure.www_authenticate},
-    )
-
-
-def _forbidden(decision: Decision, request_id: str) -> web.Response:
-    body: dict[str, object] = {
-        "error": "forbidden",
-        "reason": decision.reason,
-        "missing_permissions": list(decision.missing),
-        "request_id": request_id,
-    }
-    if decision.reason == Reason.MISSING_PERMISSION and decision.any_of:
-        body["any_of"] = list(decision.any_of)
-    return _json(403, body)
