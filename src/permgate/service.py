@@ -329,14 +329,7 @@ class ModelService:
             await self._account(tx, actor, account)
             # Unique regardless of case, in the whole deployment: an upstream comparing
             # locators case-insensitively must never see one tenant as another.
-            taken = await tx.tenant_id_folding_to(tenant_id)
-            if taken is not None:
-                same = (
-                    ""
-                    if taken == tenant_id
-                    else f" (as {taken!r}: ids are unique regardless of case)"
-                )
-                raise Conflict(f"tenant id {tenant_id!r} is already taken{same}")
+            _refuse_taken_id("tenant", tenant_id, await tx.tenant_id_folding_to(tenant_id))
             tenant = Tenant(tenant_id, account, type, mode)
             await tx.insert_tenant(tenant, self._clock())
             tx.changed("tenant", account, tenant_id)
@@ -488,13 +481,7 @@ class ModelService:
             # upstream or identity provider comparing ids case-insensitively must never
             # see one principal as another, least of all one of another account.
             taken = await tx.principal_id_folding_to(principal_id)
-            if taken is not None:
-                same = (
-                    ""
-                    if taken == principal_id
-                    else f" (as {taken!r}: ids are unique regardless of case)"
-                )
-                raise Conflict(f"principal id {principal_id!r} is already taken{same}")
+            _refuse_taken_id("principal", principal_id, taken)
             scope = await self._check_scope(tx, account, tenants)
             assignments = await self._check_assignments(tx, account, roles)
             principal = Principal(
@@ -1250,6 +1237,14 @@ class ModelService:
 
 def _session_hash(session_secret: str) -> str:
     return hashlib.sha256(session_secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _refuse_taken_id(what: str, wanted: str, taken: str | None) -> None:
+    """409 when ``wanted`` is taken, naming the stored spelling when only case differs."""
+    if taken is None:
+        return
+    same = "" if taken == wanted else f" (as {taken!r}: ids are unique regardless of case)"
+    raise Conflict(f"{what} id {wanted!r} is already taken{same}")
 
 
 def _check_id(what: str, value: object, pattern: re.Pattern[str]) -> None:
