@@ -4,7 +4,7 @@
 #
 #   bash .ci/deploy-check.sh               everything (what CI runs)
 #   bash .ci/deploy-check.sh --tools-only  only fetch helm + validators into .tools/
-#                                          (what tests/test_helm_chart.py needs)
+#                                          (what tests/deploy/test_helm_chart.py needs)
 #   bash .ci/deploy-check.sh --no-image    tools, lint, render, validate, hadolint;
 #                                          no buildah build or smoke run
 #

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bare_proxy.py PORT UPSTREAM_URL [--stream]
 
 aiohttp's low-level server (as permgate's gateway listener) plus one pooled
-``ClientSession`` (tuned like ``permgate.proxy.Upstream``: no cookie jar, no
+``ClientSession`` (tuned like ``permgate.gateway.proxy.Upstream``: no cookie jar, no
 decompression, no auto headers, DNS cached) on uvloop. It forwards method, raw
 path and query, headers minus hop-by-hop ones, and the body streamed from the
 client. The answer is read whole and sent in one ``web.Response`` (the cheapest

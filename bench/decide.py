@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from permgate.decision import Subject, decide, resolve_tenant_id
-from permgate.endpoints import Endpoint, EndpointMap, TenantSource, load_map
-from permgate.model import AuthToken, Principal, RoleAssignment, Tenant
-from permgate.roles import builtin_roles
+from permgate.core.decision import Subject, decide, resolve_tenant_id
+from permgate.core.endpoints import Endpoint, EndpointMap, TenantSource, load_map
+from permgate.core.model import AuthToken, Principal, RoleAssignment, Tenant
+from permgate.core.roles import builtin_roles
 
 ROOT = Path(__file__).resolve().parents[1]
 BY_PATH = TenantSource("path_param", "tenantLocator")

@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/evaluate.py [--base REV]
 
-``--base`` (default: the commit before ``permgate.evaluate`` existed) names the
-revision whose ``src/permgate/pipeline.py`` is the "before"; it is loaded from git
+``--base`` (default: the commit before ``permgate.gateway.evaluate`` existed) names the
+revision whose ``src/permgate/gateway/pipeline.py`` is the "before"; it is loaded from git
 next to the current one. Both gateways run on the same store, model, authenticator
 and map, in rounds in rotation (medians of CPU time per request), for requests that
 never reach an upstream:
@@ -31,12 +31,12 @@ from typing import Any
 
 from aiohttp.test_utils import make_mocked_request
 
-from permgate.authn import Authenticator
-from permgate.endpoints import load_map
-from permgate.modelcache import ModelCache
-from permgate.pipeline import Gateway
-from permgate.proxy import Upstream
-from permgate.service import Actor, ModelService
+from permgate.core.endpoints import load_map
+from permgate.gateway.authn import Authenticator
+from permgate.gateway.modelcache import ModelCache
+from permgate.gateway.pipeline import Gateway
+from permgate.gateway.proxy import Upstream
+from permgate.manage.service import Actor, ModelService
 from permgate.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ class _Observer:
 
 def _load_base_pipeline(rev: str) -> ModuleType:
     source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:src/permgate/pipeline.py"],
+        ["git", "-C", str(ROOT), "show", f"{rev}:src/permgate/gateway/pipeline.py"],
         capture_output=True,
         text=True,
         check=True,

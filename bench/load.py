@@ -277,7 +277,7 @@ def run_wrk(
 
 async def _seed(dsn: str) -> str:
     """One account, tenant, principal (read-only role) and token; the token's secret."""
-    from permgate.service import Actor, ModelService
+    from permgate.manage.service import Actor, ModelService
     from permgate.store import open_store
 
     store = await open_store(dsn)
@@ -539,13 +539,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 _PARTS: Final = (
     ("audit (on the loop)", ("permgate/observability/audit.py",)),
     ("metrics", ("permgate/observability/metrics.py", "prometheus_client/")),
-    ("hygiene", ("permgate/hygiene.py",)),
-    ("authn", ("permgate/authn.py", "permgate/token_secrets.py", "permgate/modelcache.py")),
-    ("route + decision", ("permgate/decision.py", "permgate/endpoints.py", "Gateway._decide")),
+    ("hygiene", ("permgate/gateway/hygiene.py",)),
+    ("authn", ("permgate/gateway/authn.py", "permgate/core/token_secrets.py",
+               "permgate/gateway/modelcache.py")),
+    ("route + decision", ("permgate/core/decision.py", "permgate/core/endpoints.py",
+                          "Gateway._decide")),
     ("request ids (uuid4)", ("uuid.py",)),
-    ("client half (ClientSession)", ("aiohttp/client", "aiohttp/connector", "permgate/proxy.py")),
+    ("client half (ClientSession)", ("aiohttp/client", "aiohttp/connector",
+                                     "permgate/gateway/proxy.py")),
     ("server half (aiohttp web)", ("aiohttp/web_",)),
-    ("pipeline glue", ("permgate/pipeline.py", "permgate/outcome.py", "permgate/app.py")),
+    ("pipeline glue", ("permgate/gateway/pipeline.py", "permgate/observability/outcome.py",
+                       "permgate/runtime/app.py")),
 )  # fmt: skip
 
 

@@ -46,7 +46,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from permgate.errors import ConfigError
+from permgate.core.errors import ConfigError
 
 __all__ = [
     "ENV_PREFIX",

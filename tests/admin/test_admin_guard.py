@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from admin_world import ClientFactory, World
 from aiohttp import web
 
+from admin_world import ClientFactory, World
 from permgate.admin import ADMIN_MAP, create_admin_api
-from permgate.authn import Authenticator
-from permgate.endpoints import EndpointMap
+from permgate.core.endpoints import EndpointMap
+from permgate.gateway.authn import Authenticator
 
 # Every protected operation with its path parameters filled in.
 PROTECTED = [

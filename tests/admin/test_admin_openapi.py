@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from admin_world import World
 from aiohttp import web
 
+from admin_world import World
 from permgate.admin import ADMIN_MAP
 from permgate.admin.schemas import SCHEMAS
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from admin_world import BACKENDS, World
 
-from permgate.passwords import Lockout, PasswordPolicy
-from permgate.service import Actor, LoginRefused
+from admin_world import BACKENDS, World
+from permgate.core.passwords import Lockout, PasswordPolicy
+from permgate.manage.service import Actor, LoginRefused
 
 CLI = Actor.cli()
 GOOD = "correct horse battery staple"

@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from admin_world import BACKENDS, World
 from yarl import URL
 
+from admin_world import BACKENDS, World
 from harness import Gateway
 
 SPIFFE = "spiffe://acme/svc-billing"

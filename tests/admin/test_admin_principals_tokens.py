@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from admin_world import BACKENDS, World
 
-from permgate.service import Actor
+from admin_world import BACKENDS, World
+from permgate.manage.service import Actor
 
 # -- principals ---------------------------------------------------------------------
 

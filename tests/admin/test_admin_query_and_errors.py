@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 from admin_world import BACKENDS, World
 
 INT64_MAX = 2**63 - 1

@@ -9,10 +9,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from admin_world import BACKENDS, World
 
+from admin_world import BACKENDS, World
 from harness import Gateway
-from permgate.service import Actor
+from permgate.manage.service import Actor
 
 HOUR = 3600
 

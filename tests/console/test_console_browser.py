@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from console_world import PASSWORD, seed
 
+from console_world import PASSWORD, seed
 from harness import free_port
-from permgate.app import Runtime
+from permgate.runtime.app import Runtime
 
 CHROMIUM = os.environ.get("PERMGATE_CHROMIUM", "/usr/bin/chromium")
 SHOTS = os.environ.get("PERMGATE_CONSOLE_SCREENSHOTS")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from console_world import PASSWORD, World
 
+from console_world import PASSWORD, World
 from permgate.console import create_console
 from permgate.console.session import LOGIN_COOKIE, SESSION_COOKIE
 

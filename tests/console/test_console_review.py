@@ -9,9 +9,9 @@ import time
 from urllib.parse import urlencode
 
 import pytest
-from console_world import OPS, PASSWORD, World
 
-from permgate.service import Actor
+from console_world import OPS, PASSWORD, World
+from permgate.manage.service import Actor
 from permgate.store.sql import UsageRow
 
 CLI = Actor.cli()

@@ -10,11 +10,11 @@ from pathlib import Path
 import aiohttp
 import trustme
 from aiohttp import web
-from console_world import PASSWORD, seed
 
+from console_world import PASSWORD, seed
 from harness import free_port, start_gateway
-from permgate.app import Runtime
 from permgate.console.session import SESSION_COOKIE
+from permgate.runtime.app import Runtime
 
 CSRF = re.compile(r'name="csrf" value="([^"]*)"')
 

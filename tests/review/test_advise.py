@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 
 from harness import Gateway, seed
-from permgate.service import DEFAULT_TOKEN_PREFIX, ModelService
+from permgate.core.token_secrets import token_id_of
+from permgate.manage.service import DEFAULT_TOKEN_PREFIX, ModelService
 from permgate.store import open_store
 from permgate.store.sql import UsageRow
-from permgate.token_secrets import token_id_of
 
 DAY = 86_400.0
 NOW = time.time()

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from worlds import BASE_MAP, BASE_POLICY, edited, impact_of, lines
 
 from permgate.review.diff import AccessChange
+from review_worlds import BASE_MAP, BASE_POLICY, edited, impact_of, lines
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from worlds import BASE_MAP, BASE_POLICY, edited
+
+from review_worlds import BASE_MAP, BASE_POLICY, edited
 
 ISSUE_LINE = (
     "+ {who} {tenant} quotes.issue (POST /policy/{{tenantLocator}}/quotes/{{locator}}/issue)"

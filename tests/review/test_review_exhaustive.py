@@ -8,12 +8,12 @@ import random
 
 import pytest
 
-from permgate.decision import Subject, decide
-from permgate.endpoints import NO_TENANT, Endpoint, EndpointMap, Match, TenantSource
-from permgate.model import Principal, Role, RoleAssignment, Tenant
+from permgate.core.decision import Subject, decide
+from permgate.core.endpoints import NO_TENANT, Endpoint, EndpointMap, Match, TenantSource
+from permgate.core.model import Principal, Role, RoleAssignment, Tenant
+from permgate.core.roles import builtin_roles
 from permgate.review.diff import Side, diff_access
 from permgate.review.world import World
-from permgate.roles import builtin_roles
 
 PERMISSIONS = ["quotes.read", "quotes.write", "payments.read", "invoices.read", "users.list"]
 GRANTS = [*PERMISSIONS, "quotes.*", "payments.*"]

@@ -10,17 +10,17 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import pytest
 
-import permgate.app
+import permgate.runtime.app
 from harness import Gateway, eventually, start_gateway
-from permgate.endpoints import parse_map
-from permgate.model import Principal
-from permgate.modelcache import ModelCache
+from permgate.core.endpoints import parse_map
+from permgate.core.model import Principal
+from permgate.core.token_secrets import token_id_of
+from permgate.gateway.modelcache import ModelCache
+from permgate.manage.service import Actor, ModelService
+from permgate.observability.outcome import RequestOutcome
 from permgate.observability.usage import UsageRecorder
-from permgate.outcome import RequestOutcome
-from permgate.service import Actor, ModelService
 from permgate.store import Store, open_store
 from permgate.store.sql import UsageRow
-from permgate.token_secrets import token_id_of
 from tcpproxy import TcpProxy
 
 
@@ -101,7 +101,7 @@ async def test_usage_reaches_the_store_without_an_explicit_flush(
     tmp_path: Path, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The periodic flush writes usage while the gateway runs (here every 0.1 s)."""
-    monkeypatch.setattr(permgate.app, "USAGE_FLUSH_SECONDS", 0.1)
+    monkeypatch.setattr(permgate.runtime.app, "USAGE_FLUSH_SECONDS", 0.1)
     async with start_gateway(tmp_path) as gw:
         assert await request(http, gw, "GET", "/policy/acme-prod/quotes/q1", gw.jwt("alice")) == 200
 
@@ -117,7 +117,7 @@ async def test_shutdown_flushes_what_the_timer_has_not(
 ) -> None:
     """With no periodic flush due before it stops, the gateway writes its usage on
     shutdown."""
-    monkeypatch.setattr(permgate.app, "USAGE_FLUSH_SECONDS", 3600.0)
+    monkeypatch.setattr(permgate.runtime.app, "USAGE_FLUSH_SECONDS", 3600.0)
     async with start_gateway(tmp_path) as gw:
         for _ in range(3):
             assert (

@@ -9,8 +9,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from permgate.errors import ConfigError, StoreUnavailable
-from permgate.service import Actor, ModelService
+from permgate.core.errors import ConfigError, StoreUnavailable
+from permgate.manage.service import Actor, ModelService
 from permgate.store import Change, Store, open_store
 from permgate.store.migrations import LATEST
 from pgtools import PG_DSN

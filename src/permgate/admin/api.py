@@ -59,13 +59,13 @@ from permgate.admin.render import (
     token_json,
 )
 from permgate.admin.schemas import SCHEMAS, validate
-from permgate.authn import Authenticator
-from permgate.decision import scope_beyond
-from permgate.endpoints import EndpointMap
-from permgate.errors import InvalidInput, ModelError
-from permgate.model import Role, Tenant
-from permgate.modelcache import ModelCache
-from permgate.service import ModelService
+from permgate.core.decision import scope_beyond
+from permgate.core.endpoints import EndpointMap
+from permgate.core.errors import InvalidInput, ModelError
+from permgate.core.model import Role, Tenant
+from permgate.gateway.authn import Authenticator
+from permgate.gateway.modelcache import ModelCache
+from permgate.manage.service import ModelService
 
 __all__ = ["ADMIN_MAP", "create_admin_api"]
 

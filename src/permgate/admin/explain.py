@@ -1,6 +1,6 @@
 """``POST /v1/explain``: the decision the gateway would make, with its reasons.
 
-It calls the gateway's own evaluation (:mod:`permgate.evaluate`: request hygiene,
+It calls the gateway's own evaluation (:mod:`permgate.gateway.evaluate`: request hygiene,
 route, public, authenticate, tenant, permissions) on the gateway's current map
 against the in-memory model, so what it answers is what the next real request gets.
 A hygiene refusal or an authentication failure is a ``deny`` with the gateway's
@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from permgate.admin.render import ApiError
-from permgate.authn import Authenticator, AuthFailure
-from permgate.endpoints import EndpointMap
-from permgate.evaluate import Evaluator, explanation, what_if
-from permgate.model import Principal
-from permgate.modelcache import ModelCache
+from permgate.core.endpoints import EndpointMap
+from permgate.core.model import Principal
+from permgate.gateway.authn import Authenticator, AuthFailure
+from permgate.gateway.evaluate import Evaluator, explanation, what_if
+from permgate.gateway.modelcache import ModelCache
 
 __all__ = ["explain"]
 

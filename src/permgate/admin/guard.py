@@ -1,6 +1,6 @@
 """The admin API's guard: permgate's own evaluation applied to the admin API.
 
-Every request is evaluated by :mod:`permgate.evaluate` against the admin endpoint map
+Every request is evaluated by :mod:`permgate.gateway.evaluate` against the admin endpoint map
 (``admin_map.yaml``) with the gateway's :class:`Authenticator`: request hygiene,
 route, public, authenticate, permissions with the caller's roles and token, so an
 auth token is capped by its grants and its owner here exactly as on the gateway. The
@@ -20,18 +20,24 @@ from typing import Final
 
 from aiohttp import web
 
-from permgate import hygiene
 from permgate.admin.openapi import query_schemas
 from permgate.admin.render import ApiError
 from permgate.admin.schemas import parse_query
-from permgate.authn import Authenticator, Identity
-from permgate.decision import Decision, Subject, decide
-from permgate.endpoints import Endpoint, EndpointMap, Match, parse_map
-from permgate.errors import Forbidden, InvalidInput, InvalidPermission, ModelError, StoreUnavailable
-from permgate.evaluate import EvalRequest, Evaluator
-from permgate.modelcache import ModelCache
-from permgate.reasons import HygieneReason
-from permgate.service import Actor
+from permgate.core.decision import Decision, Subject, decide
+from permgate.core.endpoints import Endpoint, EndpointMap, Match, parse_map
+from permgate.core.errors import (
+    Forbidden,
+    InvalidInput,
+    InvalidPermission,
+    ModelError,
+    StoreUnavailable,
+)
+from permgate.core.reasons import HygieneReason
+from permgate.gateway import hygiene
+from permgate.gateway.authn import Authenticator, Identity
+from permgate.gateway.evaluate import EvalRequest, Evaluator
+from permgate.gateway.modelcache import ModelCache
+from permgate.manage.service import Actor
 
 __all__ = [
     "ADMIN_MAP",

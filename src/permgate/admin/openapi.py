@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from permgate.admin.schemas import SCHEMAS
-from permgate.endpoints import EndpointMap
+from permgate.core.endpoints import EndpointMap
 
 __all__ = ["build_document", "query_schemas"]
 

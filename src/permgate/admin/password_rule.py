@@ -10,7 +10,7 @@ the token may grant, so a token without principals.write must not buy that.
 from __future__ import annotations
 
 from permgate.admin.guard import SET_OTHERS_PASSWORD, Caller, authorize
-from permgate.service import ModelService
+from permgate.manage.service import ModelService
 
 __all__ = ["check_password_setter"]
 

@@ -14,8 +14,8 @@ from typing import Final
 import orjson
 from aiohttp import web
 
-from permgate.model import AuthToken, Principal, Role, Tenant
-from permgate.passwords import PasswordPolicy
+from permgate.core.model import AuthToken, Principal, Role, Tenant
+from permgate.core.passwords import PasswordPolicy
 from permgate.store.base import AuditRecord
 
 __all__ = [

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from permgate.admin.render import ApiError
-from permgate.errors import MapError
+from permgate.core.errors import MapError
 from permgate.review.diff import Side, diff_access
 from permgate.review.render import impact_json
 from permgate.review.world import World, check_policy, overlay_policy
 
 if TYPE_CHECKING:
-    from permgate.endpoints import EndpointMap
-    from permgate.model import Enforcement
+    from permgate.core.endpoints import EndpointMap
+    from permgate.core.model import Enforcement
     from permgate.store.base import Store
 
 __all__ = ["DIFF_KEYS", "diff_body", "diff_json"]
@@ -92,8 +92,8 @@ async def diff_json(
     default_enforcement: Enforcement,
 ) -> bytes:
     """The JSON answer of ``POST /v1/diff`` for a caller of ``account``."""
-    from permgate.endpoints import parse_map
-    from permgate.policy_file import PolicyError, parse_policy
+    from permgate.core.endpoints import parse_map
+    from permgate.manage.policy_file import PolicyError, parse_policy
 
     policy_text, map_text, prune = diff_body(raw)
     try:

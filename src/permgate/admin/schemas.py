@@ -13,7 +13,7 @@ the OpenAPI document lists for them: unknown, repeated, malformed and out-of-ran
 values are all reported, each naming the parameter.
 
 Only the *shape* is checked here; the model's rules (permission grammar, tenant
-existence, who may change what) stay in :class:`permgate.service.ModelService`.
+existence, who may change what) stay in :class:`permgate.manage.service.ModelService`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from permgate.errors import InvalidInput
-from permgate.model import ENFORCEMENTS, PRINCIPAL_KINDS, TENANT_TYPES
+from permgate.core.errors import InvalidInput
+from permgate.core.model import ENFORCEMENTS, PRINCIPAL_KINDS, TENANT_TYPES
 
 __all__ = ["SCHEMAS", "parse_query", "validate"]
 

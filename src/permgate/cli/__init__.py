@@ -20,7 +20,7 @@ from permgate.cli._common import (
     merge_global_arguments,
     warn_ignored_variables,
 )
-from permgate.errors import PermgateError
+from permgate.core.errors import PermgateError
 
 # command words -> (module, one-line help)
 COMMANDS: Final[dict[str, tuple[str, str]]] = {

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from permgate.config import ENV_PREFIX, Settings, ignored_variables, load_settings
-from permgate.errors import ConfigError
+from permgate.core.errors import ConfigError
 
 DEFAULT_CONFIG: Final = "permgate.yaml"
 CONFIG_VARIABLE: Final = f"{ENV_PREFIX}CONFIG"

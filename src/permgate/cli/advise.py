@@ -46,7 +46,7 @@ class _BadInput(Exception):
 
 def run(args: argparse.Namespace) -> int:
     """Print the advice; 0 whenever it answers, 2 on bad input or an unknown subject."""
-    from permgate.errors import ConfigError, StoreUnavailable
+    from permgate.core.errors import ConfigError, StoreUnavailable
     from permgate.review.advise import MAX_DAYS, UnknownSubject, advice_text
 
     text = str(args.days).strip()

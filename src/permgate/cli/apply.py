@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from permgate.cli._common import add_common_arguments, settings_from_args
 
 if TYPE_CHECKING:
-    from permgate.policy_file import Policy
+    from permgate.manage.policy_file import Policy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, plan, apply; exit 1 with every FILE:LINE error when the file is invalid."""
-    from permgate.policy_file import PolicyError, load_policy
+    from permgate.manage.policy_file import PolicyError, load_policy
 
     try:
         policy = load_policy(args.file)
@@ -71,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _grant_warnings(policy: Policy, map_path: str) -> list[str]:
     """Warnings about grants the map at ``map_path`` never requires; one line if unreadable."""
-    from permgate.endpoints import load_map
-    from permgate.errors import MapError
-    from permgate.policy_file import unused_grants
+    from permgate.core.endpoints import load_map
+    from permgate.core.errors import MapError
+    from permgate.manage.policy_file import unused_grants
 
     try:
         endpoint_map = load_map(map_path)
@@ -88,8 +88,8 @@ def _grant_warnings(policy: Policy, map_path: str) -> list[str]:
 
 
 async def _apply(policy: object, settings: object, *, prune: bool, dry_run: bool) -> list[str]:
-    from permgate.policy_file import Policy, apply_plan, plan_policy
-    from permgate.service import Actor, operator_service
+    from permgate.manage.policy_file import Policy, apply_plan, plan_policy
+    from permgate.manage.service import Actor, operator_service
 
     assert isinstance(policy, Policy)
     async with operator_service(settings) as service:  # type: ignore[arg-type]

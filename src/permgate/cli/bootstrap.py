@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
 async def _bootstrap(
     settings: Any, account: str, principal_id: str, expires_in: int | None
 ) -> dict[str, Any]:
-    from permgate.errors import Conflict
-    from permgate.model import SCOPE_ANY
-    from permgate.roles import ADMIN
-    from permgate.service import Actor, operator_service
+    from permgate.core.errors import Conflict
+    from permgate.core.model import SCOPE_ANY
+    from permgate.core.roles import ADMIN
+    from permgate.manage.service import Actor, operator_service
 
     actor = Actor.cli()
     notes: list[str] = []

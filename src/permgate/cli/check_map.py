@@ -11,8 +11,8 @@ import json
 import sys
 
 from permgate.cli._common import add_common_arguments
-from permgate.endpoints import load_map
-from permgate.errors import MapError
+from permgate.core.endpoints import load_map
+from permgate.core.errors import MapError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

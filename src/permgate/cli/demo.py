@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, map_path: Path) -> int:
-    from permgate.app import install_uvloop
+    from permgate.runtime.app import install_uvloop
 
     install_uvloop()
     try:
@@ -93,11 +93,11 @@ def _port(wanted: int) -> int:
 async def _demo(map_path: Path, port: int, admin_port: int) -> None:
     from aiohttp import web
 
-    from permgate.app import serve
     from permgate.config import load_settings
     from permgate.demo.seed import seed
     from permgate.demo.upstream import sample_api
-    from permgate.service import ModelService
+    from permgate.manage.service import ModelService
+    from permgate.runtime.app import serve
     from permgate.store import open_store
 
     with tempfile.TemporaryDirectory(prefix="permgate-demo-") as folder:

@@ -26,7 +26,7 @@ from permgate.cli._common import add_common_arguments, settings_from_args
 
 if TYPE_CHECKING:
     from permgate.config import Settings
-    from permgate.policy_file import Policy
+    from permgate.manage.policy_file import Policy
     from permgate.review.diff import Side
     from permgate.review.world import World
 
@@ -76,8 +76,8 @@ class _BadInput(Exception):
 
 def run(args: argparse.Namespace) -> int:
     """Print the impact; 0 without changes, 1 with, 2 on bad input."""
-    from permgate.errors import ConfigError, MapError, StoreUnavailable
-    from permgate.policy_file import PolicyError
+    from permgate.core.errors import ConfigError, MapError, StoreUnavailable
+    from permgate.manage.policy_file import PolicyError
     from permgate.review.diff import diff_access
     from permgate.review.render import impact_json, impact_markdown, impact_text
 
@@ -115,8 +115,8 @@ def _fail(lines: list[str]) -> int:
 
 async def _sides(args: argparse.Namespace) -> tuple[Side, Side]:
     """Load both maps and both worlds (the store only when it is a side)."""
-    from permgate.endpoints import load_map
-    from permgate.policy_file import load_policy
+    from permgate.core.endpoints import load_map
+    from permgate.manage.policy_file import load_policy
     from permgate.review.diff import Side
 
     needs_settings = args.map is None or args.to_map is None or args.policy is None

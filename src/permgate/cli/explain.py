@@ -1,7 +1,7 @@
 """``permgate explain (--token CREDENTIAL | --principal ID) METHOD TARGET``: the
 decision the gateway would make, with its reasons, from the configured map and store.
 
-It runs the gateway's own evaluation (:mod:`permgate.evaluate`) with the
+It runs the gateway's own evaluation (:mod:`permgate.gateway.evaluate`) with the
 authenticator the gateway builds from the same settings (auth tokens, and JWTs with
 the configured keys or JWKS): request hygiene, route, public, authenticate, tenant,
 permissions. ``--token`` takes any bearer credential the gateway accepts (an auth
@@ -23,7 +23,7 @@ from permgate.cli._common import add_common_arguments, settings_from_args
 
 if TYPE_CHECKING:
     from permgate.config import Settings
-    from permgate.endpoints import EndpointMap
+    from permgate.core.endpoints import EndpointMap
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the decision (text, or one JSON document with --json)."""
-    from permgate.endpoints import load_map
+    from permgate.core.endpoints import load_map
 
     settings = settings_from_args(args)
     endpoint_map = load_map(args.map or settings.endpoint_map)
@@ -79,16 +79,16 @@ def run(args: argparse.Namespace) -> int:
 async def _explain(
     settings: Settings, endpoint_map: EndpointMap, args: argparse.Namespace
 ) -> dict[str, Any]:
-    from permgate.authn import Authenticator
-    from permgate.evaluate import (
+    from permgate.gateway.authn import Authenticator
+    from permgate.gateway.evaluate import (
         Evaluator,
         explanation,
         map_tenant_headers,
         tenant_claims,
         what_if,
     )
-    from permgate.jwks import JwtVerifier
-    from permgate.modelcache import ModelCache
+    from permgate.gateway.jwks import JwtVerifier
+    from permgate.gateway.modelcache import ModelCache
     from permgate.store import open_store
 
     value = args.tenant_header

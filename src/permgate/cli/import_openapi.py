@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 from permgate.cli._common import add_common_arguments
-from permgate.endpoints import load_map
-from permgate.errors import MapError
-from permgate.openapi_import import (
+from permgate.core.endpoints import load_map
+from permgate.core.errors import MapError
+from permgate.maps.openapi_import import (
     TENANT_PARAM,
     SpecError,
     diff_map,

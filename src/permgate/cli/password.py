@@ -18,7 +18,7 @@ import sys
 from typing import Any, TextIO
 
 from permgate.cli._common import add_common_arguments, settings_from_args
-from permgate.errors import InvalidInput
+from permgate.core.errors import InvalidInput
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,8 +67,8 @@ def read_password(stream: TextIO) -> str:
 
 
 async def _set(settings: Any, principal_id: str, password: str) -> dict[str, Any]:
-    from permgate.errors import NotFound
-    from permgate.service import Actor, operator_service
+    from permgate.core.errors import NotFound
+    from permgate.manage.service import Actor, operator_service
 
     async with operator_service(settings) as service:
         await service.set_password(Actor.cli(), principal_id, password)

@@ -26,8 +26,8 @@ from types import FrameType
 
 from permgate.cli._common import add_common_arguments, settings_from_args
 from permgate.config import Settings
-from permgate.listeners import FDS_ENV, Listeners, bind_listeners, describe
 from permgate.observability.logs import configure_logging
+from permgate.runtime.listeners import FDS_ENV, Listeners, bind_listeners, describe
 
 # Set in each worker's environment; deliberately outside the PERMGATE_ config namespace.
 WORKER_ENV = "_PERMGATE_WORKER"
@@ -82,7 +82,7 @@ def _per_worker(settings: Settings, worker: str) -> Settings:
 
 def _run_one(settings: Settings, listeners: Listeners | None, *, worker: bool) -> int:
     """Serve in this process, on ``listeners`` (a worker's) or on sockets bound here."""
-    from permgate.app import install_uvloop, serve
+    from permgate.runtime.app import install_uvloop, serve
 
     install_uvloop()
     if not worker:
@@ -116,9 +116,9 @@ def _check_map_and_store(settings: Settings) -> None:
     schema brought up to date once, not by N workers at the same time)."""
     import asyncio
 
-    from permgate.endpoints import load_map
+    from permgate.core.endpoints import load_map
+    from permgate.runtime.tls import TlsSetup
     from permgate.store import open_store
-    from permgate.tls import TlsSetup
 
     TlsSetup.from_settings(settings)  # certificate files that cannot be used
     load_map(settings.endpoint_map)
@@ -151,7 +151,7 @@ def _run_workers(args: argparse.Namespace, settings: Settings) -> int:
         prepare_multiprocess_dir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
         env = {**os.environ, FDS_ENV: listeners.to_env()}
         # One change counter for every worker: an admin API change binds all before answering.
-        from permgate import changeepoch
+        from permgate.gateway import changeepoch
 
         env[changeepoch.ENV] = changeepoch.create_file()
         atexit.register(changeepoch.remove_file, env[changeepoch.ENV])

@@ -16,7 +16,7 @@ suite is built into a temporary SQLite store, so no server is needed. Format::
         expect: allow                       # allow | deny
         reason: missing_permission          # optional: the decision's reason too
 
-Each case is evaluated as the gateway evaluates a request (:mod:`permgate.evaluate`):
+Each case is evaluated as the gateway evaluates a request (:mod:`permgate.gateway.evaluate`):
 request hygiene, route, authenticate, tenant, permissions. A ``principal`` case is that
 principal with a fresh login (a claim tenant is read from the header of the same
 name); a ``token`` case creates an auth token of that shape and presents it as a
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     """Run every case; print failures and a summary; 1 on any failure."""
     import yaml
 
-    from permgate.errors import MapError
+    from permgate.core.errors import MapError
 
     suite_path = Path(args.file)
     source = str(suite_path)
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
-    from permgate.policy_file import PolicyError
+    from permgate.manage.policy_file import PolicyError
 
     try:
         failures, total = asyncio.run(suite.run())
@@ -110,8 +110,8 @@ class _Suite:
     def parse(cls, root: Any, source: str, base: Path) -> _Suite:
         import yaml
 
-        from permgate.endpoints import load_map
-        from permgate.policy_file import PolicyError, load_policy, parse_policy_node
+        from permgate.core.endpoints import load_map
+        from permgate.manage.policy_file import PolicyError, load_policy, parse_policy_node
 
         errors: list[str] = []
         if not isinstance(root, yaml.MappingNode):
@@ -170,11 +170,11 @@ class _Suite:
         return cls(source, endpoint_map, policy, cases)
 
     async def run(self) -> tuple[list[str], int]:
-        from permgate.authn import Authenticator
-        from permgate.evaluate import Evaluator
-        from permgate.modelcache import ModelCache
-        from permgate.policy_file import apply_plan, plan_policy
-        from permgate.service import Actor, ModelService
+        from permgate.gateway.authn import Authenticator
+        from permgate.gateway.evaluate import Evaluator
+        from permgate.gateway.modelcache import ModelCache
+        from permgate.manage.policy_file import apply_plan, plan_policy
+        from permgate.manage.service import Actor, ModelService
         from permgate.store import open_store
 
         failures: list[str] = []
@@ -201,9 +201,9 @@ class _Suite:
         """Evaluate the case as the gateway would: the principal with a fresh
         credential, or a new auth token of the case's shape presented as a client
         presents it."""
-        from permgate.errors import ModelError
-        from permgate.evaluate import what_if
-        from permgate.service import Actor
+        from permgate.core.errors import ModelError
+        from permgate.gateway.evaluate import what_if
+        from permgate.manage.service import Actor
 
         name = case.get("name") or f"{case['method']} {case['path']}"
         where = f"{self.source}:{case['_line']}: case {name!r}"

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from permgate.cli._common import add_common_arguments, settings_from_args
-from permgate.errors import InvalidInput
-from permgate.token_secrets import TOKEN_ID_LENGTH, token_id_of
+from permgate.core.errors import InvalidInput
+from permgate.core.token_secrets import TOKEN_ID_LENGTH, token_id_of
 
 _TOKEN_ID: Final = re.compile(rf"[a-z0-9]{{{TOKEN_ID_LENGTH}}}")
 # A longer argument that is not a secret of ours may still be someone's credential.
@@ -173,7 +173,7 @@ def _token_json(token: Any) -> dict[str, Any]:
 
 
 async def _create(settings: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from permgate.service import Actor, operator_service
+    from permgate.manage.service import Actor, operator_service
 
     async with operator_service(settings) as service:
         token, secret = await service.create_token(
@@ -189,8 +189,8 @@ async def _create(settings: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _list(settings: Any, owner: str) -> list[dict[str, Any]]:
-    from permgate.errors import NotFound
-    from permgate.service import operator_service
+    from permgate.core.errors import NotFound
+    from permgate.manage.service import operator_service
 
     async with operator_service(settings) as service:
         if await service.store.get_principal(owner) is None:
@@ -200,7 +200,7 @@ async def _list(settings: Any, owner: str) -> list[dict[str, Any]]:
 
 
 async def _revoke(settings: Any, token_id: str) -> dict[str, Any]:
-    from permgate.service import Actor, operator_service
+    from permgate.manage.service import Actor, operator_service
 
     async with operator_service(settings) as service:
         token = await service.revoke_token(Actor.cli(), token_id)

@@ -1,6 +1,6 @@
 """The access map: who can call what, on which tenant, decided by the pure core.
 
-Every cell is :func:`permgate.decision.decide` run for one principal, one tenant and
+Every cell is :func:`permgate.core.decision.decide` run for one principal, one tenant and
 one endpoint of the live map, exactly as the gateway would decide a request there
 (tenant scope, then every permission), so the picture cannot disagree with the
 gateway. Endpoints are shown in groups: an endpoint's group is the group of the
@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from permgate.decision import Subject, decide
-from permgate.endpoints import Endpoint, EndpointMap, Match
-from permgate.model import Principal, Role, Tenant
+from permgate.core.decision import Subject, decide
+from permgate.core.endpoints import Endpoint, EndpointMap, Match
+from permgate.core.model import Principal, Role, Tenant
 
 __all__ = [
     "NO_TENANT",

@@ -21,10 +21,8 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from permgate import hygiene
 from permgate.admin.guard import Caller
 from permgate.admin.render import ApiError
-from permgate.authn import Authenticator, AuthFailure, Identity
 from permgate.console.decisions import RecentDecisions
 from permgate.console.pages import (
     ERROR,
@@ -44,14 +42,16 @@ from permgate.console.session import (
     new_login_csrf,
     set_cookie,
 )
-from permgate.decision import Subject
-from permgate.endpoints import EndpointMap
-from permgate.errors import InvalidPermission, ModelError, StoreUnavailable
-from permgate.modelcache import ModelCache
-from permgate.passwords import LoginRefused
-from permgate.reasons import AuthReason
-from permgate.service import Actor, ModelService
-from permgate.token_secrets import token_id_of
+from permgate.core.decision import Subject
+from permgate.core.endpoints import EndpointMap
+from permgate.core.errors import InvalidPermission, ModelError, StoreUnavailable
+from permgate.core.passwords import LoginRefused
+from permgate.core.reasons import AuthReason
+from permgate.core.token_secrets import token_id_of
+from permgate.gateway import hygiene
+from permgate.gateway.authn import Authenticator, AuthFailure, Identity
+from permgate.gateway.modelcache import ModelCache
+from permgate.manage.service import Actor, ModelService
 
 __all__ = ["IDLE_SECONDS", "LIFETIME_SECONDS", "create_console"]
 

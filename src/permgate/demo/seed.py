@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from permgate.service import Actor, ModelService
+from permgate.manage.service import Actor, ModelService
 
 ACCOUNT: Final = "acme"
 PRODUCTION: Final = "acme-prod"

@@ -41,9 +41,9 @@ from typing import IO, TYPE_CHECKING, Any, Final, Protocol, cast
 import orjson
 
 from permgate.config import AuditSettings
-from permgate.errors import PermgateError
-from permgate.outcome import RequestOutcome
-from permgate.reasons import Refusal
+from permgate.core.errors import PermgateError
+from permgate.core.reasons import Refusal
+from permgate.observability.outcome import RequestOutcome
 
 if TYPE_CHECKING:
     from permgate.observability.metrics import Metrics

@@ -3,7 +3,7 @@
 Metrics live on a :class:`~prometheus_client.CollectorRegistry` owned by the app
 (never the process-global default), so tests and several apps in one process do
 not collide. The pipeline reports each request once, as a
-:class:`~permgate.outcome.RequestOutcome`, and :meth:`Metrics.observe` derives every
+:class:`~permgate.observability.outcome.RequestOutcome`, and :meth:`Metrics.observe` derives every
 per-request metric from it.
 
 Counting rule for ``permgate_decisions_total``: **every** outcome counts exactly
@@ -49,10 +49,10 @@ from prometheus_client import (
 )
 from prometheus_client.metrics_core import Metric
 
-from permgate.outcome import RequestOutcome
+from permgate.observability.outcome import RequestOutcome
 
 if TYPE_CHECKING:
-    from permgate.endpoints import EndpointMap
+    from permgate.core.endpoints import EndpointMap
 
 __all__ = [
     "DECISION_BUCKETS",

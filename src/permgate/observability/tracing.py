@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import Span
 
-    from permgate.outcome import RequestOutcome
+    from permgate.observability.outcome import RequestOutcome
 
 __all__ = ["RequestTrace", "Tracer", "trace_id_of"]
 

@@ -25,18 +25,18 @@ its rows for the next flush within the same bound.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Final, Protocol
 
-from permgate.decision import Reason, effective_grants
-from permgate.errors import StoreUnavailable
-from permgate.permissions import GrantSet
+from permgate.core.decision import Reason, effective_grants
+from permgate.core.errors import StoreUnavailable
+from permgate.core.model import AuthToken, Principal, Role
+from permgate.core.permissions import GrantSet
 from permgate.store.sql import UsageRow
 
 if TYPE_CHECKING:
-    from permgate.endpoints import EndpointMap
-    from permgate.modelcache import ModelCache
-    from permgate.outcome import RequestOutcome
+    from permgate.core.endpoints import EndpointMap
+    from permgate.observability.outcome import RequestOutcome
     from permgate.store.base import Store
 
 __all__ = ["DEFAULT_MAX_KEYS", "UsageRecorder"]
@@ -51,12 +51,21 @@ _Key = tuple[str, str, str | None, str | None, tuple[str, ...], tuple[str, ...]]
 _RowKey = tuple[str, str | None, str | None, str]
 
 
+class ModelReader(Protocol):
+    """What the recorder reads of the live model (the gateway's model cache): it sits
+    below the gateway, so it names the three reads it needs rather than the cache."""
+
+    async def principal(self, principal_id: str) -> Principal | None: ...
+    async def token(self, token_id: str) -> AuthToken | None: ...
+    async def roles(self, account: str) -> Mapping[str, Role]: ...
+
+
 class UsageRecorder:
     """Aggregates allowed requests in memory and writes them to the store in batches."""
 
     def __init__(
         self,
-        model: ModelCache,
+        model: ModelReader,
         endpoint_map: Callable[[], EndpointMap],
         *,
         max_keys: int = DEFAULT_MAX_KEYS,

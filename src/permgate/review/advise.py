@@ -10,7 +10,7 @@ last ``days`` days and answers, for a principal or a token:
 * ``unused_grants``: the grants it holds that cover no exercised permission. A
   principal's grant is held through a role assignment and counts as used only by
   uses on the tenants that assignment applies to (every tenant when it names none).
-  Coverage is the pure core's (:class:`permgate.permissions.GrantSet`), so ``group.*``
+  Coverage is the pure core's (:class:`permgate.core.permissions.GrantSet`), so ``group.*``
   and ``*.*`` are used when any permission they cover was. The built-in read rule of
   ``read-only`` and ``claims-only`` is not a grant string and is not listed;
 * ``suggested_grants``: the exercised permissions themselves, exact and never
@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from permgate.permissions import GrantSet
-from permgate.roles import ADMIN
+from permgate.core.permissions import GrantSet
+from permgate.core.roles import ADMIN
 
 if TYPE_CHECKING:
-    from permgate.model import AuthToken, Principal, Role
+    from permgate.core.model import AuthToken, Principal, Role
     from permgate.store.base import Store
     from permgate.store.sql import UsageRow
 

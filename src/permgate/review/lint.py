@@ -25,15 +25,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
-from permgate.decision import missing_permissions
-from permgate.endpoints import Endpoint, EndpointMap
-from permgate.model import Role
-from permgate.permissions import GrantSet
+from permgate.core.decision import missing_permissions
+from permgate.core.endpoints import Endpoint, EndpointMap
+from permgate.core.model import Role
+from permgate.core.permissions import GrantSet
+from permgate.core.roles import ADMIN, BUILTIN_ROLE_NAMES, FULL_ACCESS, role_grants
 from permgate.review.world import EMPTY_WORLD, World, overlay_policy
-from permgate.roles import ADMIN, BUILTIN_ROLE_NAMES, FULL_ACCESS, role_grants
 
 if TYPE_CHECKING:
-    from permgate.policy_file import Policy
+    from permgate.manage.policy_file import Policy
 
 __all__ = [
     "RULES",

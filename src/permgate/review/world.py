@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, cast
 
-from permgate.model import (
+from permgate.core.model import (
     Enforcement,
     Principal,
     PrincipalKind,
@@ -27,10 +27,10 @@ from permgate.model import (
     Tenant,
     TenantType,
 )
-from permgate.roles import builtin_roles
+from permgate.core.roles import builtin_roles
 
 if TYPE_CHECKING:
-    from permgate.policy_file import AccountSpec, Policy
+    from permgate.manage.policy_file import AccountSpec, Policy
     from permgate.store.base import Store
 
 __all__ = ["EMPTY_WORLD", "World", "check_policy", "overlay_policy", "world_from_store"]
@@ -140,9 +140,9 @@ def _prune(spec: AccountSpec, roles: dict[str, Role], principals: dict[str, Prin
 
 
 async def check_policy(store: Store, policy: Policy, *, prune: bool = False) -> None:
-    """Raise :class:`permgate.policy_file.PolicyError` when ``permgate apply`` would
+    """Raise :class:`permgate.manage.policy_file.PolicyError` when ``permgate apply`` would
     refuse ``policy`` on ``store`` (unknown roles or tenants, a tenant of another
     account, a changed tenant type...). Reads only; writes nothing."""
-    from permgate.policy_file import plan_policy
+    from permgate.manage.policy_file import plan_policy
 
     await plan_policy(store, policy, prune=prune)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from permgate.errors import ConfigError, StoreUnavailable
+from permgate.core.errors import ConfigError, StoreUnavailable
 from permgate.store.base import AuditRecord, Change, Store, StoreReader
 from permgate.store.migrations import LATEST
 
@@ -57,7 +57,7 @@ async def open_store(dsn: str, *, schema_target: int = LATEST) -> Store:
     """Open the store a DSN names and bring its schema up to date.
 
     Raises :class:`ConfigError` for a DSN of no known form and
-    :class:`permgate.errors.StoreUnavailable` (naming the file or host) when the
+    :class:`permgate.core.errors.StoreUnavailable` (naming the file or host) when the
     store cannot be opened. ``schema_target`` exists for migration tests.
     """
     path = sqlite_path(dsn)

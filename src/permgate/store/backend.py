@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import Final
 
-from permgate.errors import StoreUnavailable
-from permgate.model import AuthToken, Principal, Role, Tenant
+from permgate.core.errors import StoreUnavailable
+from permgate.core.model import AuthToken, Principal, Role, Tenant
 from permgate.store.base import AuditRecord, Change, OnChanges, OnReset
 from permgate.store.sql import Transaction, UsageRow
 

@@ -2,7 +2,7 @@
 
 The gateway reads through :class:`StoreReader` (a handful of point lookups whose
 results it caches) and learns about changes through :meth:`Store.watch`. Every
-write goes through :mod:`permgate.service`, never straight to a backend, so the
+write goes through :mod:`permgate.manage.service`, never straight to a backend, so the
 rules for changing the model live in one place.
 
 Change notification contract:
@@ -23,7 +23,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from permgate.model import AuthToken, Principal, Role, Tenant
+from permgate.core.model import AuthToken, Principal, Role, Tenant
 
 if TYPE_CHECKING:
     from permgate.store.sql import Transaction, UsageRow
@@ -67,7 +67,7 @@ class StoreReader(Protocol):
     async def version(self) -> int: ...
 
     async def ping(self) -> None:
-        """Raise :class:`permgate.errors.StoreUnavailable` when the store is unreachable."""
+        """Raise :class:`permgate.core.errors.StoreUnavailable` when the store is unreachable."""
         ...
 
 
@@ -88,7 +88,7 @@ class AuditRecord:
 
 class Store(StoreReader, Protocol):
     """A whole backend: the reads above, listings for the admin API, the one write
-    path (:meth:`write`, used only by :mod:`permgate.service`) and change watching."""
+    path (:meth:`write`, used only by :mod:`permgate.manage.service`) and change watching."""
 
     dsn: str
     last_version: int
@@ -134,7 +134,7 @@ class Store(StoreReader, Protocol):
 
     def write(self) -> AbstractAsyncContextManager[Transaction]:
         """One serialised write transaction; its change-log rows and notification are
-        committed with it. Only :mod:`permgate.service` calls this."""
+        committed with it. Only :mod:`permgate.manage.service` calls this."""
         ...
 
     async def watch(self, on_changes: OnChanges, on_reset: OnReset) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
-from permgate.errors import StoreUnavailable
+from permgate.core.errors import StoreUnavailable
 
 if TYPE_CHECKING:
     from permgate.store.sql import Connection

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from permgate.errors import Conflict, PermgateError, StoreUnavailable
+from permgate.core.errors import Conflict, PermgateError, StoreUnavailable
 from permgate.store.backend import SqlStore, log
 from permgate.store.migrations import LATEST, migrate
 from permgate.store.sql import NOTIFY_CHANNEL, Transaction

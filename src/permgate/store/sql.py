@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from permgate.model import AuthToken, Principal, Role, RoleAssignment, Tenant
+from permgate.core.model import AuthToken, Principal, Role, RoleAssignment, Tenant
 from permgate.store.base import AuditRecord, Change, ChangeKind
 
 __all__ = [

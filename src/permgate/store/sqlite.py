@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import aiosqlite
 
-from permgate.errors import Conflict, PermgateError, StoreUnavailable
+from permgate.core.errors import Conflict, PermgateError, StoreUnavailable
 from permgate.store.backend import SqlStore, log
 from permgate.store.migrations import LATEST, migrate
 from permgate.store.sql import Transaction

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from permgate.authn import Authenticator
 from permgate.console.decisions import RecentDecisions
 from permgate.console.pages.access import AccessPages
 from permgate.console.pages.audit import AuditPages
@@ -37,9 +36,10 @@ from permgate.console.pages.roles import RolePages
 from permgate.console.pages.tenants import TenantPages
 from permgate.console.pages.tokens import TokenPages
 from permgate.console.pages.users import UserPages
-from permgate.endpoints import EndpointMap
-from permgate.modelcache import ModelCache
-from permgate.service import ModelService
+from permgate.core.endpoints import EndpointMap
+from permgate.gateway.authn import Authenticator
+from permgate.gateway.modelcache import ModelCache
+from permgate.manage.service import ModelService
 
 __all__ = ["ERROR", "FORM", "SIGNED_IN", "Pages", "Signed", "refusal", "render", "see_other"]
 

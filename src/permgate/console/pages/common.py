@@ -14,15 +14,15 @@ from multidict import MultiDictProxy
 
 from permgate.admin.guard import ADMIN_MAP, Caller, authorize
 from permgate.admin.render import ApiError
-from permgate.authn import Authenticator
 from permgate.console.decisions import RecentDecisions
 from permgate.console.session import NOTICE_COOKIE, clear_cookie, set_cookie
-from permgate.decision import decide
-from permgate.endpoints import EndpointMap, Match
-from permgate.errors import InvalidInput, InvalidPermission, ModelError
-from permgate.modelcache import ModelCache
+from permgate.core.decision import decide
+from permgate.core.endpoints import EndpointMap, Match
+from permgate.core.errors import InvalidInput, InvalidPermission, ModelError
+from permgate.gateway.authn import Authenticator
+from permgate.gateway.modelcache import ModelCache
+from permgate.manage.service import ModelService
 from permgate.review.advise import MAX_DAYS, UnknownSubject, advise
-from permgate.service import ModelService
 from permgate.store.base import Store
 
 __all__ = [

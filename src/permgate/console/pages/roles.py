@@ -24,7 +24,7 @@ from permgate.console.pages.common import (
     render,
     split_grants,
 )
-from permgate.model import (
+from permgate.core.model import (
     Role,
 )
 

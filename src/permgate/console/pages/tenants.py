@@ -17,8 +17,8 @@ from permgate.console.pages.common import (
     need,
     render,
 )
-from permgate.errors import InvalidInput
-from permgate.model import (
+from permgate.core.errors import InvalidInput
+from permgate.core.model import (
     Enforcement,
     TenantType,
 )

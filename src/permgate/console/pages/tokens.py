@@ -21,8 +21,8 @@ from permgate.console.pages.common import (
     render,
     split_grants,
 )
-from permgate.errors import InvalidInput
-from permgate.model import (
+from permgate.core.errors import InvalidInput
+from permgate.core.model import (
     SCOPE_ANY,
     SCOPE_TYPE_TEST,
 )

@@ -24,9 +24,9 @@ from permgate.console.pages.common import (
     render,
     user_url,
 )
-from permgate.decision import scope_beyond
-from permgate.errors import InvalidInput
-from permgate.model import (
+from permgate.core.decision import scope_beyond
+from permgate.core.errors import InvalidInput
+from permgate.core.model import (
     SCOPE_ANY,
     SCOPE_TYPE_TEST,
     Principal,

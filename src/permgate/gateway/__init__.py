@@ -1,0 +1,3 @@
+"""The request path: hygiene, authentication, the one evaluation, the decision
+cache, the upstream transports and the doors (inline gateway, decision service).
+"""

@@ -1,0 +1,301 @@
+"""Authentication: turn an ``Authorization`` header into an :class:`Identity`.
+
+``Bearer <secret>`` with the token prefix is a personal access token: its id is read
+from the secret, the record comes from the in-memory :class:`ModelCache`, and the hash
+is compared in constant time. Any other bearer value is a JWT, checked by a
+:class:`~permgate.gateway.jwks.JwtVerifier` once and then remembered until it expires, so the
+hot path verifies no signature twice. The principal checks (exists, enabled, session
+not revoked) run on every call, against memory.
+
+A verified client certificate (mutual TLS) identifies a caller that presents no bearer
+credential: :func:`certificate_principal` reads the principal id from it (the whole
+first URI SAN, e.g. a SPIFFE id, the first DNS SAN, or the subject CN), and the
+principal checks are the same. A bearer credential, when present, decides alone: the
+certificate is then not consulted, so a bad token is refused even from a client with
+a good certificate. The TLS layer hands over only certificates it verified.
+
+Every refusal is an :class:`AuthFailure` with one reason from a closed set, and a
+``detail`` saying which check failed (unknown token id, secret mismatch, expired,
+revoked, owner disabled, session revoked, ...). The detail goes to the audit event
+and to the ``permgate.gateway.authn`` debug log; the client sees only the reason. A detail
+names a token by its id and never contains the credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from cachetools import LRUCache
+
+from permgate.core.errors import PermgateError
+from permgate.core.model import AuthToken, Principal
+from permgate.core.reasons import AUTH_REASONS, AuthReason
+from permgate.core.token_secrets import secret_matches, token_id_of
+
+if TYPE_CHECKING:
+    from permgate.gateway.jwks import JwtVerifier
+    from permgate.gateway.modelcache import ModelCache
+
+__all__ = [
+    "AUTH_FAILURE_REASONS",
+    "AuthFailure",
+    "AuthFailureReason",
+    "Authenticator",
+    "Identity",
+    "PrincipalFrom",
+    "certificate_principal",
+]
+
+# Which field of a verified client certificate is the principal id.
+PrincipalFrom = Literal["san_uri", "san_dns", "subject_cn"]
+
+# The closed set lives in permgate.core.reasons; these names stay for their importers.
+AuthFailureReason = AuthReason
+AUTH_FAILURE_REASONS: Final = AUTH_REASONS
+
+log = logging.getLogger(__name__)
+
+_CHALLENGE: Final = 'Bearer realm="permgate"'
+_CHALLENGE_INVALID: Final = 'Bearer realm="permgate", error="invalid_token"'
+
+
+class AuthFailure(PermgateError):
+    """The request carries no usable credential: 401 with a stable ``reason``.
+
+    ``detail`` is for logs and audit only; the client sees just the reason, so a
+    prober learns nothing about which check failed beyond it.
+    """
+
+    status_code = 401
+    error = "unauthenticated"
+
+    def __init__(self, reason: AuthFailureReason, detail: str = "") -> None:
+        self.reason: AuthFailureReason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+    @property
+    def www_authenticate(self) -> str:
+        """The ``WWW-Authenticate`` value (RFC 6750 §3: no error code when none was sent)."""
+        return _CHALLENGE if self.reason == "missing_credentials" else _CHALLENGE_INVALID
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling and with what.
+
+    ``credential_key`` names the credential for the decision cache without being it:
+    ``t:<token id>``, ``j:<sha256 of the JWT>`` or ``c:<principal id>`` (a verified
+    client certificate).
+    """
+
+    principal: Principal
+    token: AuthToken | None
+    claims: Mapping[str, object] | None
+    credential_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _VerifiedJwt:
+    claims: Mapping[str, object]
+    # Epoch seconds after which the verifier itself would refuse it (exp + leeway).
+    valid_until: float
+
+
+class Authenticator:
+    """Resolves ``Authorization`` headers to identities; one instance per gateway.
+
+    Args:
+        cache: the model, in memory.
+        token_prefix: what marks a secret as a permgate auth token.
+        jwt: the JWT verifier, or None when bearer JWTs are not accepted.
+        jwt_cache_size: how many verified JWTs to remember (LRU).
+    """
+
+    def __init__(
+        self,
+        cache: ModelCache,
+        *,
+        token_prefix: str,
+        jwt: JwtVerifier | None,
+        jwt_cache_size: int = 10_000,
+    ) -> None:
+        self._cache = cache
+        self._prefix = token_prefix
+        self._jwt = jwt
+        self._verified: LRUCache[str, _VerifiedJwt] = LRUCache(maxsize=jwt_cache_size)
+        self._uses: dict[str, float] = {}
+
+    async def authenticate(
+        self, authorization: str | None, certificate_id: str | None = None
+    ) -> Identity:
+        """The caller's identity, or :class:`AuthFailure`.
+
+        A header with another scheme (``Basic ...``) counts as missing credentials:
+        no bearer credential was presented, and the challenge tells the client which
+        scheme to use (RFC 6750 §3.1). ``certificate_id`` is the principal id read
+        from the client's *verified* certificate (:func:`certificate_principal`): it
+        identifies the caller only when no bearer credential was presented.
+        """
+        try:
+            if certificate_id is not None and not _is_bearer(authorization):
+                return await self._certificate(certificate_id)
+            return await self._authenticate(authorization)
+        except AuthFailure as failure:
+            log.debug("credential refused: %s: %s", failure.reason, failure.detail)
+            raise
+
+    async def _authenticate(self, authorization: str | None) -> Identity:
+        if not authorization:
+            raise AuthFailure(AuthReason.MISSING_CREDENTIALS, "no Authorization header")
+        scheme, _, credential = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            raise AuthFailure(
+                AuthReason.MISSING_CREDENTIALS, f"scheme {scheme[:20]!r} is not Bearer"
+            )
+        credential = credential.strip(" ")
+        if not credential:
+            raise AuthFailure(AuthReason.MISSING_CREDENTIALS, "empty bearer credential")
+        if credential.startswith(self._prefix):
+            return await self._auth_token(credential)
+        return await self._auth_jwt(credential)
+
+    # -- client certificates -----------------------------------------------------------
+
+    async def _certificate(self, principal_id: str) -> Identity:
+        principal = await self._cache.principal(principal_id)
+        if principal is None:
+            raise AuthFailure(
+                AuthReason.UNKNOWN_PRINCIPAL,
+                f"certificate principal {principal_id[:100]!r} not found",
+            )
+        if principal.disabled:
+            raise AuthFailure(
+                AuthReason.DISABLED_PRINCIPAL, f"certificate principal {principal.id} is disabled"
+            )
+        return Identity(principal, None, None, f"c:{principal.id}")
+
+    # -- auth tokens ------------------------------------------------------------------
+
+    async def _auth_token(self, secret: str) -> Identity:
+        token_id = token_id_of(self._prefix, secret)
+        if token_id is None:
+            raise AuthFailure(
+                AuthReason.INVALID_TOKEN,
+                f"malformed auth token: {self._prefix!r} is not followed by a token id, '_' "
+                "and the random part",
+            )
+        token = await self._cache.token(token_id)
+        if token is None:
+            raise AuthFailure(AuthReason.INVALID_TOKEN, f"unknown token id {token_id}")
+        if not secret_matches(secret, token.secret_hash):
+            raise AuthFailure(AuthReason.INVALID_TOKEN, f"secret mismatch for token {token_id}")
+        now = time.time()
+        if token.revoked_at is not None:
+            raise AuthFailure(AuthReason.REVOKED_TOKEN, f"token {token_id} is revoked")
+        if token.expires_at is not None and _epoch(token.expires_at) <= now:
+            raise AuthFailure(AuthReason.EXPIRED_TOKEN, f"token {token_id} has expired")
+        owner = await self._cache.principal(token.owner)
+        # An owner in another account is, from the token's account, no principal at all.
+        if owner is None or owner.account != token.account:
+            raise AuthFailure(AuthReason.UNKNOWN_PRINCIPAL, f"owner of token {token_id} not found")
+        if owner.disabled:
+            raise AuthFailure(
+                AuthReason.DISABLED_PRINCIPAL, f"owner {owner.id} of token {token_id} is disabled"
+            )
+        self._uses[token_id] = now
+        return Identity(owner, token, None, f"t:{token_id}")
+
+    def drain_token_uses(self) -> dict[str, float]:
+        """Token last-use times since the previous drain, for ``store.touch_tokens``."""
+        uses, self._uses = self._uses, {}
+        return uses
+
+    # -- JWTs ---------------------------------------------------------------------------
+
+    async def _auth_jwt(self, token: str) -> Identity:
+        if self._jwt is None:
+            raise AuthFailure(
+                AuthReason.INVALID_TOKEN, "not an auth token and JWTs are not configured"
+            )
+        digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
+        claims = await self._verified_claims(self._jwt, token, digest)
+        subject = claims.get(self._jwt.principal_claim)
+        if not isinstance(subject, str) or not subject:
+            raise AuthFailure(AuthReason.INVALID_TOKEN, f"no {self._jwt.principal_claim!r} claim")
+        principal = await self._cache.principal(subject)
+        if principal is None:
+            raise AuthFailure(
+                AuthReason.UNKNOWN_PRINCIPAL, f"principal {subject[:100]!r} not found"
+            )
+        if principal.disabled:
+            raise AuthFailure(
+                AuthReason.DISABLED_PRINCIPAL, f"principal {principal.id} is disabled"
+            )
+        if principal.sessions_valid_after is not None:
+            iat = claims.get("iat")
+            # No iat, or issued before the forced logout: fail closed.
+            if (
+                not isinstance(iat, int | float)
+                or isinstance(iat, bool)
+                or iat < _epoch(principal.sessions_valid_after)
+            ):
+                raise AuthFailure(
+                    AuthReason.SESSION_REVOKED, f"session of {principal.id} was revoked"
+                )
+        return Identity(principal, None, claims, f"j:{digest}")
+
+    async def _verified_claims(
+        self, verifier: JwtVerifier, token: str, digest: str
+    ) -> Mapping[str, object]:
+        now = time.time()
+        known = self._verified.get(digest)
+        if known is not None and now < known.valid_until:
+            return known.claims
+        claims: Mapping[str, object] = MappingProxyType(await verifier.verify(token))
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            self._verified[digest] = _VerifiedJwt(claims, exp + verifier.leeway)
+        return claims
+
+
+def _is_bearer(authorization: str | None) -> bool:
+    return authorization is not None and authorization.partition(" ")[0].lower() == "bearer"
+
+
+def certificate_principal(
+    peercert: Mapping[str, Any] | None, principal_from: PrincipalFrom
+) -> str | None:
+    """The principal id a verified peer certificate names, or None.
+
+    ``peercert`` is what ``SSLObject.getpeercert()`` returns: an empty dict (or None)
+    when the client sent no certificate or it was not verified; the id is the whole
+    value of the first URI SAN, the first DNS SAN or the subject's common name.
+    """
+    if not peercert:
+        return None
+    if principal_from == "subject_cn":
+        for rdn in peercert.get("subject", ()):
+            for name, value in rdn:
+                if name == "commonName" and isinstance(value, str) and value:
+                    return value
+        return None
+    wanted = "URI" if principal_from == "san_uri" else "DNS"
+    for kind, value in peercert.get("subjectAltName", ()):
+        if kind == wanted and isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _epoch(moment: datetime) -> float:
+    """Epoch seconds; a naive datetime from the store is UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

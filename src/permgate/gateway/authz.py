@@ -1,0 +1,621 @@
+"""The decision service: permgate behind an existing proxy or mesh, on ``authz_listen``.
+
+Three doors, one evaluation. Each door turns what it receives into the original
+request (method, raw target, headers) and hands it to the gateway's own
+:class:`~permgate.gateway.evaluate.Evaluator` with the gateway's decision cache; it forwards
+nothing, it only answers:
+
+- ``ANY /envoy/<original path and query>``: Envoy's and Istio's HTTP ext_authz (configured
+  with ``path_prefix: /envoy``), the original method and headers as Envoy passes them;
+- ``GET /forward-auth``: nginx ``auth_request`` (``X-Original-Method`` +
+  ``X-Original-URI``), Traefik ``forwardAuth`` and Caddy ``forward_auth``
+  (``X-Forwarded-Method`` + ``X-Forwarded-Uri``). The original method is never
+  guessed: nginx sends every auth subrequest as GET, so a check without a method header
+  is a configuration error, and one that names the method or the target twice (both
+  header families, a repeated header, a ``_`` or ``.`` spelling a proxy passed through
+  from the client) is refused;
+- ``POST /access/v1/evaluation`` and ``/access/v1/evaluations``: OpenID AuthZEN 1.0, for
+  applications that authenticate their users themselves. The caller authenticates and
+  needs ``decisions.evaluate``; it can only ask about principals of its own account.
+
+The two proxy doors are honoured only from peers in ``authz_trusted_proxies``. Their
+answers: 200 with every identity header present (empty when it does not apply, so a
+client-sent copy never survives a proxy that copies only what it receives), or the
+gateway's JSON refusals (400, 401, 403, 503). A deny on a tenant in shadow mode is
+answered as an allow and recorded as ``shadow_deny``. Every answer is one outcome for
+the gateway's observer (metrics, audit with its ``door``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict, MultiMapping
+
+from permgate.core.endpoints import EndpointMap, parse_map
+from permgate.core.errors import PermgateError, StoreUnavailable
+from permgate.core.reasons import DoorReason, Reason, Refusal
+from permgate.gateway import hygiene
+from permgate.gateway.authn import Authenticator, Identity
+from permgate.gateway.evaluate import EvalRequest, Evaluation, Evaluator, what_if
+from permgate.gateway.modelcache import ModelCache
+from permgate.gateway.pipeline import Gateway, Observer
+from permgate.gateway.responses import closing, forbidden, json_response, refusal, unauthenticated
+from permgate.observability.outcome import UNMAPPED_ENDPOINT, Door, RequestOutcome
+from permgate.observability.tracing import trace_id_of
+
+__all__ = [
+    "AUTHZEN_MAP",
+    "IDENTITY_HEADERS",
+    "DecisionService",
+    "TrustedProxies",
+    "forwarded_request",
+    "identity_headers",
+]
+
+log = logging.getLogger("permgate.authz")
+
+ENVOY_PREFIX: Final = "/envoy"
+FORWARD_AUTH: Final = "/forward-auth"
+EVALUATION: Final = "/access/v1/evaluation"
+EVALUATIONS: Final = "/access/v1/evaluations"
+
+# Always on a 200, in this order: what a proxy copies to the upstream.
+IDENTITY_HEADERS: Final = (
+    "X-Permgate-Principal",
+    "X-Permgate-Principal-Kind",
+    "X-Permgate-Tenant",
+    "X-Permgate-Token-Id",
+    "X-Request-Id",
+)
+# Echoed to the caller unchanged, so the proxy's trace continues.
+_TRACE_HEADERS: Final = ("traceparent", "tracestate")
+_TRACE_MAX: Final = 512
+
+# The forwarded-request headers: (family, what it names) by canonical lower-case name.
+_FORWARDED: Final[dict[str, tuple[str, str]]] = {
+    "x-forwarded-method": ("forwarded", "method"),
+    "x-forwarded-uri": ("forwarded", "uri"),
+    "x-original-method": ("original", "method"),
+    "x-original-uri": ("original", "uri"),
+}
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+# The AuthZEN caller's own requirement, checked by the same evaluation as any endpoint.
+AUTHZEN_MAP: Final[EndpointMap] = parse_map(
+    """
+version: 1
+defaults:
+  tenant: none
+unmapped: deny
+endpoints:
+  - {id: authzen.evaluation, method: POST, path: /access/v1/evaluation,
+     permissions: [decisions.evaluate]}
+  - {id: authzen.evaluations, method: POST, path: /access/v1/evaluations,
+     permissions: [decisions.evaluate]}
+""",
+    "permgate/gateway/authz.py (the AuthZEN caller's map)",
+)
+_SEMANTICS: Final = frozenset({"execute_all", "deny_on_first_deny", "permit_on_first_permit"})
+_MAX_EVALUATIONS: Final = 1000
+_MAX_KNOWN_PEERS: Final = 4096
+
+
+class TrustedProxies:
+    """The peers whose forwarded-request headers are honoured (``authz_trusted_proxies``)."""
+
+    __slots__ = ("_known", "_networks")
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        self._networks = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+        self._known: dict[str, bool] = {}  # peers seen: parsing an address costs µs
+
+    def __contains__(self, peer: object) -> bool:
+        if not isinstance(peer, str):
+            return False  # a Unix socket peer, or none at all: not an address we trust
+        known = self._known.get(peer)
+        if known is None:
+            known = self._trusted(peer)
+            if len(self._known) < _MAX_KNOWN_PEERS:
+                self._known[peer] = known
+        return known
+
+    def _trusted(self, peer: str) -> bool:
+        try:
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._networks)
+
+
+def forwarded_request(headers: MultiMapping[str]) -> tuple[str, str] | DoorReason:
+    """The original ``(method, target)`` a forward-auth check names, or why not.
+
+    Exactly one header family (``X-Forwarded-*`` or ``X-Original-*``), each header
+    once, spelled with dashes only; the method one HTTP token (a proxy that merged two
+    copies into ``GET, POST`` sent it twice).
+    """
+    found: dict[str, list[str]] = {"method": [], "uri": []}
+    families: set[str] = set()
+    for name, value in headers.items():
+        lowered = name.lower()
+        canonical = lowered.replace("_", "-").replace(".", "-")
+        spec = _FORWARDED.get(canonical)
+        if spec is None:
+            continue
+        if canonical != lowered:
+            return DoorReason.AMBIGUOUS_FORWARDED_REQUEST
+        family, what = spec
+        families.add(family)
+        found[what].append(value)
+    if len(families) > 1 or len(found["method"]) > 1 or len(found["uri"]) > 1:
+        return DoorReason.AMBIGUOUS_FORWARDED_REQUEST
+    if not found["method"]:
+        return DoorReason.MISSING_FORWARDED_METHOD
+    if not found["uri"]:
+        return DoorReason.MISSING_FORWARDED_URI
+    method = found["method"][0].strip()
+    if _TOKEN.fullmatch(method) is None:
+        return DoorReason.AMBIGUOUS_FORWARDED_REQUEST
+    return method, found["uri"][0]
+
+
+def identity_headers(evaluation: Evaluation, request_id: str) -> dict[str, str]:
+    """The identity of a forwarded (200) answer, every header present: empty values
+    where one does not apply (a public endpoint, no token, no tenant)."""
+    identity = evaluation.identity
+    decision = evaluation.decision
+    principal = identity.principal if identity is not None else None
+    token = identity.token if identity is not None else None
+    return {
+        "X-Permgate-Principal": principal.id if principal is not None else "",
+        "X-Permgate-Principal-Kind": principal.kind if principal is not None else "",
+        "X-Permgate-Tenant": (decision.tenant or "") if decision is not None else "",
+        "X-Permgate-Token-Id": token.id if token is not None else "",
+        "X-Request-Id": request_id,
+    }
+
+
+def record_evaluation(outcome: RequestOutcome, evaluation: Evaluation) -> None:
+    """Fill ``outcome`` from what the evaluation concluded (the inline gateway's rules:
+    the endpoint label, the credential's failure, the decision and its reasons)."""
+    refused = evaluation.refusal
+    if refused is not None:
+        outcome.reason = refused
+        return
+    match = evaluation.match
+    outcome.endpoint = UNMAPPED_ENDPOINT if match is None else match.endpoint.id
+    failure = evaluation.failure
+    if failure is not None:
+        outcome.reason = outcome.auth_failure = failure.reason
+        outcome.detail = failure.detail
+        return
+    identity = evaluation.identity
+    if identity is not None:
+        outcome.principal = identity.principal
+        outcome.token_id = identity.token.id if identity.token is not None else None
+        outcome.decision_s = evaluation.decision_seconds
+        outcome.cache_hit = evaluation.cache_hit
+    decision = evaluation.decision
+    assert decision is not None  # neither a hygiene refusal nor a 401
+    outcome.reason = decision.reason
+    outcome.detail = decision.detail
+    outcome.tenant = decision.tenant
+    outcome.required = decision.required + decision.any_of
+    outcome.missing = decision.missing
+    outcome.decision = evaluation.label
+
+
+def render_check(evaluation: Evaluation, request_id: str) -> web.Response:
+    """A proxy door's answer: 200 with the identity headers, or the gateway's refusal."""
+    if evaluation.refusal is not None:
+        return refusal(400, "bad_request", evaluation.refusal, request_id)
+    if evaluation.failure is not None:
+        return unauthenticated(evaluation.failure, request_id)
+    decision = evaluation.decision
+    assert decision is not None
+    if not evaluation.forwarded:
+        return forbidden(decision, request_id)
+    return web.Response(status=200, headers=identity_headers(evaluation, request_id))
+
+
+class DecisionService:
+    """The ``authz_listen`` handler (serve it with :class:`aiohttp.web.Server`).
+
+    Args:
+        gateway: the gateway whose evaluator and decision cache every door uses (its map
+            swaps are seen at once; it is never asked to forward anything).
+        observer: the gateway's metrics and audit.
+        authenticator: the AuthZEN caller's credential checks (the gateway's).
+        model: the in-memory view of the store (the AuthZEN subject's account).
+        trusted_proxies: CIDRs whose forwarded-request headers are honoured.
+    """
+
+    def __init__(
+        self,
+        *,
+        gateway: Gateway,
+        observer: Observer,
+        authenticator: Authenticator,
+        model: ModelCache,
+        trusted_proxies: Iterable[str],
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._gateway = gateway
+        self._observer = observer
+        self._model = model
+        self._trusted = TrustedProxies(trusted_proxies)
+        self._caller = Evaluator(AUTHZEN_MAP, model, authenticator, clock=clock)
+        self._clock = clock
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Serve one request on the decision listener; never raises for a bad one."""
+        raw = request.raw_path
+        if raw.startswith(ENVOY_PREFIX + "/"):
+            return await self._check(request, "envoy")
+        path = raw.partition("?")[0]
+        if path == FORWARD_AUTH:
+            return await self._check(request, "forward_auth")
+        if path in (EVALUATION, EVALUATIONS):
+            return await self._authzen(request, batch=path == EVALUATIONS)
+        return json_response(
+            404,
+            {
+                "error": "not_found",
+                "detail": f"the decision listener serves {ENVOY_PREFIX}/..., {FORWARD_AUTH}, "
+                f"{EVALUATION} and {EVALUATIONS}",
+                "request_id": hygiene.request_id(request.headers),
+            },
+        )
+
+    async def refuse_unreadable(
+        self, request: web.BaseRequest, status: int, reason: str
+    ) -> web.StreamResponse:
+        """Answer a request the HTTP server could not read, as the gateway does: the JSON
+        shape, counted and audited (its door unknown: ``door`` is null), connection
+        closed, nothing of the request echoed or recorded."""
+        t0 = self._clock()
+        outcome = RequestOutcome(
+            request_id=os.urandom(16).hex(),
+            decision_id=os.urandom(16).hex(),
+            method="",
+            path="",
+            client_ip=request.remote,
+            started=time.time(),
+            map_sha256=self._gateway.evaluator.endpoint_map.sha256,
+            reason=reason,
+            door=None,
+        )
+        error = "request_timeout" if status == 408 else "bad_request"
+        response = closing(refusal(status, error, reason, outcome.request_id))
+        try:
+            await self._observer.admit()
+        except PermgateError:
+            self._finish(outcome, status, t0, recorded=False)
+            return response
+        self._finish(outcome, status, t0, recorded=True)
+        return response
+
+    # -- the proxy doors ---------------------------------------------------------------
+
+    async def _check(self, request: web.BaseRequest, door: Door) -> web.StreamResponse:
+        t0 = self._clock()
+        headers = request.headers
+        request_id = hygiene.request_id(headers)
+        outcome = self._outcome(request, request_id, door)
+        admitted = await self._admit(outcome)
+        if admitted is None:
+            response = await self._answer_check(request, outcome, door)
+        else:
+            response = admitted
+        _echo_trace(headers, response)
+        response.headers["X-Request-Id"] = request_id
+        self._finish(outcome, response.status, t0, recorded=admitted is None)
+        return response
+
+    async def _admit(self, outcome: RequestOutcome) -> web.Response | None:
+        """None when the request has its audit slot, else the refusal to answer."""
+        try:
+            await self._observer.admit()
+        except PermgateError as exc:
+            outcome.reason = Refusal.AUDIT_OVERLOADED
+            return refusal(exc.status_code, exc.error, outcome.reason, outcome.request_id)
+        return None
+
+    def _finish(self, outcome: RequestOutcome, status: int, t0: float, *, recorded: bool) -> None:
+        outcome.status = status
+        outcome.duration_s = self._clock() - t0
+        if recorded:
+            self._observer.record(outcome)
+        else:  # no audit slot was granted: counted in metrics only
+            self._observer.refused(outcome)
+
+    async def _answer_check(
+        self, request: web.BaseRequest, outcome: RequestOutcome, door: Door
+    ) -> web.Response:
+        request_id = outcome.request_id
+        if request.remote not in self._trusted:
+            outcome.reason = DoorReason.UNTRUSTED_PROXY
+            outcome.detail = "the peer is not in authz_trusted_proxies"
+            return refusal(403, "forbidden", DoorReason.UNTRUSTED_PROXY, request_id)
+        if door == "envoy":
+            method, target = request.method, request.raw_path[len(ENVOY_PREFIX) :]
+        else:
+            named = forwarded_request(request.headers)
+            if isinstance(named, DoorReason):
+                outcome.reason = named
+                return refusal(400, "bad_request", named, request_id)
+            method, target = named
+        outcome.method = method
+        outcome.path = hygiene.split_target(target)[0]
+        return await self._evaluate(
+            EvalRequest(method, target, request.headers, request.version), outcome
+        )
+
+    async def _evaluate(self, eval_request: EvalRequest, outcome: RequestOutcome) -> web.Response:
+        gateway = self._gateway
+        evaluator = gateway.evaluator  # read with the memo's snapshot, before any await
+        outcome.map_sha256 = evaluator.endpoint_map.sha256
+        try:
+            evaluation = await evaluator.evaluate(eval_request, gateway.memo)
+        except StoreUnavailable:
+            outcome.decision, outcome.reason = "deny", Refusal.STORE_UNAVAILABLE
+            return refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, outcome.request_id)
+        except Exception:
+            log.exception("decision %s failed", outcome.request_id)
+            outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
+            return refusal(500, "internal", Refusal.INTERNAL_ERROR, outcome.request_id)
+        record_evaluation(outcome, evaluation)
+        return render_check(evaluation, outcome.request_id)
+
+    def _outcome(
+        self, request: web.BaseRequest, request_id: str, door: Door | None
+    ) -> RequestOutcome:
+        return RequestOutcome(
+            request_id=request_id,
+            decision_id=os.urandom(16).hex(),
+            method="",
+            path="",
+            client_ip=request.remote,
+            started=time.time(),
+            map_sha256=self._gateway.evaluator.endpoint_map.sha256,
+            trace_id=trace_id_of(request.headers.get("traceparent")),
+            door=door,
+        )
+
+    # -- AuthZEN -----------------------------------------------------------------------
+
+    async def _authzen(self, request: web.BaseRequest, *, batch: bool) -> web.StreamResponse:
+        """The caller is checked like a request to a ``tenant: none`` endpoint needing
+        ``decisions.evaluate``; then each evaluation is one decision, one outcome."""
+        t0 = self._clock()
+        request_id = hygiene.request_id(request.headers)
+        outcome = self._outcome(request, request_id, "authzen")
+        outcome.method, outcome.path = request.method, request.path
+        response = await self._admit(outcome)
+        if response is not None:
+            self._finish(outcome, response.status, t0, recorded=False)
+        else:
+            response, items, caller = await self._authzen_caller(request, outcome, batch=batch)
+            if response is None:
+                assert caller is not None
+                answers = await self._authzen_items(request, items, caller, request_id, t0)
+                body: object = {"evaluations": answers} if batch else answers[0]
+                response = web.Response(
+                    status=200, body=orjson.dumps(body), content_type="application/json"
+                )
+            else:  # the caller's own refusal: one outcome
+                self._finish(outcome, response.status, t0, recorded=True)
+        _echo_trace(request.headers, response)
+        response.headers["X-Request-Id"] = request_id
+        return response
+
+    async def _authzen_caller(
+        self, request: web.BaseRequest, outcome: RequestOutcome, *, batch: bool
+    ) -> tuple[web.Response | None, list[dict[str, Any]], Identity | None]:
+        request_id = outcome.request_id
+        try:
+            evaluation = await self._caller.evaluate(
+                EvalRequest(request.method, request.raw_path, request.headers, request.version)
+            )
+        except StoreUnavailable:
+            outcome.reason = Refusal.STORE_UNAVAILABLE
+            return refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, request_id), [], None
+        record_evaluation(outcome, evaluation)
+        outcome.map_sha256 = AUTHZEN_MAP.sha256
+        if evaluation.status != 200:
+            return render_check(evaluation, request_id), [], None
+        try:
+            body = orjson.loads(await request.read())
+            items = _authzen_items(body, batch=batch)
+        except (ValueError, web.HTTPException) as exc:
+            outcome.decision, outcome.reason = "deny", DoorReason.INVALID_EVALUATION_REQUEST
+            if isinstance(exc, web.HTTPException):
+                detail = "the body is too large"  # the server's client_max_size
+            else:
+                detail = str(exc) if isinstance(exc, _Invalid) else "the body is not a JSON object"
+            outcome.detail = detail
+            return (
+                json_response(
+                    400,
+                    {
+                        "error": "bad_request",
+                        "reason": DoorReason.INVALID_EVALUATION_REQUEST,
+                        "detail": detail,
+                        "request_id": request_id,
+                    },
+                ),
+                [],
+                None,
+            )
+        # The caller's slot is used by the first evaluation's outcome.
+        assert evaluation.identity is not None
+        return None, items, evaluation.identity
+
+    async def _authzen_items(
+        self,
+        request: web.BaseRequest,
+        items: list[dict[str, Any]],
+        caller: Identity,
+        request_id: str,
+        t0: float,
+    ) -> list[dict[str, Any]]:
+        answers: list[dict[str, Any]] = []
+        semantic = items[0].get("_semantic", "execute_all") if items else "execute_all"
+        for index, item in enumerate(items):
+            outcome = self._outcome(request, request_id, "authzen")
+            # The caller's audit slot goes to the first decision; each other its own.
+            refused = await self._admit(outcome) if index > 0 else None
+            if refused is not None:
+                self._finish(outcome, refused.status, t0, recorded=False)
+                answers.append(_false(Refusal.AUDIT_OVERLOADED))
+                continue
+            answer = await self._authzen_one(item, caller, outcome)
+            self._finish(outcome, 200, t0, recorded=True)
+            answers.append(answer)
+            if (semantic == "deny_on_first_deny" and not answer["decision"]) or (
+                semantic == "permit_on_first_permit" and answer["decision"]
+            ):
+                break
+        return answers
+
+    async def _authzen_one(
+        self, item: dict[str, Any], caller: Identity, outcome: RequestOutcome
+    ) -> dict[str, Any]:
+        subject_type, subject_id = item["subject_type"], item["subject_id"]
+        method, target = item["method"], item["target"]
+        outcome.method, outcome.path = method, hygiene.split_target(target)[0]
+        asked_by = f"asked by {caller.principal.id}"
+        principal = await self._model.principal(subject_id)
+        if (
+            principal is None
+            or principal.account != caller.principal.account
+            or principal.kind != subject_type
+        ):
+            # An unknown subject and another account's get the very same answer.
+            outcome.reason = Reason.TENANT_OUT_OF_SCOPE
+            why = "unknown subject" if principal is None else "subject outside the caller's account"
+            outcome.detail = f"{why}; {asked_by}"
+            return _false(Reason.TENANT_OUT_OF_SCOPE)
+        headers: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in item["headers"] if k.lower() != "authorization"
+        )
+        eval_request = what_if(
+            method, target, headers, principal=principal.id, claims=item["claims"]
+        )
+        response = await self._evaluate(eval_request, outcome)
+        outcome.detail = f"{outcome.detail}; {asked_by}" if outcome.detail else asked_by
+        if response.status == 200:
+            return {"decision": True}
+        answer = _false(outcome.reason)
+        if outcome.missing:
+            answer["context"]["missing_permissions"] = list(outcome.missing)
+        return answer
+
+
+class _Invalid(ValueError):
+    """An AuthZEN request body that does not say what to evaluate (the message says why)."""
+
+
+def _false(reason: str) -> dict[str, Any]:
+    return {"decision": False, "context": {"reason": str(reason)}}
+
+
+def _authzen_items(body: object, *, batch: bool) -> list[dict[str, Any]]:
+    """The evaluations a body asks for, each with its defaults from the top level."""
+    if not isinstance(body, dict):
+        raise _Invalid("the body must be a JSON object")
+    defaults = {
+        key: body[key] for key in ("subject", "action", "resource", "context") if key in body
+    }
+    listed = body.get("evaluations") if batch else None
+    if listed is None or listed == []:
+        requests = [defaults]
+    elif not isinstance(listed, list):
+        raise _Invalid("evaluations: must be a list")
+    elif len(listed) > _MAX_EVALUATIONS:
+        raise _Invalid(f"evaluations: at most {_MAX_EVALUATIONS} per request")
+    else:
+        requests = []
+        for index, entry in enumerate(listed):
+            if not isinstance(entry, dict):
+                raise _Invalid(f"evaluations[{index}]: must be an object")
+            requests.append({**defaults, **entry})
+    semantic = "execute_all"
+    options = body.get("options")
+    if batch and isinstance(options, dict) and "evaluations_semantic" in options:
+        semantic = options["evaluations_semantic"]
+        if semantic not in _SEMANTICS:
+            raise _Invalid(f"options.evaluations_semantic: one of {', '.join(sorted(_SEMANTICS))}")
+    items = [
+        _authzen_item(request, index if batch else None) for index, request in enumerate(requests)
+    ]
+    if items:
+        items[0]["_semantic"] = semantic
+    return items
+
+
+def _authzen_item(request: Mapping[str, Any], index: int | None) -> dict[str, Any]:
+    where = "" if index is None else f"evaluations[{index}]."
+    subject = _object(request, "subject", where)
+    action = _object(request, "action", where)
+    resource = _object(request, "resource", where)
+    context = request.get("context", {})
+    if not isinstance(context, dict):
+        raise _Invalid(f"{where}context: must be an object")
+    subject_type = _text(subject, "type", f"{where}subject")
+    if subject_type not in ("user", "client"):
+        raise _Invalid(f"{where}subject.type: must be user or client (the principal's kind)")
+    if _text(resource, "type", f"{where}resource") != "route":
+        raise _Invalid(f"{where}resource.type: must be route")
+    method = _text(action, "name", f"{where}action")
+    if _TOKEN.fullmatch(method) is None:
+        raise _Invalid(f"{where}action.name: must be an HTTP method")
+    headers = context.get("headers", {})
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise _Invalid(f"{where}context.headers: must map header names to strings")
+    claims = context.get("claims")
+    if claims is not None and not isinstance(claims, dict):
+        raise _Invalid(f"{where}context.claims: must be an object")
+    return {
+        "subject_type": subject_type,
+        "subject_id": _text(subject, "id", f"{where}subject"),
+        "method": method,
+        "target": _text(resource, "id", f"{where}resource"),
+        "headers": list(headers.items()),
+        "claims": claims,
+    }
+
+
+def _object(request: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = request.get(key)
+    if not isinstance(value, dict):
+        raise _Invalid(f"{where}{key}: must be an object")
+    return value
+
+
+def _text(value: Mapping[str, Any], key: str, where: str) -> str:
+    text = value.get(key)
+    if not isinstance(text, str) or not text or len(text) > 8192:
+        raise _Invalid(f"{where}.{key}: must be a non-empty string")
+    return text
+
+
+def _echo_trace(headers: MultiMapping[str], response: web.StreamResponse) -> None:
+    """``traceparent``/``tracestate`` back to the caller, when sent once and sane."""
+    for name in _TRACE_HEADERS:
+        values = headers.getall(name, ())
+        if len(values) == 1 and len(values[0]) <= _TRACE_MAX and values[0].isprintable():
+            response.headers[name] = values[0]

@@ -1,0 +1,437 @@
+"""The inline gateway: evaluate a request, then forward it or refuse it.
+
+The evaluation (hygiene → route → authenticate → tenant → permissions) is
+:mod:`permgate.gateway.evaluate`'s, the same every door calls; this module keeps the decision
+cache around it, renders its answer, forwards what it allows and records the outcome.
+Every request, whatever its fate, produces exactly one :class:`RequestOutcome`,
+handed to the observer once, from which the metrics and the audit event are made.
+
+The hot path of a repeated request (a known token, a cached decision) does no I/O:
+the route is a trie walk, the credential a dict lookup plus a hash comparison, the
+decision a cache hit keyed on the model's and the map's epochs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from aiohttp import HttpVersion11, web
+from cachetools import TTLCache
+
+from permgate.core.endpoints import EndpointMap
+from permgate.core.errors import PermgateError, StoreUnavailable
+from permgate.core.reasons import FRAMING_REASONS, Refusal
+from permgate.gateway import hygiene
+from permgate.gateway.authn import (
+    Authenticator,
+    Identity,
+    PrincipalFrom,
+    certificate_principal,
+)
+from permgate.gateway.evaluate import EvalRequest, Evaluation, Evaluator, MemoKey, Verdict
+from permgate.gateway.lookuplimit import LOOKUP_CLIENT
+from permgate.gateway.modelcache import ModelCache
+from permgate.gateway.proxy import ClientRequestError, Upstream, UpstreamError, UpstreamTiming
+from permgate.gateway.responses import closing, forbidden, refusal, unauthenticated
+from permgate.observability.outcome import UNMAPPED_ENDPOINT, RequestOutcome
+from permgate.observability.tracing import RequestTrace, Tracer, trace_id_of
+
+__all__ = ["Gateway", "Observer"]
+
+log = logging.getLogger("permgate.pipeline")
+
+_UPSTREAM_REASONS: Final = {
+    "connect": Refusal.UPSTREAM_UNAVAILABLE,
+    "timeout": Refusal.UPSTREAM_TIMEOUT,
+}
+# The sampled request's spans, read only when tracing is configured.
+_TRACE: contextvars.ContextVar[RequestTrace | None] = contextvars.ContextVar(
+    "permgate_trace", default=None
+)
+
+
+class Observer(Protocol):
+    """Where outcomes go: metrics and audit (see :mod:`permgate.observability`)."""
+
+    async def admit(self) -> None:
+        """Called before any work: may wait (audit backpressure) or raise a
+        :class:`PermgateError` with status 503 (audit ``reject`` policy)."""
+        ...
+
+    def record(self, outcome: RequestOutcome) -> None:
+        """Called exactly once per admitted request, after the response."""
+        ...
+
+    def refused(self, outcome: RequestOutcome) -> None:
+        """Called for a request refused before admission (metrics only, no slot)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    """A verdict with the epochs (model, map) it was made at."""
+
+    epochs: tuple[int, int]
+    verdict: Verdict
+
+
+class DecisionCache:
+    """The gateway's decision cache, around the evaluation's permission step.
+
+    A verdict is served only while the model's and the map's epochs are those it was
+    made at, and stored only if neither moved while its inputs were read (the
+    snapshot is taken before authentication). The TTL is a safety net only.
+    """
+
+    def __init__(self, model: ModelCache, *, ttl_seconds: float, max_entries: int) -> None:
+        self._model = model
+        self.map_epoch = 0
+        self._entries: TTLCache[MemoKey, _Cached] = TTLCache(maxsize=max_entries, ttl=ttl_seconds)
+
+    def snapshot(self) -> tuple[int, int]:
+        """The epochs now: (model, map)."""
+        return (self._model.epoch, self.map_epoch)
+
+    def get(self, key: MemoKey, snapshot: Hashable) -> Verdict | None:
+        """The cached verdict, if made at ``snapshot`` and nothing changed since."""
+        cached = self._entries.get(key)
+        if cached is not None and snapshot == cached.epochs == (self._model.epoch, self.map_epoch):
+            return cached.verdict
+        return None
+
+    def put(self, key: MemoKey, snapshot: Hashable, verdict: Verdict) -> None:
+        """Remember ``verdict`` unless the model or the map moved since ``snapshot``."""
+        current = self.snapshot()
+        if snapshot == current:
+            self._entries[key] = _Cached(current, verdict)
+
+    def new_map(self) -> None:
+        """A new map: every cached verdict is stale at once."""
+        self.map_epoch += 1
+        self._entries.clear()
+
+
+class Gateway:
+    """The gateway listener's handler.
+
+    Args:
+        endpoint_map: the map to route against; replaced with :meth:`swap_map`.
+        model: the in-memory view of the store (tenants, principals, tokens, roles).
+        authenticator: turns an ``Authorization`` header into an :class:`Identity`.
+        upstream: the pooled client to the protected API.
+        observer: metrics and audit.
+        forward_credential: pass the client's ``Authorization`` on to the upstream.
+        tracer: spans for sampled requests, or None (tracing off: no span is made).
+        principal_from: with client certificates verified by the listener, which of
+            their fields is the principal id of a request without a bearer credential.
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint_map: EndpointMap,
+        model: ModelCache,
+        authenticator: Authenticator,
+        upstream: Upstream,
+        observer: Observer,
+        forward_credential: bool = False,
+        decision_ttl_seconds: float = 30.0,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.perf_counter,
+        tracer: Tracer | None = None,
+        principal_from: PrincipalFrom | None = None,
+    ) -> None:
+        self._tracer = tracer
+        self._principal_from = principal_from
+        self._model = model
+        self._authn = authenticator
+        self._upstream = upstream
+        self._observer = observer
+        self._forward_credential = forward_credential
+        self.memo = DecisionCache(model, ttl_seconds=decision_ttl_seconds, max_entries=max_entries)
+        self._clock = clock
+        self.endpoint_map = endpoint_map
+        self.evaluator = Evaluator(endpoint_map, model, authenticator, clock=clock)
+        self._strip = _lower(self.evaluator.tenant_headers)
+        self._protected = _protected_headers(self.evaluator.tenant_headers, forward_credential)
+
+    # -- map ---------------------------------------------------------------------
+
+    def swap_map(self, endpoint_map: EndpointMap) -> None:
+        """Replace the map atomically; every cached decision becomes stale at once."""
+        evaluator = Evaluator(endpoint_map, self._model, self._authn, clock=self._clock)
+        self._strip = _lower(evaluator.tenant_headers)
+        self._protected = _protected_headers(evaluator.tenant_headers, self._forward_credential)
+        self.endpoint_map = endpoint_map
+        self.evaluator = evaluator
+        self.memo.new_map()
+
+    # -- the handler -------------------------------------------------------------
+
+    async def refuse_unreadable(
+        self, request: web.BaseRequest, status: int, reason: str
+    ) -> web.StreamResponse:
+        """Answer a request the HTTP server could not read (bad framing or syntax, an
+        oversized head, a stalled client): counted and audited like any deny, the
+        connection closed. ``request`` is the server's placeholder: nothing of what
+        the client sent is known, so nothing of it is echoed or recorded."""
+        started = time.time()
+        t0 = self._clock()
+        request_id = os.urandom(16).hex()
+        outcome = RequestOutcome(
+            request_id=request_id,
+            decision_id=os.urandom(16).hex(),
+            method="",
+            path="",
+            client_ip=request.remote,
+            started=started,
+            map_sha256=self.endpoint_map.sha256,
+            reason=reason,
+            status=status,
+        )
+        error = "request_timeout" if status == 408 else "bad_request"
+        response = closing(refusal(status, error, reason, request_id))
+        try:
+            await self._observer.admit()
+        except PermgateError:
+            outcome.duration_s = self._clock() - t0
+            self._observer.refused(outcome)  # no audit slot: counted in metrics
+            return response
+        outcome.duration_s = self._clock() - t0
+        self._observer.record(outcome)
+        return response
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Serve one request; never raises for a request-level problem."""
+        started = time.time()
+        t0 = self._clock()
+        headers = request.headers
+        request_id = hygiene.request_id(headers)
+        raw_target = request.raw_path
+        path, query = hygiene.split_target(raw_target)
+        outcome = RequestOutcome(
+            request_id=request_id,
+            decision_id=os.urandom(16).hex(),  # uuid4's 122 random bits, a quarter of the cost
+            method=request.method,
+            path=path,
+            client_ip=request.remote,
+            started=started,
+            map_sha256=self.endpoint_map.sha256,
+            trace_id=trace_id_of(headers.get("traceparent")),
+        )
+        trace: RequestTrace | None = None
+        if self._tracer is not None:
+            trace = self._tracer.start(
+                headers,
+                method=request.method,
+                path=path,
+                scheme=request.scheme,
+                host=headers.get("Host"),
+                client_ip=outcome.client_ip,
+            )
+            _TRACE.set(trace)
+        try:
+            await self._observer.admit()
+        except PermgateError as exc:
+            # No audit slot was granted, so no event: the refusal is counted in metrics.
+            outcome.reason = Refusal.AUDIT_OVERLOADED
+            outcome.status = exc.status_code
+            outcome.duration_s = self._clock() - t0
+            self._observer.refused(outcome)
+            if trace is not None:
+                trace.finish(outcome)
+            return refusal(exc.status_code, exc.error, Refusal.AUDIT_OVERLOADED, request_id)
+        response: web.StreamResponse | None = None
+        LOOKUP_CLIENT.set(outcome.client_ip or "")  # unknown-key lookups are shared per client
+        try:
+            response = await self._handle(request, outcome, path, query, raw_target)
+        except StoreUnavailable:
+            outcome.decision, outcome.reason = "deny", Refusal.STORE_UNAVAILABLE
+            response = refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, request_id)
+        except asyncio.CancelledError:
+            outcome.reason = outcome.reason or Refusal.CLIENT_GONE  # the client went away mid-way
+            raise
+        except Exception:
+            log.exception("request %s failed", request_id)
+            outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
+            response = refusal(500, "internal", Refusal.INTERNAL_ERROR, request_id)
+        finally:
+            # Whatever happened, the request's audit slot is used exactly once.
+            outcome.status = response.status if response is not None else 499
+            outcome.duration_s = self._clock() - t0
+            self._observer.record(outcome)
+            if trace is not None:
+                trace.finish(outcome)
+        return response
+
+    async def _handle(
+        self,
+        request: web.BaseRequest,
+        outcome: RequestOutcome,
+        path: str,
+        query: str,
+        raw_target: str,
+    ) -> web.StreamResponse:
+        certificate_id = None
+        if self._principal_from is not None and request.transport is not None:
+            # Only a certificate the listener verified is there (see permgate.runtime.tls).
+            peercert = request.transport.get_extra_info("peercert")
+            certificate_id = certificate_principal(peercert, self._principal_from)
+        # The evaluator and the cache's snapshot are read together, before any await:
+        # a map swap cannot slip between them.
+        evaluator = self.evaluator
+        evaluation = await evaluator.evaluate(
+            EvalRequest(
+                request.method, raw_target, request.headers, request.version, certificate_id
+            ),
+            self.memo,
+        )
+        refused = evaluation.refusal
+        if refused is not None:
+            outcome.reason = refused
+            answer = refusal(400, "bad_request", refused, outcome.request_id)
+            if refused in FRAMING_REASONS:
+                return closing(answer)  # what follows on this connection is in doubt
+            return answer
+
+        endpoint_map = evaluator.endpoint_map
+        outcome.map_sha256 = endpoint_map.sha256
+        match = evaluation.match
+        outcome.endpoint = UNMAPPED_ENDPOINT if match is None else match.endpoint.id
+        failure = evaluation.failure
+        if failure is not None:
+            outcome.reason = outcome.auth_failure = failure.reason
+            outcome.detail = failure.detail
+            return unauthenticated(failure, outcome.request_id)
+        identity = evaluation.identity
+        tenant_header = None
+        if identity is not None and match is not None:
+            outcome.principal = identity.principal
+            outcome.token_id = identity.token.id if identity.token is not None else None
+            outcome.decision_s = evaluation.decision_seconds
+            outcome.cache_hit = evaluation.cache_hit
+            source = match.endpoint.tenant
+            tenant_header = source.name if source.kind == "header" else None
+        return await self._conclude(request, outcome, evaluation, path + query, tenant_header)
+
+    async def _conclude(
+        self,
+        request: web.BaseRequest,
+        outcome: RequestOutcome,
+        evaluation: Evaluation,
+        path_qs: str,
+        tenant_header: str | None = None,
+    ) -> web.StreamResponse:
+        """Turn a decision into a refusal or a forwarded request."""
+        if self._tracer is not None and (trace := _TRACE.get()) is not None:
+            trace.decided()
+        verdict = evaluation.verdict
+        assert verdict is not None  # neither a hygiene refusal nor a 401
+        decision = verdict.decision
+        outcome.reason = decision.reason
+        outcome.detail = decision.detail
+        outcome.tenant = decision.tenant
+        outcome.required = decision.required + decision.any_of
+        outcome.missing = decision.missing
+        if decision.allowed:
+            outcome.decision = "allow"
+        elif verdict.shadow:
+            outcome.decision = "shadow_deny"
+        else:
+            outcome.decision = "deny"
+            return forbidden(decision, outcome.request_id)
+        return await self._forward(request, outcome, evaluation.identity, path_qs, tenant_header)
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        outcome: RequestOutcome,
+        identity: Identity | None,
+        path_qs: str,
+        tenant_header: str | None,
+    ) -> web.StreamResponse:
+        """Forward an allowed (or shadow-denied) request. Every tenant header the map
+        declares is removed, and the endpoint's own (when its tenant comes from one) is
+        set again to the decided tenant: the upstream sees no other tenant."""
+        identity_headers = {"X-Request-Id": outcome.request_id}
+        if identity is not None:
+            principal = identity.principal
+            identity_headers["X-Permgate-Principal"] = principal.id
+            identity_headers["X-Permgate-Principal-Kind"] = principal.kind
+            if outcome.tenant is not None:
+                identity_headers["X-Permgate-Tenant"] = outcome.tenant
+                if tenant_header is not None:
+                    identity_headers[tenant_header] = outcome.tenant
+            if identity.token is not None:
+                identity_headers["X-Permgate-Token-Id"] = identity.token.id
+        headers = hygiene.forward_headers(
+            request.headers,
+            client_ip=request.remote or "",
+            scheme=request.scheme,
+            # Checked by hygiene.check_message; request.host would fall back to a
+            # (blocking) getfqdn() on an HTTP/1.0 request without Host.
+            host=request.headers.get("Host"),
+            drop_credential=not self._forward_credential,
+            identity=identity_headers,
+            protected=self._protected,
+            strip=self._strip,
+        )
+        if request.version >= HttpVersion11 and _expects_continue(request.headers):
+            # No router answers "100 Continue" for us: the client is waiting for it.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        trace = _TRACE.get() if self._tracer is not None else None
+        if trace is not None:
+            trace.upstream_started(
+                headers, method=request.method, url=self._upstream.spec + path_qs
+            )
+        timing = UpstreamTiming()
+        t_up = self._clock()
+        try:
+            response = await self._upstream.forward(
+                request, path_qs=path_qs, headers=headers, timing=timing
+            )
+        except ClientRequestError as exc:
+            # The client stalled or broke its body: its fault, not the upstream's.
+            outcome.upstream_s = self._clock() - t_up
+            gone = request.transport is None or request.transport.is_closing()
+            outcome.reason = Refusal.CLIENT_GONE if gone else exc.reason
+            answer = refusal(exc.status_code, exc.error, exc.reason, outcome.request_id)
+            return closing(answer)  # the rest of the body will never be read
+        except UpstreamError as exc:
+            outcome.upstream_s = self._clock() - t_up
+            outcome.upstream_error = exc.kind
+            outcome.reason = _UPSTREAM_REASONS.get(exc.kind, Refusal.UPSTREAM_UNAVAILABLE)
+            outcome.detail = str(exc)  # refused, timed out, TLS handshake failed: why
+            error = "gateway_timeout" if exc.status_code == 504 else "bad_gateway"
+            return refusal(exc.status_code, error, outcome.reason, outcome.request_id)
+        outcome.upstream_s = timing.head_seconds
+        if timing.error is not None and not timing.client_gone:
+            outcome.upstream_error = timing.error.kind  # failed mid-answer: client cut off
+        if trace is not None:
+            trace.upstream_finished(response.status, outcome.upstream_error)
+        return response
+
+
+def _expects_continue(headers: Mapping[str, str]) -> bool:
+    expect = headers.get("Expect")
+    return expect is not None and expect.lower() == "100-continue"
+
+
+def _lower(names: frozenset[str]) -> frozenset[str]:
+    return frozenset(name.lower() for name in names)
+
+
+def _protected_headers(tenant_headers: frozenset[str], forward_credential: bool) -> frozenset[str]:
+    """Headers the decision read, which a client's ``Connection`` list must not strip:
+    the upstream would read another tenant (its default) than the one authorized."""
+    names = {name.lower() for name in tenant_headers}
+    if forward_credential:
+        names.add("authorization")
+    return frozenset(names)

@@ -1,0 +1,534 @@
+"""Forwarding an allowed request to the upstream, streamed both ways.
+
+The client half of a proxy is where most of its CPU goes (bench/README.md):
+aiohttp's ``ClientSession`` alone costs ~100-130 µs per request. So one
+:class:`Upstream` owns a lean HTTP/1.1 client of its own (:mod:`permgate.gateway.upstream_http`)
+for every kind of upstream (``http://``, ``https://`` and ``unix:``): a keep-alive
+pool of asyncio protocols on the running loop, each request head written as one
+buffer, answers parsed by ``httptools`` and relayed chunk by chunk with flow control
+both ways. An ``https://`` upstream is the same client over asyncio's TLS transport,
+verified against the configured CA (see :mod:`permgate.runtime.tls`).
+
+This module is the one boundary where the lean client's errors become permgate
+errors::
+
+    PermgateError
+    └── UpstreamError               502 bad_gateway
+        ├── UpstreamUnavailable     502, kind "connect": refused, reset, DNS, TLS handshake
+        ├── UpstreamProtocolError   502, kind "protocol": the upstream broke HTTP
+        └── UpstreamTimeout         504, kind "timeout": connect, head or one read
+    ClientRequestError              the client's side of the exchange failed
+        ├── ClientStalled           408 request_timeout: no body bytes for the timeout
+        └── ClientBodyInvalid       400 malformed_request: the body's framing broke
+
+A body that is not arriving never holds an upstream connection: up to
+:data:`PREBUFFER_BYTES` of it are received (each read bounded by the timeout) before
+a pooled connection is taken, so a small body goes upstream whole, and only a large
+one is streamed while the connection is held; a stall while streaming releases it.
+
+Errors are raised only while no byte of the answer has been sent. Once the answer
+has started its status cannot change, so a failure then aborts the client
+connection (the client sees a truncated body, never a silently short one) and is
+reported through :class:`UpstreamTiming` instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final
+
+from aiohttp import StreamReader, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from permgate.core.errors import ConfigError, PermgateError
+from permgate.gateway import upstream_http
+from permgate.gateway.hygiene import HOP_BY_HOP
+from permgate.gateway.upstream_http import (
+    BodyError,
+    Connection,
+    Pool,
+    ProtocolViolation,
+    TlsHandshakeFailed,
+    UpstreamClosed,
+)
+
+__all__ = [
+    "PREBUFFER_BYTES",
+    "SERVER_SETTINGS",
+    "ClientBodyInvalid",
+    "ClientRequestError",
+    "ClientStalled",
+    "Upstream",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamTimeout",
+    "UpstreamTiming",
+    "UpstreamUnavailable",
+]
+
+
+class UpstreamError(PermgateError):
+    """The upstream could not produce an answer; ``kind`` labels the metric."""
+
+    status_code = 502
+    error = "bad_gateway"
+    reason = "upstream_unavailable"
+    kind = "error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """No connection: refused, reset before the answer, name or TLS failure."""
+
+    kind = "connect"
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered something that is not valid HTTP."""
+
+    kind = "protocol"
+
+
+class UpstreamTimeout(UpstreamError):
+    """Connecting, the answer's head or one read took longer than the timeout."""
+
+    status_code = 504
+    error = "gateway_timeout"
+    reason = "upstream_timeout"
+    kind = "timeout"
+
+
+class ClientRequestError(PermgateError):
+    """The client's request body could not be read; nothing is the upstream's fault."""
+
+    status_code = 400
+    error = "bad_request"
+    reason = "malformed_request"
+
+
+class ClientStalled(ClientRequestError, BodyError):
+    """The client sent no body bytes for the timeout (nginx's client_body_timeout)."""
+
+    status_code = 408
+    error = "request_timeout"
+    reason = "request_timeout"
+
+
+class ClientBodyInvalid(ClientRequestError, BodyError):
+    """The client's body broke its framing (bad chunking, a short Content-Length), or
+    the client went away while sending it."""
+
+
+# Received before an upstream connection is taken: a body that is not arriving (or
+# arrives slowly) holds no pooled connection, and a small body is written at once.
+PREBUFFER_BYTES: Final = 64 * 1024
+
+
+@dataclass(slots=True)
+class UpstreamTiming:
+    """Filled in by :meth:`Upstream.forward` when the caller passes one.
+
+    ``head_seconds``: until the upstream's status line and headers arrived.
+    ``total_seconds``: until the last byte was handed to the client (or the failure).
+    ``error``: an upstream failure after the answer started (the client was cut off).
+    ``client_gone``: the client went away; whatever failed next was not the upstream.
+    """
+
+    head_seconds: float | None = None
+    total_seconds: float | None = None
+    error: UpstreamError | None = None
+    client_gone: bool = False
+    bytes_down: int = 0
+
+
+# The aiohttp server settings the gateway listener must run with for forward() to pass
+# bodies byte for byte: web.AppRunner(app, **SERVER_SETTINGS). aiohttp's server
+# otherwise inflates 'Content-Encoding: gzip' request bodies, and the upstream would
+# get plain bytes still labelled gzip (and permgate would inflate compression bombs).
+SERVER_SETTINGS: Final[Mapping[str, Any]] = MappingProxyType({"auto_decompress": False})
+
+_HOP_BY_HOP_RESPONSE_RAW: Final = frozenset(name.encode() for name in HOP_BY_HOP)
+_UNIX_ORIGIN: Final = "http://localhost"
+
+
+class Upstream:
+    """The proxied API: ``http://host:port``, ``https://host:port`` or ``unix:/path``.
+
+    Args:
+        spec: where the upstream listens (config key ``upstream``).
+        timeout_seconds: bound on connecting, on waiting for the answer's head and on
+            each read; never on the whole transfer, so long streams are fine.
+        max_connections: pool size; requests beyond it wait (within the timeout).
+        ssl_context: for an ``https://`` upstream, the verifying client context
+            (:func:`permgate.runtime.tls.upstream_context`); None takes the system's CAs.
+        server_name: the name the upstream's certificate must carry, when it is not
+            the host of ``spec``.
+        keepalive_seconds: how long an idle pooled connection is kept. Keep it below
+            the upstream's own idle timeout, or a request may land on a connection
+            the upstream is closing.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        timeout_seconds: float,
+        *,
+        max_connections: int = 1024,
+        keepalive_seconds: float = 4.0,
+        ssl_context: ssl.SSLContext | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        if timeout_seconds <= 0:
+            raise ConfigError([f"upstream_timeout_seconds: {timeout_seconds!r}: must be > 0"])
+        self.spec = spec
+        self.timeout_seconds = timeout_seconds
+        self._max_connections = max_connections
+        self._keepalive_seconds = keepalive_seconds
+        self._unix_path: str | None = None
+        self._host: str | None = None
+        self._port: int | None = None
+        if spec.startswith("unix:"):
+            self._unix_path = spec.removeprefix("unix:")
+            if not self._unix_path.startswith("/"):
+                raise ConfigError([f"upstream: {spec!r}: expected unix:/ABSOLUTE/PATH"])
+            self._origin = _UNIX_ORIGIN
+            self._default_host = "localhost"
+        else:
+            url = URL(spec)
+            if url.scheme not in ("http", "https") or not url.host or url.path not in ("", "/"):
+                expected = "expected http://HOST:PORT, https://HOST:PORT or unix:/PATH"
+                raise ConfigError([f"upstream: {spec!r}: {expected}"])
+            self._origin = str(url.origin())
+            self._host, self._port = url.raw_host, url.port
+            self._default_host = url.host_port_subcomponent or url.raw_host or ""
+        self._ssl: ssl.SSLContext | None = None
+        self._server_name: str | None = None
+        if self._origin.startswith("https://"):
+            # Verification is always on: a context that would not verify is refused.
+            if ssl_context is None:
+                ssl_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+            if ssl_context.verify_mode != ssl.CERT_REQUIRED or not ssl_context.check_hostname:
+                raise ValueError("an upstream TLS context must verify the upstream")
+            self._ssl = ssl_context
+            self._server_name = server_name or self._host
+        self._pool: Pool | None = None
+
+    async def start(self) -> None:
+        """Create the connection pool (inside the running loop)."""
+        if self._pool is not None:
+            return
+        self._pool = Pool(
+            host=self._host,
+            port=self._port,
+            unix_path=self._unix_path,
+            timeout=self.timeout_seconds,
+            max_connections=self._max_connections,
+            keepalive_seconds=self._keepalive_seconds,
+            ssl_context=self._ssl,
+            server_hostname=self._server_name,
+        )
+
+    @property
+    def open_connections(self) -> int:
+        """Upstream connections open now (idle or in use) in the lean client's pool."""
+        return self._pool.open_connections if self._pool is not None else 0
+
+    async def close(self) -> None:
+        """Close the pool; idempotent."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def __aenter__(self) -> Upstream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def forward(
+        self,
+        request: web.BaseRequest,
+        *,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        timing: UpstreamTiming | None = None,
+    ) -> web.StreamResponse:
+        """Send ``request`` upstream and stream the answer back to its client.
+
+        ``path_qs`` is sent byte for byte (it must be the raw target that was checked
+        and authorized); ``headers`` exactly as given (see ``hygiene.forward_headers``).
+        The request body is streamed from the client, never held whole. Returns the
+        prepared, finished response. Raises :class:`UpstreamError` only before any
+        byte of the answer went out.
+        """
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("Upstream.forward() before start()")
+        return await self._forward_lean(pool, request, path_qs, headers, timing)
+
+    # ------------------------------------------------------------------ lean client
+
+    async def _forward_lean(
+        self,
+        pool: Pool,
+        request: web.BaseRequest,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        timing: UpstreamTiming | None,
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        if timing is None:
+            timing = UpstreamTiming()
+        method = request.method
+        has_body = request.body_exists
+        length = headers.get("Content-Length")
+        conn: Connection | None = None
+        sender: asyncio.Task[None] | None = None
+        try:
+            first, done = b"", True
+            if has_body:
+                first, done = await _prebuffer(request.content, self.timeout_seconds)
+            head = upstream_http.request_head(
+                method,
+                path_qs,
+                headers,
+                default_host=self._default_host,
+                body=has_body,
+                length=length,
+            )
+            retry = method in upstream_http.IDEMPOTENT and not has_body
+            fresh = False
+            while True:
+                try:
+                    conn = await pool.acquire(fresh=fresh)
+                except (TimeoutError, OSError) as exc:
+                    raise _translate(exc) from exc
+                conn.begin(method == "HEAD")
+                try:
+                    if has_body:
+                        sender = _send_body(
+                            conn, request, head, length, first, done, self.timeout_seconds
+                        )
+                    else:
+                        conn.write(head)
+                        conn.request_sent()
+                    await conn.read_head()
+                except UpstreamClosed as exc:
+                    reused = conn.reused
+                    pool.discard(conn)
+                    conn = None
+                    if retry and reused:
+                        retry, fresh = False, True  # a stale pooled connection: once more
+                        continue
+                    raise _translate(exc) from exc
+                except ClientRequestError:
+                    raise
+                except BodyError as exc:
+                    raise ClientBodyInvalid(str(exc)) from exc
+                except (TimeoutError, OSError, ProtocolViolation) as exc:
+                    raise _translate(exc) from exc
+                break
+            timing.head_seconds = time.perf_counter() - started
+            return await self._relay_lean(request, conn, timing)
+        finally:
+            if sender is not None and not sender.done():
+                sender.cancel()  # the answer ended (or failed) before the upload did
+            if conn is not None:
+                pool.release(conn, sender is None or _sent(sender))
+            timing.client_gone = timing.client_gone or _client_gone(request)
+            timing.total_seconds = time.perf_counter() - started
+
+    async def _relay_lean(
+        self, request: web.BaseRequest, conn: Connection, timing: UpstreamTiming
+    ) -> web.StreamResponse:
+        """Copy status, headers and body chunks as they arrive. While the client is slow
+        the chunks wait in the connection, which stops reading the upstream socket
+        beyond a bound (upstream_http.HIGH_WATER)."""
+        response = web.StreamResponse(
+            status=conn.status,
+            reason=conn.reason,
+            headers=_raw_response_headers(conn.raw_headers),
+        )
+        try:
+            await response.prepare(request)
+            while True:
+                chunk = conn.take()
+                if chunk is None:
+                    if conn.complete:
+                        await response.write_eof()
+                        return response
+                    try:
+                        await conn.wait_body()
+                    except (TimeoutError, OSError, ProtocolViolation, BodyError) as exc:
+                        timing.error = _translate(exc)
+                        timing.error.__cause__ = exc
+                        conn.abort()
+                        _abort(request)
+                        return response
+                    continue
+                if conn.complete:  # take() took all: this is the last of it
+                    await response.write_eof(chunk)
+                    timing.bytes_down += len(chunk)
+                    return response
+                await response.write(chunk)
+                timing.bytes_down += len(chunk)
+        except ConnectionError:
+            timing.client_gone = True
+            conn.abort()
+            return response
+
+
+def _raw_response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    """The lean client's answer headers minus hop-by-hop ones and those its Connection
+    lists, decoded like aiohttp's client does (UTF-8, undecodable bytes kept)."""
+    listed: set[bytes] = set()
+    for name, value in raw:
+        if name.lower() == b"connection":
+            listed.update(token.strip().lower() for token in value.split(b","))
+    listed -= {b"host", b"content-length"}
+    dropped = _HOP_BY_HOP_RESPONSE_RAW | listed if listed else _HOP_BY_HOP_RESPONSE_RAW
+    return CIMultiDict(
+        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        for name, value in raw
+        if name.lower() not in dropped
+    )
+
+
+async def _read_chunk(content: StreamReader, timeout: float) -> bytes:
+    """The next body bytes from the client (b"" at its end), waiting at most ``timeout``
+    for them; a client error (reset, bad chunking) becomes a :class:`BodyError` that
+    names the error's class only, never the bytes the parser quotes."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await content.readany()
+    except TimeoutError:
+        raise ClientStalled(f"the client sent no body bytes for {timeout}s") from None
+    except (asyncio.CancelledError, BodyError):
+        raise
+    except Exception as exc:
+        raise ClientBodyInvalid(f"reading the client's body failed: {type(exc).__name__}") from None
+
+
+async def _prebuffer(content: StreamReader, timeout: float) -> tuple[bytes, bool]:
+    """Up to :data:`PREBUFFER_BYTES` of the body, and whether that is all of it."""
+    if content.is_eof():
+        # The whole body is already here (the common small request): no wait, no timer.
+        try:
+            return content.read_nowait(-1), True
+        except Exception as exc:  # the client's side broke the body
+            name = type(exc).__name__
+            raise ClientBodyInvalid(f"reading the client's body failed: {name}") from None
+    parts: list[bytes] = []
+    size = 0
+    while size < PREBUFFER_BYTES:
+        chunk = await _read_chunk(content, timeout)
+        if not chunk:
+            return b"".join(parts), True
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts), False
+
+
+async def _send_body_task(
+    conn: Connection, request: web.BaseRequest, length: str | None, remaining: int, timeout: float
+) -> None:
+    """Stream the rest of the client's body upstream as it arrives: Content-Length
+    bodies as they are, the others chunked. Never more than one chunk is held; a client
+    that sends nothing for ``timeout`` fails the exchange (:class:`ClientStalled`)."""
+    content = request.content
+    try:
+        if length is not None:
+            while remaining > 0:
+                chunk = await _read_chunk(content, timeout)
+                if not chunk:
+                    raise ClientBodyInvalid("the client's body ended before its Content-Length")
+                remaining -= len(chunk)
+                conn.write(chunk)
+                await conn.drain()
+        else:
+            while chunk := await _read_chunk(content, timeout):
+                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                await conn.drain()
+            conn.write(b"0\r\n\r\n")
+    except (UpstreamClosed, TimeoutError, asyncio.CancelledError, BodyError):
+        raise
+    except Exception as exc:  # the client's side: reset, ...
+        raise BodyError(f"reading the client's body failed: {type(exc).__name__}") from exc
+    conn.request_sent()
+
+
+def _send_body(
+    conn: Connection,
+    request: web.BaseRequest,
+    head: bytes,
+    length: str | None,
+    first: bytes,
+    done: bool,
+    timeout: float,
+) -> asyncio.Task[None] | None:
+    """Write the head with the prebuffered ``first`` bytes of the body (all of it when
+    ``done``) and stream the rest in a task, so an upstream that answers before
+    reading it all is heard at once."""
+    if length is not None:
+        expected = int(length)
+        if done or len(first) >= expected:
+            if len(first) != expected:
+                raise ClientBodyInvalid(f"the client's body has {len(first)} bytes, not {length}")
+            conn.write(head + first)
+            conn.request_sent()
+            return None
+        conn.write(head + first)
+        remaining = expected - len(first)
+    else:
+        if done:
+            framed = b"%x\r\n%b\r\n0\r\n\r\n" % (len(first), first) if first else b"0\r\n\r\n"
+            conn.write(head + framed)
+            conn.request_sent()
+            return None
+        conn.write(head + (b"%x\r\n%b\r\n" % (len(first), first) if first else b""))
+        remaining = 0
+    task = asyncio.get_running_loop().create_task(
+        _send_body_task(conn, request, length, remaining, timeout)
+    )
+
+    def finished(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        if (exc := task.exception()) is not None:
+            conn.fail(exc)
+
+    task.add_done_callback(finished)
+    return task
+
+
+def _sent(task: asyncio.Task[None]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
+def _translate(exc: BaseException) -> UpstreamError:
+    """Map one client failure onto the permgate tree (the only place)."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(f"upstream timed out: {exc}")
+    if isinstance(exc, ProtocolViolation):
+        return UpstreamProtocolError(f"upstream answered invalid HTTP: {exc}")
+    if isinstance(exc, TlsHandshakeFailed):
+        return UpstreamUnavailable(str(exc))
+    return UpstreamUnavailable(f"upstream unavailable: {exc}")
+
+
+def _client_gone(request: web.BaseRequest) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _abort(request: web.BaseRequest) -> None:
+    """Cut the client connection so a truncated answer cannot pass for a whole one."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()

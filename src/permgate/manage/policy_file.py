@@ -1,0 +1,877 @@
+"""``policy.yaml``: parse with line numbers, validate as a whole, plan
+the changes against the store, then apply them in one transaction.
+
+Three stages, so that nothing is written unless everything is right:
+
+1. :func:`parse_policy` checks the file's shape (keys, types, grammar, duplicate
+   ids) and reports every problem as ``FILE:LINE: message``.
+2. :func:`plan_policy` compares it with the store and checks every reference
+   (roles, tenants, accounts) and every rule that the current state decides
+   (immutable names and types, one-way enforcement, ``--prune`` of held roles).
+   Its result is a list of :class:`Action` s; an empty list means "no changes".
+3. :func:`apply_plan` runs the actions through :class:`permgate.manage.service.ModelService`
+   in one transaction: a rule the service still refuses rolls everything back.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import yaml
+
+from permgate.core.endpoints import EndpointMap
+from permgate.core.errors import InvalidPermission, PermgateError
+from permgate.core.model import (
+    ENFORCEMENTS,
+    PRINCIPAL_KINDS,
+    SCOPE_ANY,
+    SCOPE_TYPE_TEST,
+    TENANT_TYPES,
+    Principal,
+)
+from permgate.core.passwords import PasswordPolicy
+from permgate.core.passwords import parse_policy as parse_password_policy
+from permgate.core.permissions import parse_grant
+from permgate.core.roles import BUILTIN_ROLE_NAMES, builtin_roles
+from permgate.manage.service import (
+    ACCOUNT_ID,
+    PRINCIPAL_ID,
+    ROLE_NAME,
+    TENANT_ID,
+    Actor,
+    ModelService,
+)
+from permgate.store.base import Store
+
+__all__ = [
+    "Action",
+    "Policy",
+    "PolicyError",
+    "apply_plan",
+    "load_policy",
+    "parse_policy",
+    "parse_policy_node",
+    "plan_policy",
+    "unused_grants",
+]
+
+
+class PolicyError(PermgateError):
+    """The policy file is invalid; ``errors`` holds every ``FILE:LINE: message``."""
+
+    status_code = 422
+    error = "invalid"
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A name the file mentions, with the line it is on."""
+
+    value: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSpec:
+    id: str
+    type: str
+    enforcement: str | None
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoleSpec:
+    name: str
+    display_name: str | None
+    permissions: tuple[str, ...]
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalSpec:
+    id: str
+    kind: str
+    roles: tuple[Ref, ...]
+    tenant_roles: tuple[tuple[Ref, tuple[Ref, ...]], ...]
+    tenants: tuple[Ref, ...]
+    disabled: bool
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSpec:
+    id: str
+    tenants: tuple[TenantSpec, ...]
+    roles: tuple[RoleSpec, ...]
+    principals: tuple[PrincipalSpec, ...]
+    line: int
+    # None: the file does not say (the stored policy is left alone, unless --prune).
+    password_policy: PasswordPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A parsed, well-formed policy file."""
+
+    source: str
+    accounts: tuple[AccountSpec, ...]
+
+
+_ROOT_KEYS: Final = ("accounts",)
+_ACCOUNT_KEYS: Final = ("id", "tenants", "roles", "principals", "password_policy")
+_TENANT_KEYS: Final = ("id", "type", "enforcement")
+_ROLE_KEYS: Final = ("name", "display_name", "permissions")
+_PRINCIPAL_KEYS: Final = ("id", "kind", "roles", "tenant_roles", "tenants", "disabled")
+_STR: Final = "tag:yaml.org,2002:str"
+_BOOL: Final = "tag:yaml.org,2002:bool"
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+class _Parser:
+    """Walks the composed YAML tree, recording every problem with its line."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[tuple[int, str]] = []
+
+    def error(self, line: int, message: str) -> None:
+        self.problems.append((line, message))
+
+    def errors(self) -> list[str]:
+        return [f"{self.source}:{line}: {message}" for line, message in sorted(self.problems)]
+
+    def mapping(
+        self, node: yaml.Node, where: str, allowed: tuple[str, ...]
+    ) -> dict[str, yaml.Node] | None:
+        if not isinstance(node, yaml.MappingNode):
+            self.error(_line(node), f"{where} must be a mapping")
+            return None
+        out: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if not isinstance(key, str) or key not in allowed:
+                self.error(
+                    _line(key_node),
+                    f"unknown key {key!r} in {where}; allowed: {', '.join(allowed)}",
+                )
+                continue
+            if key in out:
+                self.error(_line(key_node), f"duplicate key {key!r} in {where}")
+                continue
+            out[key] = value_node
+        return out
+
+    def sequence(self, node: yaml.Node | None, where: str) -> list[yaml.Node]:
+        if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
+            return []
+        if not isinstance(node, yaml.SequenceNode):
+            self.error(_line(node), f"{where} must be a list")
+            return []
+        return list(node.value)
+
+    def string(self, node: yaml.Node | None, where: str, line: int) -> str | None:
+        if node is None:
+            self.error(line, f"{where} is missing")
+            return None
+        if not isinstance(node, yaml.ScalarNode) or node.tag != _STR or not node.value:
+            self.error(_line(node), f"{where} must be a non-empty string")
+            return None
+        return str(node.value)
+
+    def choice(
+        self, node: yaml.Node | None, where: str, line: int, options: tuple[str, ...]
+    ) -> str | None:
+        value = self.string(node, where, line)
+        if value is not None and value not in options:
+            self.error(
+                _line(node) if node is not None else line,
+                f"{where} {value!r} is invalid: expected one of {', '.join(options)}",
+            )
+            return None
+        return value
+
+    def ident(
+        self, node: yaml.Node | None, where: str, line: int, pattern: re.Pattern[str]
+    ) -> str | None:
+        value = self.string(node, where, line)
+        if value is not None and pattern.fullmatch(value) is None:
+            self.error(
+                _line(node) if node is not None else line,
+                f"{where} {value!r} is invalid: expected {pattern.pattern}",
+            )
+            return None
+        return value
+
+    def refs(self, node: yaml.Node | None, where: str) -> tuple[Ref, ...]:
+        out: list[Ref] = []
+        for item in self.sequence(node, where):
+            value = self.string(item, f"an item of {where}", _line(item))
+            if value is not None:
+                out.append(Ref(value, _line(item)))
+        return tuple(out)
+
+    def document(self, root: yaml.Node) -> tuple[AccountSpec, ...]:
+        keys = self.mapping(root, "the policy file", _ROOT_KEYS)
+        if keys is None:
+            return ()
+        if "accounts" not in keys:
+            self.error(_line(root), "the policy file has no 'accounts' list")
+            return ()
+        accounts = [self.account(n) for n in self.sequence(keys["accounts"], "accounts")]
+        return tuple(a for a in accounts if a is not None)
+
+    def account(self, node: yaml.Node) -> AccountSpec | None:
+        keys = self.mapping(node, "an account", _ACCOUNT_KEYS)
+        if keys is None:
+            return None
+        line = _line(node)
+        account = self.ident(keys.get("id"), "account id", line, ACCOUNT_ID)
+        where = f"account {account!r}"
+        tenants = [self.tenant(n, where) for n in self.sequence(keys.get("tenants"), "tenants")]
+        roles = [self.role(n, where) for n in self.sequence(keys.get("roles"), "roles")]
+        principals = [
+            self.principal(n, where) for n in self.sequence(keys.get("principals"), "principals")
+        ]
+        password_policy = None
+        if "password_policy" in keys:
+            password_policy = self.password_policy(keys["password_policy"], where)
+        if account is None:
+            return None
+        return AccountSpec(
+            account,
+            tuple(t for t in tenants if t is not None),
+            tuple(r for r in roles if r is not None),
+            tuple(p for p in principals if p is not None),
+            line,
+            password_policy,
+        )
+
+    def password_policy(self, node: yaml.Node, where: str) -> PasswordPolicy | None:
+        """An account's ``password_policy``: every problem on its key's line; a
+        policy that would lower the mandatory floor is an error, never clamped."""
+        if not isinstance(node, yaml.MappingNode):
+            self.error(_line(node), f"password_policy of {where} must be a mapping")
+            return None
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            lines[key] = _line(key_node)
+            if key == "lockout" and isinstance(value_node, yaml.MappingNode):
+                for inner, _ in value_node.value:
+                    lines[f"lockout.{inner.value}"] = _line(inner)
+        try:
+            raw = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            self.error(_line(node), f"password_policy of {where} cannot be read: {exc}")
+            return None
+        policy, problems = parse_password_policy(raw)
+        for key, message in problems:
+            self.error(lines.get(key, _line(node)), f"password_policy of {where}: {message}")
+        return policy
+
+    def tenant(self, node: yaml.Node, where: str) -> TenantSpec | None:
+        keys = self.mapping(node, f"a tenant of {where}", _TENANT_KEYS)
+        if keys is None:
+            return None
+        line = _line(node)
+        tenant_id = self.ident(keys.get("id"), "tenant id", line, TENANT_ID)
+        if tenant_id == SCOPE_ANY:
+            self.error(line, "tenant id 'any' is reserved: it is a tenant scope keyword")
+            tenant_id = None
+        kind = "PRODUCTION"
+        if "type" in keys:
+            kind = self.choice(keys["type"], "tenant type", line, TENANT_TYPES) or kind
+        enforcement = None
+        if "enforcement" in keys:
+            enforcement = self.choice(keys["enforcement"], "enforcement", line, ENFORCEMENTS)
+        if tenant_id is None:
+            return None
+        return TenantSpec(tenant_id, kind, enforcement, line)
+
+    def role(self, node: yaml.Node, where: str) -> RoleSpec | None:
+        keys = self.mapping(node, f"a role of {where}", _ROLE_KEYS)
+        if keys is None:
+            return None
+        line = _line(node)
+        name = self.ident(keys.get("name"), "role name", line, ROLE_NAME)
+        display = None
+        if "display_name" in keys:
+            display = self.string(keys["display_name"], "display_name", line)
+        grants: list[str] = []
+        for item in self.sequence(keys.get("permissions"), "permissions"):
+            value = self.string(item, "a permission", _line(item))
+            if value is None:
+                continue
+            try:
+                parse_grant(value)
+            except InvalidPermission as exc:
+                self.error(_line(item), str(exc))
+                continue
+            if value not in grants:
+                grants.append(value)
+        if name is None:
+            return None
+        return RoleSpec(name, display, tuple(grants), line)
+
+    def principal(self, node: yaml.Node, where: str) -> PrincipalSpec | None:
+        keys = self.mapping(node, f"a principal of {where}", _PRINCIPAL_KEYS)
+        if keys is None:
+            return None
+        line = _line(node)
+        principal_id = self.ident(keys.get("id"), "principal id", line, PRINCIPAL_ID)
+        kind = "user"
+        if "kind" in keys:
+            kind = self.choice(keys["kind"], "principal kind", line, PRINCIPAL_KINDS) or kind
+        disabled = False
+        if "disabled" in keys:
+            flag = keys["disabled"]
+            if isinstance(flag, yaml.ScalarNode) and flag.tag == _BOOL:
+                disabled = flag.value.lower() in ("true", "yes", "on")
+            else:
+                self.error(_line(flag), "disabled must be true or false")
+        tenant_roles: list[tuple[Ref, tuple[Ref, ...]]] = []
+        if "tenant_roles" in keys:
+            node_tr = keys["tenant_roles"]
+            if isinstance(node_tr, yaml.MappingNode):
+                for key_node, value_node in node_tr.value:
+                    tenant = self.string(key_node, "a tenant_roles key", _line(key_node))
+                    roles = self.refs(value_node, f"tenant_roles of {tenant!r}")
+                    if tenant is not None:
+                        tenant_roles.append((Ref(tenant, _line(key_node)), roles))
+            else:
+                self.error(_line(node_tr), "tenant_roles must map tenant ids to role lists")
+        roles = self.refs(keys.get("roles"), "roles")
+        tenants = self.refs(keys.get("tenants"), "tenants")
+        if principal_id is None:
+            return None
+        return PrincipalSpec(
+            principal_id, kind, roles, tuple(tenant_roles), tenants, disabled, line
+        )
+
+
+def parse_policy(text: str, source: str = "<policy>") -> Policy:
+    """Parse and check a policy's shape; :class:`PolicyError` lists every problem."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(
+            [f"{source}:{line}: invalid YAML (a half-written file?): {problem}"]
+        ) from exc
+    if root is None:
+        raise PolicyError([f"{source}:1: the policy file is empty"])
+    return parse_policy_node(root, source)
+
+
+def parse_policy_node(root: yaml.Node, source: str) -> Policy:
+    """:func:`parse_policy` for a policy embedded in another YAML document (a test
+    suite's inline ``policy:``); lines are those of the enclosing file."""
+    parser = _Parser(source)
+    accounts = parser.document(root)
+    _check_unique(parser, accounts)
+    if parser.problems:
+        raise PolicyError(parser.errors())
+    return Policy(source, accounts)
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and parse a policy file; an unreadable file is a :class:`PolicyError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError([f"{path}: cannot read the policy file: {exc}"]) from exc
+    return parse_policy(text, str(path))
+
+
+def _check_unique(parser: _Parser, accounts: tuple[AccountSpec, ...]) -> None:
+    def first(seen: dict[str, int], kind: str, key: str, line: int) -> None:
+        if key in seen:
+            parser.error(line, f"duplicate {kind} {key!r} (first on line {seen[key]})")
+        else:
+            seen[key] = line
+
+    account_ids: dict[str, int] = {}
+    tenant_ids: dict[str, int] = {}
+    principal_ids: dict[str, PrincipalSpec] = {}  # by id folded to lower case
+    for account in accounts:
+        first(account_ids, "account id", account.id, account.line)
+        role_names: dict[str, int] = {}
+        for tenant in account.tenants:
+            first(tenant_ids, "tenant id", tenant.id, tenant.line)
+        for role in account.roles:
+            first(role_names, f"role name in account {account.id!r}", role.name, role.line)
+        for principal in account.principals:
+            # Unique regardless of case, as in the store.
+            seen = principal_ids.setdefault(principal.id.lower(), principal)
+            if seen is not principal:
+                same = (
+                    "" if seen.id == principal.id else f" (differs only in case from {seen.id!r})"
+                )
+                parser.error(
+                    principal.line,
+                    f"duplicate principal id {principal.id!r}{same} (first on line {seen.line}; "
+                    "ids are unique regardless of case)",
+                )
+
+
+# -- warnings -----------------------------------------------------------------
+
+
+def unused_grants(policy: Policy, endpoint_map: EndpointMap) -> list[str]:
+    """``FILE:LINE: warning: ...`` for each role grant that no endpoint of the map can use.
+
+    A grant nothing requires is almost always a typo (``claim.read`` for
+    ``claims.read``): the role then silently grants less than its author meant. It is
+    a warning, not an error, since a map may gain the endpoint later. ``group.*``
+    counts as used when the map requires any permission of that group, and ``*.*``
+    always does. The closest permission the map does have is suggested when there
+    is an obvious one.
+    """
+    required = sorted(endpoint_map.permissions())
+    groups = sorted({permission.partition(".")[0] for permission in required})
+    warnings: list[str] = []
+    for account in policy.accounts:
+        for role in account.roles:
+            for grant in role.permissions:
+                group, _, action = grant.partition(".")
+                if group == "*" or (action == "*" and group in groups) or grant in required:
+                    continue
+                if action == "*":
+                    close = [f"{g}.*" for g in difflib.get_close_matches(group, groups, 1, 0.8)]
+                else:
+                    close = difflib.get_close_matches(grant, required, 1, 0.8)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                warnings.append(
+                    f"{policy.source}:{role.line}: warning: role {role.name!r} of account "
+                    f"{account.id!r} grants {grant!r}, which no endpoint of "
+                    f"{endpoint_map.source} requires{hint}"
+                )
+    return warnings
+
+
+# -- planning -----------------------------------------------------------------
+
+
+async def _principal_folding_to(store: Store, principal_id: str) -> Principal | None:
+    """A stored principal whose id equals ``principal_id`` ignoring case, in any account.
+    Asked only for principals the file adds, so a scan is affordable."""
+    folded = principal_id.lower()
+    for account in await store.list_accounts():
+        for principal in await store.list_principals(account):
+            if principal.id.lower() == folded:
+                return principal
+    return None
+
+
+Run = Callable[[ModelService, Actor], Awaitable[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One change the apply will make: ``line`` is what it prints (``+ tenant x``)."""
+
+    line: str
+    run: Run = field(repr=False, compare=False)
+
+
+async def plan_policy(
+    store: Store, policy: Policy, *, prune: bool = False, default_enforcement: str = "enforce"
+) -> list[Action]:
+    """The changes applying ``policy`` would make; :class:`PolicyError` lists every
+    reference or rule the current store state makes invalid."""
+    problems: list[tuple[int, str]] = []
+    actions: list[Action] = []
+    file_tenant_account = {t.id: a.id for a in policy.accounts for t in a.tenants}
+    file_role_accounts: dict[str, list[str]] = {}
+    for account in policy.accounts:
+        for role in account.roles:
+            file_role_accounts.setdefault(role.name, []).append(account.id)
+    for account in policy.accounts:
+        await _plan_account(
+            store,
+            account,
+            file_tenant_account,
+            file_role_accounts,
+            prune,
+            default_enforcement,
+            actions,
+            problems,
+        )
+    if problems:
+        raise PolicyError(
+            [f"{policy.source}:{line}: {message}" for line, message in sorted(problems)]
+        )
+    return actions
+
+
+async def _plan_account(
+    store: Store,
+    spec: AccountSpec,
+    file_tenant_account: dict[str, str],
+    file_role_accounts: dict[str, list[str]],
+    prune: bool,
+    default_enforcement: str,
+    actions: list[Action],
+    problems: list[tuple[int, str]],
+) -> None:
+    account = spec.id
+    exists = await store.account_exists(account)
+    if exists:
+        stored_roles = await store.get_roles(account)
+        stored_tenants = {t.id: t for t in await store.list_tenants(account)}
+        stored_principals = {p.id: p for p in await store.list_principals(account)}
+    else:
+        stored_roles = {r.name: r for r in builtin_roles(account)}
+        stored_tenants = {}
+        stored_principals = {}
+        actions.append(Action(f"+ account {account}", _ensure_account(account)))
+
+    await _plan_password_policy(store, spec, exists, prune, actions)
+
+    # Tenants.
+    for tenant in spec.tenants:
+        current = stored_tenants.get(tenant.id)
+        if current is None:
+            elsewhere = await store.get_tenant(tenant.id)
+            if elsewhere is not None:
+                problems.append(
+                    (tenant.line, f"tenant id {tenant.id!r} already belongs to another account")
+                )
+                continue
+            mode = tenant.enforcement or default_enforcement
+            actions.append(
+                Action(
+                    f"+ tenant {tenant.id} ({tenant.type}, {mode})",
+                    _create_tenant(account, tenant.id, tenant.type, mode),
+                )
+            )
+            continue
+        if current.type != tenant.type:
+            problems.append(
+                (
+                    tenant.line,
+                    f"tenant {tenant.id!r} is of type {current.type}; a tenant's type "
+                    "cannot change",
+                )
+            )
+        if tenant.enforcement is not None and tenant.enforcement != current.enforcement:
+            if tenant.enforcement == "shadow":
+                problems.append(
+                    (
+                        tenant.line,
+                        f"tenant {tenant.id!r} is in enforce mode; switching back to shadow "
+                        "is refused (enforcement is one-way)",
+                    )
+                )
+            else:
+                actions.append(
+                    Action(
+                        f"~ tenant {tenant.id} enforcement shadow -> enforce",
+                        _enforce(tenant.id),
+                    )
+                )
+
+    def tenant_known(ref: Ref) -> bool:
+        if ref.value in (SCOPE_ANY, SCOPE_TYPE_TEST):
+            return True
+        owner = file_tenant_account.get(ref.value)
+        if owner is None and ref.value in stored_tenants:
+            owner = account
+        if owner == account:
+            return True
+        if owner is not None:
+            problems.append(
+                (
+                    ref.line,
+                    f"tenant {ref.value!r} belongs to account {owner!r}, not {account!r}: "
+                    "nothing crosses an account",
+                )
+            )
+        else:
+            problems.append((ref.line, f"unknown tenant {ref.value!r}: not in account {account!r}"))
+        return False
+
+    # Roles.
+    file_roles = {r.name: r for r in spec.roles}
+    for role in spec.roles:
+        current_role = stored_roles.get(role.name)
+        if current_role is None:
+            display = role.display_name or role.name
+            actions.append(
+                Action(
+                    f"+ role {role.name}",
+                    _create_role(account, role.name, display, role.permissions),
+                )
+            )
+            continue
+        if role.display_name is not None and role.display_name != current_role.display_name:
+            problems.append(
+                (
+                    role.line,
+                    f"display_name of role {role.name!r} cannot change after creation "
+                    f"(it is {current_role.display_name!r})",
+                )
+            )
+        if role.name == "admin" and "*.*" not in role.permissions:
+            problems.append((role.line, "the admin role's '*.*' cannot be removed"))
+        elif role.permissions != current_role.permissions:
+            actions.append(
+                Action(
+                    f"~ role {role.name} permissions",
+                    _update_role(account, role.name, role.permissions),
+                )
+            )
+
+    file_principals = {p.id for p in spec.principals}
+    # Under --prune a role counts as named only where the file defines it.
+    pruned_roles = (
+        {n for n, r in stored_roles.items() if not r.builtin and n not in file_roles}
+        if prune
+        else set()
+    )
+    pruned_holders: dict[str, list[tuple[str, int]]] = {}
+
+    def role_known(ref: Ref, holder: str) -> bool:
+        if ref.value in pruned_roles:
+            pruned_holders.setdefault(ref.value, []).append((holder, ref.line))
+            return False
+        if ref.value in file_roles or ref.value in BUILTIN_ROLE_NAMES:
+            return True
+        if ref.value in stored_roles:
+            return True
+        others = [a for a in file_role_accounts.get(ref.value, []) if a != account]
+        if others:
+            problems.append(
+                (
+                    ref.line,
+                    f"role {ref.value!r} is defined in account {others[0]!r}, not "
+                    f"{account!r}: nothing crosses an account",
+                )
+            )
+        else:
+            problems.append((ref.line, f"unknown role {ref.value!r} in account {account!r}"))
+        return False
+
+    # Principals.
+    for principal in spec.principals:
+        ok = True
+        assignments: list[tuple[str, str | None]] = []
+        for ref in principal.roles:
+            ok = role_known(ref, principal.id) and ok
+            assignments.append((ref.value, None))
+        for tenant_ref, role_refs in principal.tenant_roles:
+            if tenant_ref.value in (SCOPE_ANY, SCOPE_TYPE_TEST):
+                problems.append(
+                    (tenant_ref.line, "tenant_roles keys are tenant ids, not 'any' or 'type:test'")
+                )
+                ok = False
+            else:
+                ok = tenant_known(tenant_ref) and ok
+            for ref in role_refs:
+                ok = role_known(ref, principal.id) and ok
+                assignments.append((ref.value, tenant_ref.value))
+        for ref in principal.tenants:
+            ok = tenant_known(ref) and ok
+        if not ok:
+            continue
+        wanted_roles = tuple(sorted(set(assignments), key=lambda a: (a[0], a[1] or "")))
+        scope = tuple(dict.fromkeys(ref.value for ref in principal.tenants))
+        current_principal = stored_principals.get(principal.id)
+        if current_principal is None:
+            other = await store.get_principal(principal.id)
+            twin = None if other is not None else await _principal_folding_to(store, principal.id)
+            if twin is not None:
+                problems.append(
+                    (
+                        principal.line,
+                        f"principal id {principal.id!r} differs only in case from {twin.id!r} "
+                        f"of account {twin.account!r}: ids are unique regardless of case",
+                    )
+                )
+                continue
+            if other is not None:
+                problems.append(
+                    (
+                        principal.line,
+                        f"principal id {principal.id!r} already belongs to another account",
+                    )
+                )
+                continue
+            actions.append(
+                Action(
+                    f"+ principal {principal.id}",
+                    _create_principal(
+                        account,
+                        principal.id,
+                        principal.kind,
+                        scope,
+                        principal.disabled,
+                        wanted_roles,
+                    ),
+                )
+            )
+            continue
+        if (
+            current_principal.kind != principal.kind
+            or current_principal.disabled != principal.disabled
+        ):
+            what = []
+            if current_principal.kind != principal.kind:
+                what.append("kind")
+            if current_principal.disabled != principal.disabled:
+                what.append("disabled")
+            actions.append(
+                Action(
+                    f"~ principal {principal.id} {' '.join(what)}",
+                    _update_principal(principal.id, principal.kind, principal.disabled),
+                )
+            )
+        have_roles = tuple(sorted(((a.role, a.tenant) for a in current_principal.roles), key=_akey))
+        if have_roles != wanted_roles:
+            actions.append(
+                Action(f"~ principal {principal.id} roles", _set_roles(principal.id, wanted_roles))
+            )
+        if current_principal.tenants != scope:
+            actions.append(
+                Action(f"~ principal {principal.id} tenants", _set_tenants(principal.id, scope))
+            )
+
+    for role_name, holders in sorted(pruned_holders.items()):
+        names = ", ".join(sorted({h for h, _ in holders}))
+        for _holder, line in holders:
+            problems.append(
+                (
+                    line,
+                    f"--prune would delete role {role_name!r} (the file does not define it) "
+                    f"but it is still assigned to: {names}",
+                )
+            )
+
+    if prune:
+        for principal_id in sorted(set(stored_principals) - file_principals):
+            actions.append(Action(f"- principal {principal_id}", _delete_principal(principal_id)))
+        for role_name in sorted(pruned_roles):
+            actions.append(Action(f"- role {role_name}", _delete_role(account, role_name)))
+
+
+async def _plan_password_policy(
+    store: Store, spec: AccountSpec, exists: bool, prune: bool, actions: list[Action]
+) -> None:
+    """Configure the account's password policy when the file's differs from the stored
+    one; with --prune an account whose entry has none goes back to the floor alone."""
+    if spec.password_policy is None and not prune:
+        return
+    current = await ModelService(store).configured_password_policy(spec.id) if exists else None
+    wanted = None if spec.password_policy is None else spec.password_policy.with_floor()
+    if wanted == current:
+        return
+    if wanted is None:
+        line = f"- account {spec.id} password_policy (back to the floor)"
+    else:
+        line = f"{'+' if current is None else '~'} account {spec.id} password_policy"
+    actions.append(Action(line, _set_password_policy(spec.id, wanted)))
+
+
+def _akey(item: tuple[str, str | None]) -> tuple[str, str]:
+    return item[0], item[1] or ""
+
+
+# Each helper binds its arguments now and runs later, inside the apply transaction.
+
+
+def _ensure_account(account: str) -> Run:
+    return lambda service, actor: service.ensure_account(actor, account)
+
+
+def _create_tenant(account: str, tenant_id: str, kind: str, mode: str) -> Run:
+    return lambda service, actor: service.create_tenant(
+        actor,
+        account,
+        tenant_id,
+        type=kind,  # type: ignore[arg-type]
+        enforcement=mode,  # type: ignore[arg-type]
+    )
+
+
+def _enforce(tenant_id: str) -> Run:
+    return lambda service, actor: service.set_enforcement(actor, tenant_id, "enforce")
+
+
+def _create_role(account: str, name: str, display: str, grants: tuple[str, ...]) -> Run:
+    return lambda service, actor: service.create_role(actor, account, name, display, grants)
+
+
+def _update_role(account: str, name: str, grants: tuple[str, ...]) -> Run:
+    return lambda service, actor: service.update_role(actor, account, name, permissions=grants)
+
+
+def _delete_role(account: str, name: str) -> Run:
+    return lambda service, actor: service.delete_role(actor, account, name)
+
+
+def _create_principal(
+    account: str,
+    principal_id: str,
+    kind: str,
+    scope: tuple[str, ...],
+    disabled: bool,
+    roles: tuple[tuple[str, str | None], ...],
+) -> Run:
+    return lambda service, actor: service.create_principal(
+        actor,
+        account,
+        principal_id,
+        kind=kind,  # type: ignore[arg-type]
+        tenants=scope,
+        disabled=disabled,
+        roles=roles,
+    )
+
+
+def _update_principal(principal_id: str, kind: str, disabled: bool) -> Run:
+    return lambda service, actor: service.update_principal(
+        actor,
+        principal_id,
+        kind=kind,  # type: ignore[arg-type]
+        disabled=disabled,
+    )
+
+
+def _set_roles(principal_id: str, roles: tuple[tuple[str, str | None], ...]) -> Run:
+    return lambda service, actor: service.set_principal_roles(actor, principal_id, roles)
+
+
+def _set_tenants(principal_id: str, scope: tuple[str, ...]) -> Run:
+    return lambda service, actor: service.set_principal_tenants(actor, principal_id, scope)
+
+
+def _set_password_policy(account: str, policy: PasswordPolicy | None) -> Run:
+    return lambda service, actor: service.set_password_policy(actor, account, policy)
+
+
+def _delete_principal(principal_id: str) -> Run:
+    return lambda service, actor: service.delete_principal(actor, principal_id)
+
+
+async def apply_plan(service: ModelService, actor: Actor, actions: list[Action]) -> list[str]:
+    """Run every action in one transaction; return the lines describing them."""
+    if not actions:
+        return []
+    async with service.transaction():
+        for action in actions:
+            await action.run(service, actor)
+    return [action.line for action in actions]

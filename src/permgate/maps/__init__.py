@@ -1,0 +1,1 @@
+"""The endpoint map: its grammar and loader, hot reload, and OpenAPI import."""
