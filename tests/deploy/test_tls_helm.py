@@ -105,6 +105,47 @@ def test_defaults_have_no_tls_and_no_tracing(helm: Path, tmp_path: Path) -> None
     assert not [v for v in pod_spec(manifests)["volumes"] if v["name"].startswith("tls-")]
 
 
+DECISION_TLS = {
+    "decisionService": {"enabled": True, "trustedProxies": ["10.0.0.0/8"]},
+    "tls": {"decision": {"enabled": True, "secretName": "authz-tls", "clientCa": True}},
+}
+
+
+def test_decision_service_tls_writes_a_config_permgate_accepts(
+    helm: Path, tmp_path: Path
+) -> None:
+    """tls.decision puts the decision listener on HTTPS: authz_tls names the files of the
+    mounted Secret, and permgate loads the rendered permgate.yaml."""
+    config = permgate_config(render(helm, tmp_path, DECISION_TLS))
+    path = tmp_path / "permgate.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    settings = load_settings(path, env={})
+    assert settings.authz_tls is not None
+    assert (
+        settings.authz_tls.cert_file,
+        settings.authz_tls.key_file,
+        settings.authz_tls.client_ca_file,
+    ) == (
+        "/etc/permgate/tls/decision/tls.crt",
+        "/etc/permgate/tls/decision/tls.key",
+        "/etc/permgate/tls/decision/ca.crt",
+    )
+
+
+def test_decision_service_mounts_its_certificate_secret(helm: Path, tmp_path: Path) -> None:
+    """The decision service's Deployment mounts the Secret as a directory (renewals reach
+    the process) where authz_tls looks for it."""
+    manifests = render(helm, tmp_path, DECISION_TLS)
+    mounts = {m["name"]: m for m in container(manifests, "permgate")["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(manifests)["volumes"]}
+    assert mounts["tls-decision"] == {
+        "name": "tls-decision",
+        "mountPath": "/etc/permgate/tls/decision",
+        "readOnly": True,
+    }
+    assert volumes["tls-decision"]["secret"] == {"secretName": "authz-tls"}
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -115,6 +156,14 @@ def test_defaults_have_no_tls_and_no_tracing(helm: Path, tmp_path: Path) -> None
             "tls.mtlsPrincipalFrom needs tls.gateway.enabled=true and tls.gateway.clientCa=true",
         ),
         ({"tracing": {"enabled": True}}, "tracing.enabled=true needs tracing.otlpEndpoint"),
+        (
+            {"tls": {"decision": {"enabled": True, "secretName": "authz-tls"}}},
+            "tls.decision.enabled=true needs decisionService.enabled=true",
+        ),
+        (
+            {**DECISION_TLS, "tls": {"decision": {"enabled": True}}},
+            "tls.decision.enabled=true needs tls.decision.secretName",
+        ),
         ({"tls": {"gateway": {"minVersion": "1.1"}}}, "minVersion"),
         ({"tracing": {"sampleRatio": 2}}, "sampleRatio"),
     ],
@@ -123,6 +172,8 @@ def test_defaults_have_no_tls_and_no_tracing(helm: Path, tmp_path: Path) -> None
         "upstream-without-secret",
         "mtls-without-client-ca",
         "tracing-without-endpoint",
+        "decision-tls-without-decision-service",
+        "decision-tls-without-secret",
         "tls-1.1",
         "ratio-above-one",
     ],

@@ -147,6 +147,15 @@ app.kubernetes.io/part-of: permgate
 {{- $config = omit $config "listen" "listen_tls" "upstream" "upstream_tls" "upstream_timeout_seconds" }}
 {{- $_ := set $config "authz_listen" (printf "0.0.0.0:%d" (int .Values.decisionService.port)) }}
 {{- $_ := set $config "authz_trusted_proxies" .Values.decisionService.trustedProxies }}
+{{- if $tls.decision.enabled }}
+{{- $authzTls := dict
+  "cert_file" (printf "%s/decision/tls.crt" $tlsDir)
+  "key_file" (printf "%s/decision/tls.key" $tlsDir)
+  "min_version" (toString $tls.decision.minVersion)
+}}
+{{- if $tls.decision.clientCa }}{{ $_ := set $authzTls "client_ca_file" (printf "%s/decision/ca.crt" $tlsDir) }}{{ end }}
+{{- $_ := set $config "authz_tls" $authzTls }}
+{{- end }}
 {{- end }}
 {{- toYaml (mustMergeOverwrite $config (deepCopy $p.extraConfig)) }}
 {{- end }}
@@ -175,7 +184,7 @@ app.kubernetes.io/part-of: permgate
 {{- if and .Values.endpointMap.content .Values.endpointMap.existingConfigMap }}
 {{- fail "\n\nset endpointMap.content or endpointMap.existingConfigMap, not both." }}
 {{- end }}
-{{- range $name := list "gateway" "admin" "upstream" }}
+{{- range $name := list "gateway" "admin" "upstream" "decision" }}
 {{- $listener := index $.Values.tls $name }}
 {{- if and $listener.enabled (not $listener.secretName) }}
 {{- fail (printf "\n\ntls.%s.enabled=true needs tls.%s.secretName: a kubernetes.io/tls Secret (tls.crt, tls.key%s), e.g. one that cert-manager keeps renewed." $name $name (ternary ", ca.crt" "" (eq $name "upstream"))) }}
@@ -183,6 +192,9 @@ app.kubernetes.io/part-of: permgate
 {{- end }}
 {{- if and .Values.tls.mtlsPrincipalFrom (not (and .Values.tls.gateway.enabled .Values.tls.gateway.clientCa)) }}
 {{- fail "\n\ntls.mtlsPrincipalFrom needs tls.gateway.enabled=true and tls.gateway.clientCa=true: only certificates verified against a client CA may name a principal." }}
+{{- end }}
+{{- if and .Values.tls.decision.enabled (not .Values.decisionService.enabled) }}
+{{- fail "\n\ntls.decision.enabled=true needs decisionService.enabled=true: it is the decision service's listener (the sidecar has no decision port)." }}
 {{- end }}
 {{- if and .Values.tracing.enabled (not .Values.tracing.otlpEndpoint) }}
 {{- fail "\n\ntracing.enabled=true needs tracing.otlpEndpoint: the collector's OTLP/HTTP base URL, e.g. http://otel-collector.observability:4318 (spans go to its /v1/traces)." }}
