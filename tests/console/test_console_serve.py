@@ -12,7 +12,8 @@ import trustme
 from aiohttp import web
 
 from console_world import PASSWORD, seed
-from harness import free_port, start_gateway
+from gateway_procs import echo_upstream, serve_sqlite
+from harness import eventually, free_port, start_gateway
 from permgate.console.session import SESSION_COOKIE
 from permgate.runtime.app import Runtime
 
@@ -78,3 +79,43 @@ async def test_audit_page_shows_the_gateways_recent_decisions(tmp_path: Path) ->
         assert response.status == 200
         assert "POST /policy/acme-prod/quotes" in text
         assert "missing_permission" in text
+
+
+async def test_audit_page_shows_every_workers_decisions(tmp_path: Path) -> None:
+    """Under ``serve --workers 2`` the Audit page, whichever worker answers it, lists the
+    decisions of both workers (each connection may land on either)."""
+    async with (
+        echo_upstream() as upstream,
+        serve_sqlite(tmp_path, upstream, workers=2) as served,
+    ):
+        headers = {"Authorization": f"Bearer {served.tokens['alice-readonly']}"}
+        one_per_connection = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=one_per_connection) as client:
+
+            async def both_workers_decided() -> bool:
+                async with client.post(f"{served.url}/policy/acme-prod/quotes", headers=headers):
+                    pass
+                per_worker = [
+                    [e for e in served.events(f) if e.get("event") == "decision"]
+                    for f in served.audit_files()
+                ]
+                return len(per_worker) == 2 and all(per_worker)
+
+            await eventually(both_workers_decided, "both workers to decide a request", 30)
+        stamps = {e["ts"] for e in served.events() if e.get("event") == "decision"}
+
+        jar = aiohttp.CookieJar(unsafe=True)
+        fresh = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(cookie_jar=jar, connector=fresh) as client:
+            async with client.get(f"{served.admin_url}/console/login") as response:
+                csrf = CSRF.search(await response.text()).group(1)  # type: ignore[union-attr]
+            async with client.post(
+                f"{served.admin_url}/console/login",
+                data={"csrf": csrf, "token": served.tokens["root"]},
+            ) as response:
+                assert response.url.path == "/console/"
+            for _ in range(6):  # several connections: both workers answer some
+                async with client.get(f"{served.admin_url}/console/audit?decision=deny") as r:
+                    text = await r.text()
+                assert r.status == 200
+                assert [ts for ts in stamps if ts not in text] == []

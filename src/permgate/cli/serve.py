@@ -155,6 +155,11 @@ def _run_workers(args: argparse.Namespace, settings: Settings) -> int:
 
         env[changeepoch.ENV] = changeepoch.create_file()
         atexit.register(changeepoch.remove_file, env[changeepoch.ENV])
+        # The console on any worker shows every worker's recent decisions.
+        from permgate.console.decisions import SHARE_ENV, create_share_dir, remove_share_dir
+
+        env[SHARE_ENV] = create_share_dir()
+        atexit.register(remove_share_dir, env[SHARE_ENV])
         argv = [sys.executable, "-m", "permgate", "serve", "--workers", str(args.workers)]
         if args.config:
             argv += ["--config", args.config]
