@@ -81,6 +81,8 @@ DEFAULT_CONFIGS: Final = ("bare", "envoy", "permgate-1", "permgate-2", "envoy+pe
 ENVOY_CONFIGS: Final = ("envoy", "envoy+permgate")
 # permgate's CPU per cached ext_authz check with Envoy in front must stay at or below this.
 CHECK_TARGET_US: Final = 60.0
+# permgate's default cache.max_entries (the token, negative and decision caches).
+CACHE_ENTRIES: Final = 100_000
 
 
 # --------------------------------------------------------------------------- processes
@@ -485,10 +487,11 @@ def medians_of(samples: dict[str, list[Sample]]) -> dict[str, Sample]:
     for name, runs in samples.items():
         checks = [s.check_us for s in runs if s.check_us is not None]
         medians[name] = Sample(
-            *(
-                statistics.median(getattr(s, f) for s in runs)
-                for f in ("rps", "p50_ms", "p99_ms", "cpu_us", "upstream_busy")
-            ),
+            rps=statistics.median(s.rps for s in runs),
+            p50_ms=statistics.median(s.p50_ms for s in runs),
+            p99_ms=statistics.median(s.p99_ms for s in runs),
+            cpu_us=statistics.median(s.cpu_us for s in runs),
+            upstream_busy=statistics.median(s.upstream_busy for s in runs),
             requests=sum(s.requests for s in runs),
             check_us=statistics.median(checks) if checks else None,
         )
@@ -522,10 +525,10 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[s
               f" {'CPU÷bare':>9} {'CPU÷envoy':>9}  (CPU: µs per request)")  # fmt: skip
         for name, m in medians.items():
             print(
-                f"{name:<15} {_ratio(m.rps, bare and bare.rps):>10}"
-                f" {_ratio(m.rps, envoy and envoy.rps):>11}"
-                f" {_ratio(m.cpu_us, bare and bare.cpu_us):>9}"
-                f" {_ratio(m.cpu_us, envoy and envoy.cpu_us):>9}"
+                f"{name:<15} {_ratio(m.rps, bare.rps if bare else None):>10}"
+                f" {_ratio(m.rps, envoy.rps if envoy else None):>11}"
+                f" {_ratio(m.cpu_us, bare.cpu_us if bare else None):>9}"
+                f" {_ratio(m.cpu_us, envoy.cpu_us if envoy else None):>9}"
             )
     ratios = [
         ("permgate-1 / bare", "permgate-1", "bare", 0.85),
@@ -764,8 +767,8 @@ def profile(wrk: str, config: Config, folder: Path, args: argparse.Namespace) ->
     shutil.copy(out, kept)
     print(f"\npy-spy, {config.name} under the same load for {seconds}s: {rps:,.0f} req/s, "
           f"{cpu_us:.0f} CPU µs/req; {total} samples (raw stacks: {kept})")  # fmt: skip
-    for part, count in parts.most_common():
-        share = count / total
+    for part, hits in parts.most_common():
+        share = hits / total
         print(f"  {part:<38} {share:6.1%}  ≈ {share * cpu_us:5.0f} µs/req")
 
 
