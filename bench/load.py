@@ -1,6 +1,6 @@
 """Load benchmark of the gateway against the ceiling of its stack (bench/README.md).
 
-    .venv/bin/python bench/load.py                 # ~4 minutes
+    .venv/bin/python bench/load.py                 # ~3 minutes
     .venv/bin/python bench/load.py --duration 5 --rounds 1
     .venv/bin/python bench/load.py --only bare,envoy+permgate
     .venv/bin/python bench/load.py --profile 10    # then py-spy bare and permgate-1
