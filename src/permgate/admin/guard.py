@@ -24,7 +24,7 @@ from permgate.admin.openapi import query_schemas
 from permgate.admin.render import ApiError
 from permgate.admin.schemas import parse_query
 from permgate.core.decision import Decision, Subject, decide
-from permgate.core.endpoints import Endpoint, EndpointMap, Match, parse_map
+from permgate.core.endpoints import Endpoint, EndpointMap, Match
 from permgate.core.errors import (
     Forbidden,
     InvalidInput,
@@ -38,6 +38,7 @@ from permgate.gateway.authn import Authenticator, Identity
 from permgate.gateway.evaluate import EvalRequest, Evaluator
 from permgate.gateway.modelcache import ModelCache
 from permgate.manage.service import Actor
+from permgate.maps.loader import parse_map
 
 __all__ = [
     "ADMIN_MAP",

@@ -110,8 +110,8 @@ class _Suite:
     def parse(cls, root: Any, source: str, base: Path) -> _Suite:
         import yaml
 
-        from permgate.core.endpoints import load_map
         from permgate.manage.policy_file import PolicyError, load_policy, parse_policy_node
+        from permgate.maps.loader import load_map
 
         errors: list[str] = []
         if not isinstance(root, yaml.MappingNode):
