@@ -254,30 +254,35 @@ class NodeReader:
     # -- plain data
 
     def plain(
-        self, node: yaml.Node, path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]
+        self,
+        node: yaml.Node,
+        path: tuple[str | int, ...],
+        lines: dict[tuple[str | int, ...], int],
+        base: str = "",
     ) -> object:
         """The node as plain Python data (dicts, lists, scalars), for a reader that
         validates the data elsewhere (the configuration's pydantic schema). Each key's
-        line goes into ``lines`` by its path; a repeated key is reported and the first
-        value kept."""
+        line goes into ``lines`` by its path below the node; a repeated key is reported
+        (its path under ``base``) and the first value kept."""
         lines.setdefault(path, line_of(node))
-        where = _dotted(path)
+        where = _dotted(path, base)
         if isinstance(node, yaml.MappingNode):
             result: dict[str, object] = {}
             for name, key_node, value_node in self.pairs(node, where) or ():
                 lines[(*path, name)] = line_of(key_node)
-                result[name] = self.plain(value_node, (*path, name), lines)
+                result[name] = self.plain(value_node, (*path, name), lines, base)
             return result
         if isinstance(node, yaml.SequenceNode):
             return [
-                self.plain(child, (*path, index), lines) for index, child in enumerate(node.value)
+                self.plain(child, (*path, index), lines, base)
+                for index, child in enumerate(node.value)
             ]
         value = self.scalar(node, where, "a value")
         return None if value is BAD else value
 
 
-def _dotted(path: tuple[str | int, ...]) -> str:
-    where = ""
+def _dotted(path: tuple[str | int, ...], base: str) -> str:
+    where = base
     for part in path:
         where = item(where, part) if isinstance(part, int) else key(where, part)
     return where

@@ -25,7 +25,7 @@ from typing import Final
 import yaml
 
 from permgate.core.endpoints import EndpointMap
-from permgate.core.errors import InvalidPermission, PermgateError
+from permgate.core.errors import InvalidPermission, PolicyError, Problem
 from permgate.core.model import (
     ENFORCEMENTS,
     PRINCIPAL_KINDS,
@@ -38,6 +38,7 @@ from permgate.core.passwords import PasswordPolicy
 from permgate.core.passwords import parse_policy as parse_password_policy
 from permgate.core.permissions import parse_grant
 from permgate.core.roles import BUILTIN_ROLE_NAMES, builtin_roles
+from permgate.core.yamlnodes import Keys, NodeReader, compose, item, key, line_of, read_text
 from permgate.manage.service import (
     ACCOUNT_ID,
     PRINCIPAL_ID,
@@ -59,17 +60,6 @@ __all__ = [
     "plan_policy",
     "unused_grants",
 ]
-
-
-class PolicyError(PermgateError):
-    """The policy file is invalid; ``errors`` holds every ``FILE:LINE: message``."""
-
-    status_code = 422
-    error = "invalid"
-
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = list(errors)
-        super().__init__("\n".join(self.errors))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,122 +121,80 @@ _ACCOUNT_KEYS: Final = ("id", "tenants", "roles", "principals", "password_policy
 _TENANT_KEYS: Final = ("id", "type", "enforcement")
 _ROLE_KEYS: Final = ("name", "display_name", "permissions")
 _PRINCIPAL_KEYS: Final = ("id", "kind", "roles", "tenant_roles", "tenants", "disabled")
-_STR: Final = "tag:yaml.org,2002:str"
-_BOOL: Final = "tag:yaml.org,2002:bool"
 
 
-def _line(node: yaml.Node) -> int:
-    return int(node.start_mark.line) + 1
+class _Parser(NodeReader):
+    """Walks the composed tree of a policy, recording every problem with its line."""
 
+    def __init__(self, source: str, where: str = "") -> None:
+        super().__init__(source, "the policy file")
+        self.base = where  # the path of the policy inside its file ("" at the top)
 
-class _Parser:
-    """Walks the composed YAML tree, recording every problem with its line."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[tuple[int, str]] = []
-
-    def error(self, line: int, message: str) -> None:
-        self.problems.append((line, message))
-
-    def errors(self) -> list[str]:
-        return [f"{self.source}:{line}: {message}" for line, message in sorted(self.problems)]
-
-    def mapping(
-        self, node: yaml.Node, where: str, allowed: tuple[str, ...]
-    ) -> dict[str, yaml.Node] | None:
-        if not isinstance(node, yaml.MappingNode):
-            self.error(_line(node), f"{where} must be a mapping")
+    def required(self, keys: Keys, name: str, where: str, line: int, what: str) -> str | None:
+        """The non-empty string under key ``name`` (``what`` names it when missing)."""
+        if name not in keys:
+            self.note(line, f"{what} is missing")
             return None
-        out: dict[str, yaml.Node] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if not isinstance(key, str) or key not in allowed:
-                self.error(
-                    _line(key_node),
-                    f"unknown key {key!r} in {where}; allowed: {', '.join(allowed)}",
-                )
-                continue
-            if key in out:
-                self.error(_line(key_node), f"duplicate key {key!r} in {where}")
-                continue
-            out[key] = value_node
-        return out
-
-    def sequence(self, node: yaml.Node | None, where: str) -> list[yaml.Node]:
-        if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
-            return []
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(_line(node), f"{where} must be a list")
-            return []
-        return list(node.value)
-
-    def string(self, node: yaml.Node | None, where: str, line: int) -> str | None:
-        if node is None:
-            self.error(line, f"{where} is missing")
-            return None
-        if not isinstance(node, yaml.ScalarNode) or node.tag != _STR or not node.value:
-            self.error(_line(node), f"{where} must be a non-empty string")
-            return None
-        return str(node.value)
-
-    def choice(
-        self, node: yaml.Node | None, where: str, line: int, options: tuple[str, ...]
-    ) -> str | None:
-        value = self.string(node, where, line)
-        if value is not None and value not in options:
-            self.error(
-                _line(node) if node is not None else line,
-                f"{where} {value!r} is invalid: expected one of {', '.join(options)}",
-            )
-            return None
-        return value
+        return self.string(keys[name][1], key(where, name), empty=False)
 
     def ident(
-        self, node: yaml.Node | None, where: str, line: int, pattern: re.Pattern[str]
+        self, keys: Keys, name: str, where: str, line: int, what: str, pattern: re.Pattern[str]
     ) -> str | None:
-        value = self.string(node, where, line)
+        value = self.required(keys, name, where, line, what)
         if value is not None and pattern.fullmatch(value) is None:
-            self.error(
-                _line(node) if node is not None else line,
-                f"{where} {value!r} is invalid: expected {pattern.pattern}",
-            )
+            self.note(keys[name][1], f"{what} {value!r} is invalid: expected {pattern.pattern}")
             return None
         return value
 
-    def refs(self, node: yaml.Node | None, where: str) -> tuple[Ref, ...]:
+    def one_of(
+        self, node: yaml.Node, where: str, what: str, options: tuple[str, ...]
+    ) -> str | None:
+        value = self.string(node, where, empty=False)
+        if value is not None and value not in options:
+            self.note(node, f"{what} {value!r} is invalid: expected one of {', '.join(options)}")
+            return None
+        return value
+
+    def list_of(self, keys: Keys, name: str, where: str) -> list[tuple[str, yaml.Node]]:
+        """The items of the list under ``name`` (absent or empty: none), with their paths."""
+        if name not in keys:
+            return []
+        list_where = key(where, name)
+        items = self.sequence(keys[name][1], list_where, null=True) or []
+        return [(item(list_where, index), node) for index, node in enumerate(items)]
+
+    def refs(self, keys: Keys, name: str, where: str) -> tuple[Ref, ...]:
         out: list[Ref] = []
-        for item in self.sequence(node, where):
-            value = self.string(item, f"an item of {where}", _line(item))
+        for item_where, node in self.list_of(keys, name, where):
+            value = self.string(node, item_where, empty=False)
             if value is not None:
-                out.append(Ref(value, _line(item)))
+                out.append(Ref(value, line_of(node)))
         return tuple(out)
 
     def document(self, root: yaml.Node) -> tuple[AccountSpec, ...]:
-        keys = self.mapping(root, "the policy file", _ROOT_KEYS)
+        keys = self.mapping(root, self.base, _ROOT_KEYS)
         if keys is None:
             return ()
         if "accounts" not in keys:
-            self.error(_line(root), "the policy file has no 'accounts' list")
+            self.note(root, "the policy file has no 'accounts' list")
             return ()
-        accounts = [self.account(n) for n in self.sequence(keys["accounts"], "accounts")]
+        accounts = [self.account(n, w) for w, n in self.list_of(keys, "accounts", self.base)]
         return tuple(a for a in accounts if a is not None)
 
-    def account(self, node: yaml.Node) -> AccountSpec | None:
-        keys = self.mapping(node, "an account", _ACCOUNT_KEYS)
+    def account(self, node: yaml.Node, where: str) -> AccountSpec | None:
+        keys = self.mapping(node, where, _ACCOUNT_KEYS)
         if keys is None:
             return None
-        line = _line(node)
-        account = self.ident(keys.get("id"), "account id", line, ACCOUNT_ID)
-        where = f"account {account!r}"
-        tenants = [self.tenant(n, where) for n in self.sequence(keys.get("tenants"), "tenants")]
-        roles = [self.role(n, where) for n in self.sequence(keys.get("roles"), "roles")]
-        principals = [
-            self.principal(n, where) for n in self.sequence(keys.get("principals"), "principals")
-        ]
+        line = line_of(node)
+        account = self.ident(keys, "id", where, line, "account id", ACCOUNT_ID)
+        tenants = [self.tenant(n, w) for w, n in self.list_of(keys, "tenants", where)]
+        roles = [self.role(n, w) for w, n in self.list_of(keys, "roles", where)]
+        principals = [self.principal(n, w) for w, n in self.list_of(keys, "principals", where)]
         password_policy = None
         if "password_policy" in keys:
-            password_policy = self.password_policy(keys["password_policy"], where)
+            password_policy = self.password_policy(
+                keys["password_policy"][1], key(where, "password_policy"), f"account {account!r}"
+            )
         if account is None:
             return None
         return AccountSpec(
@@ -258,66 +206,62 @@ class _Parser:
             password_policy,
         )
 
-    def password_policy(self, node: yaml.Node, where: str) -> PasswordPolicy | None:
+    def password_policy(self, node: yaml.Node, where: str, owner: str) -> PasswordPolicy | None:
         """An account's ``password_policy``: every problem on its key's line; a
         policy that would lower the mandatory floor is an error, never clamped."""
         if not isinstance(node, yaml.MappingNode):
-            self.error(_line(node), f"password_policy of {where} must be a mapping")
+            self.note(node, f"password_policy of {owner} must be a mapping")
             return None
-        lines: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            lines[key] = _line(key_node)
-            if key == "lockout" and isinstance(value_node, yaml.MappingNode):
-                for inner, _ in value_node.value:
-                    lines[f"lockout.{inner.value}"] = _line(inner)
-        try:
-            raw = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            self.error(_line(node), f"password_policy of {where} cannot be read: {exc}")
-            return None
+        lines: dict[tuple[str | int, ...], int] = {}
+        raw = self.plain(node, (), lines, where)
         policy, problems = parse_password_policy(raw)
-        for key, message in problems:
-            self.error(lines.get(key, _line(node)), f"password_policy of {where}: {message}")
+        for name, message in problems:
+            path = tuple(name.split("."))
+            self.note(lines.get(path, line_of(node)), f"password_policy of {owner}: {message}")
         return policy
 
     def tenant(self, node: yaml.Node, where: str) -> TenantSpec | None:
-        keys = self.mapping(node, f"a tenant of {where}", _TENANT_KEYS)
+        keys = self.mapping(node, where, _TENANT_KEYS)
         if keys is None:
             return None
-        line = _line(node)
-        tenant_id = self.ident(keys.get("id"), "tenant id", line, TENANT_ID)
+        line = line_of(node)
+        tenant_id = self.ident(keys, "id", where, line, "tenant id", TENANT_ID)
         if tenant_id == SCOPE_ANY:
-            self.error(line, "tenant id 'any' is reserved: it is a tenant scope keyword")
+            self.note(line, "tenant id 'any' is reserved: it is a tenant scope keyword")
             tenant_id = None
         kind = "PRODUCTION"
         if "type" in keys:
-            kind = self.choice(keys["type"], "tenant type", line, TENANT_TYPES) or kind
+            kind = (
+                self.one_of(keys["type"][1], key(where, "type"), "tenant type", TENANT_TYPES)
+                or kind
+            )
         enforcement = None
         if "enforcement" in keys:
-            enforcement = self.choice(keys["enforcement"], "enforcement", line, ENFORCEMENTS)
+            enforcement = self.one_of(
+                keys["enforcement"][1], key(where, "enforcement"), "enforcement", ENFORCEMENTS
+            )
         if tenant_id is None:
             return None
         return TenantSpec(tenant_id, kind, enforcement, line)
 
     def role(self, node: yaml.Node, where: str) -> RoleSpec | None:
-        keys = self.mapping(node, f"a role of {where}", _ROLE_KEYS)
+        keys = self.mapping(node, where, _ROLE_KEYS)
         if keys is None:
             return None
-        line = _line(node)
-        name = self.ident(keys.get("name"), "role name", line, ROLE_NAME)
+        line = line_of(node)
+        name = self.ident(keys, "name", where, line, "role name", ROLE_NAME)
         display = None
         if "display_name" in keys:
-            display = self.string(keys["display_name"], "display_name", line)
+            display = self.string(keys["display_name"][1], key(where, "display_name"), empty=False)
         grants: list[str] = []
-        for item in self.sequence(keys.get("permissions"), "permissions"):
-            value = self.string(item, "a permission", _line(item))
+        for item_where, item_node in self.list_of(keys, "permissions", where):
+            value = self.string(item_node, item_where, empty=False)
             if value is None:
                 continue
             try:
                 parse_grant(value)
             except InvalidPermission as exc:
-                self.error(_line(item), str(exc))
+                self.note(item_node, str(exc))
                 continue
             if value not in grants:
                 grants.append(value)
@@ -326,34 +270,35 @@ class _Parser:
         return RoleSpec(name, display, tuple(grants), line)
 
     def principal(self, node: yaml.Node, where: str) -> PrincipalSpec | None:
-        keys = self.mapping(node, f"a principal of {where}", _PRINCIPAL_KEYS)
+        keys = self.mapping(node, where, _PRINCIPAL_KEYS)
         if keys is None:
             return None
-        line = _line(node)
-        principal_id = self.ident(keys.get("id"), "principal id", line, PRINCIPAL_ID)
+        line = line_of(node)
+        principal_id = self.ident(keys, "id", where, line, "principal id", PRINCIPAL_ID)
         kind = "user"
         if "kind" in keys:
-            kind = self.choice(keys["kind"], "principal kind", line, PRINCIPAL_KINDS) or kind
+            kind = (
+                self.one_of(keys["kind"][1], key(where, "kind"), "principal kind", PRINCIPAL_KINDS)
+                or kind
+            )
         disabled = False
         if "disabled" in keys:
-            flag = keys["disabled"]
-            if isinstance(flag, yaml.ScalarNode) and flag.tag == _BOOL:
-                disabled = flag.value.lower() in ("true", "yes", "on")
-            else:
-                self.error(_line(flag), "disabled must be true or false")
+            disabled = self.boolean(keys["disabled"][1], key(where, "disabled")) or False
         tenant_roles: list[tuple[Ref, tuple[Ref, ...]]] = []
         if "tenant_roles" in keys:
-            node_tr = keys["tenant_roles"]
-            if isinstance(node_tr, yaml.MappingNode):
-                for key_node, value_node in node_tr.value:
-                    tenant = self.string(key_node, "a tenant_roles key", _line(key_node))
-                    roles = self.refs(value_node, f"tenant_roles of {tenant!r}")
-                    if tenant is not None:
-                        tenant_roles.append((Ref(tenant, _line(key_node)), roles))
-            else:
-                self.error(_line(node_tr), "tenant_roles must map tenant ids to role lists")
-        roles = self.refs(keys.get("roles"), "roles")
-        tenants = self.refs(keys.get("tenants"), "tenants")
+            tr_where = key(where, "tenant_roles")
+            for tenant, key_node, value_node in self.pairs(keys["tenant_roles"][1], tr_where) or ():
+                tenant_where = key(tr_where, tenant)
+                roles_found: list[Ref] = []
+                for index, role_node in enumerate(
+                    self.sequence(value_node, tenant_where, null=True) or ()
+                ):
+                    role = self.string(role_node, item(tenant_where, index), empty=False)
+                    if role is not None:
+                        roles_found.append(Ref(role, line_of(role_node)))
+                tenant_roles.append((Ref(tenant, line_of(key_node)), tuple(roles_found)))
+        roles = self.refs(keys, "roles", where)
+        tenants = self.refs(keys, "tenants", where)
         if principal_id is None:
             return None
         return PrincipalSpec(
@@ -363,44 +308,32 @@ class _Parser:
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Parse and check a policy's shape; :class:`PolicyError` lists every problem."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError(
-            [f"{source}:{line}: invalid YAML (a half-written file?): {problem}"]
-        ) from exc
+    root = compose(text, source, PolicyError)
     if root is None:
-        raise PolicyError([f"{source}:1: the policy file is empty"])
+        raise PolicyError([Problem("the policy file is empty", source, 1)])
     return parse_policy_node(root, source)
 
 
-def parse_policy_node(root: yaml.Node, source: str) -> Policy:
+def parse_policy_node(root: yaml.Node, source: str, where: str = "") -> Policy:
     """:func:`parse_policy` for a policy embedded in another YAML document (a test
-    suite's inline ``policy:``); lines are those of the enclosing file."""
-    parser = _Parser(source)
+    suite's inline ``policy:``, at path ``where``); lines are those of the enclosing
+    file."""
+    parser = _Parser(source, where)
     accounts = parser.document(root)
     _check_unique(parser, accounts)
-    if parser.problems:
-        raise PolicyError(parser.errors())
+    parser.check(PolicyError)
     return Policy(source, accounts)
 
 
 def load_policy(path: str | Path) -> Policy:
     """Read and parse a policy file; an unreadable file is a :class:`PolicyError`."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([f"{path}: cannot read the policy file: {exc}"]) from exc
-    return parse_policy(text, str(path))
+    return parse_policy(read_text(path, "the policy file", PolicyError), str(path))
 
 
 def _check_unique(parser: _Parser, accounts: tuple[AccountSpec, ...]) -> None:
     def first(seen: dict[str, int], kind: str, key: str, line: int) -> None:
         if key in seen:
-            parser.error(line, f"duplicate {kind} {key!r} (first on line {seen[key]})")
+            parser.note(line, f"duplicate {kind} {key!r} (first on line {seen[key]})")
         else:
             seen[key] = line
 
@@ -421,7 +354,7 @@ def _check_unique(parser: _Parser, accounts: tuple[AccountSpec, ...]) -> None:
                 same = (
                     "" if seen.id == principal.id else f" (differs only in case from {seen.id!r})"
                 )
-                parser.error(
+                parser.note(
                     principal.line,
                     f"duplicate principal id {principal.id!r}{same} (first on line {seen.line}; "
                     "ids are unique regardless of case)",
@@ -513,7 +446,7 @@ async def plan_policy(
         )
     if problems:
         raise PolicyError(
-            [f"{policy.source}:{line}: {message}" for line, message in sorted(problems)]
+            [Problem(message, policy.source, line) for line, message in sorted(problems)]
         )
     return actions
 
