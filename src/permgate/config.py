@@ -527,10 +527,14 @@ def load_settings(
     if problems or settings is None:
         # A problem of the file is FILE:LINE: KEY: WHAT, as in every file permgate
         # reads; any other names its variable or key after this prefix.
-        raise ConfigError(
-            [p if isinstance(p, Problem) else f"invalid configuration: {p}" for p in problems]
-        )
+        in_file = sorted((p for p in problems if isinstance(p, Problem)), key=_line_order)
+        others = [f"invalid configuration: {p}" for p in problems if isinstance(p, str)]
+        raise ConfigError([*in_file, *others])
     return settings
+
+
+def _line_order(problem: Problem) -> tuple[str, int]:
+    return problem.source, problem.line or 0
 
 
 @functools.cache
