@@ -33,6 +33,8 @@ from permgate.core.model import (
     SCOPE_TYPE_TEST,
     TENANT_TYPES,
     Principal,
+    Role,
+    Tenant,
 )
 from permgate.core.passwords import PasswordPolicy
 from permgate.core.passwords import parse_policy as parse_password_policy
@@ -428,22 +430,10 @@ async def plan_policy(
     reference or rule the current store state makes invalid."""
     problems: list[tuple[int, str]] = []
     actions: list[Action] = []
-    file_tenant_account = {t.id: a.id for a in policy.accounts for t in a.tenants}
-    file_role_accounts: dict[str, list[str]] = {}
+    whole = _FileView.of(policy, prune=prune, default_enforcement=default_enforcement)
     for account in policy.accounts:
-        for role in account.roles:
-            file_role_accounts.setdefault(role.name, []).append(account.id)
-    for account in policy.accounts:
-        await _plan_account(
-            store,
-            account,
-            file_tenant_account,
-            file_role_accounts,
-            prune,
-            default_enforcement,
-            actions,
-            problems,
-        )
+        plan = await _AccountPlan.load(store, account, whole, actions, problems)
+        await _plan_account(plan)
     if problems:
         raise PolicyError(
             [Problem(message, policy.source, line) for line, message in sorted(problems)]
@@ -451,254 +441,292 @@ async def plan_policy(
     return actions
 
 
-async def _plan_account(
-    store: Store,
-    spec: AccountSpec,
-    file_tenant_account: dict[str, str],
-    file_role_accounts: dict[str, list[str]],
-    prune: bool,
-    default_enforcement: str,
-    actions: list[Action],
-    problems: list[tuple[int, str]],
-) -> None:
-    account = spec.id
-    exists = await store.account_exists(account)
-    if exists:
-        stored_roles = await store.get_roles(account)
-        stored_tenants = {t.id: t for t in await store.list_tenants(account)}
-        stored_principals = {p.id: p for p in await store.list_principals(account)}
-    else:
-        stored_roles = {r.name: r for r in builtin_roles(account)}
-        stored_tenants = {}
-        stored_principals = {}
-        actions.append(Action(f"+ account {account}", _ensure_account(account)))
+@dataclass(frozen=True, slots=True)
+class _FileView:
+    """What planning one account needs to know of the whole file: which account
+    defines each tenant and role (a reference must not cross accounts), and the
+    options of the apply."""
 
-    await _plan_password_policy(store, spec, exists, prune, actions)
+    tenant_account: dict[str, str]
+    role_accounts: dict[str, list[str]]
+    prune: bool
+    default_enforcement: str
 
-    # Tenants.
-    for tenant in spec.tenants:
-        current = stored_tenants.get(tenant.id)
+    @classmethod
+    def of(cls, policy: Policy, *, prune: bool, default_enforcement: str) -> _FileView:
+        role_accounts: dict[str, list[str]] = {}
+        for account in policy.accounts:
+            for role in account.roles:
+                role_accounts.setdefault(role.name, []).append(account.id)
+        tenant_account = {t.id: a.id for a in policy.accounts for t in a.tenants}
+        return cls(tenant_account, role_accounts, prune, default_enforcement)
+
+
+@dataclass(slots=True)
+class _AccountPlan:
+    """The planning of one account: its entry in the file, what the store holds of it,
+    and where the actions and problems go. Each kind of object is one step below."""
+
+    store: Store
+    spec: AccountSpec
+    whole: _FileView
+    exists: bool
+    stored_roles: dict[str, Role]
+    stored_tenants: dict[str, Tenant]
+    stored_principals: dict[str, Principal]
+    actions: list[Action]
+    problems: list[tuple[int, str]]
+    # Under --prune a role counts as named only where the file defines it: the roles
+    # that will be deleted, and who the file still gives them to.
+    pruned_roles: set[str] = field(default_factory=set)
+    pruned_holders: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+
+    @classmethod
+    async def load(
+        cls,
+        store: Store,
+        spec: AccountSpec,
+        whole: _FileView,
+        actions: list[Action],
+        problems: list[tuple[int, str]],
+    ) -> _AccountPlan:
+        """Read the account's stored state (a new account has only its builtin roles)."""
+        exists = await store.account_exists(spec.id)
+        if exists:
+            roles = await store.get_roles(spec.id)
+            tenants = {t.id: t for t in await store.list_tenants(spec.id)}
+            principals = {p.id: p for p in await store.list_principals(spec.id)}
+        else:
+            roles = {r.name: r for r in builtin_roles(spec.id)}
+            tenants, principals = {}, {}
+        return cls(store, spec, whole, exists, roles, tenants, principals, actions, problems)
+
+    @property
+    def account(self) -> str:
+        return self.spec.id
+
+    def problem(self, line: int, message: str) -> None:
+        self.problems.append((line, message))
+
+    def act(self, line: str, run: Run) -> None:
+        self.actions.append(Action(line, run))
+
+    def tenant_known(self, ref: Ref) -> bool:
+        """A scope keyword or a tenant of this account (in the file or stored); any
+        other reference is a problem."""
+        if ref.value in (SCOPE_ANY, SCOPE_TYPE_TEST):
+            return True
+        owner = self.whole.tenant_account.get(ref.value)
+        if owner is None and ref.value in self.stored_tenants:
+            owner = self.account
+        if owner == self.account:
+            return True
+        if owner is not None:
+            self.problem(
+                ref.line,
+                f"tenant {ref.value!r} belongs to account {owner!r}, not {self.account!r}: "
+                "nothing crosses an account",
+            )
+        else:
+            self.problem(ref.line, f"unknown tenant {ref.value!r}: not in account {self.account!r}")
+        return False
+
+    def role_known(self, ref: Ref, holder: str) -> bool:
+        """A role of this account that stays; a role --prune deletes is remembered
+        with its holder, any other reference is a problem."""
+        if ref.value in self.pruned_roles:
+            self.pruned_holders.setdefault(ref.value, []).append((holder, ref.line))
+            return False
+        if ref.value in self.file_roles or ref.value in BUILTIN_ROLE_NAMES:
+            return True
+        if ref.value in self.stored_roles:
+            return True
+        others = [a for a in self.whole.role_accounts.get(ref.value, []) if a != self.account]
+        if others:
+            self.problem(
+                ref.line,
+                f"role {ref.value!r} is defined in account {others[0]!r}, not "
+                f"{self.account!r}: nothing crosses an account",
+            )
+        else:
+            self.problem(ref.line, f"unknown role {ref.value!r} in account {self.account!r}")
+        return False
+
+    @property
+    def file_roles(self) -> dict[str, RoleSpec]:
+        return {r.name: r for r in self.spec.roles}
+
+
+async def _plan_account(plan: _AccountPlan) -> None:
+    """Every change for one account, in the order the apply runs them."""
+    if not plan.exists:
+        plan.act(f"+ account {plan.account}", _ensure_account(plan.account))
+    await _plan_password_policy(plan.store, plan.spec, plan.exists, plan.whole.prune, plan.actions)
+    await _plan_tenants(plan)
+    _plan_roles(plan)
+    if plan.whole.prune:
+        plan.pruned_roles = {
+            name
+            for name, role in plan.stored_roles.items()
+            if not role.builtin and name not in plan.file_roles
+        }
+    for principal in plan.spec.principals:
+        await _plan_principal(plan, principal)
+    _plan_prune(plan)
+
+
+async def _plan_tenants(plan: _AccountPlan) -> None:
+    """New tenants, and the one change a tenant allows: shadow to enforce."""
+    for tenant in plan.spec.tenants:
+        current = plan.stored_tenants.get(tenant.id)
         if current is None:
-            elsewhere = await store.get_tenant(tenant.id)
-            if elsewhere is not None:
-                problems.append(
-                    (tenant.line, f"tenant id {tenant.id!r} already belongs to another account")
+            if await plan.store.get_tenant(tenant.id) is not None:
+                plan.problem(
+                    tenant.line, f"tenant id {tenant.id!r} already belongs to another account"
                 )
                 continue
-            mode = tenant.enforcement or default_enforcement
-            actions.append(
-                Action(
-                    f"+ tenant {tenant.id} ({tenant.type}, {mode})",
-                    _create_tenant(account, tenant.id, tenant.type, mode),
-                )
+            mode = tenant.enforcement or plan.whole.default_enforcement
+            plan.act(
+                f"+ tenant {tenant.id} ({tenant.type}, {mode})",
+                _create_tenant(plan.account, tenant.id, tenant.type, mode),
             )
             continue
         if current.type != tenant.type:
-            problems.append(
-                (
-                    tenant.line,
-                    f"tenant {tenant.id!r} is of type {current.type}; a tenant's type "
-                    "cannot change",
-                )
+            plan.problem(
+                tenant.line,
+                f"tenant {tenant.id!r} is of type {current.type}; a tenant's type cannot change",
             )
-        if tenant.enforcement is not None and tenant.enforcement != current.enforcement:
-            if tenant.enforcement == "shadow":
-                problems.append(
-                    (
-                        tenant.line,
-                        f"tenant {tenant.id!r} is in enforce mode; switching back to shadow "
-                        "is refused (enforcement is one-way)",
-                    )
-                )
-            else:
-                actions.append(
-                    Action(
-                        f"~ tenant {tenant.id} enforcement shadow -> enforce",
-                        _enforce(tenant.id),
-                    )
-                )
-
-    def tenant_known(ref: Ref) -> bool:
-        if ref.value in (SCOPE_ANY, SCOPE_TYPE_TEST):
-            return True
-        owner = file_tenant_account.get(ref.value)
-        if owner is None and ref.value in stored_tenants:
-            owner = account
-        if owner == account:
-            return True
-        if owner is not None:
-            problems.append(
-                (
-                    ref.line,
-                    f"tenant {ref.value!r} belongs to account {owner!r}, not {account!r}: "
-                    "nothing crosses an account",
-                )
+        if tenant.enforcement is None or tenant.enforcement == current.enforcement:
+            continue
+        if tenant.enforcement == "shadow":
+            plan.problem(
+                tenant.line,
+                f"tenant {tenant.id!r} is in enforce mode; switching back to shadow "
+                "is refused (enforcement is one-way)",
             )
         else:
-            problems.append((ref.line, f"unknown tenant {ref.value!r}: not in account {account!r}"))
-        return False
+            plan.act(f"~ tenant {tenant.id} enforcement shadow -> enforce", _enforce(tenant.id))
 
-    # Roles.
-    file_roles = {r.name: r for r in spec.roles}
-    for role in spec.roles:
-        current_role = stored_roles.get(role.name)
-        if current_role is None:
+
+def _plan_roles(plan: _AccountPlan) -> None:
+    """New roles and changed permissions; a display name never changes, and the admin
+    role keeps ``*.*``."""
+    for role in plan.spec.roles:
+        current = plan.stored_roles.get(role.name)
+        if current is None:
             display = role.display_name or role.name
-            actions.append(
-                Action(
-                    f"+ role {role.name}",
-                    _create_role(account, role.name, display, role.permissions),
-                )
+            plan.act(
+                f"+ role {role.name}",
+                _create_role(plan.account, role.name, display, role.permissions),
             )
             continue
-        if role.display_name is not None and role.display_name != current_role.display_name:
-            problems.append(
-                (
-                    role.line,
-                    f"display_name of role {role.name!r} cannot change after creation "
-                    f"(it is {current_role.display_name!r})",
-                )
+        if role.display_name is not None and role.display_name != current.display_name:
+            plan.problem(
+                role.line,
+                f"display_name of role {role.name!r} cannot change after creation "
+                f"(it is {current.display_name!r})",
             )
         if role.name == "admin" and "*.*" not in role.permissions:
-            problems.append((role.line, "the admin role's '*.*' cannot be removed"))
-        elif role.permissions != current_role.permissions:
-            actions.append(
-                Action(
-                    f"~ role {role.name} permissions",
-                    _update_role(account, role.name, role.permissions),
-                )
+            plan.problem(role.line, "the admin role's '*.*' cannot be removed")
+        elif role.permissions != current.permissions:
+            plan.act(
+                f"~ role {role.name} permissions",
+                _update_role(plan.account, role.name, role.permissions),
             )
 
-    file_principals = {p.id for p in spec.principals}
-    # Under --prune a role counts as named only where the file defines it.
-    pruned_roles = (
-        {n for n, r in stored_roles.items() if not r.builtin and n not in file_roles}
-        if prune
-        else set()
-    )
-    pruned_holders: dict[str, list[tuple[str, int]]] = {}
 
-    def role_known(ref: Ref, holder: str) -> bool:
-        if ref.value in pruned_roles:
-            pruned_holders.setdefault(ref.value, []).append((holder, ref.line))
-            return False
-        if ref.value in file_roles or ref.value in BUILTIN_ROLE_NAMES:
-            return True
-        if ref.value in stored_roles:
-            return True
-        others = [a for a in file_role_accounts.get(ref.value, []) if a != account]
-        if others:
-            problems.append(
-                (
-                    ref.line,
-                    f"role {ref.value!r} is defined in account {others[0]!r}, not "
-                    f"{account!r}: nothing crosses an account",
-                )
+async def _plan_principal(plan: _AccountPlan, principal: PrincipalSpec) -> None:
+    """A new principal, or the changes to a stored one (kind and status, roles,
+    tenant scope), once every role and tenant it names is known."""
+    ok = True
+    assignments: list[tuple[str, str | None]] = []
+    for ref in principal.roles:
+        ok = plan.role_known(ref, principal.id) and ok
+        assignments.append((ref.value, None))
+    for tenant_ref, role_refs in principal.tenant_roles:
+        if tenant_ref.value in (SCOPE_ANY, SCOPE_TYPE_TEST):
+            plan.problem(
+                tenant_ref.line, "tenant_roles keys are tenant ids, not 'any' or 'type:test'"
             )
+            ok = False
         else:
-            problems.append((ref.line, f"unknown role {ref.value!r} in account {account!r}"))
-        return False
+            ok = plan.tenant_known(tenant_ref) and ok
+        for ref in role_refs:
+            ok = plan.role_known(ref, principal.id) and ok
+            assignments.append((ref.value, tenant_ref.value))
+    for ref in principal.tenants:
+        ok = plan.tenant_known(ref) and ok
+    if not ok:
+        return
+    wanted_roles = tuple(sorted(set(assignments), key=_akey))
+    scope = tuple(dict.fromkeys(ref.value for ref in principal.tenants))
+    current = plan.stored_principals.get(principal.id)
+    if current is None:
+        await _plan_new_principal(plan, principal, scope, wanted_roles)
+        return
+    if current.kind != principal.kind or current.disabled != principal.disabled:
+        what = []
+        if current.kind != principal.kind:
+            what.append("kind")
+        if current.disabled != principal.disabled:
+            what.append("disabled")
+        plan.act(
+            f"~ principal {principal.id} {' '.join(what)}",
+            _update_principal(principal.id, principal.kind, principal.disabled),
+        )
+    have_roles = tuple(sorted(((a.role, a.tenant) for a in current.roles), key=_akey))
+    if have_roles != wanted_roles:
+        plan.act(f"~ principal {principal.id} roles", _set_roles(principal.id, wanted_roles))
+    if current.tenants != scope:
+        plan.act(f"~ principal {principal.id} tenants", _set_tenants(principal.id, scope))
 
-    # Principals.
-    for principal in spec.principals:
-        ok = True
-        assignments: list[tuple[str, str | None]] = []
-        for ref in principal.roles:
-            ok = role_known(ref, principal.id) and ok
-            assignments.append((ref.value, None))
-        for tenant_ref, role_refs in principal.tenant_roles:
-            if tenant_ref.value in (SCOPE_ANY, SCOPE_TYPE_TEST):
-                problems.append(
-                    (tenant_ref.line, "tenant_roles keys are tenant ids, not 'any' or 'type:test'")
-                )
-                ok = False
-            else:
-                ok = tenant_known(tenant_ref) and ok
-            for ref in role_refs:
-                ok = role_known(ref, principal.id) and ok
-                assignments.append((ref.value, tenant_ref.value))
-        for ref in principal.tenants:
-            ok = tenant_known(ref) and ok
-        if not ok:
-            continue
-        wanted_roles = tuple(sorted(set(assignments), key=lambda a: (a[0], a[1] or "")))
-        scope = tuple(dict.fromkeys(ref.value for ref in principal.tenants))
-        current_principal = stored_principals.get(principal.id)
-        if current_principal is None:
-            other = await store.get_principal(principal.id)
-            twin = None if other is not None else await _principal_folding_to(store, principal.id)
-            if twin is not None:
-                problems.append(
-                    (
-                        principal.line,
-                        f"principal id {principal.id!r} differs only in case from {twin.id!r} "
-                        f"of account {twin.account!r}: ids are unique regardless of case",
-                    )
-                )
-                continue
-            if other is not None:
-                problems.append(
-                    (
-                        principal.line,
-                        f"principal id {principal.id!r} already belongs to another account",
-                    )
-                )
-                continue
-            actions.append(
-                Action(
-                    f"+ principal {principal.id}",
-                    _create_principal(
-                        account,
-                        principal.id,
-                        principal.kind,
-                        scope,
-                        principal.disabled,
-                        wanted_roles,
-                    ),
-                )
-            )
-            continue
-        if (
-            current_principal.kind != principal.kind
-            or current_principal.disabled != principal.disabled
-        ):
-            what = []
-            if current_principal.kind != principal.kind:
-                what.append("kind")
-            if current_principal.disabled != principal.disabled:
-                what.append("disabled")
-            actions.append(
-                Action(
-                    f"~ principal {principal.id} {' '.join(what)}",
-                    _update_principal(principal.id, principal.kind, principal.disabled),
-                )
-            )
-        have_roles = tuple(sorted(((a.role, a.tenant) for a in current_principal.roles), key=_akey))
-        if have_roles != wanted_roles:
-            actions.append(
-                Action(f"~ principal {principal.id} roles", _set_roles(principal.id, wanted_roles))
-            )
-        if current_principal.tenants != scope:
-            actions.append(
-                Action(f"~ principal {principal.id} tenants", _set_tenants(principal.id, scope))
-            )
 
-    for role_name, holders in sorted(pruned_holders.items()):
+async def _plan_new_principal(
+    plan: _AccountPlan,
+    principal: PrincipalSpec,
+    scope: tuple[str, ...],
+    roles: tuple[tuple[str, str | None], ...],
+) -> None:
+    """Create the principal unless its id is taken in another account, regardless of case."""
+    other = await plan.store.get_principal(principal.id)
+    twin = None if other is not None else await _principal_folding_to(plan.store, principal.id)
+    if twin is not None:
+        plan.problem(
+            principal.line,
+            f"principal id {principal.id!r} differs only in case from {twin.id!r} "
+            f"of account {twin.account!r}: ids are unique regardless of case",
+        )
+    elif other is not None:
+        plan.problem(
+            principal.line, f"principal id {principal.id!r} already belongs to another account"
+        )
+    else:
+        plan.act(
+            f"+ principal {principal.id}",
+            _create_principal(
+                plan.account, principal.id, principal.kind, scope, principal.disabled, roles
+            ),
+        )
+
+
+def _plan_prune(plan: _AccountPlan) -> None:
+    """Under --prune: refuse to delete a role the file still gives, else delete the
+    principals and roles the file does not name."""
+    for role_name, holders in sorted(plan.pruned_holders.items()):
         names = ", ".join(sorted({h for h, _ in holders}))
         for _holder, line in holders:
-            problems.append(
-                (
-                    line,
-                    f"--prune would delete role {role_name!r} (the file does not define it) "
-                    f"but it is still assigned to: {names}",
-                )
+            plan.problem(
+                line,
+                f"--prune would delete role {role_name!r} (the file does not define it) "
+                f"but it is still assigned to: {names}",
             )
-
-    if prune:
-        for principal_id in sorted(set(stored_principals) - file_principals):
-            actions.append(Action(f"- principal {principal_id}", _delete_principal(principal_id)))
-        for role_name in sorted(pruned_roles):
-            actions.append(Action(f"- role {role_name}", _delete_role(account, role_name)))
+    if not plan.whole.prune:
+        return
+    file_principals = {p.id for p in plan.spec.principals}
+    for principal_id in sorted(set(plan.stored_principals) - file_principals):
+        plan.act(f"- principal {principal_id}", _delete_principal(principal_id))
+    for role_name in sorted(plan.pruned_roles):
+        plan.act(f"- role {role_name}", _delete_role(plan.account, role_name))
 
 
 async def _plan_password_policy(
