@@ -134,7 +134,16 @@ class InvalidPermission(PermgateError, ValueError):
 
 
 class ModelError(PermgateError):
-    """A requested change to the access model was refused."""
+    """A requested change to the access model was refused.
+
+    ``reason`` is a stable id for the refusal when callers tell refusals apart (the
+    admin API answers it: ``admin_required``, ``not_token_owner``), so that no caller
+    checks the rule itself first to find out which one it was.
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class InvalidInput(ModelError):
