@@ -48,6 +48,10 @@ from permgate.manage.service import (
     TENANT_ID,
     Actor,
     ModelService,
+    admin_grants_refusal,
+    display_name_refusal,
+    enforcement_refusal,
+    tenant_type_refusal,
 )
 from permgate.store.base import Store
 
@@ -591,19 +595,14 @@ async def _plan_tenants(plan: _AccountPlan) -> None:
                 _create_tenant(plan.account, tenant.id, tenant.type, mode),
             )
             continue
-        if current.type != tenant.type:
-            plan.problem(
-                tenant.line,
-                f"tenant {tenant.id!r} is of type {current.type}; a tenant's type cannot change",
-            )
+        refusal = tenant_type_refusal(tenant.id, current.type, tenant.type)
+        if refusal is not None:
+            plan.problem(tenant.line, refusal)
         if tenant.enforcement is None or tenant.enforcement == current.enforcement:
             continue
-        if tenant.enforcement == "shadow":
-            plan.problem(
-                tenant.line,
-                f"tenant {tenant.id!r} is in enforce mode; switching back to shadow "
-                "is refused (enforcement is one-way)",
-            )
+        refusal = enforcement_refusal(tenant.id, current.enforcement, tenant.enforcement)
+        if refusal is not None:
+            plan.problem(tenant.line, refusal)
         else:
             plan.act(f"~ tenant {tenant.id} enforcement shadow -> enforce", _enforce(tenant.id))
 
@@ -620,14 +619,12 @@ def _plan_roles(plan: _AccountPlan) -> None:
                 _create_role(plan.account, role.name, display, role.permissions),
             )
             continue
-        if role.display_name is not None and role.display_name != current.display_name:
-            plan.problem(
-                role.line,
-                f"display_name of role {role.name!r} cannot change after creation "
-                f"(it is {current.display_name!r})",
-            )
-        if role.name == "admin" and "*.*" not in role.permissions:
-            plan.problem(role.line, "the admin role's '*.*' cannot be removed")
+        refusal = display_name_refusal(role.name, current.display_name, role.display_name)
+        if refusal is not None:
+            plan.problem(role.line, refusal)
+        refusal = admin_grants_refusal(role.name, role.permissions)
+        if refusal is not None:
+            plan.problem(role.line, refusal)
         elif role.permissions != current.permissions:
             plan.act(
                 f"~ role {role.name} permissions",

@@ -77,10 +77,14 @@ __all__ = [
     "ModelService",
     "PasswordPolicy",
     "PolicyViolation",
+    "admin_grants_refusal",
     "audit_event",
+    "display_name_refusal",
+    "enforcement_refusal",
     "operator_service",
     "owner_grants",
     "snapshot",
+    "tenant_type_refusal",
 ]
 
 # Tenant ids appear in URL paths; they may not look like a scope keyword.
@@ -385,8 +389,8 @@ class ModelService:
                     {"requested": enforcement},
                 )
         raise Conflict(
-            f"tenant {tenant_id!r} is in enforce mode; switching back to shadow is refused "
-            "(enforcement is one-way)"
+            enforcement_refusal(tenant_id, tenant.enforcement, enforcement)
+            or f"tenant {tenant_id!r} cannot switch to {enforcement!r}"
         )
 
     # -- roles -------------------------------------------------------------------
@@ -432,15 +436,14 @@ class ModelService:
         grants = None if permissions is None else _check_grants(permissions)
         async with self.transaction() as tx:
             role = await self._role(tx, actor, account, name)
-            if display_name is not None and display_name != role.display_name:
-                raise InvalidInput(
-                    f"display_name of role {name!r} cannot change after creation "
-                    f"(it is {role.display_name!r})"
-                )
+            refusal = display_name_refusal(name, role.display_name, display_name)
+            if refusal is not None:
+                raise InvalidInput(refusal)
             if grants is None or grants == role.permissions:
                 return role
-            if name == ADMIN and "*.*" not in grants:
-                raise InvalidInput("the admin role's '*.*' cannot be removed")
+            refusal = admin_grants_refusal(name, grants)
+            if refusal is not None:
+                raise InvalidInput(refusal)
             after = replace(role, permissions=grants)
             await tx.set_role_permissions(account, name, grants)
             tx.changed("role", account, name)
@@ -1294,6 +1297,41 @@ class ModelService:
 
 def _session_hash(session_secret: str) -> str:
     return hashlib.sha256(session_secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# The rules a change to a stored object meets, as pure functions: the service raises
+# their message, and ``permgate apply`` reports it on the file's line before writing.
+
+
+def enforcement_refusal(tenant_id: str, current: str, wanted: str) -> str | None:
+    """Why ``current`` enforcement cannot become ``wanted``: it is one-way."""
+    if current == "enforce" and wanted == "shadow":
+        return (
+            f"tenant {tenant_id!r} is in enforce mode; switching back to shadow is refused "
+            "(enforcement is one-way)"
+        )
+    return None
+
+
+def tenant_type_refusal(tenant_id: str, current: str, wanted: str) -> str | None:
+    """Why a tenant's type cannot become ``wanted``: it never changes."""
+    if current != wanted:
+        return f"tenant {tenant_id!r} is of type {current}; a tenant's type cannot change"
+    return None
+
+
+def display_name_refusal(name: str, current: str, wanted: str | None) -> str | None:
+    """Why a role's display name cannot become ``wanted``: it is fixed at creation."""
+    if wanted is not None and wanted != current:
+        return f"display_name of role {name!r} cannot change after creation (it is {current!r})"
+    return None
+
+
+def admin_grants_refusal(name: str, grants: Sequence[str]) -> str | None:
+    """Why a role cannot have ``grants``: the admin role keeps ``*.*``."""
+    if name == ADMIN and "*.*" not in grants:
+        return "the admin role's '*.*' cannot be removed"
+    return None
 
 
 def _refuse_taken_id(what: str, wanted: str, taken: str | None) -> None:
