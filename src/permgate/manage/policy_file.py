@@ -36,7 +36,7 @@ from permgate.core.model import (
     Role,
     Tenant,
 )
-from permgate.core.passwords import PasswordPolicy
+from permgate.core.passwords import LOCKOUT_KEYS, POLICY_KEYS, PasswordPolicy
 from permgate.core.passwords import parse_policy as parse_password_policy
 from permgate.core.permissions import parse_grant
 from permgate.core.roles import BUILTIN_ROLE_NAMES, builtin_roles
@@ -213,13 +213,27 @@ class _Parser(NodeReader):
         )
 
     def password_policy(self, node: yaml.Node, where: str, owner: str) -> PasswordPolicy | None:
-        """An account's ``password_policy``: every problem on its key's line; a
-        policy that would lower the mandatory floor is an error, never clamped."""
-        if not isinstance(node, yaml.MappingNode):
-            self.note(node, f"password_policy of {owner} must be a mapping")
+        """An account's ``password_policy``: its keys read as every mapping of the file
+        is (unknown, repeated, not a mapping); its values checked by the password
+        rules, each problem on its key's line. A policy that would lower the mandatory
+        floor is an error, never clamped."""
+        keys = self.mapping(node, where, POLICY_KEYS)
+        if keys is None:
             return None
         lines: dict[tuple[str | int, ...], int] = {}
-        raw = self.plain(node, (), lines, where)
+        raw: dict[str, object] = {}
+        for name, (key_node, value_node) in keys.items():
+            lines[(name,)] = line_of(key_node)
+            if name == "lockout" and isinstance(value_node, yaml.MappingNode):
+                lockout_where = key(where, "lockout")
+                inner = self.mapping(value_node, lockout_where, LOCKOUT_KEYS) or {}
+                raw[name] = {
+                    part: self.plain(value, (name, part), lines, key(lockout_where, part))
+                    for part, (_, value) in inner.items()
+                }
+                lines.update({(name, part): line_of(k) for part, (k, _) in inner.items()})
+            else:
+                raw[name] = self.plain(value_node, (name,), lines, key(where, name))
         policy, problems = parse_password_policy(raw)
         for name, message in problems:
             path = tuple(name.split("."))
