@@ -198,6 +198,8 @@ def test_bad_value_is_refused_naming_variable_value_and_expectation(
 
 
 # A value of the wrong type for each key, in the file: (key path, value, expected).
+# (key, value, "KEY: VALUE: WHY"): the problem must read
+# "FILE:LINE: KEY: WHY..., got <kind> (VALUE)", as a wrong type in any file permgate reads.
 WRONG_TYPES_IN_FILE: list[tuple[str, Any, str]] = [
     ("listen", 8080, "listen: 8080: expected HOST:PORT"),
     ("admin_listen", ["127.0.0.1", 9090], "admin_listen: ['127.0.0.1', 9090]: expected HOST"),
