@@ -35,8 +35,18 @@ ERROR_CASES = [
     ("version-missing", "endpoints: []\n", 1, ["'version'", "missing"]),
     ("endpoints-missing", "version: 1\n", 1, ["'endpoints'", "missing"]),
     ("endpoints-not-list", "version: 1\nendpoints: {a: 1}\n", 2, ["endpoints", "a list"]),
-    ("unknown-top-key", "version: 1\nendpoint: []\nendpoints: []\n", 2, ["endpoint: unknown key (allowed: version,"]),
-    ("repeated-key", "version: 1\nversion: 1\nendpoints: []\n", 2, ["version: repeated key (first on line 1)"]),
+    (
+        "unknown-top-key",
+        "version: 1\nendpoint: []\nendpoints: []\n",
+        2,
+        ["endpoint: unknown key (allowed: version,"],
+    ),
+    (
+        "repeated-key",
+        "version: 1\nversion: 1\nendpoints: []\n",
+        2,
+        ["version: repeated key (first on line 1)"],
+    ),
     (
         "read-action-invalid",
         "version: 1\nread_actions: [read, 'bad act']\nendpoints: []\n",
@@ -85,7 +95,12 @@ ERROR_CASES = [
         5,
         ["'X T'", "header"],
     ),
-    ("entry-not-mapping", HEAD + "  - just-a-string\n", 5, ["endpoints[0]: expected a mapping, got a string"]),
+    (
+        "entry-not-mapping",
+        HEAD + "  - just-a-string\n",
+        5,
+        ["endpoints[0]: expected a mapping, got a string"],
+    ),
     (
         "entry-unknown-key",
         HEAD + "  - id: a\n    method: GET\n    path: /a\n    tenant: none\n    perms: [a.b]\n"
