@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 from permgate.core.decision import Subject, decide, resolve_tenant_id
-from permgate.core.endpoints import Endpoint, EndpointMap, TenantSource, load_map
+from permgate.core.endpoints import Endpoint, EndpointMap, TenantSource
 from permgate.core.model import AuthToken, Principal, RoleAssignment, Tenant
 from permgate.core.roles import builtin_roles
+from permgate.maps.loader import load_map
 
 ROOT = Path(__file__).resolve().parents[1]
 BY_PATH = TenantSource("path_param", "tenantLocator")

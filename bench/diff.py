@@ -31,9 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from permgate.core.endpoints import EndpointMap, load_map  # noqa: E402
+from permgate.core.endpoints import EndpointMap  # noqa: E402
 from permgate.core.model import Principal, Role, RoleAssignment, Tenant  # noqa: E402
 from permgate.core.roles import builtin_roles  # noqa: E402
+from permgate.maps.loader import load_map  # noqa: E402
 from permgate.review.diff import Side, diff_access  # noqa: E402
 from permgate.review.world import World  # noqa: E402
 

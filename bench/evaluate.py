@@ -31,12 +31,12 @@ from typing import Any
 
 from aiohttp.test_utils import make_mocked_request
 
-from permgate.core.endpoints import load_map
 from permgate.gateway.authn import Authenticator
 from permgate.gateway.modelcache import ModelCache
 from permgate.gateway.pipeline import Gateway
 from permgate.gateway.proxy import Upstream
 from permgate.manage.service import Actor, ModelService
+from permgate.maps.loader import load_map
 from permgate.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]

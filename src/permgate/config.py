@@ -46,7 +46,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from permgate.core.errors import ConfigError
+from permgate.core.errors import ConfigError, Problem
+from permgate.core.yamlnodes import NodeReader, compose, read_text
 
 __all__ = [
     "ENV_PREFIX",
@@ -440,6 +441,8 @@ class _Sources:
     def __init__(self) -> None:
         self.raw: dict[str, Any] = {}
         self.origins: dict[tuple[str, ...], _Origin] = {}
+        # The line of each key (and list item) the file set, by its path.
+        self.lines: dict[tuple[str | int, ...], int] = {}
 
     def set(self, path: list[str], value: Any, origin: _Origin) -> None:
         node = self.raw
@@ -464,6 +467,18 @@ class _Sources:
                 return origin
         return None
 
+    def at(self, path: tuple[str | int, ...]) -> tuple[str, int | None] | None:
+        """The file and line that set ``path`` (or the nearest key above it), or None
+        when the value did not come from the file."""
+        origin = self.origin(tuple(str(p) for p in path if not isinstance(p, int)))
+        if origin is None or origin.kind != "file":
+            return None
+        for end in range(len(path), 0, -1):
+            line = self.lines.get(path[:end])
+            if line is not None:
+                return origin.name, line
+        return origin.name, None
+
     def get(self, path: Iterable[str]) -> Any:
         node: Any = self.raw
         for part in path:
@@ -487,7 +502,7 @@ def load_settings(
     ``overrides`` maps dotted keys (``"store"``, ``"audit.sink"``) to values. Raises
     :class:`ConfigError` with one line per problem.
     """
-    problems: list[str] = []
+    problems: list[Problem | str] = []
     sources = _Sources()
     if path is not None:
         _read_file(Path(path), sources, problems)
@@ -510,8 +525,16 @@ def load_settings(
         problems.extend(_tls_problems(settings, sources))
         settings = _decision_only(settings, sources, problems)
     if problems or settings is None:
-        raise ConfigError([f"invalid configuration: {p}" for p in problems])
+        # A problem of the file is FILE:LINE: KEY: WHAT, as in every file permgate
+        # reads; any other names its variable or key after this prefix.
+        in_file = sorted((p for p in problems if isinstance(p, Problem)), key=_line_order)
+        others = [f"invalid configuration: {p}" for p in problems if isinstance(p, str)]
+        raise ConfigError([*in_file, *others])
     return settings
+
+
+def _line_order(problem: Problem) -> tuple[str, int]:
+    return problem.source, problem.line or 0
 
 
 @functools.cache
@@ -519,24 +542,29 @@ def _adapter() -> TypeAdapter[Settings]:
     return TypeAdapter(Settings)
 
 
-def _read_file(path: Path, sources: _Sources, problems: list[str]) -> None:
+def _read_file(path: Path, sources: _Sources, problems: list[Problem | str]) -> None:
+    """The file through the one YAML reader: a repeated key is a problem (never the
+    last one silently winning), and every key keeps its line for the messages."""
+    source = str(path)
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        problems.append(f"{path}: cannot read: {exc.strerror or exc}")
+        root = compose(read_text(path, "the configuration file", ConfigError), source, ConfigError)
+    except ConfigError as exc:
+        problems.extend(exc.items)
         return
-    except yaml.YAMLError as exc:
-        problems.append(f"{path}: not valid YAML: {' '.join(str(exc).split())}")
+    if root is None:
         return
-    if loaded is None:
-        return
+    reader = NodeReader(source, "the configuration file")
+    loaded = reader.plain(root, (), sources.lines)
+    problems.extend(reader.problems)
     if not isinstance(loaded, dict):
-        problems.append(f"{path}: expected a mapping of keys at the top level")
+        if not reader.problems:
+            reader.wrong_type(root, "", "a mapping of keys")
+            problems.extend(reader.problems)
         return
     # absolute() and not resolve(): a Kubernetes ConfigMap mounts files as symlinks
     # into a dated folder that is replaced on every update.
     _resolve_paths(loaded, path.absolute().parent)
-    origin = _Origin("file", str(path))
+    origin = _Origin("file", source)
     for key, value in loaded.items():
         schema = _keys(Settings).get(str(key))
         if value is None and schema is not None and schema.section is not None:
@@ -640,7 +668,7 @@ def _why(error: ErrorDetails) -> str:
     return message[:1].lower() + message[1:]
 
 
-def _problems(errors: list[ErrorDetails], sources: _Sources) -> list[str]:
+def _problems(errors: list[ErrorDetails], sources: _Sources) -> list[Problem | str]:
     """One line per problem; a list whose items were refused is not also "empty"."""
     with_bad_items = {_error_key(error) for error in errors if _item(error) is not None}
     return [
@@ -659,20 +687,24 @@ def _item(error: ErrorDetails) -> int | None:
     return next((part for part in error["loc"] if isinstance(part, int)), None)
 
 
-def _describe(error: ErrorDetails, sources: _Sources) -> str:
-    """One pydantic error as ``WHERE: VALUE: WHY``."""
+def _describe(error: ErrorDetails, sources: _Sources) -> Problem | str:
+    """One pydantic error: ``FILE:LINE: KEY: WHAT`` for a value of the file, else
+    ``WHERE: VALUE: WHY`` naming the variable or key."""
     path = _error_key(error)
     key = ".".join(path)
-    origin = sources.origin(path)
+    at = sources.at(tuple(part if isinstance(part, int) else str(part) for part in error["loc"]))
     if error["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
         section = _section_class(path[:-1])
         known = ", ".join(sorted(_keys(section))) if section else ""
-        where = f"{origin.name}: {key}" if origin and origin.kind == "file" else key
-        return f"{where}: unknown key (known: {known})"
+        if at is not None:
+            return Problem(f"unknown key (allowed: {known})", at[0], at[1], key)
+        return f"{key}: unknown key (allowed: {known})"
     if error["type"] == "missing":
-        where = f"{origin.name}: {key}" if origin and origin.kind == "file" else key
-        return f"{where}: required"
+        return Problem("required", at[0], at[1], key) if at is not None else f"{key}: required"
     value = error["input"]
+    if at is not None:
+        return Problem(f"{_why(error)}, got {_got(value)}", at[0], at[1], key)
+    origin = sources.origin(path)
     if origin is None:
         where = f"{key}: {_show(value)}"
     elif origin.kind == "env" and _item(error) is not None:
@@ -683,6 +715,23 @@ def _describe(error: ErrorDetails, sources: _Sources) -> str:
     return f"{where}: {_why(error)}"
 
 
+def _got(value: Any) -> str:
+    """A value of the file as "expected X, got Y" shows it (as the YAML reader does)."""
+    kinds: tuple[tuple[type, str], ...] = (
+        (bool, "a boolean"),
+        (int, "an integer"),
+        (float, "a number"),
+        (str, "a string"),
+        (list, "a list"),
+        (tuple, "a list"),
+        (dict, "a mapping"),
+    )
+    if value is None:
+        return "null"
+    kind = next((name for cls, name in kinds if isinstance(value, cls)), type(value).__name__)
+    return f"{kind} ({_show(value)})"
+
+
 def _section_class(path: tuple[str, ...]) -> type | None:
     cls: type | None = Settings
     for part in path:
@@ -691,64 +740,84 @@ def _section_class(path: tuple[str, ...]) -> type | None:
     return cls
 
 
-def _missing_jwt_keys(sources: _Sources) -> list[str]:
+def _at(sources: _Sources, path: tuple[str, ...], what: str) -> Problem | str:
+    """A problem about ``path``: at its line when the file set it."""
+    at = sources.at(path)
+    key = ".".join(path)
+    return Problem(what, at[0], at[1], key) if at is not None else f"{key}: {what}"
+
+
+def _missing_jwt_keys(sources: _Sources) -> list[Problem | str]:
     """A configured ``auth.jwt`` must say whom to trust: iss and aud are always
     verified, so both are required, and keys come from jwks_url or keys."""
     jwt = sources.get(("auth", "jwt"))
     if not isinstance(jwt, dict):
         return []
-    origin = sources.origin(("auth", "jwt"))
-    file = f"{origin.name}: " if origin is not None and origin.kind == "file" else ""
-    problems = []
+    problems: list[Problem | str] = []
     for key, what in (("issuer", "issuer (iss)"), ("audience", "audience (aud)")):
         if jwt.get(key) in (None, ""):
             variable = f"{ENV_PREFIX}AUTH__JWT__{key.upper()}"
             problems.append(
-                f"{file}auth.jwt.{key}: required: the JWT {what} to accept ({variable})"
+                _at(
+                    sources,
+                    ("auth", "jwt", key),
+                    f"required: the JWT {what} to accept ({variable})",
+                )
             )
     if not jwt.get("jwks_url") and not jwt.get("keys"):
-        problems.append(f"{file}auth.jwt: set jwks_url or keys (PEM public keys) to verify JWTs")
+        problems.append(
+            _at(sources, ("auth", "jwt"), "set jwks_url or keys (PEM public keys) to verify JWTs")
+        )
     return problems
 
 
-def _tls_problems(settings: Settings, sources: _Sources) -> list[str]:
+def _tls_problems(settings: Settings, sources: _Sources) -> list[Problem | str]:
     """TLS keys that only make sense together: a client certificate needs its key,
     ``upstream_tls`` an ``https://`` upstream, and certificate identities a client CA."""
-
-    def where(path: tuple[str, ...]) -> str:
-        origin = sources.origin(path)
-        file = f"{origin.name}: " if origin is not None and origin.kind == "file" else ""
-        return f"{file}{'.'.join(path)}"
-
-    problems = []
+    problems: list[Problem | str] = []
     upstream_tls = settings.upstream_tls
     if upstream_tls is not None:
         if (upstream_tls.cert_file is None) != (upstream_tls.key_file is None):
             problems.append(
-                f"{where(('upstream_tls',))}: cert_file and key_file go together "
-                "(a client certificate needs its key)"
+                _at(
+                    sources,
+                    ("upstream_tls",),
+                    "cert_file and key_file go together (a client certificate needs its key)",
+                )
             )
         if not settings.upstream.startswith("https://"):
             problems.append(
-                f"{where(('upstream_tls',))}: set, but upstream {settings.upstream!r} "
-                "is not https://"
+                _at(
+                    sources,
+                    ("upstream_tls",),
+                    f"set, but upstream {settings.upstream!r} is not https://",
+                )
             )
     if settings.authz_tls is not None and settings.authz_listen is None:
         problems.append(
-            f"{where(('authz_tls',))}: set, but authz_listen is not (TLS for a decision "
-            "service that is not served)"
+            _at(
+                sources,
+                ("authz_tls",),
+                "set, but authz_listen is not (TLS for a decision service that is not served)",
+            )
         )
     if settings.auth.mtls is not None and (
         settings.listen_tls is None or settings.listen_tls.client_ca_file is None
     ):
         problems.append(
-            f"{where(('auth', 'mtls'))}: client certificates identify principals only with "
-            "listen_tls.client_ca_file (the CA they are verified against)"
+            _at(
+                sources,
+                ("auth", "mtls"),
+                "client certificates identify principals only with "
+                "listen_tls.client_ca_file (the CA they are verified against)",
+            )
         )
     return problems
 
 
-def _decision_only(settings: Settings, sources: _Sources, problems: list[str]) -> Settings:
+def _decision_only(
+    settings: Settings, sources: _Sources, problems: list[Problem | str]
+) -> Settings:
     """With ``authz_listen`` set and ``listen`` never given, there is no gateway
     listener (decision-only mode); with neither listener, nothing would be served."""
     if settings.authz_listen is not None and sources.get(["listen"]) is None:

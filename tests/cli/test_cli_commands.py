@@ -244,7 +244,7 @@ def test_suite_with_inline_policy_reports_its_lines(
     inline = "map: map.yaml\npolicy:\n  accounts:\n    - id: acme\n      bogus: 1\ncases: []\n"
     (files / "suite.yaml").write_text(inline)
     code, _, err = _run(capsys, "test", str(files / "suite.yaml"))
-    assert code == 1 and "suite.yaml:5: unknown key 'bogus'" in err
+    assert code == 1 and "suite.yaml:5: policy.accounts[0].bogus: unknown key" in err
 
 
 def test_absurd_token_lifetime_is_refused_clearly(

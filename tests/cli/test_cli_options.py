@@ -249,8 +249,12 @@ def run_permgate(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Compl
 
 
 WRONG_TYPES = [
-    ({"listen": 8080}, {}, "permgate.yaml: listen: 8080: expected HOST:PORT"),
-    ({"cache": {"max_entries": "lots"}}, {}, "cache.max_entries: 'lots': expected a whole number"),
+    ({"listen": 8080}, {}, "permgate.yaml:1: listen: expected HOST:PORT"),
+    (
+        {"cache": {"max_entries": "lots"}},
+        {},
+        "permgate.yaml:2: cache.max_entries: expected a whole number, got a string ('lots')",
+    ),
     ({}, {"PERMGATE_LISTEN": "8080"}, "environment variable PERMGATE_LISTEN: '8080': expected"),
     (
         {},

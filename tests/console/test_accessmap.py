@@ -12,9 +12,9 @@ from permgate.console.accessmap import (
     permission_catalogue,
     principal_access,
 )
-from permgate.core.endpoints import parse_map
 from permgate.core.model import Principal, Role, RoleAssignment, Tenant
 from permgate.core.roles import builtin_roles
+from permgate.maps.loader import parse_map
 
 MAP = parse_map(
     """

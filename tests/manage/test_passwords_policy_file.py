@@ -95,7 +95,6 @@ ERRORS = [
     pytest.param("history: 5", "history: many", 7, "history 'many'", id="history-not-int"),
     pytest.param("[upper, digit]", "[upper, kanji]", 6, "'kanji'", id="unknown-class"),
     pytest.param("attempts: 5", "attempts: 0", 9, "lockout.attempts 0", id="zero-attempts"),
-    pytest.param("max_age_days: 365", "rotate_days: 30", 8, "unknown key", id="unknown-key"),
 ]
 
 
@@ -111,13 +110,45 @@ def test_errors_name_the_line(old: str, new: str, line: int, words: str) -> None
 
 
 def test_not_a_mapping() -> None:
-    """A password_policy that is not a mapping is one error on its line."""
+    """A password_policy that is not a mapping is one error on its line, read as any
+    value of the wrong type in the file is."""
     text = "accounts:\n  - id: acme\n    password_policy: strict\n"
     with pytest.raises(PolicyError) as info:
         parse_policy(text, "policy.yaml")
     assert info.value.errors == [
-        "policy.yaml:3: password_policy of account 'acme' must be a mapping"
+        "policy.yaml:3: accounts[0].password_policy: expected a mapping, got a string ('strict')"
     ]
+
+
+KEY_ERRORS = [
+    pytest.param(
+        "max_age_days: 365",
+        "rotate_days: 30",
+        "policy.yaml:8: accounts[0].password_policy.rotate_days: unknown key (allowed: min_length,",
+        id="unknown-key",
+    ),
+    pytest.param(
+        "max_age_days: 365",
+        "history: 6",
+        "policy.yaml:8: accounts[0].password_policy.history: repeated key (first on line 7)",
+        id="repeated-key",
+    ),
+    pytest.param(
+        "attempts: 5",
+        "tries: 5",
+        "policy.yaml:9: accounts[0].password_policy.lockout.tries: unknown key (allowed: attempts,",
+        id="unknown-lockout-key",
+    ),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), KEY_ERRORS)
+def test_keys_read_as_in_the_rest_of_the_file(old: str, new: str, expected: str) -> None:
+    """Unknown and repeated keys of password_policy read as anywhere in the file."""
+    with pytest.raises(PolicyError) as info:
+        parse_policy(POLICY.replace(old, new), "policy.yaml")
+    (error,) = info.value.errors
+    assert error.startswith(expected), error
 
 
 def test_every_error_reported_at_once() -> None:

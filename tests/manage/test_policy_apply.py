@@ -124,7 +124,11 @@ SHAPE_ERRORS = [
         POLICY.replace("quote.*]", "'*.write']"),
         "policy.yaml:9: grant '*.write'",
     ),
-    ("unknown-key", POLICY.replace("kind: user", "knd: user"), "policy.yaml:12: unknown key 'knd'"),
+    (
+        "unknown-key",
+        POLICY.replace("kind: user", "knd: user"),
+        "policy.yaml:12: accounts[0].principals[0].knd: unknown key (allowed: id, kind,",
+    ),
     (
         "duplicate-tenant",
         POLICY.replace("acme-test, type: TEST", "acme-prod, type: TEST"),
@@ -137,9 +141,9 @@ SHAPE_ERRORS = [
     ),
     ("bad-type", POLICY.replace("type: TEST", "type: STAGING"), "policy.yaml:5: tenant type"),
     ("bad-kind", POLICY.replace("kind: user", "kind: robot"), "policy.yaml:12: principal kind"),
-    ("truncated", POLICY[: POLICY.index("tenant_roles") + 20], "invalid YAML"),
+    ("truncated", POLICY[: POLICY.index("tenant_roles") + 20], "YAML syntax error"),
     ("empty", "", "policy.yaml:1: the policy file is empty"),
-    ("no-accounts", "tenants: []\n", "unknown key 'tenants'"),
+    ("no-accounts", "tenants: []\n", "policy.yaml:1: tenants: unknown key (allowed: accounts)"),
 ]
 
 

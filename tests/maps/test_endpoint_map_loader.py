@@ -8,9 +8,10 @@ from textwrap import dedent
 
 import pytest
 
-from permgate.core.endpoints import NO_TENANT, EndpointMap, TenantSource, load_map, parse_map
+from permgate.core.endpoints import NO_TENANT, EndpointMap, TenantSource
 from permgate.core.errors import MapError
 from permgate.core.permissions import DEFAULT_READ_ACTIONS
+from permgate.maps.loader import load_map, parse_map
 
 HEAD = """\
 version: 1
@@ -34,8 +35,18 @@ ERROR_CASES = [
     ("version-missing", "endpoints: []\n", 1, ["'version'", "missing"]),
     ("endpoints-missing", "version: 1\n", 1, ["'endpoints'", "missing"]),
     ("endpoints-not-list", "version: 1\nendpoints: {a: 1}\n", 2, ["endpoints", "a list"]),
-    ("unknown-top-key", "version: 1\nendpoint: []\nendpoints: []\n", 2, ["unknown key 'endpoint'"]),
-    ("repeated-key", "version: 1\nversion: 1\nendpoints: []\n", 2, ["'version' repeated"]),
+    (
+        "unknown-top-key",
+        "version: 1\nendpoint: []\nendpoints: []\n",
+        2,
+        ["endpoint: unknown key (allowed: version,"],
+    ),
+    (
+        "repeated-key",
+        "version: 1\nversion: 1\nendpoints: []\n",
+        2,
+        ["version: repeated key (first on line 1)"],
+    ),
     (
         "read-action-invalid",
         "version: 1\nread_actions: [read, 'bad act']\nendpoints: []\n",
@@ -58,7 +69,7 @@ ERROR_CASES = [
         "defaults-unknown-key",
         "version: 1\ndefaults:\n  tenants: none\nendpoints: []\n",
         3,
-        ["unknown key 'tenants'"],
+        ["defaults.tenants: unknown key (allowed: tenant)"],
     ),
     (
         "default-tenant-two-sources",
@@ -70,7 +81,7 @@ ERROR_CASES = [
         "default-tenant-bad-kind",
         "version: 1\ndefaults:\n  tenant: {query: t}\nendpoints: []\n",
         3,
-        ["unknown key 'query'"],
+        ["defaults.tenant.query: unknown key"],
     ),
     (
         "tenant-bad-string",
@@ -84,13 +95,18 @@ ERROR_CASES = [
         5,
         ["'X T'", "header"],
     ),
-    ("entry-not-mapping", HEAD + "  - just-a-string\n", 5, ["endpoint entry", "a mapping"]),
+    (
+        "entry-not-mapping",
+        HEAD + "  - just-a-string\n",
+        5,
+        ["endpoints[0]: expected a mapping, got a string"],
+    ),
     (
         "entry-unknown-key",
         HEAD + "  - id: a\n    method: GET\n    path: /a\n    tenant: none\n    perms: [a.b]\n"
         "    permissions: []\n",
         9,
-        ["unknown key 'perms'"],
+        ["endpoints[0].perms: unknown key (allowed: id,"],
     ),
     (
         "id-missing",
@@ -374,7 +390,7 @@ def test_empty_map_is_an_error(text: str) -> None:
 
 def test_top_level_must_be_a_mapping() -> None:
     """A list at the top is reported as the wrong type."""
-    assert errors_of("- a\n- b\n") == ["m.yaml:1: the endpoint map must be a mapping, got a list"]
+    assert errors_of("- a\n- b\n") == ["m.yaml:1: the endpoint map: expected a mapping, got a list"]
 
 
 def test_every_error_is_reported_in_line_order() -> None:

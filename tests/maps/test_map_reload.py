@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from permgate.config import AuditSettings
-from permgate.core.endpoints import Endpoint, EndpointMap, TenantSource, parse_map
+from permgate.core.endpoints import Endpoint, EndpointMap, TenantSource
 from permgate.core.errors import MapError
+from permgate.maps.loader import parse_map
 from permgate.maps.reload import MapReloader, diff_maps
 from permgate.observability.audit import AuditLog, CaptureSink
 from permgate.observability.metrics import Metrics

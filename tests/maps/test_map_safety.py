@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from permgate.cli import main
-from permgate.core.endpoints import TenantSource, load_map, parse_map
+from permgate.core.endpoints import TenantSource
 from permgate.core.errors import MapError
+from permgate.maps.loader import load_map, parse_map
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from permgate.core.endpoints import Endpoint, EndpointMap, load_map, parse_map
+from permgate.core.endpoints import Endpoint, EndpointMap
+from permgate.maps.loader import load_map, parse_map
 
 SHIPPED_MAP = Path(__file__).resolve().parents[2] / "endpoint_map.yaml"
 

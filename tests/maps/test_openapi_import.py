@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from permgate.core.endpoints import NO_TENANT, TenantSource, load_map, parse_map
+from permgate.core.endpoints import NO_TENANT, TenantSource
+from permgate.maps.loader import load_map, parse_map
 from permgate.maps.openapi_import import (
     Operation,
     SpecError,

@@ -175,7 +175,7 @@ BAD_INPUTS = {
     ),
     "a policy that is not YAML": (
         ["--map", "map.yaml", "--to-map", "map.yaml", "--policy", "garbled.yaml"],
-        "permgate diff: garbled.yaml:2: invalid YAML",
+        "permgate diff: garbled.yaml:2: YAML syntax error",
     ),
     "a store file that does not exist": (
         ["--map", "map.yaml", "--to-map", "map.yaml", "--store", "sqlite:///nonexistent/p.db"],

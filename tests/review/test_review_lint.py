@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from permgate.core.endpoints import parse_map
 from permgate.manage.policy_file import parse_policy
+from permgate.maps.loader import parse_map
 from permgate.review.lint import lint_roles, roles_from_policy
 
 LINT_MAP = """\

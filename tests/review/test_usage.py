@@ -12,11 +12,11 @@ import pytest
 
 import permgate.runtime.app
 from harness import Gateway, eventually, start_gateway
-from permgate.core.endpoints import parse_map
 from permgate.core.model import Principal
 from permgate.core.token_secrets import token_id_of
 from permgate.gateway.modelcache import ModelCache
 from permgate.manage.service import Actor, ModelService
+from permgate.maps.loader import parse_map
 from permgate.observability.outcome import RequestOutcome
 from permgate.observability.usage import UsageRecorder
 from permgate.store import Store, open_store

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,8 @@ def test_bad_value_is_refused_naming_variable_value_and_expectation(
 
 
 # A value of the wrong type for each key, in the file: (key path, value, expected).
+# (key, value, "KEY: VALUE: WHY"): the problem must read
+# "FILE:LINE: KEY: WHY..., got <kind> (VALUE)", as a wrong type in any file permgate reads.
 WRONG_TYPES_IN_FILE: list[tuple[str, Any, str]] = [
     ("listen", 8080, "listen: 8080: expected HOST:PORT"),
     ("admin_listen", ["127.0.0.1", 9090], "admin_listen: ['127.0.0.1', 9090]: expected HOST"),
@@ -243,11 +246,16 @@ def nested(dotted: str, value: Any) -> dict[str, Any]:
 def test_wrong_type_in_the_file_names_file_key_value_and_expectation(
     tmp_path: Path, key: str, value: Any, message: str
 ) -> None:
-    """A value of the wrong type in the file is a problem naming the file, the key, the
-    value and what was expected; never an exception from inside the loader."""
+    """A value of the wrong type in the file is a problem naming the file, the line, the
+    key, what was expected and the value; never an exception from inside the loader."""
     path = write_config(tmp_path, nested(key, value))
     problems = problems_of(path, env={})
-    assert f"invalid configuration: {path}: {message}" in "\n".join(problems), problems
+    shown, _, why = message.partition(": ")[2].partition(": ")
+    said = re.compile(
+        rf"{re.escape(str(path))}:\d+: {re.escape(key)}: {re.escape(why)}.*, got .*"
+        + re.escape(f"({shown})")
+    )
+    assert any(said.match(problem) for problem in problems), problems
 
 
 # The same for the environment: (variable, text, expected after the variable name).
@@ -283,9 +291,9 @@ def test_wrong_type_in_the_environment_names_the_variable(
 
 
 UNKNOWN_FILE_KEYS = [
-    ({"port": 8080}, "port: unknown key (known: admin_listen, admin_tls, audit, auth,"),
-    ({"cache": {"size": 5}}, "cache.size: unknown key (known: decision_ttl_seconds,"),
-    ({"auth": {"jwt": {"issuer": "i", "iss": "i"}}}, "auth.jwt.iss: unknown key (known:"),
+    ({"port": 8080}, "1: port: unknown key (allowed: admin_listen, admin_tls, audit, auth,"),
+    ({"cache": {"size": 5}}, "2: cache.size: unknown key (allowed: decision_ttl_seconds,"),
+    ({"auth": {"jwt": {"issuer": "i", "iss": "i"}}}, "3: auth.jwt.iss: unknown key (allowed:"),
 ]
 
 
@@ -299,7 +307,7 @@ def test_unknown_key_in_the_file_is_refused(
     allowed there (a typo must not silently fall back to a default)."""
     path = write_config(tmp_path, content)
     problems = problems_of(path, env={})
-    assert any(f"{path}: {message}" in problem for problem in problems), problems
+    assert any(problem.startswith(f"{path}:{message}") for problem in problems), problems
 
 
 def test_a_password_in_a_refused_dsn_is_not_shown() -> None:
@@ -340,9 +348,9 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     )
     assert len(problems) == 5, problems
     joined = "\n".join(problems)
-    for part in ("listen: 8080", "nope: unknown key", "PERMGATE_STORE", "PERMGATE_AUDIT__SINK"):
+    for part in ("listen: expected", "nope: unknown key", "PERMGATE_STORE", "PERMGATE_AUDIT__SINK"):
         assert part in joined
-    assert f"{path}: auth.jwt.issuer: required" in joined
+    assert f"{path}:2: auth.jwt.issuer: required" in joined
 
 
 def test_a_section_with_every_key_commented_out_means_its_defaults(tmp_path: Path) -> None:
@@ -358,7 +366,7 @@ def test_unreadable_and_malformed_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "missing.yaml", env={})
     broken = write_config(tmp_path, "listen: [unclosed\n", name="broken.yaml")
-    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML") as caught:
+    with pytest.raises(ConfigError, match=r"broken\.yaml:2: YAML syntax error") as caught:
         load_settings(broken, env={})
     assert len(caught.value.problems) == 1 and "\n" not in caught.value.problems[0]
 
@@ -367,7 +375,7 @@ def test_a_file_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
     """A file holding a list is refused as a whole, naming the file."""
     path = write_config(tmp_path, "- listen: 0.0.0.0:8080\n")
     assert problems_of(path, env={}) == [
-        f"invalid configuration: {path}: expected a mapping of keys at the top level"
+        f"{path}:1: the configuration file: expected a mapping of keys, got a list"
     ]
 
 
@@ -521,8 +529,8 @@ def test_serve_refuses_a_bad_config_with_every_problem_and_no_traceback(
     config = write_config(tmp_path, "listen: nowhere\nstore: mysql://x\naudit: {sink: syslog}\n")
     assert main(["serve", "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "listen: 'nowhere'" in err
-    assert "store: 'mysql://x'" in err
-    assert "audit.sink: 'syslog'" in err
+    assert f"{config}:1: listen: expected HOST:PORT" in err
+    assert f"{config}:2: store: expected sqlite://PATH" in err
+    assert f"{config}:3: audit.sink: expected stdout or file:PATH" in err
     assert len(err.splitlines()) == 3
     assert "Traceback" not in err

@@ -3,6 +3,7 @@ paths point, and the combinations refused with one line each."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,15 +95,16 @@ BAD = [
     ),
     (
         {"admin_tls": {"cert_file": "/c", "key_file": "/k", "min_version": "1.1"}},
-        "admin_tls.min_version: '1.1': expected '1.2' or '1.3'",
+        "admin_tls.min_version: expected '1.2' or '1.3', got a string ('1.1')",
     ),
     (
         {"listen_tls": {"cert_file": "/c", "key_file": "/k", "verify": False}},
-        "listen_tls.verify: unknown key (known: cert_file, client_ca_file, key_file, min_version)",
+        "listen_tls.verify: unknown key (allowed: cert_file, client_ca_file, key_file, "
+        "min_version)",
     ),
     (
         {"upstream": "https://api:8443", "upstream_tls": {"ca_file": "/ca", "verify": False}},
-        "upstream_tls.verify: unknown key (known: ca_file, cert_file, key_file, server_name)",
+        "upstream_tls.verify: unknown key (allowed: ca_file, cert_file, key_file, server_name)",
     ),
     (
         {"upstream": "https://api:8443", "upstream_tls": {"ca_file": "/ca", "cert_file": "/c"}},
@@ -118,15 +120,16 @@ BAD = [
     ),
     (
         {"auth": {"mtls": {"principal_from": "email"}}},
-        "auth.mtls.principal_from: 'email': expected 'san_uri', 'san_dns' or 'subject_cn'",
+        "auth.mtls.principal_from: expected 'san_uri', 'san_dns' or 'subject_cn', "
+        "got a string ('email')",
     ),
     (
         {"tracing": {"otlp_endpoint": "collector:4318"}},
-        "tracing.otlp_endpoint: 'collector:4318': expected the collector's http(s) base URL",
+        "tracing.otlp_endpoint: expected the collector's http(s) base URL",
     ),
     (
         {"tracing": {"otlp_endpoint": "http://c:4318", "sample_ratio": 1.5}},
-        "tracing.sample_ratio: 1.5: expected at most 1",
+        "tracing.sample_ratio: expected at most 1, got a number (1.5)",
     ),
     (
         {"tracing": {"sample_ratio": 0.5}},
@@ -153,8 +156,9 @@ BAD = [
     ],
 )
 def test_refused_with_one_line(tmp_path: Path, content: dict[str, Any], message: str) -> None:
-    """Each problem is one line naming the file, the key and why (verification of
-    the upstream cannot be turned off: there is no key for it)."""
+    """Each problem is one line naming the file, the line, the key and why
+    (verification of the upstream cannot be turned off: there is no key for it)."""
     path = write(tmp_path, content)
     found = problems(path)
-    assert any(p.startswith(f"invalid configuration: {path}: {message}") for p in found), found
+    line = re.compile(rf"{re.escape(str(path))}:\d+: {re.escape(message)}")
+    assert any(line.match(p) for p in found), found

@@ -23,10 +23,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from permgate.admin import create_admin_api
-from permgate.core.endpoints import EndpointMap, parse_map
+from permgate.core.endpoints import EndpointMap
 from permgate.gateway.authn import Authenticator
 from permgate.gateway.modelcache import ModelCache
 from permgate.manage.service import Actor, ModelService
+from permgate.maps.loader import parse_map
 from permgate.store import Store, open_store
 from pgtools import fresh_database
 

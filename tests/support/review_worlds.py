@@ -10,8 +10,9 @@ Who may do what in the base world (acme-test is in shadow mode, which a diff ign
 
 from __future__ import annotations
 
-from permgate.core.endpoints import EndpointMap, parse_map
+from permgate.core.endpoints import EndpointMap
 from permgate.manage.policy_file import parse_policy
+from permgate.maps.loader import parse_map
 from permgate.review.diff import Impact, Side, diff_access
 from permgate.review.world import EMPTY_WORLD, World, overlay_policy
 

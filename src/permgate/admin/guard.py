@@ -5,15 +5,16 @@ Every request is evaluated by :mod:`permgate.gateway.evaluate` against the admin
 route, public, authenticate, permissions with the caller's roles and token, so an
 auth token is capped by its grants and its owner here exactly as on the gateway. The
 guard only renders the evaluation; when it allows, the handler runs with the caller
-under :data:`CALLER`. Every error, whoever raised it, leaves as the admin API's JSON
-error shape.
+under :data:`CALLER`. The guard applies the admin map only (which operation needs
+which permission); the rules of the model (who may act on which principal, tenant or
+token) are the service's, whose refusals carry their ``reason``. Every error, whoever
+raised it, leaves as the admin API's JSON error shape.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from importlib.resources import files
 from typing import Final
@@ -24,9 +25,8 @@ from permgate.admin.openapi import query_schemas
 from permgate.admin.render import ApiError
 from permgate.admin.schemas import parse_query
 from permgate.core.decision import Decision, Subject, decide
-from permgate.core.endpoints import Endpoint, EndpointMap, Match, parse_map
+from permgate.core.endpoints import Endpoint, EndpointMap, Match
 from permgate.core.errors import (
-    Forbidden,
     InvalidInput,
     InvalidPermission,
     ModelError,
@@ -38,6 +38,7 @@ from permgate.gateway.authn import Authenticator, Identity
 from permgate.gateway.evaluate import EvalRequest, Evaluator
 from permgate.gateway.modelcache import ModelCache
 from permgate.manage.service import Actor
+from permgate.maps.loader import parse_map
 
 __all__ = [
     "ADMIN_MAP",
@@ -47,8 +48,6 @@ __all__ = [
     "SET_OTHERS_PASSWORD",
     "Caller",
     "Guard",
-    "forbidden_reason",
-    "require_admin",
 ]
 
 ADMIN_MAP: Final[EndpointMap] = parse_map(
@@ -110,27 +109,6 @@ QUERY: Final = web.RequestKey("permgate_admin_query", dict[str, object])
 log: Final = logging.getLogger("permgate.admin")
 
 
-@contextmanager
-def forbidden_reason(reason: str) -> Iterator[None]:
-    """Give the service's 403s raised in the block a stable ``reason``."""
-    try:
-        yield
-    except Forbidden as exc:
-        raise ApiError(403, "forbidden", str(exc), reason=reason) from exc
-
-
-def require_admin(caller: Caller, what: str) -> None:
-    """Only admins manage roles: answered here before the service (which enforces it too)."""
-    if not caller.actor.is_admin:
-        raise ApiError(
-            403,
-            "forbidden",
-            f"only admins can {what}; {caller.identity.principal.id!r} "
-            "does not hold the admin role",
-            reason="admin_required",
-        )
-
-
 def authorize(endpoint: Endpoint, subject: Subject, what: str | None = None) -> None:
     """403 unless ``subject`` holds everything ``endpoint`` requires; the detail says
     whether the principal or only its token lacks it (``what`` names the action when
@@ -178,7 +156,11 @@ class Guard:
             response = await self._guarded(request, handler)
         except ApiError as exc:
             response = exc.response(request_id)
-        except (ModelError, InvalidPermission) as exc:
+        except ModelError as exc:
+            # The service's refusal, with its reason (admin_required, not_token_owner...).
+            error = ApiError(exc.status_code, exc.error, str(exc), reason=exc.reason)
+            response = error.response(request_id)
+        except InvalidPermission as exc:
             response = ApiError(exc.status_code, exc.error, str(exc)).response(request_id)
         except StoreUnavailable:
             # The exception names the store's file or host: keep that for the logs.

@@ -92,8 +92,8 @@ async def diff_json(
     default_enforcement: Enforcement,
 ) -> bytes:
     """The JSON answer of ``POST /v1/diff`` for a caller of ``account``."""
-    from permgate.core.endpoints import parse_map
     from permgate.manage.policy_file import PolicyError, parse_policy
+    from permgate.maps.loader import parse_map
 
     policy_text, map_text, prune = diff_body(raw)
     try:

@@ -71,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _grant_warnings(policy: Policy, map_path: str) -> list[str]:
     """Warnings about grants the map at ``map_path`` never requires; one line if unreadable."""
-    from permgate.core.endpoints import load_map
     from permgate.core.errors import MapError
     from permgate.manage.policy_file import unused_grants
+    from permgate.maps.loader import load_map
 
     try:
         endpoint_map = load_map(map_path)

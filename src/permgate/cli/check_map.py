@@ -11,8 +11,8 @@ import json
 import sys
 
 from permgate.cli._common import add_common_arguments
-from permgate.core.endpoints import load_map
 from permgate.core.errors import MapError
+from permgate.maps.loader import load_map
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

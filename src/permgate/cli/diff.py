@@ -115,8 +115,8 @@ def _fail(lines: list[str]) -> int:
 
 async def _sides(args: argparse.Namespace) -> tuple[Side, Side]:
     """Load both maps and both worlds (the store only when it is a side)."""
-    from permgate.core.endpoints import load_map
     from permgate.manage.policy_file import load_policy
+    from permgate.maps.loader import load_map
     from permgate.review.diff import Side
 
     needs_settings = args.map is None or args.to_map is None or args.policy is None

@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the decision (text, or one JSON document with --json)."""
-    from permgate.core.endpoints import load_map
+    from permgate.maps.loader import load_map
 
     settings = settings_from_args(args)
     endpoint_map = load_map(args.map or settings.endpoint_map)

@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from permgate.cli._common import add_common_arguments
-from permgate.core.endpoints import load_map
 from permgate.core.errors import MapError
+from permgate.maps.loader import load_map
 from permgate.maps.openapi_import import (
     TENANT_PARAM,
     SpecError,

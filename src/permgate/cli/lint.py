@@ -37,9 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print every finding; 1 when there is any, 0 otherwise, 2 on bad input."""
-    from permgate.core.endpoints import load_map
     from permgate.core.errors import ConfigError, MapError, StoreUnavailable
     from permgate.manage.policy_file import PolicyError, load_policy
+    from permgate.maps.loader import load_map
     from permgate.review.lint import lint_roles, roles_from_policy, roles_from_world
 
     try:

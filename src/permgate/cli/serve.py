@@ -116,7 +116,7 @@ def _check_map_and_store(settings: Settings) -> None:
     schema brought up to date once, not by N workers at the same time)."""
     import asyncio
 
-    from permgate.core.endpoints import load_map
+    from permgate.maps.loader import load_map
     from permgate.runtime.tls import TlsSetup
     from permgate.store import open_store
 

@@ -35,9 +35,15 @@ import asyncio
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from permgate.cli._common import add_common_arguments
+
+if TYPE_CHECKING:
+    import yaml
+
+    from permgate.core.errors import ProblemList
+    from permgate.core.yamlnodes import NodeReader
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,33 +58,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run every case; print failures and a summary; 1 on any failure."""
-    import yaml
-
-    from permgate.core.errors import MapError
+    from permgate.core.errors import ProblemList
+    from permgate.core.yamlnodes import read_text
 
     suite_path = Path(args.file)
-    source = str(suite_path)
     try:
-        text = suite_path.read_text(encoding="utf-8")
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        print(f"{source}: cannot read the test suite: {exc}", file=sys.stderr)
-        return 1
-    try:
-        suite = _Suite.parse(root, source, suite_path.parent)
-    except _SuiteError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        return 1
-    except MapError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        return 1
-    from permgate.manage.policy_file import PolicyError
-
-    try:
+        suite = _Suite.parse(
+            read_text(suite_path, "the test suite", _suite_error()),
+            str(suite_path),
+            suite_path.parent,
+        )
         failures, total = asyncio.run(suite.run())
-    except PolicyError as exc:
+    except ProblemList as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
@@ -88,13 +79,14 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-class _SuiteError(Exception):
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = errors
-        super().__init__("\n".join(errors))
+def _suite_error() -> type[ProblemList]:
+    from permgate.core.errors import SuiteError
+
+    return SuiteError
 
 
 _CASE_KEYS = ("name", "principal", "token", "method", "path", "headers", "expect", "reason")
+_TOKEN_KEYS = ("owner", "permissions", "tenants")
 
 
 class _Suite:
@@ -107,66 +99,59 @@ class _Suite:
         self.cases = cases
 
     @classmethod
-    def parse(cls, root: Any, source: str, base: Path) -> _Suite:
+    def parse(cls, text: str, source: str, base: Path) -> _Suite:
+        """The suite, its map and its policy; one :class:`SuiteError` lists every
+        problem of the three files (the map's and the policy's with their own names)."""
         import yaml
 
-        from permgate.core.endpoints import load_map
-        from permgate.manage.policy_file import PolicyError, load_policy, parse_policy_node
+        from permgate.core.errors import MapError, PolicyError, Problem, SuiteError
+        from permgate.core.yamlnodes import NodeReader, compose, item
+        from permgate.manage.policy_file import load_policy, parse_policy_node
+        from permgate.maps.loader import load_map
 
-        errors: list[str] = []
-        if not isinstance(root, yaml.MappingNode):
-            raise _SuiteError([f"{source}:1: a test suite is a mapping with map, policy, cases"])
-        keys = {k.value: v for k, v in root.value}
-        for key_node, _ in root.value:
-            if key_node.value not in ("map", "policy", "cases"):
-                errors.append(
-                    f"{source}:{key_node.start_mark.line + 1}: unknown key {key_node.value!r}"
-                )
+        root = compose(text, source, SuiteError)
+        if root is None:
+            raise SuiteError(
+                [Problem("the test suite is empty (expected map, policy, cases)", source, 1)]
+            )
+        reader = NodeReader(source, "the test suite")
+        keys = reader.mapping(root, "", ("map", "policy", "cases"))
+        reader.check(SuiteError)
+        assert keys is not None
         for needed in ("map", "policy", "cases"):
             if needed not in keys:
-                errors.append(f"{source}:1: the suite has no {needed!r}")
-        if errors:
-            raise _SuiteError(errors)
-        map_node = keys["map"]
-        if not isinstance(map_node, yaml.ScalarNode):
-            raise _SuiteError([f"{source}:{map_node.start_mark.line + 1}: map is a file name"])
-        endpoint_map = load_map(base / map_node.value)
-        policy_node = keys["policy"]
-        try:
-            if isinstance(policy_node, yaml.ScalarNode):
-                policy = load_policy(base / policy_node.value)
-            else:
-                policy = parse_policy_node(policy_node, source)
-        except PolicyError as exc:
-            raise _SuiteError(exc.errors) from exc
-        data = yaml.safe_load(yaml.serialize(keys["cases"]))
-        cases_node = keys["cases"]
-        if not isinstance(cases_node, yaml.SequenceNode) or not isinstance(data, list):
-            raise _SuiteError([f"{source}:{cases_node.start_mark.line + 1}: cases is a list"])
+                reader.problem(root, needed, "missing (the suite needs map, policy and cases)")
         cases: list[dict[str, Any]] = []
-        for node, case in zip(cases_node.value, data, strict=True):
-            line = node.start_mark.line + 1
-            where = f"{source}:{line}"
-            if not isinstance(case, dict):
-                errors.append(f"{where}: a case is a mapping")
-                continue
-            unknown = sorted(set(case) - set(_CASE_KEYS))
-            if unknown:
-                errors.append(f"{where}: unknown key(s) {', '.join(unknown)}")
-            if ("principal" in case) == ("token" in case):
-                errors.append(f"{where}: a case names exactly one of principal or token")
-            for key in ("method", "path"):
-                if not isinstance(case.get(key), str):
-                    errors.append(f"{where}: {key} is required (a string)")
-            if case.get("expect") not in ("allow", "deny"):
-                errors.append(f"{where}: expect must be allow or deny")
-            token = case.get("token")
-            if token is not None and not (isinstance(token, dict) and "owner" in token):
-                errors.append(f"{where}: token is {{owner, permissions, tenants}}")
-            case["_line"] = line
-            cases.append(case)
-        if errors:
-            raise _SuiteError(errors)
+        if "cases" in keys:
+            for index, node in enumerate(reader.sequence(keys["cases"][1], "cases") or ()):
+                case = _case(reader, node, item("cases", index))
+                if case is not None:
+                    cases.append(case)
+        others: list[Problem] = []  # the map's and the policy's, in their files
+        endpoint_map = policy = None
+        if "map" in keys:
+            map_name = reader.string(keys["map"][1], "map", empty=False)
+            if map_name is not None:
+                try:
+                    endpoint_map = load_map(base / map_name)
+                except MapError as exc:
+                    others.extend(exc.items)
+        if "policy" in keys:
+            policy_node = keys["policy"][1]
+            try:
+                if isinstance(policy_node, yaml.MappingNode):
+                    policy = parse_policy_node(policy_node, source, "policy")
+                else:
+                    policy_name = reader.string(policy_node, "policy", empty=False)
+                    if policy_name is not None:
+                        policy = load_policy(base / policy_name)
+            except PolicyError as exc:
+                others.extend(exc.items)
+        if reader.problems or others:
+            inline = [p for p in others if p.source == source]
+            elsewhere = [p for p in others if p.source != source]
+            found = sorted([*reader.problems, *inline], key=lambda p: p.line or 0)
+            raise SuiteError([*found, *elsewhere])
         return cls(source, endpoint_map, policy, cases)
 
     async def run(self) -> tuple[list[str], int]:
@@ -270,3 +255,60 @@ class _Suite:
         sources = [e.tenant for e in self.endpoint_map.endpoints]
         sources.append(self.endpoint_map.default_tenant)
         return [s.name for s in sources if s.kind == "claim" and s.name is not None]
+
+
+def _case(reader: NodeReader, node: yaml.Node, where: str) -> dict[str, Any] | None:
+    """One case as a plain dict (with its ``_line``), every problem recorded."""
+    import yaml
+
+    from permgate.core.yamlnodes import BAD, key, line_of
+
+    keys = reader.mapping(node, where, _CASE_KEYS)
+    if keys is None:
+        return None
+    line = line_of(node)
+    case: dict[str, Any] = {"_line": line}
+    for name in ("name", "principal", "reason"):
+        if name in keys:
+            case[name] = reader.string(keys[name][1], key(where, name), empty=False)
+    for name in ("method", "path"):
+        if name not in keys:
+            reader.problem(line, key(where, name), "missing (a string)")
+        else:
+            case[name] = reader.string(keys[name][1], key(where, name), empty=False)
+    if ("principal" in keys) == ("token" in keys):
+        reader.problem(line, where, "a case names exactly one of principal or token")
+    if "token" in keys:
+        token_where = key(where, "token")
+        token = reader.mapping(keys["token"][1], token_where, _TOKEN_KEYS)
+        if token is not None:
+            spec: dict[str, Any] = {}
+            if "owner" not in token:
+                reader.problem(keys["token"][1], key(token_where, "owner"), "missing (a string)")
+            else:
+                spec["owner"] = reader.string(token["owner"][1], key(token_where, "owner"))
+            for name in ("permissions", "tenants"):
+                if name in token:
+                    list_where = key(token_where, name)
+                    items = reader.sequence(token[name][1], list_where, null=True) or []
+                    spec[name] = [
+                        reader.string(child, f"{list_where}[{index}]")
+                        for index, child in enumerate(items)
+                    ]
+            case["token"] = spec
+    if "expect" not in keys:
+        reader.problem(line, key(where, "expect"), "missing ('allow' or 'deny')")
+    else:
+        case["expect"] = reader.choice(keys["expect"][1], key(where, "expect"), ("allow", "deny"))
+    if "headers" in keys:
+        headers: dict[str, str] = {}
+        headers_where = key(where, "headers")
+        for name, _key_node, value_node in reader.pairs(keys["headers"][1], headers_where) or ():
+            if isinstance(value_node, yaml.ScalarNode):
+                value = reader.scalar(value_node, key(headers_where, name), "a header value")
+                if value is not BAD and value is not None:
+                    headers[name] = str(value)
+                    continue
+            reader.wrong_type(value_node, key(headers_where, name), "a header value")
+        case["headers"] = headers
+    return case

@@ -1,8 +1,12 @@
 """permgate's exception tree. Each class carries its HTTP mapping.
 
 PermgateError
-├── ConfigError              bad permgate.yaml / environment (exit 2 at start)
-├── MapError                 endpoint map invalid; carries every FILE:LINE error
+├── ProblemList              a file (or settings) with problems, every one listed at
+│   │                        once as ``FILE:LINE: WHERE: WHAT`` (see core.yamlnodes)
+│   ├── ConfigError          bad permgate.yaml / environment (exit 2 at start)
+│   ├── MapError             an endpoint map
+│   ├── PolicyError          a policy.yaml (apply, lint, diff, test)
+│   └── SuiteError           a ``permgate test`` suite
 ├── InvalidPermission        a permission or grant string breaks the grammar
 ├── ModelError               a change to the model was refused
 │   ├── InvalidInput         422 invalid
@@ -16,11 +20,16 @@ PermgateError
 ├── proxy.UpstreamError      502/504: UpstreamUnavailable, UpstreamProtocolError,
 │                            UpstreamTimeout (client errors translated there)
 ├── observability.audit.AuditOverloaded   503 audit_overloaded (overflow: reject)
-├── openapi_import.SpecError an OpenAPI document permgate cannot turn into a map
-└── policy_file.PolicyError  a policy.yaml with errors, each FILE:LINE: message
+└── openapi_import.SpecError an OpenAPI document permgate cannot turn into a map
+
+The subclasses of :class:`ProblemList` differ only in name: the CLI and the admin API
+tell a bad map from a bad policy (and a bad configuration exits 2).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 __all__ = [
     "ConfigError",
@@ -32,7 +41,11 @@ __all__ = [
     "ModelError",
     "NotFound",
     "PermgateError",
+    "PolicyError",
+    "Problem",
+    "ProblemList",
     "StoreUnavailable",
+    "SuiteError",
 ]
 
 
@@ -43,20 +56,74 @@ class PermgateError(Exception):
     error: str = "internal"
 
 
-class ConfigError(PermgateError):
-    """The configuration is invalid; ``problems`` holds one message per bad key."""
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with an input: ``FILE:LINE: WHERE: WHAT``.
 
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("\n".join(self.problems))
+    ``where`` is the path inside the file (``endpoints[3].public``, ``auth.jwt.issuer``);
+    ``what`` says what is wrong and why. Parts that are unknown are left out, so a
+    problem with no file (an environment variable) is just ``WHERE: WHAT``.
+    """
+
+    what: str
+    source: str = ""
+    line: int | None = None
+    where: str = ""
+
+    def __str__(self) -> str:
+        head = self.source
+        if head and self.line is not None:
+            head = f"{head}:{self.line}"
+        return ": ".join(part for part in (head, self.where, self.what) if part)
 
 
-class MapError(PermgateError):
-    """The endpoint map is invalid; ``errors`` holds every ``FILE:LINE: message``."""
+class ProblemList(PermgateError):
+    """Everything wrong with one input, reported together (never only the first).
 
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = list(errors)
+    ``problems`` holds the :class:`Problem` s (plain strings become problems with only
+    ``what``); ``errors`` and ``str()`` give them as lines, one per problem.
+    """
+
+    status_code = 422
+    error = "invalid"
+
+    def __init__(self, problems: Iterable[Problem | str]) -> None:
+        self.items: tuple[Problem, ...] = tuple(
+            p if isinstance(p, Problem) else Problem(p) for p in problems
+        )
         super().__init__("\n".join(self.errors))
+
+    @property
+    def errors(self) -> list[str]:
+        """One ``FILE:LINE: WHERE: WHAT`` line per problem."""
+        return [str(problem) for problem in self.items]
+
+    @property
+    def problems(self) -> list[str]:
+        """The same lines as :attr:`errors` (the name the configuration's callers use)."""
+        return self.errors
+
+
+class ConfigError(ProblemList):
+    """The configuration is invalid: permgate.yaml, the environment or a file it names."""
+
+    status_code = 500
+    error = "internal"
+
+
+class MapError(ProblemList):
+    """An endpoint map is invalid; it is never half-applied."""
+
+    status_code = 500
+    error = "internal"
+
+
+class PolicyError(ProblemList):
+    """A policy file is invalid, or applying it would break a rule of the model."""
+
+
+class SuiteError(ProblemList):
+    """A ``permgate test`` suite file is invalid."""
 
 
 class InvalidPermission(PermgateError, ValueError):
@@ -67,7 +134,16 @@ class InvalidPermission(PermgateError, ValueError):
 
 
 class ModelError(PermgateError):
-    """A requested change to the access model was refused."""
+    """A requested change to the access model was refused.
+
+    ``reason`` is a stable id for the refusal when callers tell refusals apart (the
+    admin API answers it: ``admin_required``, ``not_token_owner``), so that no caller
+    checks the rule itself first to find out which one it was.
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class InvalidInput(ModelError):

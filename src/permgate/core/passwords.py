@@ -139,6 +139,17 @@ class LoginRefused(Exception):
 
 # -- policy from configuration ---------------------------------------------------
 
+# The keys of a password_policy mapping and of its lockout section.
+POLICY_KEYS: Final = (
+    "min_length",
+    "max_length",
+    "require_classes",
+    "history",
+    "max_age_days",
+    "lockout",
+)
+LOCKOUT_KEYS: Final = ("attempts", "window_seconds", "lock_seconds")
+
 
 def parse_policy(raw: object) -> tuple[PasswordPolicy | None, list[tuple[str, str]]]:
     """A ``password_policy`` mapping as written in ``policy.yaml`` or JSON: the policy
@@ -146,7 +157,7 @@ def parse_policy(raw: object) -> tuple[PasswordPolicy | None, list[tuple[str, st
     problems: list[tuple[str, str]] = []
     if not isinstance(raw, dict):
         return None, [("password_policy", "must be a mapping of policy keys")]
-    known = {"min_length", "max_length", "require_classes", "history", "max_age_days", "lockout"}
+    known = set(POLICY_KEYS)
     for key in raw:
         if key not in known:
             problems.append((str(key), f"unknown key {key!r}: expected one of {sorted(known)}"))
@@ -217,7 +228,7 @@ def _lockout(value: object, problems: list[tuple[str, str]]) -> Lockout:
         )
         return Lockout()
     for key in value:
-        if key not in ("attempts", "window_seconds", "lock_seconds"):
+        if key not in LOCKOUT_KEYS:
             problems.append(
                 (
                     f"lockout.{key}",

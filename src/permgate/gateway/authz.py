@@ -40,7 +40,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from permgate.core.endpoints import EndpointMap, parse_map
+from permgate.core.endpoints import EndpointMap
 from permgate.core.errors import PermgateError, StoreUnavailable
 from permgate.core.reasons import DoorReason, Reason, Refusal
 from permgate.gateway import hygiene
@@ -49,6 +49,7 @@ from permgate.gateway.evaluate import EvalRequest, Evaluation, Evaluator, what_i
 from permgate.gateway.modelcache import ModelCache
 from permgate.gateway.pipeline import Gateway, Observer
 from permgate.gateway.responses import closing, forbidden, json_response, refusal, unauthenticated
+from permgate.maps.loader import parse_map
 from permgate.observability.outcome import UNMAPPED_ENDPOINT, Door, RequestOutcome
 from permgate.observability.tracing import trace_id_of
 

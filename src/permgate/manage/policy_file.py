@@ -25,7 +25,7 @@ from typing import Final
 import yaml
 
 from permgate.core.endpoints import EndpointMap
-from permgate.core.errors import InvalidPermission, PermgateError
+from permgate.core.errors import InvalidPermission, PolicyError, Problem
 from permgate.core.model import (
     ENFORCEMENTS,
     PRINCIPAL_KINDS,
@@ -33,11 +33,14 @@ from permgate.core.model import (
     SCOPE_TYPE_TEST,
     TENANT_TYPES,
     Principal,
+    Role,
+    Tenant,
 )
-from permgate.core.passwords import PasswordPolicy
+from permgate.core.passwords import LOCKOUT_KEYS, POLICY_KEYS, PasswordPolicy
 from permgate.core.passwords import parse_policy as parse_password_policy
 from permgate.core.permissions import parse_grant
 from permgate.core.roles import BUILTIN_ROLE_NAMES, builtin_roles
+from permgate.core.yamlnodes import Keys, NodeReader, compose, item, key, line_of, read_text
 from permgate.manage.service import (
     ACCOUNT_ID,
     PRINCIPAL_ID,
@@ -45,6 +48,10 @@ from permgate.manage.service import (
     TENANT_ID,
     Actor,
     ModelService,
+    admin_grants_refusal,
+    display_name_refusal,
+    enforcement_refusal,
+    tenant_type_refusal,
 )
 from permgate.store.base import Store
 
@@ -59,17 +66,6 @@ __all__ = [
     "plan_policy",
     "unused_grants",
 ]
-
-
-class PolicyError(PermgateError):
-    """The policy file is invalid; ``errors`` holds every ``FILE:LINE: message``."""
-
-    status_code = 422
-    error = "invalid"
-
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = list(errors)
-        super().__init__("\n".join(self.errors))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,122 +127,80 @@ _ACCOUNT_KEYS: Final = ("id", "tenants", "roles", "principals", "password_policy
 _TENANT_KEYS: Final = ("id", "type", "enforcement")
 _ROLE_KEYS: Final = ("name", "display_name", "permissions")
 _PRINCIPAL_KEYS: Final = ("id", "kind", "roles", "tenant_roles", "tenants", "disabled")
-_STR: Final = "tag:yaml.org,2002:str"
-_BOOL: Final = "tag:yaml.org,2002:bool"
 
 
-def _line(node: yaml.Node) -> int:
-    return int(node.start_mark.line) + 1
+class _Parser(NodeReader):
+    """Walks the composed tree of a policy, recording every problem with its line."""
 
+    def __init__(self, source: str, where: str = "") -> None:
+        super().__init__(source, "the policy file")
+        self.base = where  # the path of the policy inside its file ("" at the top)
 
-class _Parser:
-    """Walks the composed YAML tree, recording every problem with its line."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.problems: list[tuple[int, str]] = []
-
-    def error(self, line: int, message: str) -> None:
-        self.problems.append((line, message))
-
-    def errors(self) -> list[str]:
-        return [f"{self.source}:{line}: {message}" for line, message in sorted(self.problems)]
-
-    def mapping(
-        self, node: yaml.Node, where: str, allowed: tuple[str, ...]
-    ) -> dict[str, yaml.Node] | None:
-        if not isinstance(node, yaml.MappingNode):
-            self.error(_line(node), f"{where} must be a mapping")
+    def required(self, keys: Keys, name: str, where: str, line: int, what: str) -> str | None:
+        """The non-empty string under key ``name`` (``what`` names it when missing)."""
+        if name not in keys:
+            self.note(line, f"{what} is missing")
             return None
-        out: dict[str, yaml.Node] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            if not isinstance(key, str) or key not in allowed:
-                self.error(
-                    _line(key_node),
-                    f"unknown key {key!r} in {where}; allowed: {', '.join(allowed)}",
-                )
-                continue
-            if key in out:
-                self.error(_line(key_node), f"duplicate key {key!r} in {where}")
-                continue
-            out[key] = value_node
-        return out
-
-    def sequence(self, node: yaml.Node | None, where: str) -> list[yaml.Node]:
-        if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
-            return []
-        if not isinstance(node, yaml.SequenceNode):
-            self.error(_line(node), f"{where} must be a list")
-            return []
-        return list(node.value)
-
-    def string(self, node: yaml.Node | None, where: str, line: int) -> str | None:
-        if node is None:
-            self.error(line, f"{where} is missing")
-            return None
-        if not isinstance(node, yaml.ScalarNode) or node.tag != _STR or not node.value:
-            self.error(_line(node), f"{where} must be a non-empty string")
-            return None
-        return str(node.value)
-
-    def choice(
-        self, node: yaml.Node | None, where: str, line: int, options: tuple[str, ...]
-    ) -> str | None:
-        value = self.string(node, where, line)
-        if value is not None and value not in options:
-            self.error(
-                _line(node) if node is not None else line,
-                f"{where} {value!r} is invalid: expected one of {', '.join(options)}",
-            )
-            return None
-        return value
+        return self.string(keys[name][1], key(where, name), empty=False)
 
     def ident(
-        self, node: yaml.Node | None, where: str, line: int, pattern: re.Pattern[str]
+        self, keys: Keys, name: str, where: str, line: int, what: str, pattern: re.Pattern[str]
     ) -> str | None:
-        value = self.string(node, where, line)
+        value = self.required(keys, name, where, line, what)
         if value is not None and pattern.fullmatch(value) is None:
-            self.error(
-                _line(node) if node is not None else line,
-                f"{where} {value!r} is invalid: expected {pattern.pattern}",
-            )
+            self.note(keys[name][1], f"{what} {value!r} is invalid: expected {pattern.pattern}")
             return None
         return value
 
-    def refs(self, node: yaml.Node | None, where: str) -> tuple[Ref, ...]:
+    def one_of(
+        self, node: yaml.Node, where: str, what: str, options: tuple[str, ...]
+    ) -> str | None:
+        value = self.string(node, where, empty=False)
+        if value is not None and value not in options:
+            self.note(node, f"{what} {value!r} is invalid: expected one of {', '.join(options)}")
+            return None
+        return value
+
+    def list_of(self, keys: Keys, name: str, where: str) -> list[tuple[str, yaml.Node]]:
+        """The items of the list under ``name`` (absent or empty: none), with their paths."""
+        if name not in keys:
+            return []
+        list_where = key(where, name)
+        items = self.sequence(keys[name][1], list_where, null=True) or []
+        return [(item(list_where, index), node) for index, node in enumerate(items)]
+
+    def refs(self, keys: Keys, name: str, where: str) -> tuple[Ref, ...]:
         out: list[Ref] = []
-        for item in self.sequence(node, where):
-            value = self.string(item, f"an item of {where}", _line(item))
+        for item_where, node in self.list_of(keys, name, where):
+            value = self.string(node, item_where, empty=False)
             if value is not None:
-                out.append(Ref(value, _line(item)))
+                out.append(Ref(value, line_of(node)))
         return tuple(out)
 
     def document(self, root: yaml.Node) -> tuple[AccountSpec, ...]:
-        keys = self.mapping(root, "the policy file", _ROOT_KEYS)
+        keys = self.mapping(root, self.base, _ROOT_KEYS)
         if keys is None:
             return ()
         if "accounts" not in keys:
-            self.error(_line(root), "the policy file has no 'accounts' list")
+            self.note(root, "the policy file has no 'accounts' list")
             return ()
-        accounts = [self.account(n) for n in self.sequence(keys["accounts"], "accounts")]
+        accounts = [self.account(n, w) for w, n in self.list_of(keys, "accounts", self.base)]
         return tuple(a for a in accounts if a is not None)
 
-    def account(self, node: yaml.Node) -> AccountSpec | None:
-        keys = self.mapping(node, "an account", _ACCOUNT_KEYS)
+    def account(self, node: yaml.Node, where: str) -> AccountSpec | None:
+        keys = self.mapping(node, where, _ACCOUNT_KEYS)
         if keys is None:
             return None
-        line = _line(node)
-        account = self.ident(keys.get("id"), "account id", line, ACCOUNT_ID)
-        where = f"account {account!r}"
-        tenants = [self.tenant(n, where) for n in self.sequence(keys.get("tenants"), "tenants")]
-        roles = [self.role(n, where) for n in self.sequence(keys.get("roles"), "roles")]
-        principals = [
-            self.principal(n, where) for n in self.sequence(keys.get("principals"), "principals")
-        ]
+        line = line_of(node)
+        account = self.ident(keys, "id", where, line, "account id", ACCOUNT_ID)
+        tenants = [self.tenant(n, w) for w, n in self.list_of(keys, "tenants", where)]
+        roles = [self.role(n, w) for w, n in self.list_of(keys, "roles", where)]
+        principals = [self.principal(n, w) for w, n in self.list_of(keys, "principals", where)]
         password_policy = None
         if "password_policy" in keys:
-            password_policy = self.password_policy(keys["password_policy"], where)
+            password_policy = self.password_policy(
+                keys["password_policy"][1], key(where, "password_policy"), f"account {account!r}"
+            )
         if account is None:
             return None
         return AccountSpec(
@@ -258,66 +212,76 @@ class _Parser:
             password_policy,
         )
 
-    def password_policy(self, node: yaml.Node, where: str) -> PasswordPolicy | None:
-        """An account's ``password_policy``: every problem on its key's line; a
-        policy that would lower the mandatory floor is an error, never clamped."""
-        if not isinstance(node, yaml.MappingNode):
-            self.error(_line(node), f"password_policy of {where} must be a mapping")
+    def password_policy(self, node: yaml.Node, where: str, owner: str) -> PasswordPolicy | None:
+        """An account's ``password_policy``: its keys read as every mapping of the file
+        is (unknown, repeated, not a mapping); its values checked by the password
+        rules, each problem on its key's line. A policy that would lower the mandatory
+        floor is an error, never clamped."""
+        keys = self.mapping(node, where, POLICY_KEYS)
+        if keys is None:
             return None
-        lines: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            lines[key] = _line(key_node)
-            if key == "lockout" and isinstance(value_node, yaml.MappingNode):
-                for inner, _ in value_node.value:
-                    lines[f"lockout.{inner.value}"] = _line(inner)
-        try:
-            raw = yaml.constructor.SafeConstructor().construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
-            self.error(_line(node), f"password_policy of {where} cannot be read: {exc}")
-            return None
+        lines: dict[tuple[str | int, ...], int] = {}
+        raw: dict[str, object] = {}
+        for name, (key_node, value_node) in keys.items():
+            lines[(name,)] = line_of(key_node)
+            if name == "lockout" and isinstance(value_node, yaml.MappingNode):
+                lockout_where = key(where, "lockout")
+                inner = self.mapping(value_node, lockout_where, LOCKOUT_KEYS) or {}
+                raw[name] = {
+                    part: self.plain(value, (name, part), lines, key(lockout_where, part))
+                    for part, (_, value) in inner.items()
+                }
+                lines.update({(name, part): line_of(k) for part, (k, _) in inner.items()})
+            else:
+                raw[name] = self.plain(value_node, (name,), lines, key(where, name))
         policy, problems = parse_password_policy(raw)
-        for key, message in problems:
-            self.error(lines.get(key, _line(node)), f"password_policy of {where}: {message}")
+        for name, message in problems:
+            path = tuple(name.split("."))
+            self.note(lines.get(path, line_of(node)), f"password_policy of {owner}: {message}")
         return policy
 
     def tenant(self, node: yaml.Node, where: str) -> TenantSpec | None:
-        keys = self.mapping(node, f"a tenant of {where}", _TENANT_KEYS)
+        keys = self.mapping(node, where, _TENANT_KEYS)
         if keys is None:
             return None
-        line = _line(node)
-        tenant_id = self.ident(keys.get("id"), "tenant id", line, TENANT_ID)
+        line = line_of(node)
+        tenant_id = self.ident(keys, "id", where, line, "tenant id", TENANT_ID)
         if tenant_id == SCOPE_ANY:
-            self.error(line, "tenant id 'any' is reserved: it is a tenant scope keyword")
+            self.note(line, "tenant id 'any' is reserved: it is a tenant scope keyword")
             tenant_id = None
         kind = "PRODUCTION"
         if "type" in keys:
-            kind = self.choice(keys["type"], "tenant type", line, TENANT_TYPES) or kind
+            kind = (
+                self.one_of(keys["type"][1], key(where, "type"), "tenant type", TENANT_TYPES)
+                or kind
+            )
         enforcement = None
         if "enforcement" in keys:
-            enforcement = self.choice(keys["enforcement"], "enforcement", line, ENFORCEMENTS)
+            enforcement = self.one_of(
+                keys["enforcement"][1], key(where, "enforcement"), "enforcement", ENFORCEMENTS
+            )
         if tenant_id is None:
             return None
         return TenantSpec(tenant_id, kind, enforcement, line)
 
     def role(self, node: yaml.Node, where: str) -> RoleSpec | None:
-        keys = self.mapping(node, f"a role of {where}", _ROLE_KEYS)
+        keys = self.mapping(node, where, _ROLE_KEYS)
         if keys is None:
             return None
-        line = _line(node)
-        name = self.ident(keys.get("name"), "role name", line, ROLE_NAME)
+        line = line_of(node)
+        name = self.ident(keys, "name", where, line, "role name", ROLE_NAME)
         display = None
         if "display_name" in keys:
-            display = self.string(keys["display_name"], "display_name", line)
+            display = self.string(keys["display_name"][1], key(where, "display_name"), empty=False)
         grants: list[str] = []
-        for item in self.sequence(keys.get("permissions"), "permissions"):
-            value = self.string(item, "a permission", _line(item))
+        for item_where, item_node in self.list_of(keys, "permissions", where):
+            value = self.string(item_node, item_where, empty=False)
             if value is None:
                 continue
             try:
                 parse_grant(value)
             except InvalidPermission as exc:
-                self.error(_line(item), str(exc))
+                self.note(item_node, str(exc))
                 continue
             if value not in grants:
                 grants.append(value)
@@ -326,34 +290,35 @@ class _Parser:
         return RoleSpec(name, display, tuple(grants), line)
 
     def principal(self, node: yaml.Node, where: str) -> PrincipalSpec | None:
-        keys = self.mapping(node, f"a principal of {where}", _PRINCIPAL_KEYS)
+        keys = self.mapping(node, where, _PRINCIPAL_KEYS)
         if keys is None:
             return None
-        line = _line(node)
-        principal_id = self.ident(keys.get("id"), "principal id", line, PRINCIPAL_ID)
+        line = line_of(node)
+        principal_id = self.ident(keys, "id", where, line, "principal id", PRINCIPAL_ID)
         kind = "user"
         if "kind" in keys:
-            kind = self.choice(keys["kind"], "principal kind", line, PRINCIPAL_KINDS) or kind
+            kind = (
+                self.one_of(keys["kind"][1], key(where, "kind"), "principal kind", PRINCIPAL_KINDS)
+                or kind
+            )
         disabled = False
         if "disabled" in keys:
-            flag = keys["disabled"]
-            if isinstance(flag, yaml.ScalarNode) and flag.tag == _BOOL:
-                disabled = flag.value.lower() in ("true", "yes", "on")
-            else:
-                self.error(_line(flag), "disabled must be true or false")
+            disabled = self.boolean(keys["disabled"][1], key(where, "disabled")) or False
         tenant_roles: list[tuple[Ref, tuple[Ref, ...]]] = []
         if "tenant_roles" in keys:
-            node_tr = keys["tenant_roles"]
-            if isinstance(node_tr, yaml.MappingNode):
-                for key_node, value_node in node_tr.value:
-                    tenant = self.string(key_node, "a tenant_roles key", _line(key_node))
-                    roles = self.refs(value_node, f"tenant_roles of {tenant!r}")
-                    if tenant is not None:
-                        tenant_roles.append((Ref(tenant, _line(key_node)), roles))
-            else:
-                self.error(_line(node_tr), "tenant_roles must map tenant ids to role lists")
-        roles = self.refs(keys.get("roles"), "roles")
-        tenants = self.refs(keys.get("tenants"), "tenants")
+            tr_where = key(where, "tenant_roles")
+            for tenant, key_node, value_node in self.pairs(keys["tenant_roles"][1], tr_where) or ():
+                tenant_where = key(tr_where, tenant)
+                roles_found: list[Ref] = []
+                for index, role_node in enumerate(
+                    self.sequence(value_node, tenant_where, null=True) or ()
+                ):
+                    role = self.string(role_node, item(tenant_where, index), empty=False)
+                    if role is not None:
+                        roles_found.append(Ref(role, line_of(role_node)))
+                tenant_roles.append((Ref(tenant, line_of(key_node)), tuple(roles_found)))
+        roles = self.refs(keys, "roles", where)
+        tenants = self.refs(keys, "tenants", where)
         if principal_id is None:
             return None
         return PrincipalSpec(
@@ -363,44 +328,32 @@ class _Parser:
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Parse and check a policy's shape; :class:`PolicyError` lists every problem."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError(
-            [f"{source}:{line}: invalid YAML (a half-written file?): {problem}"]
-        ) from exc
+    root = compose(text, source, PolicyError)
     if root is None:
-        raise PolicyError([f"{source}:1: the policy file is empty"])
+        raise PolicyError([Problem("the policy file is empty", source, 1)])
     return parse_policy_node(root, source)
 
 
-def parse_policy_node(root: yaml.Node, source: str) -> Policy:
+def parse_policy_node(root: yaml.Node, source: str, where: str = "") -> Policy:
     """:func:`parse_policy` for a policy embedded in another YAML document (a test
-    suite's inline ``policy:``); lines are those of the enclosing file."""
-    parser = _Parser(source)
+    suite's inline ``policy:``, at path ``where``); lines are those of the enclosing
+    file."""
+    parser = _Parser(source, where)
     accounts = parser.document(root)
     _check_unique(parser, accounts)
-    if parser.problems:
-        raise PolicyError(parser.errors())
+    parser.check(PolicyError)
     return Policy(source, accounts)
 
 
 def load_policy(path: str | Path) -> Policy:
     """Read and parse a policy file; an unreadable file is a :class:`PolicyError`."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([f"{path}: cannot read the policy file: {exc}"]) from exc
-    return parse_policy(text, str(path))
+    return parse_policy(read_text(path, "the policy file", PolicyError), str(path))
 
 
 def _check_unique(parser: _Parser, accounts: tuple[AccountSpec, ...]) -> None:
     def first(seen: dict[str, int], kind: str, key: str, line: int) -> None:
         if key in seen:
-            parser.error(line, f"duplicate {kind} {key!r} (first on line {seen[key]})")
+            parser.note(line, f"duplicate {kind} {key!r} (first on line {seen[key]})")
         else:
             seen[key] = line
 
@@ -421,7 +374,7 @@ def _check_unique(parser: _Parser, accounts: tuple[AccountSpec, ...]) -> None:
                 same = (
                     "" if seen.id == principal.id else f" (differs only in case from {seen.id!r})"
                 )
-                parser.error(
+                parser.note(
                     principal.line,
                     f"duplicate principal id {principal.id!r}{same} (first on line {seen.line}; "
                     "ids are unique regardless of case)",
@@ -495,277 +448,296 @@ async def plan_policy(
     reference or rule the current store state makes invalid."""
     problems: list[tuple[int, str]] = []
     actions: list[Action] = []
-    file_tenant_account = {t.id: a.id for a in policy.accounts for t in a.tenants}
-    file_role_accounts: dict[str, list[str]] = {}
+    whole = _FileView.of(policy, prune=prune, default_enforcement=default_enforcement)
     for account in policy.accounts:
-        for role in account.roles:
-            file_role_accounts.setdefault(role.name, []).append(account.id)
-    for account in policy.accounts:
-        await _plan_account(
-            store,
-            account,
-            file_tenant_account,
-            file_role_accounts,
-            prune,
-            default_enforcement,
-            actions,
-            problems,
-        )
+        plan = await _AccountPlan.load(store, account, whole, actions, problems)
+        await _plan_account(plan)
     if problems:
         raise PolicyError(
-            [f"{policy.source}:{line}: {message}" for line, message in sorted(problems)]
+            [Problem(message, policy.source, line) for line, message in sorted(problems)]
         )
     return actions
 
 
-async def _plan_account(
-    store: Store,
-    spec: AccountSpec,
-    file_tenant_account: dict[str, str],
-    file_role_accounts: dict[str, list[str]],
-    prune: bool,
-    default_enforcement: str,
-    actions: list[Action],
-    problems: list[tuple[int, str]],
-) -> None:
-    account = spec.id
-    exists = await store.account_exists(account)
-    if exists:
-        stored_roles = await store.get_roles(account)
-        stored_tenants = {t.id: t for t in await store.list_tenants(account)}
-        stored_principals = {p.id: p for p in await store.list_principals(account)}
-    else:
-        stored_roles = {r.name: r for r in builtin_roles(account)}
-        stored_tenants = {}
-        stored_principals = {}
-        actions.append(Action(f"+ account {account}", _ensure_account(account)))
+@dataclass(frozen=True, slots=True)
+class _FileView:
+    """What planning one account needs to know of the whole file: which account
+    defines each tenant and role (a reference must not cross accounts), and the
+    options of the apply."""
 
-    await _plan_password_policy(store, spec, exists, prune, actions)
+    tenant_account: dict[str, str]
+    role_accounts: dict[str, list[str]]
+    prune: bool
+    default_enforcement: str
 
-    # Tenants.
-    for tenant in spec.tenants:
-        current = stored_tenants.get(tenant.id)
-        if current is None:
-            elsewhere = await store.get_tenant(tenant.id)
-            if elsewhere is not None:
-                problems.append(
-                    (tenant.line, f"tenant id {tenant.id!r} already belongs to another account")
-                )
-                continue
-            mode = tenant.enforcement or default_enforcement
-            actions.append(
-                Action(
-                    f"+ tenant {tenant.id} ({tenant.type}, {mode})",
-                    _create_tenant(account, tenant.id, tenant.type, mode),
-                )
-            )
-            continue
-        if current.type != tenant.type:
-            problems.append(
-                (
-                    tenant.line,
-                    f"tenant {tenant.id!r} is of type {current.type}; a tenant's type "
-                    "cannot change",
-                )
-            )
-        if tenant.enforcement is not None and tenant.enforcement != current.enforcement:
-            if tenant.enforcement == "shadow":
-                problems.append(
-                    (
-                        tenant.line,
-                        f"tenant {tenant.id!r} is in enforce mode; switching back to shadow "
-                        "is refused (enforcement is one-way)",
-                    )
-                )
-            else:
-                actions.append(
-                    Action(
-                        f"~ tenant {tenant.id} enforcement shadow -> enforce",
-                        _enforce(tenant.id),
-                    )
-                )
+    @classmethod
+    def of(cls, policy: Policy, *, prune: bool, default_enforcement: str) -> _FileView:
+        role_accounts: dict[str, list[str]] = {}
+        for account in policy.accounts:
+            for role in account.roles:
+                role_accounts.setdefault(role.name, []).append(account.id)
+        tenant_account = {t.id: a.id for a in policy.accounts for t in a.tenants}
+        return cls(tenant_account, role_accounts, prune, default_enforcement)
 
-    def tenant_known(ref: Ref) -> bool:
+
+@dataclass(slots=True)
+class _AccountPlan:
+    """The planning of one account: its entry in the file, what the store holds of it,
+    and where the actions and problems go. Each kind of object is one step below."""
+
+    store: Store
+    spec: AccountSpec
+    whole: _FileView
+    exists: bool
+    stored_roles: dict[str, Role]
+    stored_tenants: dict[str, Tenant]
+    stored_principals: dict[str, Principal]
+    actions: list[Action]
+    problems: list[tuple[int, str]]
+    # Under --prune a role counts as named only where the file defines it: the roles
+    # that will be deleted, and who the file still gives them to.
+    pruned_roles: set[str] = field(default_factory=set)
+    pruned_holders: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+
+    @classmethod
+    async def load(
+        cls,
+        store: Store,
+        spec: AccountSpec,
+        whole: _FileView,
+        actions: list[Action],
+        problems: list[tuple[int, str]],
+    ) -> _AccountPlan:
+        """Read the account's stored state (a new account has only its builtin roles)."""
+        exists = await store.account_exists(spec.id)
+        if exists:
+            roles = await store.get_roles(spec.id)
+            tenants = {t.id: t for t in await store.list_tenants(spec.id)}
+            principals = {p.id: p for p in await store.list_principals(spec.id)}
+        else:
+            roles = {r.name: r for r in builtin_roles(spec.id)}
+            tenants, principals = {}, {}
+        return cls(store, spec, whole, exists, roles, tenants, principals, actions, problems)
+
+    @property
+    def account(self) -> str:
+        return self.spec.id
+
+    def problem(self, line: int, message: str) -> None:
+        self.problems.append((line, message))
+
+    def act(self, line: str, run: Run) -> None:
+        self.actions.append(Action(line, run))
+
+    def tenant_known(self, ref: Ref) -> bool:
+        """A scope keyword or a tenant of this account (in the file or stored); any
+        other reference is a problem."""
         if ref.value in (SCOPE_ANY, SCOPE_TYPE_TEST):
             return True
-        owner = file_tenant_account.get(ref.value)
-        if owner is None and ref.value in stored_tenants:
-            owner = account
-        if owner == account:
+        owner = self.whole.tenant_account.get(ref.value)
+        if owner is None and ref.value in self.stored_tenants:
+            owner = self.account
+        if owner == self.account:
             return True
         if owner is not None:
-            problems.append(
-                (
-                    ref.line,
-                    f"tenant {ref.value!r} belongs to account {owner!r}, not {account!r}: "
-                    "nothing crosses an account",
-                )
+            self.problem(
+                ref.line,
+                f"tenant {ref.value!r} belongs to account {owner!r}, not {self.account!r}: "
+                "nothing crosses an account",
             )
         else:
-            problems.append((ref.line, f"unknown tenant {ref.value!r}: not in account {account!r}"))
+            self.problem(ref.line, f"unknown tenant {ref.value!r}: not in account {self.account!r}")
         return False
 
-    # Roles.
-    file_roles = {r.name: r for r in spec.roles}
-    for role in spec.roles:
-        current_role = stored_roles.get(role.name)
-        if current_role is None:
-            display = role.display_name or role.name
-            actions.append(
-                Action(
-                    f"+ role {role.name}",
-                    _create_role(account, role.name, display, role.permissions),
-                )
-            )
-            continue
-        if role.display_name is not None and role.display_name != current_role.display_name:
-            problems.append(
-                (
-                    role.line,
-                    f"display_name of role {role.name!r} cannot change after creation "
-                    f"(it is {current_role.display_name!r})",
-                )
-            )
-        if role.name == "admin" and "*.*" not in role.permissions:
-            problems.append((role.line, "the admin role's '*.*' cannot be removed"))
-        elif role.permissions != current_role.permissions:
-            actions.append(
-                Action(
-                    f"~ role {role.name} permissions",
-                    _update_role(account, role.name, role.permissions),
-                )
-            )
-
-    file_principals = {p.id for p in spec.principals}
-    # Under --prune a role counts as named only where the file defines it.
-    pruned_roles = (
-        {n for n, r in stored_roles.items() if not r.builtin and n not in file_roles}
-        if prune
-        else set()
-    )
-    pruned_holders: dict[str, list[tuple[str, int]]] = {}
-
-    def role_known(ref: Ref, holder: str) -> bool:
-        if ref.value in pruned_roles:
-            pruned_holders.setdefault(ref.value, []).append((holder, ref.line))
+    def role_known(self, ref: Ref, holder: str) -> bool:
+        """A role of this account that stays; a role --prune deletes is remembered
+        with its holder, any other reference is a problem."""
+        if ref.value in self.pruned_roles:
+            self.pruned_holders.setdefault(ref.value, []).append((holder, ref.line))
             return False
-        if ref.value in file_roles or ref.value in BUILTIN_ROLE_NAMES:
+        if ref.value in self.file_roles or ref.value in BUILTIN_ROLE_NAMES:
             return True
-        if ref.value in stored_roles:
+        if ref.value in self.stored_roles:
             return True
-        others = [a for a in file_role_accounts.get(ref.value, []) if a != account]
+        others = [a for a in self.whole.role_accounts.get(ref.value, []) if a != self.account]
         if others:
-            problems.append(
-                (
-                    ref.line,
-                    f"role {ref.value!r} is defined in account {others[0]!r}, not "
-                    f"{account!r}: nothing crosses an account",
-                )
+            self.problem(
+                ref.line,
+                f"role {ref.value!r} is defined in account {others[0]!r}, not "
+                f"{self.account!r}: nothing crosses an account",
             )
         else:
-            problems.append((ref.line, f"unknown role {ref.value!r} in account {account!r}"))
+            self.problem(ref.line, f"unknown role {ref.value!r} in account {self.account!r}")
         return False
 
-    # Principals.
-    for principal in spec.principals:
-        ok = True
-        assignments: list[tuple[str, str | None]] = []
-        for ref in principal.roles:
-            ok = role_known(ref, principal.id) and ok
-            assignments.append((ref.value, None))
-        for tenant_ref, role_refs in principal.tenant_roles:
-            if tenant_ref.value in (SCOPE_ANY, SCOPE_TYPE_TEST):
-                problems.append(
-                    (tenant_ref.line, "tenant_roles keys are tenant ids, not 'any' or 'type:test'")
-                )
-                ok = False
-            else:
-                ok = tenant_known(tenant_ref) and ok
-            for ref in role_refs:
-                ok = role_known(ref, principal.id) and ok
-                assignments.append((ref.value, tenant_ref.value))
-        for ref in principal.tenants:
-            ok = tenant_known(ref) and ok
-        if not ok:
-            continue
-        wanted_roles = tuple(sorted(set(assignments), key=lambda a: (a[0], a[1] or "")))
-        scope = tuple(dict.fromkeys(ref.value for ref in principal.tenants))
-        current_principal = stored_principals.get(principal.id)
-        if current_principal is None:
-            other = await store.get_principal(principal.id)
-            twin = None if other is not None else await _principal_folding_to(store, principal.id)
-            if twin is not None:
-                problems.append(
-                    (
-                        principal.line,
-                        f"principal id {principal.id!r} differs only in case from {twin.id!r} "
-                        f"of account {twin.account!r}: ids are unique regardless of case",
-                    )
+    @property
+    def file_roles(self) -> dict[str, RoleSpec]:
+        return {r.name: r for r in self.spec.roles}
+
+
+async def _plan_account(plan: _AccountPlan) -> None:
+    """Every change for one account, in the order the apply runs them."""
+    if not plan.exists:
+        plan.act(f"+ account {plan.account}", _ensure_account(plan.account))
+    await _plan_password_policy(plan.store, plan.spec, plan.exists, plan.whole.prune, plan.actions)
+    await _plan_tenants(plan)
+    _plan_roles(plan)
+    if plan.whole.prune:
+        plan.pruned_roles = {
+            name
+            for name, role in plan.stored_roles.items()
+            if not role.builtin and name not in plan.file_roles
+        }
+    for principal in plan.spec.principals:
+        await _plan_principal(plan, principal)
+    _plan_prune(plan)
+
+
+async def _plan_tenants(plan: _AccountPlan) -> None:
+    """New tenants, and the one change a tenant allows: shadow to enforce."""
+    for tenant in plan.spec.tenants:
+        current = plan.stored_tenants.get(tenant.id)
+        if current is None:
+            if await plan.store.get_tenant(tenant.id) is not None:
+                plan.problem(
+                    tenant.line, f"tenant id {tenant.id!r} already belongs to another account"
                 )
                 continue
-            if other is not None:
-                problems.append(
-                    (
-                        principal.line,
-                        f"principal id {principal.id!r} already belongs to another account",
-                    )
-                )
-                continue
-            actions.append(
-                Action(
-                    f"+ principal {principal.id}",
-                    _create_principal(
-                        account,
-                        principal.id,
-                        principal.kind,
-                        scope,
-                        principal.disabled,
-                        wanted_roles,
-                    ),
-                )
+            mode = tenant.enforcement or plan.whole.default_enforcement
+            plan.act(
+                f"+ tenant {tenant.id} ({tenant.type}, {mode})",
+                _create_tenant(plan.account, tenant.id, tenant.type, mode),
             )
             continue
-        if (
-            current_principal.kind != principal.kind
-            or current_principal.disabled != principal.disabled
-        ):
-            what = []
-            if current_principal.kind != principal.kind:
-                what.append("kind")
-            if current_principal.disabled != principal.disabled:
-                what.append("disabled")
-            actions.append(
-                Action(
-                    f"~ principal {principal.id} {' '.join(what)}",
-                    _update_principal(principal.id, principal.kind, principal.disabled),
-                )
+        refusal = tenant_type_refusal(tenant.id, current.type, tenant.type)
+        if refusal is not None:
+            plan.problem(tenant.line, refusal)
+        if tenant.enforcement is None or tenant.enforcement == current.enforcement:
+            continue
+        refusal = enforcement_refusal(tenant.id, current.enforcement, tenant.enforcement)
+        if refusal is not None:
+            plan.problem(tenant.line, refusal)
+        else:
+            plan.act(f"~ tenant {tenant.id} enforcement shadow -> enforce", _enforce(tenant.id))
+
+
+def _plan_roles(plan: _AccountPlan) -> None:
+    """New roles and changed permissions; a display name never changes, and the admin
+    role keeps ``*.*``."""
+    for role in plan.spec.roles:
+        current = plan.stored_roles.get(role.name)
+        if current is None:
+            display = role.display_name or role.name
+            plan.act(
+                f"+ role {role.name}",
+                _create_role(plan.account, role.name, display, role.permissions),
             )
-        have_roles = tuple(sorted(((a.role, a.tenant) for a in current_principal.roles), key=_akey))
-        if have_roles != wanted_roles:
-            actions.append(
-                Action(f"~ principal {principal.id} roles", _set_roles(principal.id, wanted_roles))
-            )
-        if current_principal.tenants != scope:
-            actions.append(
-                Action(f"~ principal {principal.id} tenants", _set_tenants(principal.id, scope))
+            continue
+        refusal = display_name_refusal(role.name, current.display_name, role.display_name)
+        if refusal is not None:
+            plan.problem(role.line, refusal)
+        refusal = admin_grants_refusal(role.name, role.permissions)
+        if refusal is not None:
+            plan.problem(role.line, refusal)
+        elif role.permissions != current.permissions:
+            plan.act(
+                f"~ role {role.name} permissions",
+                _update_role(plan.account, role.name, role.permissions),
             )
 
-    for role_name, holders in sorted(pruned_holders.items()):
+
+async def _plan_principal(plan: _AccountPlan, principal: PrincipalSpec) -> None:
+    """A new principal, or the changes to a stored one (kind and status, roles,
+    tenant scope), once every role and tenant it names is known."""
+    ok = True
+    assignments: list[tuple[str, str | None]] = []
+    for ref in principal.roles:
+        ok = plan.role_known(ref, principal.id) and ok
+        assignments.append((ref.value, None))
+    for tenant_ref, role_refs in principal.tenant_roles:
+        if tenant_ref.value in (SCOPE_ANY, SCOPE_TYPE_TEST):
+            plan.problem(
+                tenant_ref.line, "tenant_roles keys are tenant ids, not 'any' or 'type:test'"
+            )
+            ok = False
+        else:
+            ok = plan.tenant_known(tenant_ref) and ok
+        for ref in role_refs:
+            ok = plan.role_known(ref, principal.id) and ok
+            assignments.append((ref.value, tenant_ref.value))
+    for ref in principal.tenants:
+        ok = plan.tenant_known(ref) and ok
+    if not ok:
+        return
+    wanted_roles = tuple(sorted(set(assignments), key=_akey))
+    scope = tuple(dict.fromkeys(ref.value for ref in principal.tenants))
+    current = plan.stored_principals.get(principal.id)
+    if current is None:
+        await _plan_new_principal(plan, principal, scope, wanted_roles)
+        return
+    if current.kind != principal.kind or current.disabled != principal.disabled:
+        what = []
+        if current.kind != principal.kind:
+            what.append("kind")
+        if current.disabled != principal.disabled:
+            what.append("disabled")
+        plan.act(
+            f"~ principal {principal.id} {' '.join(what)}",
+            _update_principal(principal.id, principal.kind, principal.disabled),
+        )
+    have_roles = tuple(sorted(((a.role, a.tenant) for a in current.roles), key=_akey))
+    if have_roles != wanted_roles:
+        plan.act(f"~ principal {principal.id} roles", _set_roles(principal.id, wanted_roles))
+    if current.tenants != scope:
+        plan.act(f"~ principal {principal.id} tenants", _set_tenants(principal.id, scope))
+
+
+async def _plan_new_principal(
+    plan: _AccountPlan,
+    principal: PrincipalSpec,
+    scope: tuple[str, ...],
+    roles: tuple[tuple[str, str | None], ...],
+) -> None:
+    """Create the principal unless its id is taken in another account, regardless of case."""
+    other = await plan.store.get_principal(principal.id)
+    twin = None if other is not None else await _principal_folding_to(plan.store, principal.id)
+    if twin is not None:
+        plan.problem(
+            principal.line,
+            f"principal id {principal.id!r} differs only in case from {twin.id!r} "
+            f"of account {twin.account!r}: ids are unique regardless of case",
+        )
+    elif other is not None:
+        plan.problem(
+            principal.line, f"principal id {principal.id!r} already belongs to another account"
+        )
+    else:
+        plan.act(
+            f"+ principal {principal.id}",
+            _create_principal(
+                plan.account, principal.id, principal.kind, scope, principal.disabled, roles
+            ),
+        )
+
+
+def _plan_prune(plan: _AccountPlan) -> None:
+    """Under --prune: refuse to delete a role the file still gives, else delete the
+    principals and roles the file does not name."""
+    for role_name, holders in sorted(plan.pruned_holders.items()):
         names = ", ".join(sorted({h for h, _ in holders}))
         for _holder, line in holders:
-            problems.append(
-                (
-                    line,
-                    f"--prune would delete role {role_name!r} (the file does not define it) "
-                    f"but it is still assigned to: {names}",
-                )
+            plan.problem(
+                line,
+                f"--prune would delete role {role_name!r} (the file does not define it) "
+                f"but it is still assigned to: {names}",
             )
-
-    if prune:
-        for principal_id in sorted(set(stored_principals) - file_principals):
-            actions.append(Action(f"- principal {principal_id}", _delete_principal(principal_id)))
-        for role_name in sorted(pruned_roles):
-            actions.append(Action(f"- role {role_name}", _delete_role(account, role_name)))
+    if not plan.whole.prune:
+        return
+    file_principals = {p.id for p in plan.spec.principals}
+    for principal_id in sorted(set(plan.stored_principals) - file_principals):
+        plan.act(f"- principal {principal_id}", _delete_principal(principal_id))
+    for role_name in sorted(plan.pruned_roles):
+        plan.act(f"- role {role_name}", _delete_role(plan.account, role_name))
 
 
 async def _plan_password_policy(

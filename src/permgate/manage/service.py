@@ -77,10 +77,14 @@ __all__ = [
     "ModelService",
     "PasswordPolicy",
     "PolicyViolation",
+    "admin_grants_refusal",
     "audit_event",
+    "display_name_refusal",
+    "enforcement_refusal",
     "operator_service",
     "owner_grants",
     "snapshot",
+    "tenant_type_refusal",
 ]
 
 # Tenant ids appear in URL paths; they may not look like a scope keyword.
@@ -251,9 +255,19 @@ class ModelService:
     # -- access checks ---------------------------------------------------------
 
     @staticmethod
-    def _require_admin(actor: Actor, what: str) -> None:
-        if not actor.is_admin:
-            raise Forbidden(f"only admins can {what}")
+    def may_manage_roles(actor: Actor) -> bool:
+        """Roles, role assignments and the password policy are admins' business: the
+        rule every caller meets (the console asks it to show or hide its forms)."""
+        return actor.is_admin
+
+    @classmethod
+    def require_admin(cls, actor: Actor, what: str) -> None:
+        """Forbidden (reason ``admin_required``) unless ``actor`` is an admin; a page
+        that only shows a form asks it too, before any change is attempted."""
+        if cls.may_manage_roles(actor):
+            return
+        who = f"; {actor.principal_id!r} does not hold the admin role" if actor.principal_id else ""
+        raise Forbidden(f"only admins can {what}{who}", reason="admin_required")
 
     @staticmethod
     def _sees(actor: Actor, account: str) -> bool:
@@ -375,8 +389,8 @@ class ModelService:
                     {"requested": enforcement},
                 )
         raise Conflict(
-            f"tenant {tenant_id!r} is in enforce mode; switching back to shadow is refused "
-            "(enforcement is one-way)"
+            enforcement_refusal(tenant_id, tenant.enforcement, enforcement)
+            or f"tenant {tenant_id!r} cannot switch to {enforcement!r}"
         )
 
     # -- roles -------------------------------------------------------------------
@@ -390,7 +404,7 @@ class ModelService:
         permissions: Sequence[str],
     ) -> Role:
         """A new role of ``account``. Admins only."""
-        self._require_admin(actor, "create roles")
+        self.require_admin(actor, "create roles")
         _check_id("role name", name, ROLE_NAME)
         _check_text("display_name", display_name)
         grants = _check_grants(permissions)
@@ -416,21 +430,20 @@ class ModelService:
     ) -> Role:
         """Change a role's permissions; its name and display name never change.
         Admins only. ``display_name``/``new_name`` may be given only unchanged."""
-        self._require_admin(actor, "update roles")
+        self.require_admin(actor, "update roles")
         if new_name is not None and new_name != name:
             raise InvalidInput(f"role name cannot change after creation (it is {name!r})")
         grants = None if permissions is None else _check_grants(permissions)
         async with self.transaction() as tx:
             role = await self._role(tx, actor, account, name)
-            if display_name is not None and display_name != role.display_name:
-                raise InvalidInput(
-                    f"display_name of role {name!r} cannot change after creation "
-                    f"(it is {role.display_name!r})"
-                )
+            refusal = display_name_refusal(name, role.display_name, display_name)
+            if refusal is not None:
+                raise InvalidInput(refusal)
             if grants is None or grants == role.permissions:
                 return role
-            if name == ADMIN and "*.*" not in grants:
-                raise InvalidInput("the admin role's '*.*' cannot be removed")
+            refusal = admin_grants_refusal(name, grants)
+            if refusal is not None:
+                raise InvalidInput(refusal)
             after = replace(role, permissions=grants)
             await tx.set_role_permissions(account, name, grants)
             tx.changed("role", account, name)
@@ -441,7 +454,7 @@ class ModelService:
 
     async def delete_role(self, actor: Actor, account: str, name: str) -> Role:
         """Delete an unassigned, non-builtin role. Admins only."""
-        self._require_admin(actor, "delete roles")
+        self.require_admin(actor, "delete roles")
         async with self.transaction() as tx:
             role = await self._role(tx, actor, account, name)
             if role.builtin or name in BUILTIN_ROLE_NAMES:
@@ -474,7 +487,7 @@ class ModelService:
         _check_id("principal id", principal_id, PRINCIPAL_ID)
         _check_kind(kind)
         if roles:
-            self._require_admin(actor, "assign roles")
+            self.require_admin(actor, "assign roles")
         async with self.transaction() as tx:
             await self._account(tx, actor, account)
             # Unique regardless of case, in the whole deployment (as tenant ids): an
@@ -483,6 +496,7 @@ class ModelService:
             taken = await tx.principal_id_folding_to(principal_id)
             _refuse_taken_id("principal", principal_id, taken)
             scope = await self._check_scope(tx, account, tenants)
+            await self._within_own_scope(tx, actor, account, scope)
             assignments = await self._check_assignments(tx, account, roles)
             principal = Principal(
                 principal_id, account, kind, assignments, scope, bool(disabled), None
@@ -526,7 +540,7 @@ class ModelService:
     ) -> Principal:
         """Replace a principal's role assignments. Admins only. Removing any role also
         sets ``sessions_valid_after`` to now: its older JWTs stop working."""
-        self._require_admin(actor, "assign roles")
+        self.require_admin(actor, "assign roles")
         async with self.transaction() as tx:
             before = await self._principal(tx, actor, principal_id)
             wanted = await self._check_assignments(tx, before.account, list(assignments))
@@ -552,7 +566,7 @@ class ModelService:
     async def delete_principal(self, actor: Actor, principal_id: str) -> Principal:
         """Delete a principal with its assignments and tokens. Admins only, since it
         takes roles away."""
-        self._require_admin(actor, "delete principals")
+        self.require_admin(actor, "delete principals")
         async with self.transaction() as tx:
             before = await self._principal(tx, actor, principal_id)
             # Its tokens go with it; what they minted for other principals is revoked,
@@ -646,7 +660,7 @@ class ModelService:
     ) -> bool:
         """Configure ``account``'s password policy (None: back to the floor alone).
         Admins only; True when something changed."""
-        self._require_admin(actor, "configure the password policy")
+        self.require_admin(actor, "configure the password policy")
         wanted = None if policy is None else policy.with_floor()
         text = None if wanted is None else json.dumps(wanted.as_json(), sort_keys=True)
         async with self.transaction() as tx:
@@ -1218,25 +1232,106 @@ class ModelService:
             raise Forbidden("a principal cannot change its own status or tenant scope")
         if is_admin(target):
             raise Forbidden(f"only admins can change {target.id!r}, an admin")
-        if scope is None or actor.principal_id is None:
+        if scope is not None:
+            await self._within_own_scope(tx, actor, target.account, scope)
+
+    async def _within_own_scope(
+        self, tx: Transaction, actor: Actor, account: str, scope: Sequence[str]
+    ) -> None:
+        """A non-admin cannot hand out tenants it does not reach itself (giving a new
+        principal a scope is setting one)."""
+        if actor.kind == "cli" or actor.is_admin or actor.principal_id is None or not scope:
             return
         me = await tx.get_principal(actor.principal_id)
-        tenants_by_id = {t.id: t for t in await tx.list_tenants(target.account)}
+        tenants_by_id = {t.id: t for t in await tx.list_tenants(account)}
         outside = list(scope) if me is None else _exceeding_tenants(scope, me, tenants_by_id)
         if outside:
             raise Forbidden(f"cannot grant tenants beyond your own scope: {', '.join(outside)}")
 
     @staticmethod
-    def _may_manage_tokens(actor: Actor, owner: Principal) -> None:
+    def _manages_tokens_of(actor: Actor, owner: Principal) -> bool:
+        """A principal manages its own tokens; an admin those of its account."""
         if actor.kind == "cli" or actor.principal_id == owner.id:
-            return
-        if actor.is_admin and actor.account == owner.account:
-            return
-        raise Forbidden(f"only {owner.id!r} itself or an admin can manage its tokens")
+            return True
+        return actor.is_admin and actor.account == owner.account
+
+    def _may_manage_tokens(self, actor: Actor, owner: Principal, what: str = "manage") -> None:
+        if not self._manages_tokens_of(actor, owner):
+            raise Forbidden(
+                f"only {owner.id!r} itself or an admin can {what} its tokens",
+                reason="not_token_owner",
+            )
+
+    async def visible_tokens(self, actor: Actor, owner: str | None = None) -> list[AuthToken]:
+        """The tokens ``actor`` may see: ``owner``'s (its own, or, for an admin, any
+        principal's of its account), or with no owner its own (an admin: the account's).
+        Another account's principal is not found; another's tokens for a non-admin are
+        Forbidden (reason ``not_token_owner``)."""
+        if owner is not None and owner != actor.principal_id:
+            principal = await self.store.get_principal(owner)
+            if principal is None or not self._sees(actor, principal.account):
+                raise NotFound(f"principal {owner!r} not found")
+            self._may_manage_tokens(actor, principal, "see")
+            return await self.store.list_tokens(owner=owner)
+        if owner is None and actor.is_admin and actor.account is not None:
+            return await self.store.list_tokens(account=actor.account)
+        return await self.store.list_tokens(owner=owner or actor.principal_id)
+
+    async def visible_token(self, actor: Actor, token_id: str) -> AuthToken | None:
+        """The token if ``actor`` may see it (its own, or an admin's account's), else None."""
+        token = await self.store.get_token(token_id)
+        if token is None or not self._sees(actor, token.account):
+            return None
+        owner = await self.store.get_principal(token.owner)
+        if owner is None or not self._manages_tokens_of(actor, owner):
+            return None
+        return token
+
+    async def token_owners(self, actor: Actor) -> list[str]:
+        """Whom ``actor`` may create tokens for: itself, or, for an admin, any
+        principal of its account."""
+        if actor.is_admin and actor.account is not None:
+            return [p.id for p in await self.store.list_principals(actor.account)]
+        return [] if actor.principal_id is None else [actor.principal_id]
 
 
 def _session_hash(session_secret: str) -> str:
     return hashlib.sha256(session_secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# The rules a change to a stored object meets, as pure functions: the service raises
+# their message, and ``permgate apply`` reports it on the file's line before writing.
+
+
+def enforcement_refusal(tenant_id: str, current: str, wanted: str) -> str | None:
+    """Why ``current`` enforcement cannot become ``wanted``: it is one-way."""
+    if current == "enforce" and wanted == "shadow":
+        return (
+            f"tenant {tenant_id!r} is in enforce mode; switching back to shadow is refused "
+            "(enforcement is one-way)"
+        )
+    return None
+
+
+def tenant_type_refusal(tenant_id: str, current: str, wanted: str) -> str | None:
+    """Why a tenant's type cannot become ``wanted``: it never changes."""
+    if current != wanted:
+        return f"tenant {tenant_id!r} is of type {current}; a tenant's type cannot change"
+    return None
+
+
+def display_name_refusal(name: str, current: str, wanted: str | None) -> str | None:
+    """Why a role's display name cannot become ``wanted``: it is fixed at creation."""
+    if wanted is not None and wanted != current:
+        return f"display_name of role {name!r} cannot change after creation (it is {current!r})"
+    return None
+
+
+def admin_grants_refusal(name: str, grants: Sequence[str]) -> str | None:
+    """Why a role cannot have ``grants``: the admin role keeps ``*.*``."""
+    if name == ADMIN and "*.*" not in grants:
+        return "the admin role's '*.*' cannot be removed"
+    return None
 
 
 def _refuse_taken_id(what: str, wanted: str, taken: str | None) -> None:

@@ -27,9 +27,10 @@ from typing import Any, Final
 
 import yaml
 
-from permgate.core.endpoints import EndpointMap, parse_map
+from permgate.core.endpoints import EndpointMap
 from permgate.core.errors import InvalidPermission, PermgateError
 from permgate.core.permissions import parse_permission
+from permgate.maps.loader import parse_map
 
 __all__ = [
     "HTTP_METHODS",

@@ -21,8 +21,9 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from permgate.core.endpoints import Endpoint, EndpointMap, load_map
+from permgate.core.endpoints import Endpoint, EndpointMap
 from permgate.core.errors import MapError
+from permgate.maps.loader import load_map
 
 if TYPE_CHECKING:
     from permgate.observability.audit import AuditLog

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from permgate.admin.guard import ADMIN_MAP, Caller, require_admin
+from permgate.admin.guard import ADMIN_MAP, Caller
 from permgate.admin.render import ApiError
 from permgate.console.accessmap import (
     permission_catalogue,
@@ -45,7 +45,8 @@ class RolePages(PageBase):
             {
                 "title": "Roles",
                 "roles": roles,
-                "may_write": caller.actor.is_admin and can(caller, "admin.roles.create"),
+                "may_write": self._service.may_manage_roles(caller.actor)
+                and can(caller, "admin.roles.create"),
             },
         )
 
@@ -56,7 +57,7 @@ class RolePages(PageBase):
         """The create-role form: name, display name, and the permission picker."""
         caller = request[SIGNED_IN].caller
         need(caller, "admin.roles.create")
-        require_admin(caller, "create roles")
+        self._service.require_admin(caller.actor, "create roles")  # a form only: no change
         chosen = set(form_values(request, "permissions"))
         return render(
             request,
@@ -75,7 +76,6 @@ class RolePages(PageBase):
     async def role_create(self, request: web.Request) -> web.StreamResponse:
         caller = request[SIGNED_IN].caller
         need(caller, "admin.roles.create")
-        require_admin(caller, "create roles")
         permissions = list(
             dict.fromkeys(
                 [*form_values(request, "permissions"), *split_grants(form_value(request, "extra"))]
@@ -123,7 +123,8 @@ class RolePages(PageBase):
                 "chosen": chosen,
                 "extra": extra,
                 "holders": holders,
-                "may_write": caller.actor.is_admin and can(caller, "admin.roles.update"),
+                "may_write": self._service.may_manage_roles(caller.actor)
+                and can(caller, "admin.roles.update"),
                 **picker,
             },
         )
@@ -131,7 +132,6 @@ class RolePages(PageBase):
     async def role_update(self, request: web.Request) -> web.StreamResponse:
         caller = request[SIGNED_IN].caller
         need(caller, "admin.roles.update")
-        require_admin(caller, "update roles")
         permissions = list(
             dict.fromkeys(
                 [*form_values(request, "permissions"), *split_grants(form_value(request, "extra"))]
@@ -146,7 +146,6 @@ class RolePages(PageBase):
     async def role_delete(self, request: web.Request) -> web.StreamResponse:
         caller = request[SIGNED_IN].caller
         need(caller, "admin.roles.delete")
-        require_admin(caller, "delete roles")
         role = await self._service.delete_role(
             caller.actor, caller.account, form_value(request, "name")
         )

@@ -40,13 +40,8 @@ class TokenPages(PageBase):
         """Tokens the caller may see (an admin: the account's; others: their own)."""
         caller = request[SIGNED_IN].caller
         need(caller, "admin.tokens.list")
-        me = caller.identity.principal
-        if caller.actor.is_admin:
-            tokens = await self._store.list_tokens(account=caller.account)
-            owners = [p.id for p in await self._store.list_principals(caller.account)]
-        else:
-            tokens = await self._store.list_tokens(owner=me.id)
-            owners = [me.id]
+        tokens = await self._service.visible_tokens(caller.actor)
+        owners = await self._service.token_owners(caller.actor)
         return render(
             request,
             "tokens.html",
@@ -73,12 +68,8 @@ class TokenPages(PageBase):
         caller = request[SIGNED_IN].caller
         need(caller, "admin.tokens.list")
         token_id = form_value(request, "id")
-        token = await self._store.get_token(token_id)
-        if (
-            token is None
-            or token.account != caller.account
-            or not (caller.actor.is_admin or token.owner == caller.identity.principal.id)
-        ):
+        token = await self._service.visible_token(caller.actor, token_id)
+        if token is None:
             raise ApiError(404, "not_found", f"token {token_id!r} not found")
         found = await advice_context(self._store, request, caller, token=token.id)
         advice: Advice | None = found["advice"]

@@ -8,7 +8,7 @@ from typing import cast
 
 from aiohttp import web
 
-from permgate.admin.guard import ASSIGN_ROLES, Caller, authorize, require_admin
+from permgate.admin.guard import ASSIGN_ROLES, Caller, authorize
 from permgate.admin.password_rule import check_password_setter
 from permgate.admin.render import ApiError
 from permgate.console.pages.common import (
@@ -24,7 +24,6 @@ from permgate.console.pages.common import (
     render,
     user_url,
 )
-from permgate.core.decision import scope_beyond
 from permgate.core.errors import InvalidInput
 from permgate.core.model import (
     SCOPE_ANY,
@@ -98,7 +97,8 @@ class UserPages(PageBase):
                 "roles": roles,
                 "tenants": tenants,
                 "scope_keywords": (SCOPE_ANY, SCOPE_TYPE_TEST),
-                "may_assign": caller.actor.is_admin and can(caller, "admin.principals.roles"),
+                "may_assign": self._service.may_manage_roles(caller.actor)
+                and can(caller, "admin.principals.roles"),
                 "may_write": can(caller, "admin.principals.update"),
                 "may_scope": can(caller, "admin.principals.tenants"),
                 "is_me": principal.id == me.id,
@@ -113,7 +113,6 @@ class UserPages(PageBase):
         self, request: web.Request, change: Callable[[list[RoleAssignment]], list[RoleAssignment]]
     ) -> Principal:
         caller = request[SIGNED_IN].caller
-        require_admin(caller, "assign roles")
         authorize(ASSIGN_ROLES, caller.subject)
         principal = await self._principal(caller, form_value(request, "id"))
         wanted = change(list(principal.roles))
@@ -154,18 +153,6 @@ class UserPages(PageBase):
         caller = request[SIGNED_IN].caller
         need(caller, "admin.principals.tenants")
         principal = await self._principal(caller, form_value(request, "id"))
-        if not caller.actor.is_admin:
-            # As the admin API: a non-admin cannot hand out tenants beyond its own scope.
-            known = {t.id: t for t in await self._store.list_tenants(caller.account)}
-            outside = scope_beyond(
-                caller.identity.principal.tenants, form_values(request, "tenants"), known
-            )
-            if outside:
-                raise ApiError(
-                    403,
-                    "forbidden",
-                    f"cannot grant tenants beyond your own scope: {', '.join(outside)}",
-                )
         await self._service.set_principal_tenants(
             caller.actor, principal.id, form_values(request, "tenants")
         )
