@@ -617,6 +617,9 @@ class AuditLog:
             count = min(len(self._pending), self._batch_max)
             batch = [self._pending.popleft() for _ in range(count)]
             self._inflight = count
+            # With several workers, metrics reach the shared files no later than the
+            # audit events of the same requests reach the sink.
+            self._metrics.publish()
             rendered: list[bytes] = []
             delay = _RETRY_FIRST_SECONDS
             while True:
