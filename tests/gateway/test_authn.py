@@ -520,3 +520,15 @@ async def test_remembered_jwt_of_a_disabled_principal_is_refused(
     assert authn.known_credentials == 1
     store.put_principal(Principal("alice", "acme", disabled=True))
     assert await reason_of(authn, header) == "disabled_principal"
+
+
+async def test_very_large_credential_is_accepted_but_not_remembered(
+    authn: Authenticator,
+) -> None:
+    """An Authorization value over 2 KiB is checked through the full path each time,
+    so what remembered credentials hold stays bounded in bytes, not only in count."""
+    header = bearer(make_jwt(padding="x" * 3000))
+    identity = await authn.authenticate(header)
+    assert identity.principal.id == "alice"
+    assert (await authn.authenticate(header)).principal.id == "alice"
+    assert authn.known_credentials == 0

@@ -63,6 +63,8 @@ AUTH_FAILURE_REASONS: Final = AUTH_REASONS
 log = logging.getLogger(__name__)
 
 _CHALLENGE: Final = 'Bearer realm="permgate"'
+# Longest Authorization value remembered: memory stays under known_max times this.
+_KNOWN_VALUE_MAX: Final = 2048
 _CHALLENGE_INVALID: Final = 'Bearer realm="permgate", error="invalid_token"'
 
 
@@ -171,7 +173,8 @@ class Authenticator:
         token_prefix: what marks a secret as a permgate auth token.
         jwt: the JWT verifier, or None when bearer JWTs are not accepted.
         jwt_cache_size: how many verified JWTs to remember (LRU).
-        known_max: how many verified ``Authorization`` values to serve from memory.
+        known_max: how many verified ``Authorization`` values to serve from memory
+            (values up to 2 KiB: at most ~20 MiB however they are chosen).
 
     Remembered credentials: a bearer credential that passed every check is
     remembered by its whole ``Authorization`` value, so presenting it again costs a
@@ -199,7 +202,7 @@ class Authenticator:
         token_prefix: str,
         jwt: JwtVerifier | None,
         jwt_cache_size: int = 10_000,
-        known_max: int = 20_000,
+        known_max: int = 10_000,
     ) -> None:
         self._cache = cache
         self._prefix = token_prefix
@@ -259,6 +262,8 @@ class Authenticator:
 
     def _remember(self, authorization: str, identity: Identity, epoch: int, ends: float) -> None:
         """Serve ``authorization`` from memory from now on (see the class docstring)."""
+        if len(authorization) > _KNOWN_VALUE_MAX:
+            return  # a very large JWT: the full path each time rather than held here
         cache = self._cache
         fresh_until = cache.trusted_until("principal", identity.principal.id)
         if identity.token is not None:
