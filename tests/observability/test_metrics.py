@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from permgate.core.endpoints import Endpoint, EndpointMap
@@ -477,3 +478,46 @@ def test_a_running_worker_publishes_its_requests_without_being_scraped(tmp_path:
     allowed = (("decision", "allow"), ("endpoint", "quotes.get"), ("reason", "allowed"))
     assert samples[("permgate_decisions_total", allowed)] == 5
     assert samples[("permgate_request_seconds_count", (("endpoint", "quotes.get"),))] == 5
+
+
+def _without_created_values(text: str) -> list[str]:
+    """Exposition lines with the values of ``_created`` samples (creation times) blanked."""
+    lines = []
+    for line in text.splitlines():
+        name = line.split("{")[0].split(" ")[0]
+        if not line.startswith("#") and name.endswith("_created"):
+            line = line.rsplit(" ", 1)[0] + " T"
+        lines.append(line)
+    return lines
+
+
+def test_exposition_is_what_prometheus_client_classes_would_write() -> None:
+    """The plain-number counters and histograms are written exactly as
+    prometheus_client's Counter and Histogram write the same observations: names,
+    HELP, TYPE, labels, cumulative buckets, _count, _sum and _created series."""
+    metrics = Metrics()
+    reference = CollectorRegistry()
+    decisions = Counter(
+        "permgate_decisions_total",
+        metrics.decisions.documentation,
+        ("decision", "reason", "endpoint"),
+        registry=reference,
+    )
+    request_seconds = Histogram(
+        "permgate_request_seconds",
+        metrics.request_seconds.documentation,
+        ("endpoint",),
+        buckets=REQUEST_BUCKETS,
+        registry=reference,
+    )
+    for duration in (3e-5, 0.0042, 0.25, 61.0):
+        metrics.observe(outcome(**(DENY | {"duration_s": duration})))
+        decisions.labels("deny", "missing_permission", "quotes.create").inc()
+        request_seconds.labels("quotes.create").observe(duration)
+    ours = _without_created_values(render_latest(metrics.registry)[0].decode())
+    theirs = _without_created_values(render_latest(reference)[0].decode())
+    for family in ("permgate_decisions", "permgate_request_seconds"):
+        mine = [line for line in ours if family + "_" in line or line.endswith(family)]
+        expected = [line for line in theirs if family + "_" in line or line.endswith(family)]
+        assert len(mine) >= 5
+        assert mine == expected
