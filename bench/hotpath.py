@@ -8,7 +8,8 @@
 rotation and reports the median of CPU time (this process, every thread) per request:
 
 - ``metrics.observe``: one allowed, forwarded request (a decision counter, the cache
-  counter and three histograms);
+  counter and three histograms); run with ``PROMETHEUS_MULTIPROC_DIR`` set to an empty
+  folder to measure the ``serve --workers N`` mode;
 - ``authenticate``: a known auth token presented again (the hot path);
 - ``audit``: one decision event from ``reserve()`` to the line in a file, with 8
   producers interleaving like concurrent requests (each yields to the loop and waits
