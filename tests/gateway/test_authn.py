@@ -532,3 +532,18 @@ async def test_very_large_credential_is_accepted_but_not_remembered(
     assert identity.principal.id == "alice"
     assert (await authn.authenticate(header)).principal.id == "alice"
     assert authn.known_credentials == 0
+
+
+async def test_credential_in_use_survives_a_stream_of_new_ones(store: MemStore) -> None:
+    """A credential used again and again stays remembered while many others come and
+    go: the bound evicts those not used since, never the one in use."""
+    cache = ModelCache(store)
+    await cache.attach(store)
+    authn = Authenticator(cache, token_prefix=PREFIX, jwt=None, known_max=10)
+    busy = bearer(SECRETS["aaaaaaaaaaaaaaaa"])
+    first = await authn.authenticate(busy)
+    for index in range(100):
+        token_id = f"{index:016x}"
+        store.put_token(issue(token_id), notify=False)
+        await authn.authenticate(bearer(SECRETS[token_id]))
+        assert await authn.authenticate(busy) is first  # never verified afresh

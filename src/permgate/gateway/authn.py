@@ -141,6 +141,8 @@ class _KnownCredentials:
         known = self.young.get(header)
         if known is None:
             known = self.old.get(header)
+            if known is not None:
+                self.put(header, known)  # in use: it moves to young and survives
         return known
 
     def put(self, header: str, known: _Known) -> None:
