@@ -371,7 +371,10 @@ class Metrics:
     """permgate's metrics on one registry, with the calls the gateway makes.
 
     Per-request series are plain numbers (see the module docstring), looked up per
-    label tuple in a dict. Every method runs on the event loop's thread.
+    label tuple in a dict. The per-request calls (:meth:`observe`) and the scrape run on
+    the event loop's thread, the only one that changes those numbers; the audit writer
+    thread calls :meth:`audit_written` (a ``prometheus_client`` counter, locked) and
+    :meth:`publish` (which takes its own lock and only reads the numbers).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -570,7 +573,8 @@ class Metrics:
         self._reload_error.inc()
 
     def audit_written(self, event: str, count: int = 1) -> None:
-        """``count`` audit events of type ``event`` reached the sink."""
+        """``count`` audit events of type ``event`` reached the sink (the audit writer
+        thread calls it, the only caller)."""
         child = self._audit_children.get(event)
         if child is None:
             child = self._audit_children[event] = self.audit_events.labels(event)
