@@ -404,6 +404,10 @@ class FileSink:
 
     def write(self, lines: Sequence[bytes]) -> None:
         self.open()
+        data = b"".join(lines)
+        if not self._regular or self._size + len(data) <= self.max_bytes:
+            self._write_chunk([data])  # the usual case: the batch fits, one write
+            return
         chunk: list[bytes] = []
         chunk_size = 0
         for line in lines:
