@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from memstore import MemStore
 from permgate.config import JwtSettings
+from permgate.core.errors import StoreUnavailable
 from permgate.core.model import AuthToken, Principal
 from permgate.core.token_secrets import hash_secret, new_secret
 from permgate.gateway.authn import AUTH_FAILURE_REASONS, Authenticator, AuthFailure, Identity
@@ -406,3 +408,142 @@ def test_identity_is_frozen() -> None:
     with pytest.raises(AttributeError):
         identity.credential_key = "t:y"  # type: ignore[misc]
     assert replace(identity, credential_key="t:y").credential_key == "t:y"
+
+
+# -- remembered credentials ------------------------------------------------------------
+
+
+async def test_verified_token_is_remembered_and_served_again(authn: Authenticator) -> None:
+    """A token that passed every check is remembered once and answers the same identity
+    from memory, still recording its use for last_used_at."""
+    header = bearer(SECRETS["aaaaaaaaaaaaaaaa"])
+    first = await authn.authenticate(header)
+    authn.drain_token_uses()
+    again = await authn.authenticate(header)
+    assert authn.known_credentials == 1
+    assert again is first
+    assert list(authn.drain_token_uses()) == ["aaaaaaaaaaaaaaaa"]
+
+
+async def test_remembered_token_revoked_is_refused_on_the_next_request(
+    authn: Authenticator, store: MemStore
+) -> None:
+    """Revocation bites at once even for a token answered from memory."""
+    header = bearer(SECRETS["aaaaaaaaaaaaaaaa"])
+    await authn.authenticate(header)
+    await authn.authenticate(header)  # from memory
+    token = store.tokens["aaaaaaaaaaaaaaaa"]
+    store.put_token(replace(token, revoked_at=NOW))
+    assert await reason_of(authn, header) == "revoked_token"
+    assert authn.known_credentials == 0
+
+
+async def test_remembered_token_of_a_disabled_owner_is_refused_on_the_next_request(
+    authn: Authenticator, store: MemStore
+) -> None:
+    """Disabling the owner bites at once even for a token answered from memory."""
+    header = bearer(SECRETS["aaaaaaaaaaaaaaaa"])
+    await authn.authenticate(header)
+    await authn.authenticate(header)  # from memory
+    store.put_principal(Principal("alice", "acme", disabled=True))
+    assert await reason_of(authn, header) == "disabled_principal"
+
+
+async def test_remembered_token_that_expires_is_refused_once_expired(
+    authn: Authenticator, store: MemStore
+) -> None:
+    """A token's expiry is checked against the clock on every use from memory: no
+    change notification is needed for it to bite."""
+    token = issue("3333333333333333", expires_at=datetime.now(UTC) + timedelta(seconds=0.3))
+    store.put_token(token)
+    header = bearer(SECRETS["3333333333333333"])
+    await authn.authenticate(header)
+    assert authn.known_credentials == 1
+    await asyncio.sleep(0.35)
+    assert await reason_of(authn, header) == "expired_token"
+
+
+async def test_wrong_secret_of_a_remembered_token_is_not_served_from_memory(
+    authn: Authenticator,
+) -> None:
+    """Another random part behind a remembered token's id goes through the hash
+    comparison and is refused; it is not remembered either."""
+    await authn.authenticate(bearer(SECRETS["aaaaaaaaaaaaaaaa"]))
+    guess = new_secret(PREFIX, "aaaaaaaaaaaaaaaa")
+    failure = await failure_of(authn, bearer(guess))
+    assert (failure.reason, failure.detail) == (
+        "invalid_token",
+        "secret mismatch for token aaaaaaaaaaaaaaaa",
+    )
+    assert authn.known_credentials == 1
+
+
+async def test_remembered_token_is_not_served_past_the_outage_grace(store: MemStore) -> None:
+    """With the store down past the outage grace, memory is not trusted: the request
+    is refused with StoreUnavailable, as a lookup in the model would be."""
+    now = [1000.0]
+    cache = ModelCache(store, outage_grace_seconds=5.0, clock=lambda: now[0])
+    await cache.attach(store)
+    authn = Authenticator(cache, token_prefix=PREFIX, jwt=None)
+    header = bearer(SECRETS["aaaaaaaaaaaaaaaa"])
+    await authn.authenticate(header)
+    store.down = True
+    now[0] += 6.0
+    with pytest.raises(StoreUnavailable):
+        await authn.authenticate(header)
+
+
+async def test_remembered_credentials_are_bounded(store: MemStore) -> None:
+    """Many distinct valid tokens used once each never hold more than known_max
+    entries, and a flood of wrong secrets adds none."""
+    cache = ModelCache(store)
+    await cache.attach(store)
+    authn = Authenticator(cache, token_prefix=PREFIX, jwt=None, known_max=100)
+    for index in range(1000):
+        token_id = f"{index:016x}"
+        store.put_token(issue(token_id), notify=False)
+        await authn.authenticate(bearer(SECRETS[token_id]))
+        assert authn.known_credentials <= 100
+    for _ in range(2000):
+        with pytest.raises(AuthFailure):
+            await authn.authenticate(bearer(new_secret(PREFIX, "aaaaaaaaaaaaaaaa")))
+    assert 50 <= authn.known_credentials <= 100
+
+
+async def test_remembered_jwt_of_a_disabled_principal_is_refused(
+    authn: Authenticator, store: MemStore
+) -> None:
+    """A JWT answered from memory still loses its principal at once."""
+    header = bearer(make_jwt())
+    await authn.authenticate(header)
+    await authn.authenticate(header)  # from memory
+    assert authn.known_credentials == 1
+    store.put_principal(Principal("alice", "acme", disabled=True))
+    assert await reason_of(authn, header) == "disabled_principal"
+
+
+async def test_very_large_credential_is_accepted_but_not_remembered(
+    authn: Authenticator,
+) -> None:
+    """An Authorization value over 2 KiB is checked through the full path each time,
+    so what remembered credentials hold stays bounded in bytes, not only in count."""
+    header = bearer(make_jwt(padding="x" * 3000))
+    identity = await authn.authenticate(header)
+    assert identity.principal.id == "alice"
+    assert (await authn.authenticate(header)).principal.id == "alice"
+    assert authn.known_credentials == 0
+
+
+async def test_credential_in_use_survives_a_stream_of_new_ones(store: MemStore) -> None:
+    """A credential used again and again stays remembered while many others come and
+    go: the bound evicts those not used since, never the one in use."""
+    cache = ModelCache(store)
+    await cache.attach(store)
+    authn = Authenticator(cache, token_prefix=PREFIX, jwt=None, known_max=10)
+    busy = bearer(SECRETS["aaaaaaaaaaaaaaaa"])
+    first = await authn.authenticate(busy)
+    for index in range(100):
+        token_id = f"{index:016x}"
+        store.put_token(issue(token_id), notify=False)
+        await authn.authenticate(bearer(SECRETS[token_id]))
+        assert await authn.authenticate(busy) is first  # never verified afresh

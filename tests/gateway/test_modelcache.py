@@ -431,3 +431,50 @@ async def test_failed_catch_up_refuses_and_retries(cache: ModelCache) -> None:
         await cache.principal("alice")
     down = False
     assert await cache.principal("alice") is not None
+
+
+# -- answers derived from the cache ---------------------------------------------------------
+
+
+async def test_derived_answer_is_stale_after_a_change(cache: ModelCache, store: MemStore) -> None:
+    """What a caller derived at an epoch may be served again only until the next change."""
+    epoch = cache.epoch
+    assert cache.unchanged_since(epoch)
+    store.put_token(AuthToken("t9", "alice", "acme", "ci"))
+    assert not cache.unchanged_since(epoch)
+
+
+async def test_derived_answer_is_stale_once_another_worker_moved_the_counter(
+    cache: ModelCache,
+) -> None:
+    """A change committed through another worker (the shared counter moved, not yet
+    caught up) makes a derived answer stale before this worker has even read it."""
+    counter = Counter()
+
+    async def catch_up() -> None:
+        return None
+
+    cache.follow(counter, catch_up)
+    epoch = cache.epoch
+    assert cache.unchanged_since(epoch)
+    counter.value += 1
+    assert not cache.unchanged_since(epoch)
+
+
+async def test_derived_answer_is_stale_past_the_outage_grace(
+    cache: ModelCache, clock: Clock
+) -> None:
+    """Past the outage grace since the store was last known reachable, memory is not
+    trusted for derived answers either."""
+    epoch = cache.epoch
+    clock.now += 29.0
+    assert cache.unchanged_since(epoch)
+    clock.now += 2.0  # the fixture's grace is 30 s
+    assert not cache.unchanged_since(epoch)
+
+
+async def test_trusted_until_is_the_entry_expiry(cache: ModelCache, clock: Clock) -> None:
+    """A cached record is trusted until its TTL; an absent one not at all."""
+    await cache.principal("alice")
+    assert cache.trusted_until("principal", "alice") == clock.now + 300.0
+    assert cache.trusted_until("principal", "nobody") == float("-inf")

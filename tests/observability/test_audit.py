@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness import eventually
 from permgate.config import AuditSettings
 from permgate.core.model import Principal
 from permgate.observability.audit import (
@@ -610,3 +611,100 @@ def test_fast_decision_line_equals_the_generic_chain(fields: dict[str, Any]) -> 
     generic = render_event(decision_event(sample), default_processors())
     assert orjson.loads(fast) == orjson.loads(generic)
     assert _SECRET not in fast.decode() and _JWT not in fast.decode()
+
+
+# --------------------------------------------------------------------------- the writer thread
+
+
+async def test_burst_of_concurrent_requests_loses_no_event(tmp_path: Path) -> None:
+    """Thousands of concurrent requests through a small blocking queue into a file:
+    every event is in the file exactly once and nothing is counted as dropped."""
+    metrics = Metrics()
+    sink = FileSink(str(tmp_path / "audit.log"), max_bytes=1 << 30, backups=1)
+    log = AuditLog(audit_settings(queue_size=64), metrics=metrics, sink=sink)
+    await log.start()
+
+    async def request(n: int) -> None:
+        await log.reserve()
+        await asyncio.sleep(0)  # the request's own work
+        log.emit_decision(outcome(request_id=f"r{n}"))
+
+    await asyncio.gather(*(request(n) for n in range(3000)))
+    await log.close()
+    lines = (tmp_path / "audit.log").read_bytes().splitlines()
+    assert sorted(orjson.loads(line)["request_id"] for line in lines) == sorted(
+        f"r{n}" for n in range(3000)
+    )
+    assert metrics.registry.get_sample_value("permgate_audit_events_dropped_total") == 0
+    written = metrics.registry.get_sample_value(
+        "permgate_audit_events_total", {"event": "decision"}
+    )
+    assert written == 3000
+
+
+async def test_close_writes_events_still_gathering_at_once() -> None:
+    """Events the writer is letting gather into a batch are written by close() right
+    away: shutdown neither loses them nor waits out the linger."""
+    sink = CaptureSink()
+    log = AuditLog(audit_settings(queue_size=1000), metrics=Metrics(), sink=sink, linger=60.0)
+    await log.start()
+    for n in range(10):
+        await log.reserve()
+        log.emit_decision(outcome(request_id=f"r{n}"))
+    await asyncio.sleep(0.05)  # the writer is lingering on them now
+    await asyncio.wait_for(log.close(), 10)
+    assert [e["request_id"] for e in sink.events] == [f"r{n}" for n in range(10)]
+    assert sink.closed
+
+
+async def test_writer_does_not_linger_when_the_queue_is_half_full() -> None:
+    """With half the bound in use the writer writes at once instead of gathering: the
+    bound, not the batch size, is then what matters."""
+    sink = CaptureSink()
+    log = AuditLog(audit_settings(queue_size=4), metrics=Metrics(), sink=sink, linger=60.0)
+    await log.start()
+    for n in range(2):
+        await log.reserve()
+        log.emit_decision(outcome(request_id=f"r{n}"))
+    await eventually(lambda: len(sink.lines) == 2, "the two events written without lingering")
+    await log.close()
+
+
+async def test_request_waiting_for_a_slot_is_admitted_when_the_thread_writes() -> None:
+    """The writer thread wakes a request waiting for a slot as soon as it wrote."""
+    sink = BlockingSink()
+    log = AuditLog(audit_settings(queue_size=1), metrics=Metrics(), sink=sink, linger=60.0)
+    await log.start()
+    await log.reserve()
+    log.emit_decision(outcome(request_id="first"))
+    waiting = asyncio.create_task(log.reserve())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    sink.gate.set()
+    await asyncio.wait_for(waiting, 5)
+    log.emit_decision(outcome(request_id="second"))
+    await log.close()
+    assert [e["request_id"] for e in sink.events] == ["first", "second"]
+
+
+async def test_close_waits_for_a_request_admitted_while_closing() -> None:
+    """A request that was waiting for a slot when shutdown began gets one as the sink
+    catches up, and its event is written before close() returns."""
+    sink = BlockingSink()
+    log = AuditLog(audit_settings(queue_size=1), metrics=Metrics(), sink=sink)
+    await log.start()
+    await log.reserve()
+    log.emit_decision(outcome(request_id="first"))
+
+    async def late() -> None:
+        await log.reserve()
+        await asyncio.sleep(0.05)
+        log.emit_decision(outcome(request_id="late"))
+
+    late_request = asyncio.create_task(late())
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(log.close())
+    await asyncio.sleep(0.05)
+    sink.gate.set()
+    await asyncio.wait_for(asyncio.gather(late_request, closing), 10)
+    assert [e["request_id"] for e in sink.events] == ["first", "late"]

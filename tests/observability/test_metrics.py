@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from permgate.core.endpoints import Endpoint, EndpointMap
@@ -386,3 +387,137 @@ def test_dead_worker_info_disappears_but_its_counts_stay(tmp_path: Path) -> None
     info = [s.labels["sha256"] for s in samples if s.name == "permgate_endpoint_map_info"]
     assert info == ["new"]
     assert any(s.name == "permgate_decisions_total" and s.value == 1 for s in samples)
+
+
+def test_counters_survive_scrapes_exactly() -> None:
+    """Scraping reads the plain numbers without resetting or rounding them: counts and
+    sums keep adding up exactly across scrapes."""
+    metrics = Metrics()
+    for _ in range(1000):
+        metrics.observe(outcome(**ALLOW, duration_s=0.25))
+    first = render_latest(metrics.registry)[0]
+    assert render_latest(metrics.registry)[0] == first  # a scrape changes nothing
+    for _ in range(234):
+        metrics.observe(outcome(**ALLOW, duration_s=0.25))
+    allowed = {"decision": "allow", "reason": "allowed", "endpoint": "quotes.get"}
+    assert value(metrics, "permgate_decisions_total", **allowed) == 1234
+    assert value(metrics, "permgate_decision_cache_total", result="miss") == 1234
+    assert value(metrics, "permgate_request_seconds_count", endpoint="quotes.get") == 1234
+    assert value(metrics, "permgate_request_seconds_sum", endpoint="quotes.get") == 308.5
+    assert value(metrics, "permgate_request_seconds_bucket", endpoint="quotes.get", le="0.1") == 0
+    assert (
+        value(metrics, "permgate_request_seconds_bucket", endpoint="quotes.get", le="0.25") == 1234
+    )
+
+
+@pytest.mark.parametrize(
+    ("amount", "le"),
+    [(1e-6, "1e-06"), (1.5e-6, "2.5e-06"), (1.0, "1.0"), (7.0, "+Inf")],
+    ids=["on-a-bound", "between-bounds", "last-bound", "beyond-every-bound"],
+)
+def test_histogram_bucket_is_the_first_bound_at_or_above_the_value(amount: float, le: str) -> None:
+    """As prometheus_client's Histogram: a value lands in the first bucket whose bound
+    is >= the value, and the exposition is cumulative from there."""
+    metrics = Metrics()
+    metrics.observe(outcome(**(ALLOW | {"decision_s": amount})))
+    bounds = [*(str(b) for b in DECISION_BUCKETS), "+Inf"]
+    les = ["1e-06", "2.5e-06", "5e-06", "1e-05", "2.5e-05", "5e-05", "0.0001", "0.00025",
+           "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",
+           "1.0", "+Inf"]  # fmt: skip
+    assert len(les) == len(bounds)
+    cumulative = [value(metrics, "permgate_decision_seconds_bucket", le=b) for b in les]
+    first = les.index(le)
+    assert cumulative == [0.0] * first + [1.0] * (len(les) - first)
+
+
+PUBLISHER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from permgate.observability.metrics import PUBLISH_SECONDS, Metrics
+    from permgate.observability.outcome import RequestOutcome
+
+    async def main() -> None:
+        metrics = Metrics()
+        for _ in range(5):
+            metrics.observe(RequestOutcome("r", "d", "GET", "/", None, 0.0, decision="allow",
+                                           reason="allowed", endpoint="quotes.get"))
+        await asyncio.sleep(PUBLISH_SECONDS + 0.3)
+        print("published", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_running_worker_publishes_its_requests_without_being_scraped(tmp_path: Path) -> None:
+    """With several workers, a worker's requests reach the shared files within
+    PUBLISH_SECONDS while it keeps running: a scrape through another worker counts them."""
+    prepare_multiprocess_dir(tmp_path)
+    env = os.environ | {MULTIPROC_ENV: str(tmp_path)}
+    with subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as worker:
+        assert worker.stdin is not None and worker.stdout is not None
+        try:
+            assert worker.stdout.readline().strip() == "published"
+            text = run_worker(tmp_path, {"maps": [], "outcomes": [], "scrape": True})
+        finally:
+            worker.stdin.close()
+            worker.wait(timeout=30)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    allowed = (("decision", "allow"), ("endpoint", "quotes.get"), ("reason", "allowed"))
+    assert samples[("permgate_decisions_total", allowed)] == 5
+    assert samples[("permgate_request_seconds_count", (("endpoint", "quotes.get"),))] == 5
+
+
+def _without_created_values(text: str) -> list[str]:
+    """Exposition lines with the values of ``_created`` samples (creation times) blanked."""
+    lines = []
+    for line in text.splitlines():
+        name = line.split("{")[0].split(" ")[0]
+        if not line.startswith("#") and name.endswith("_created"):
+            line = line.rsplit(" ", 1)[0] + " T"
+        lines.append(line)
+    return lines
+
+
+def test_exposition_is_what_prometheus_client_classes_would_write() -> None:
+    """The plain-number counters and histograms are written exactly as
+    prometheus_client's Counter and Histogram write the same observations: names,
+    HELP, TYPE, labels, cumulative buckets, _count, _sum and _created series."""
+    metrics = Metrics()
+    reference = CollectorRegistry()
+    decisions = Counter(
+        "permgate_decisions_total",
+        metrics.decisions.documentation,
+        ("decision", "reason", "endpoint"),
+        registry=reference,
+    )
+    request_seconds = Histogram(
+        "permgate_request_seconds",
+        metrics.request_seconds.documentation,
+        ("endpoint",),
+        buckets=REQUEST_BUCKETS,
+        registry=reference,
+    )
+    for duration in (3e-5, 0.0042, 0.25, 61.0):
+        metrics.observe(outcome(**(DENY | {"duration_s": duration})))
+        decisions.labels("deny", "missing_permission", "quotes.create").inc()
+        request_seconds.labels("quotes.create").observe(duration)
+    ours = _without_created_values(render_latest(metrics.registry)[0].decode())
+    theirs = _without_created_values(render_latest(reference)[0].decode())
+    for family in ("permgate_decisions", "permgate_request_seconds"):
+        mine = [line for line in ours if family + "_" in line or line.endswith(family)]
+        expected = [line for line in theirs if family + "_" in line or line.endswith(family)]
+        assert len(mine) >= 5
+        assert mine == expected

@@ -769,3 +769,37 @@ async def test_block_waits_for_the_sink_and_loses_no_event(
     decisions = [e["request_id"] for e in events if e["event"] == "decision"]
     assert sorted(decisions) == sorted(ids)
     assert samples["permgate_audit_events_dropped_total"] == {(): 0}
+
+
+# --------------------------------------------------------------------------- 6. bursts
+
+
+async def test_burst_of_concurrent_requests_is_audited_and_counted_exactly(
+    gw: Gateway, http: aiohttp.ClientSession
+) -> None:
+    """200 concurrent requests (a remembered token, allowed and denied): each has
+    exactly one decision event, and /metrics counts each exactly once, twice in a row."""
+    ids = [f"burst-{i}" for i in range(200)]
+
+    async def one(index: int, request_id: str) -> int:
+        path = "/policy/acme-prod/quotes/q1" if index % 2 else "/policy/x/quotes/q1"
+        status, _ = await call(
+            http, gw, "GET", path, gw.tokens["bob"], {"X-Request-Id": request_id}
+        )
+        return status
+
+    statuses = await asyncio.gather(*(one(i, request_id) for i, request_id in enumerate(ids)))
+    assert sorted(statuses) == [200] * 100 + [403] * 100
+    events = await events_for(gw, ids)
+    assert sorted(events) == sorted(ids)
+    written = [
+        e["request_id"] for e in parse_lines(gw.audit.getvalue()) if e["event"] == "decision"
+    ]
+    assert sorted(written) == sorted(ids)  # exactly one each
+    for _ in range(2):
+        samples = await scrape(http, gw.admin_url)
+        assert by(samples["permgate_decisions_total"], "reason") == {
+            ("allowed",): 100,
+            ("tenant_out_of_scope",): 100,
+        }
+        assert sum(samples["permgate_request_seconds_count"].values()) == 200

@@ -63,6 +63,8 @@ AUTH_FAILURE_REASONS: Final = AUTH_REASONS
 log = logging.getLogger(__name__)
 
 _CHALLENGE: Final = 'Bearer realm="permgate"'
+# Longest Authorization value remembered: memory stays under known_max times this.
+_KNOWN_VALUE_MAX: Final = 2048
 _CHALLENGE_INVALID: Final = 'Bearer realm="permgate", error="invalid_token"'
 
 
@@ -102,6 +104,62 @@ class Identity:
     credential_key: str
 
 
+class _Known:
+    """A credential verified a moment ago, and what keeps it valid: the model's epoch
+    it was verified at, its own end (a token's expiry, a JWT's exp + leeway; wall
+    clock) and when the cached records it was made from stop being trusted (the
+    cache's clock)."""
+
+    __slots__ = ("ends", "epoch", "fresh_until", "identity", "token_id")
+
+    def __init__(self, identity: Identity, epoch: int, ends: float, fresh_until: float) -> None:
+        self.identity = identity
+        self.token_id = identity.token.id if identity.token is not None else None
+        self.epoch = epoch
+        self.ends = ends
+        self.fresh_until = fresh_until
+
+
+class _KnownCredentials:
+    """Verified ``Authorization`` values -> their :class:`_Known`, in two plain dicts.
+
+    Bounded: new entries go to ``young``; when it holds ``limit // 2`` it becomes
+    ``old`` and the previous ``old`` is dropped, so both hold at most ``limit``
+    entries together, whatever the traffic, in O(1) per insert (an entry used again
+    moves to ``young`` and survives). Only credentials that passed every check are
+    put here, so unknown or wrong secrets never take room.
+    """
+
+    __slots__ = ("_half", "old", "young")
+
+    def __init__(self, limit: int) -> None:
+        self._half = max(1, limit // 2)
+        self.young: dict[str, _Known] = {}
+        self.old: dict[str, _Known] = {}
+
+    def get(self, header: str) -> _Known | None:
+        known = self.young.get(header)
+        if known is None:
+            known = self.old.get(header)
+            if known is not None:
+                self.put(header, known)  # in use: it moves to young and survives
+        return known
+
+    def put(self, header: str, known: _Known) -> None:
+        young = self.young
+        if header not in young and len(young) >= self._half:
+            self.old = young
+            self.young = young = {}
+        young[header] = known
+
+    def discard(self, header: str) -> None:
+        self.young.pop(header, None)
+        self.old.pop(header, None)
+
+    def __len__(self) -> int:
+        return len(self.young) + len(self.old)
+
+
 @dataclass(frozen=True, slots=True)
 class _VerifiedJwt:
     claims: Mapping[str, object]
@@ -117,6 +175,26 @@ class Authenticator:
         token_prefix: what marks a secret as a permgate auth token.
         jwt: the JWT verifier, or None when bearer JWTs are not accepted.
         jwt_cache_size: how many verified JWTs to remember (LRU).
+        known_max: how many verified ``Authorization`` values to serve from memory
+            (values up to 2 KiB: at most ~20 MiB however they are chosen).
+
+    Remembered credentials: a bearer credential that passed every check is
+    remembered by its whole ``Authorization`` value, so presenting it again costs a
+    dict lookup instead of parsing, two model lookups and a SHA-256. It is served
+    from memory only while the model's epoch is the one it was verified at (any
+    change, here or in another worker, bumps it: a revoked or expired-by-admin token
+    or a disabled owner bites on the very next request), its own end has not passed
+    (checked against the clock on every use) and the model's records are still
+    trusted (their TTL, the store's outage grace). Otherwise the full path runs again.
+
+    Why this leaks nothing to a guesser: the lookup is a plain dict lookup by the
+    presented value. Its cost depends on the presented string and on which hash slots
+    are taken, never on how much of a stored secret matches: a stored entry is only
+    compared byte-wise when its full 64-bit string hash (SipHash, keyed per process)
+    equals the presented one's, which an attacker cannot aim at without that key. A
+    miss then goes through the unchanged path: token id, record, SHA-256 of the secret
+    and ``hmac.compare_digest``, so an unknown or wrong secret is refused exactly as
+    before and is never stored (only verified credentials are).
     """
 
     def __init__(
@@ -126,11 +204,13 @@ class Authenticator:
         token_prefix: str,
         jwt: JwtVerifier | None,
         jwt_cache_size: int = 10_000,
+        known_max: int = 10_000,
     ) -> None:
         self._cache = cache
         self._prefix = token_prefix
         self._jwt = jwt
         self._verified: LRUCache[str, _VerifiedJwt] = LRUCache(maxsize=jwt_cache_size)
+        self._known = _KnownCredentials(known_max)
         self._uses: dict[str, float] = {}
 
     async def authenticate(
@@ -144,6 +224,16 @@ class Authenticator:
         from the client's *verified* certificate (:func:`certificate_principal`): it
         identifies the caller only when no bearer credential was presented.
         """
+        if authorization is not None:
+            known = self._known.get(authorization)
+            if known is not None:
+                if self._cache.unchanged_since(known.epoch):
+                    now = time.time()
+                    if now < known.ends and self._cache.now() < known.fresh_until:
+                        if known.token_id is not None:
+                            self._uses[known.token_id] = now
+                        return known.identity
+                self._known.discard(authorization)  # stale: verified afresh below
         try:
             if certificate_id is not None and not _is_bearer(authorization):
                 return await self._certificate(certificate_id)
@@ -163,9 +253,30 @@ class Authenticator:
         credential = credential.strip(" ")
         if not credential:
             raise AuthFailure(AuthReason.MISSING_CREDENTIALS, "empty bearer credential")
+        # Read before any await: a change landing during the checks makes the entry stale.
+        epoch = self._cache.epoch
         if credential.startswith(self._prefix):
-            return await self._auth_token(credential)
-        return await self._auth_jwt(credential)
+            identity, ends = await self._auth_token(credential)
+        else:
+            identity, ends = await self._auth_jwt(credential)
+        self._remember(authorization, identity, epoch, ends)
+        return identity
+
+    def _remember(self, authorization: str, identity: Identity, epoch: int, ends: float) -> None:
+        """Serve ``authorization`` from memory from now on (see the class docstring)."""
+        if len(authorization) > _KNOWN_VALUE_MAX:
+            return  # a very large JWT: the full path each time rather than held here
+        cache = self._cache
+        fresh_until = cache.trusted_until("principal", identity.principal.id)
+        if identity.token is not None:
+            fresh_until = min(fresh_until, cache.trusted_until("token", identity.token.id))
+        if ends > time.time() and fresh_until > cache.now():
+            self._known.put(authorization, _Known(identity, epoch, ends, fresh_until))
+
+    @property
+    def known_credentials(self) -> int:
+        """How many verified credentials are remembered (bounded by ``known_max``)."""
+        return len(self._known)
 
     # -- client certificates -----------------------------------------------------------
 
@@ -184,7 +295,8 @@ class Authenticator:
 
     # -- auth tokens ------------------------------------------------------------------
 
-    async def _auth_token(self, secret: str) -> Identity:
+    async def _auth_token(self, secret: str) -> tuple[Identity, float]:
+        """The token's identity and when the token expires (epoch seconds, or inf)."""
         token_id = token_id_of(self._prefix, secret)
         if token_id is None:
             raise AuthFailure(
@@ -200,7 +312,8 @@ class Authenticator:
         now = time.time()
         if token.revoked_at is not None:
             raise AuthFailure(AuthReason.REVOKED_TOKEN, f"token {token_id} is revoked")
-        if token.expires_at is not None and _epoch(token.expires_at) <= now:
+        ends = float("inf") if token.expires_at is None else _epoch(token.expires_at)
+        if ends <= now:
             raise AuthFailure(AuthReason.EXPIRED_TOKEN, f"token {token_id} has expired")
         owner = await self._cache.principal(token.owner)
         # An owner in another account is, from the token's account, no principal at all.
@@ -211,7 +324,7 @@ class Authenticator:
                 AuthReason.DISABLED_PRINCIPAL, f"owner {owner.id} of token {token_id} is disabled"
             )
         self._uses[token_id] = now
-        return Identity(owner, token, None, f"t:{token_id}")
+        return Identity(owner, token, None, f"t:{token_id}"), ends
 
     def drain_token_uses(self) -> dict[str, float]:
         """Token last-use times since the previous drain, for ``store.touch_tokens``."""
@@ -220,13 +333,14 @@ class Authenticator:
 
     # -- JWTs ---------------------------------------------------------------------------
 
-    async def _auth_jwt(self, token: str) -> Identity:
+    async def _auth_jwt(self, token: str) -> tuple[Identity, float]:
+        """The JWT's identity and until when its verification holds (epoch seconds)."""
         if self._jwt is None:
             raise AuthFailure(
                 AuthReason.INVALID_TOKEN, "not an auth token and JWTs are not configured"
             )
         digest = hashlib.sha256(token.encode("utf-8")).hexdigest()
-        claims = await self._verified_claims(self._jwt, token, digest)
+        claims, ends = await self._verified_claims(self._jwt, token, digest)
         subject = claims.get(self._jwt.principal_claim)
         if not isinstance(subject, str) or not subject:
             raise AuthFailure(AuthReason.INVALID_TOKEN, f"no {self._jwt.principal_claim!r} claim")
@@ -250,20 +364,24 @@ class Authenticator:
                 raise AuthFailure(
                     AuthReason.SESSION_REVOKED, f"session of {principal.id} was revoked"
                 )
-        return Identity(principal, None, claims, f"j:{digest}")
+        return Identity(principal, None, claims, f"j:{digest}"), ends
 
     async def _verified_claims(
         self, verifier: JwtVerifier, token: str, digest: str
-    ) -> Mapping[str, object]:
+    ) -> tuple[Mapping[str, object], float]:
+        """The claims and until when they hold: exp + leeway, or -inf (a JWT without
+        exp is verified on every use, never remembered)."""
         now = time.time()
         known = self._verified.get(digest)
         if known is not None and now < known.valid_until:
-            return known.claims
+            return known.claims, known.valid_until
         claims: Mapping[str, object] = MappingProxyType(await verifier.verify(token))
         exp = claims.get("exp")
         if isinstance(exp, int | float) and not isinstance(exp, bool):
-            self._verified[digest] = _VerifiedJwt(claims, exp + verifier.leeway)
-        return claims
+            valid_until = exp + verifier.leeway
+            self._verified[digest] = _VerifiedJwt(claims, valid_until)
+            return claims, valid_until
+        return claims, float("-inf")
 
 
 def _is_bearer(authorization: str | None) -> bool:

@@ -220,6 +220,34 @@ class ModelCache:
         if not task.cancelled():
             task.exception()  # retrieved: waiters may all have gone away
 
+    # -- answers derived from the cache ---------------------------------------------
+
+    def unchanged_since(self, epoch: int) -> bool:
+        """Whether an answer derived from this cache at ``epoch`` may still be served
+        without asking it again: no change since (here or, through the shared counter,
+        in another worker) and the store known reachable within the outage grace.
+
+        Synchronous and I/O-free, for callers that remember what they derived (the
+        authenticator's verified credentials); when it says no, they ask again through
+        the lookups, which catch up, probe or raise as usual.
+        """
+        if epoch != self.epoch:
+            return False
+        shared = self._shared
+        if shared is not None and shared.value != self._shared_applied:
+            return False
+        return self._clock() - self._last_reachable <= self._grace
+
+    def trusted_until(self, kind: str, key: str) -> float:
+        """When the cached entry for ``(kind, key)`` stops being trusted (this cache's
+        clock), or -inf when it is not in memory."""
+        entry = self._entries.get((kind, key))
+        return float("-inf") if entry is None else entry.expires
+
+    def now(self) -> float:
+        """This cache's clock (monotonic seconds), for :meth:`trusted_until`."""
+        return self._clock()
+
     # -- workers sharing a change counter ------------------------------------------
 
     def follow(self, shared: SharedCounter, catch_up: Callable[[], Awaitable[None]]) -> None:
