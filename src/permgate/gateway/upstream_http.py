@@ -127,6 +127,11 @@ class Connection(asyncio.Protocol):
         return self._reason.decode("utf-8", "surrogateescape")
 
     @property
+    def raw_reason(self) -> bytes:
+        """The answer's reason phrase as sent."""
+        return self._reason
+
+    @property
     def reusable(self) -> bool:
         return (
             self.complete
