@@ -150,6 +150,7 @@ class Exchange:
         "_body",
         "_buffered",
         "_chunked",
+        "_head",
         "_conn",
         "_continue_sent",
         "_on_lost",
@@ -202,6 +203,7 @@ class Exchange:
         self._waiter: asyncio.Future[None] | None = None
         self._continue_sent = False
         self._chunked = False
+        self._head = b""  # a relayed answer's head, written with its first body bytes
         self.answered = False  # the answer's head is written
         self.finished = False  # the whole answer is written
         self.handled = False  # the handler's coroutine ended
@@ -343,27 +345,37 @@ class Exchange:
         if not has_date:
             extra += b"Date: " + http_date() + b"\r\n"
         lines = b"".join([name + b": " + value + b"\r\n" for name, value in fields])
-        self._conn.write(
-            b"HTTP/1.1 %d %b\r\n%b%b\r\n"
-            % (status, reason or _REASONS.get(status, b""), extra, lines)
+        # Held until the first body bytes or flush(): one write (one syscall) for a
+        # small answer instead of two.
+        self._head = b"HTTP/1.1 %d %b\r\n%b%b\r\n" % (
+            status,
+            reason or _REASONS.get(status, b""),
+            extra,
+            lines,
         )
+
+    def flush(self) -> None:
+        """Write the relayed answer's head now (its body is not there yet)."""
+        if self._head:
+            head, self._head = self._head, b""
+            self._conn.write(head)
 
     def write(self, chunk: bytes) -> None:
         """Relay body bytes (framed as :meth:`start` chose)."""
         if chunk:
             if self._chunked:
-                self._conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-            else:
-                self._conn.write(chunk)
+                chunk = b"%x\r\n%b\r\n" % (len(chunk), chunk)
+            if self._head:
+                chunk, self._head = self._head + chunk, b""
+            self._conn.write(chunk)
 
     def finish(self, chunk: bytes = b"") -> None:
         """The relayed answer ends (with ``chunk``, its last bytes)."""
         if self._chunked:
-            if chunk:
-                self._conn.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(chunk), chunk))
-            else:
-                self._conn.write(b"0\r\n\r\n")
-        elif chunk:
+            chunk = b"%x\r\n%b\r\n0\r\n\r\n" % (len(chunk), chunk) if chunk else b"0\r\n\r\n"
+        if self._head:
+            chunk, self._head = self._head + chunk, b""
+        if chunk:
             self._conn.write(chunk)
         self.finished = True
         self._conn.answer_done(self)

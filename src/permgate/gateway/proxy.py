@@ -340,6 +340,7 @@ async def _relay(exchange: Exchange, conn: Connection, timing: UpstreamTiming) -
                 if conn.complete:
                     exchange.finish()
                     return conn.status
+                exchange.flush()  # the body is not here yet: the head goes ahead of it
                 try:
                     await conn.wait_body()
                 except (TimeoutError, OSError, ProtocolViolation, BodyError) as exc:
