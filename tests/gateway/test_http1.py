@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import orjson
 import yarl
+from aiohttp import web
 
-from harness import Gateway, eventually
+from harness import Gateway, eventually, free_port, start_gateway
 from rawhttp import read_response, request
 
 
@@ -197,3 +199,77 @@ async def test_client_leaving_before_its_answer_is_recorded_as_gone(gw: Gateway)
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+
+async def test_unreadable_request_after_a_good_one_is_answered_after_it(gw: Gateway) -> None:
+    """A pipelined request the parser refuses is answered (400, JSON, Connection: close)
+    only after the answer to the request before it, and the connection then ends."""
+    raw = request("GET", "/health", [("Host", "gw")]) + b"GET /health HTTP/1.1\nHost: gw\n\n"
+    reader, writer = await asyncio.open_connection(*address(gw))
+    try:
+        writer.write(raw)
+        first = await asyncio.wait_for(read_response(reader), 5)
+        second = await asyncio.wait_for(read_response(reader), 5)
+        rest = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert first.status == 200
+    assert (second.status, orjson.loads(second.body)["reason"]) == (400, "malformed_request")
+    assert (second.headers["Connection"], rest) == ("close", b"")
+
+
+BIG_CHUNK = b"y" * (256 * 1024)
+
+
+async def big_download(request: web.Request) -> web.StreamResponse:
+    """128 chunks of 256 KB (32 MB), written as fast as the reader takes them."""
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    for _ in range(128):
+        await response.write(BIG_CHUNK)
+    await response.write_eof()
+    return response
+
+
+async def test_slow_reader_holds_a_bounded_part_of_the_download(tmp_path: Path) -> None:
+    """A client that stops reading for longer than the upstream timeout: the gateway stops
+    reading the upstream instead of buffering (memory stays bounded), no timeout fires
+    while the client is the slow one, and the download arrives whole."""
+    app = web.Application()
+    app.router.add_get("/files/{tenant}/download", big_download)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with start_gateway(
+            tmp_path, f"http://127.0.0.1:{port}", upstream_timeout_seconds=0.5
+        ) as gw:
+            raw = request(
+                "GET",
+                "/files/acme-prod/download",
+                [("Host", "gw"), bearer(gw, "alice"), ("Connection", "close")],
+            )
+            reader, writer = await asyncio.open_connection(*address(gw), limit=64 * 1024)
+            tracemalloc.start()
+            try:
+                baseline = tracemalloc.get_traced_memory()[0]
+                writer.write(raw)
+                received = len(await reader.readexactly(1024 * 1024))
+                await asyncio.sleep(1.5)  # the client stalls: 3x the upstream timeout
+                while chunk := await asyncio.wait_for(reader.read(1024 * 1024), 10):
+                    received += len(chunk)
+                    tail = chunk[-5:]
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+                writer.close()
+            assert received > 128 * len(BIG_CHUNK) and tail == b"0\r\n\r\n"
+            assert peak - baseline < 8 * 1024 * 1024, f"grew by {peak - baseline}"
+            found = await eventually(
+                lambda: [e for e in events(gw) if e.get("endpoint") == "files.download"],
+                "the download's audit event",
+            )
+            assert (found[0]["status"], found[0]["upstream_error"]) == (200, None)
+    finally:
+        await runner.cleanup()
