@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -273,3 +274,23 @@ async def test_slow_reader_holds_a_bounded_part_of_the_download(tmp_path: Path) 
             assert (found[0]["status"], found[0]["upstream_error"]) == (200, None)
     finally:
         await runner.cleanup()
+
+
+async def test_refused_request_whose_body_never_comes_is_closed_in_time(tmp_path: Path) -> None:
+    """A refused request whose announced body never arrives: after its answer the
+    connection waits for that body at most the head timeout, then ends."""
+    async with start_gateway(tmp_path, upstream_timeout_seconds=0.5) as gw:
+        head = request(
+            "POST", "/policy/acme-prod/quotes", [("Host", "gw"), ("Content-Length", "5")]
+        )
+        reader, writer = await asyncio.open_connection(*address(gw))
+        try:
+            writer.write(head)
+            answer = await asyncio.wait_for(read_response(reader), 5)
+            started = time.monotonic()
+            rest = await asyncio.wait_for(reader.read(), 5)
+            waited = time.monotonic() - started
+        finally:
+            writer.close()
+        assert (answer.status, rest) == (401, b"")
+        assert 0.3 <= waited < 3.0

@@ -446,6 +446,7 @@ class ServerProtocol(asyncio.Protocol):
         self._active: Exchange | None = None  # the request being answered
         self._queue: collections.deque[Exchange] = collections.deque()
         self._idle_since = self.loop.time()
+        self._discard_until = 0.0
         self._timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ asyncio.Protocol
@@ -717,7 +718,8 @@ class ServerProtocol(asyncio.Protocol):
             exchange.discarding = True
             exchange._body.clear()
             self._resume_reading()
-            self._arm(self.loop.time() + self._head_timeout)
+            self._discard_until = self.loop.time() + self._head_timeout
+            self._arm(self._discard_until)
             return
         self._next()
 
@@ -760,8 +762,11 @@ class ServerProtocol(asyncio.Protocol):
             self._arm(deadline)
             return
         if active is not None:
-            if active.finished and active.handled and not active.body_done:
-                self._close()  # a refused request's body did not come in time
+            if active.discarding and not active.body_done:
+                if now >= self._discard_until - 0.001:
+                    self._close()  # a refused request's body did not come in time
+                else:
+                    self._arm(self._discard_until)
                 return
             # A request is being answered: its own timeouts apply; check again later.
             self._arm(now + self._head_timeout)
