@@ -21,12 +21,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from permgate.core.errors import ConfigError
+from permgate.core.errors import ConfigError, PermgateError
 from permgate.gateway.http1 import Exchange, Listener
 from permgate.gateway.hygiene import forward_headers
 from permgate.gateway.proxy import (
     ClientRequestError,
     Upstream,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamTiming,
@@ -182,10 +183,12 @@ def upstream_app() -> web.Application:
 
 class Forwarder:
     """What the pipeline does once a request is allowed, on the deciding listeners'
-    own server (permgate.gateway.http1): forward it and relay the answer."""
+    own server (permgate.gateway.http1): forward it and relay the answer, with
+    ``Upstream.relay`` (callbacks) when ``callbacks`` and it can, else ``forward``."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, *, callbacks: bool) -> None:
         self.upstream = upstream
+        self.callbacks = callbacks
         self.timings: list[UpstreamTiming] = []
 
     async def handle(self, exchange: Exchange) -> None:
@@ -200,6 +203,14 @@ class Forwarder:
             identity={"X-Request-Id": "req-1"},
         )
         exchange.send_continue()
+        if self.callbacks and self.upstream.relay(
+            exchange,
+            path_qs=exchange.target,
+            headers=headers,
+            timing=timing,
+            done=lambda error: self.answer_error(exchange, error),
+        ):
+            return
         try:
             await self.upstream.forward(
                 exchange, path_qs=exchange.target, headers=headers, timing=timing
@@ -210,6 +221,18 @@ class Forwarder:
         except ClientRequestError as exc:
             body = {"type": type(exc).__name__, "reason": exc.reason}
             closing(json_response(exc.status_code, body)).send(exchange)
+
+    def answer_error(self, exchange: Exchange, error: PermgateError | None) -> None:
+        """What the callback relay's end says: an error the answer never started for."""
+        if error is None or exchange.answered or exchange.gone:
+            return
+        if isinstance(error, ClientRequestError):
+            body = {"type": type(error).__name__, "reason": error.reason}
+            closing(json_response(error.status_code, body)).send(exchange)
+        else:
+            kind = error.kind if isinstance(error, UpstreamError) else "?"
+            body = {"type": type(error).__name__, "kind": kind}
+            json_response(error.status_code, body).send(exchange)
 
     async def refuse_unreadable(self, client_ip: str | None, status: int, reason: str) -> bytes:
         return json_response(status, {"reason": reason}).render()
@@ -256,14 +279,18 @@ async def upstream(aiohttp_server: ServerFactory) -> TestServer:
     return await aiohttp_server(upstream_app(), auto_decompress=False)
 
 
-@pytest.fixture
-async def make_proxy() -> AsyncIterator[Callable[..., Awaitable[Proxy]]]:
+@pytest.fixture(params=["coroutine", "callbacks"])
+async def make_proxy(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Callable[..., Awaitable[Proxy]]]:
+    """Proxies that forward with ``Upstream.forward`` only, or with ``Upstream.relay``
+    whenever it can start at once (a pooled connection idle, the body here)."""
     made: list[tuple[Proxy, Upstream]] = []
 
     async def make(spec: str, timeout: float = 5.0, **upstream_kwargs: Any) -> Proxy:
         upstream = Upstream(spec, timeout, **upstream_kwargs)
         await upstream.start()
-        forwarder = Forwarder(upstream)
+        forwarder = Forwarder(upstream, callbacks=request.param == "callbacks")
         listener = Listener(forwarder, head_timeout=timeout)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -282,7 +309,13 @@ async def make_proxy() -> AsyncIterator[Callable[..., Awaitable[Proxy]]]:
 
 @pytest.fixture
 async def proxy(upstream: TestServer, make_proxy: Callable[..., Awaitable[Proxy]]) -> Proxy:
-    return await make_proxy(f"http://{upstream.host}:{upstream.port}", 0.3)
+    proxy = await make_proxy(f"http://{upstream.host}:{upstream.port}", 0.3)
+    if proxy.forwarder.callbacks:
+        # One pooled connection idle, so the test's own requests take the callback
+        # relay (it starts only on an idle connection); its timing is not the test's.
+        assert (await proxy.get("/fixed")).status == 200
+        proxy.forwarder.timings.clear()
+    return proxy
 
 
 def timings(proxy: Proxy) -> list[UpstreamTiming]:
@@ -393,6 +426,7 @@ async def test_stalled_upload_is_a_client_timeout_without_an_upstream_connection
 ) -> None:
     """A body that stops arriving fails as ClientStalled (408) once the timeout passes
     without a byte; no upstream connection was taken for it."""
+    pooled = proxy.forwarder.upstream.open_connections  # idle ones the fixture left
     reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
     try:
         writer.write(request("POST", "/count", [("Host", "gw"), *framing], sent))
@@ -401,7 +435,7 @@ async def test_stalled_upload_is_a_client_timeout_without_an_upstream_connection
         writer.close()
     assert response.status == 408
     assert json.loads(response.body) == {"type": "ClientStalled", "reason": "request_timeout"}
-    assert proxy.forwarder.upstream.open_connections == 0
+    assert proxy.forwarder.upstream.open_connections == pooled
 
 
 async def test_upload_stalled_mid_stream_closes_its_upstream_connection(

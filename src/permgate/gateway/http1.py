@@ -150,9 +150,10 @@ class Exchange:
         "_body",
         "_buffered",
         "_chunked",
-        "_head",
         "_conn",
         "_continue_sent",
+        "_head",
+        "_on_drain",
         "_on_lost",
         "_waiter",
         "answered",
@@ -160,6 +161,7 @@ class Exchange:
         "body_error",
         "client_ip",
         "close_after",
+        "deferred",
         "discarding",
         "expect_continue",
         "finished",
@@ -210,6 +212,8 @@ class Exchange:
         self.close_after = False
         self.discarding = False  # answered before its body came: the rest is dropped
         self._on_lost: Callable[[], None] | None = None
+        self._on_drain: Callable[[], None] | None = None
+        self.deferred = False  # answered later, by a callback relay (not by the handler)
         self.status = 0
         self.refusal: tuple[int, str] | None = None  # an unreadable request's answer
 
@@ -230,6 +234,15 @@ class Exchange:
         self._buffered = 0
         self._conn.body_taken()
         return chunk
+
+    def peek_body(self) -> bytes:
+        """The body bytes received and not yet taken, left in place."""
+        body = self._body
+        if len(body) > 1:
+            joined = b"".join(body)
+            body.clear()
+            body.append(joined)
+        return body[0] if body else b""
 
     async def wait_body(self, timeout: float) -> None:
         """Wait until body bytes wait, the body ended, or it failed (raised). The
@@ -261,6 +274,10 @@ class Exchange:
         """Call ``callback`` if the client goes away (or stop, with None): whoever
         waits for something else than the client hears of it at once."""
         self._on_lost = callback
+
+    def on_drain(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once, when the client's socket buffer has room again."""
+        self._on_drain = callback
 
     def _feed(self, chunk: bytes) -> None:
         if self.discarding:
@@ -516,6 +533,10 @@ class ServerProtocol(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        active = self._active
+        if active is not None and active._on_drain is not None:
+            callback, active._on_drain = active._on_drain, None
+            callback()
 
     # ------------------------------------------------------------------ httptools callbacks
 
@@ -689,7 +710,7 @@ class ServerProtocol(asyncio.Protocol):
 
     def _handled(self, exchange: Exchange) -> None:
         exchange.handled = True
-        if not exchange.answered and not self.lost:
+        if not exchange.answered and not exchange.deferred and not self.lost:
             exchange.respond(
                 500,
                 b"Content-Type: application/json\r\n",

@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Final, Protocol
 
 from cachetools import TTLCache
@@ -43,6 +44,9 @@ from permgate.observability.outcome import UNMAPPED_ENDPOINT, RequestOutcome
 from permgate.observability.tracing import RequestTrace, Tracer, trace_id_of
 
 __all__ = ["Gateway", "Observer"]
+
+# What _forward returns while a callback relay answers (and records) the request.
+_RELAYED: Final = Answer(0)
 
 log = logging.getLogger("permgate.pipeline")
 
@@ -248,9 +252,10 @@ class Gateway:
             return
         LOOKUP_CLIENT.set(outcome.client_ip or "")  # unknown-key lookups are shared per client
         answer: Answer | None = None
+        record = partial(self._record, exchange, outcome, t0, trace)
         try:
             try:
-                answer = await self._handle(exchange, outcome, path, query, raw_target)
+                answer = await self._handle(exchange, outcome, path, query, raw_target, record)
             except StoreUnavailable:
                 outcome.decision, outcome.reason = "deny", Refusal.STORE_UNAVAILABLE
                 answer = refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, request_id)
@@ -258,19 +263,26 @@ class Gateway:
                 log.exception("request %s failed", request_id)
                 outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
                 answer = refusal(500, "internal", Refusal.INTERNAL_ERROR, request_id)
-            if answer is not None and not exchange.answered and not exchange.gone:
+            relayed = answer is _RELAYED
+            if answer is not None and not relayed and not exchange.answered and not exchange.gone:
                 answer.send(exchange)
         finally:
-            # Whatever happened, the request's audit slot is used exactly once.
-            if exchange.answered:
-                outcome.status = exchange.status
-            else:  # no answer went out: the client left
-                outcome.status = 499
-                outcome.reason = outcome.reason or Refusal.CLIENT_GONE
-            outcome.duration_s = self._clock() - t0
-            self._observer.record(outcome)
-            if trace is not None:
-                trace.finish(outcome)
+            if answer is not _RELAYED:  # else the relay records it when it ends
+                record()
+
+    def _record(
+        self, exchange: Exchange, outcome: RequestOutcome, t0: float, trace: RequestTrace | None
+    ) -> None:
+        """Whatever happened, the request's audit slot is used exactly once."""
+        if exchange.answered:
+            outcome.status = exchange.status
+        else:  # no answer went out: the client left
+            outcome.status = 499
+            outcome.reason = outcome.reason or Refusal.CLIENT_GONE
+        outcome.duration_s = self._clock() - t0
+        self._observer.record(outcome)
+        if trace is not None:
+            trace.finish(outcome)
 
     async def _handle(
         self,
@@ -279,6 +291,7 @@ class Gateway:
         path: str,
         query: str,
         raw_target: str,
+        record: Callable[[], None],
     ) -> Answer | None:
         certificate_id = None
         if self._principal_from is not None and exchange.peercert is not None:
@@ -319,7 +332,9 @@ class Gateway:
             outcome.cache_hit = evaluation.cache_hit
             source = match.endpoint.tenant
             tenant_header = source.name if source.kind == "header" else None
-        return await self._conclude(exchange, outcome, evaluation, path + query, tenant_header)
+        return await self._conclude(
+            exchange, outcome, evaluation, path + query, tenant_header, record
+        )
 
     async def _conclude(
         self,
@@ -327,9 +342,11 @@ class Gateway:
         outcome: RequestOutcome,
         evaluation: Evaluation,
         path_qs: str,
-        tenant_header: str | None = None,
+        tenant_header: str | None,
+        record: Callable[[], None],
     ) -> Answer | None:
-        """Turn a decision into a refusal or a forwarded request (None: relayed)."""
+        """Turn a decision into a refusal or a forwarded request (None: relayed;
+        ``_RELAYED``: being relayed in callbacks, which call ``record`` at the end)."""
         if self._tracer is not None and (trace := _TRACE.get()) is not None:
             trace.decided()
         verdict = evaluation.verdict
@@ -347,7 +364,9 @@ class Gateway:
         else:
             outcome.decision = "deny"
             return forbidden(decision, outcome.request_id)
-        return await self._forward(exchange, outcome, evaluation.identity, path_qs, tenant_header)
+        return await self._forward(
+            exchange, outcome, evaluation.identity, path_qs, tenant_header, record
+        )
 
     async def _forward(
         self,
@@ -356,6 +375,7 @@ class Gateway:
         identity: Identity | None,
         path_qs: str,
         tenant_header: str | None,
+        record: Callable[[], None],
     ) -> Answer | None:
         """Forward an allowed (or shadow-denied) request. Every tenant header the map
         declares is removed, and the endpoint's own (when its tenant comes from one) is
@@ -391,29 +411,75 @@ class Gateway:
             )
         timing = UpstreamTiming()
         t_up = self._clock()
+        # The common case (the body here, a pooled connection idle) is relayed in
+        # callbacks: no Task, no Future; the outcome is recorded when it ends.
+        done = partial(self._relayed, exchange, outcome, timing, t_up, trace, record)
+        if self._upstream.relay(
+            exchange, path_qs=path_qs, headers=headers, timing=timing, done=done
+        ):
+            return _RELAYED
         try:
             status = await self._upstream.forward(
                 exchange, path_qs=path_qs, headers=headers, timing=timing
             )
-        except ClientRequestError as exc:
-            # The client stalled or broke its body: its fault, not the upstream's.
-            outcome.upstream_s = self._clock() - t_up
-            outcome.reason = Refusal.CLIENT_GONE if exchange.gone else exc.reason
-            answer = refusal(exc.status_code, exc.error, exc.reason, outcome.request_id)
-            return closing(answer)  # the rest of the body will never be read
-        except UpstreamError as exc:
-            outcome.upstream_s = self._clock() - t_up
-            outcome.upstream_error = exc.kind
-            outcome.reason = _UPSTREAM_REASONS.get(exc.kind, Refusal.UPSTREAM_UNAVAILABLE)
-            outcome.detail = str(exc)  # refused, timed out, TLS handshake failed: why
-            error = "gateway_timeout" if exc.status_code == 504 else "bad_gateway"
-            return refusal(exc.status_code, error, outcome.reason, outcome.request_id)
+        except (ClientRequestError, UpstreamError) as exc:
+            return self._not_forwarded(exchange, outcome, t_up, exc)
+        self._forwarded(outcome, timing, trace, status)
+        return None
+
+    def _relayed(
+        self,
+        exchange: Exchange,
+        outcome: RequestOutcome,
+        timing: UpstreamTiming,
+        t_up: float,
+        trace: RequestTrace | None,
+        record: Callable[[], None],
+        error: PermgateError | None,
+    ) -> None:
+        """The end of a callback relay: what forward()'s caller does, then the record."""
+        try:
+            if error is None:
+                self._forwarded(outcome, timing, trace, exchange.status)
+            else:
+                answer = self._not_forwarded(exchange, outcome, t_up, error)
+                if not exchange.answered and not exchange.gone:
+                    answer.send(exchange)
+        except Exception:
+            log.exception("request %s failed", outcome.request_id)
+            outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
+        finally:
+            record()
+
+    def _forwarded(
+        self,
+        outcome: RequestOutcome,
+        timing: UpstreamTiming,
+        trace: RequestTrace | None,
+        status: int,
+    ) -> None:
         outcome.upstream_s = timing.head_seconds
         if timing.error is not None and not timing.client_gone:
             outcome.upstream_error = timing.error.kind  # failed mid-answer: client cut off
         if trace is not None:
             trace.upstream_finished(status, outcome.upstream_error)
-        return None
+
+    def _not_forwarded(
+        self, exchange: Exchange, outcome: RequestOutcome, t_up: float, exc: PermgateError
+    ) -> Answer:
+        """The answer to a request whose answer never started."""
+        outcome.upstream_s = self._clock() - t_up
+        if isinstance(exc, UpstreamError):
+            outcome.upstream_error = exc.kind
+            outcome.reason = _UPSTREAM_REASONS.get(exc.kind, Refusal.UPSTREAM_UNAVAILABLE)
+            outcome.detail = str(exc)  # refused, timed out, TLS handshake failed: why
+            error = "gateway_timeout" if exc.status_code == 504 else "bad_gateway"
+            return refusal(exc.status_code, error, outcome.reason, outcome.request_id)
+        # The client stalled or broke its body: its fault, not the upstream's.
+        reason = exc.reason if isinstance(exc, ClientRequestError) else Refusal.INTERNAL_ERROR
+        outcome.reason = Refusal.CLIENT_GONE if exchange.gone else reason
+        answer = refusal(exc.status_code, exc.error, reason, outcome.request_id)
+        return closing(answer)  # the rest of the body will never be read
 
 
 def _lower(names: frozenset[str]) -> frozenset[str]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Final
@@ -250,6 +251,7 @@ class Upstream:
         path_qs: str,
         headers: CIMultiDict[str],
         timing: UpstreamTiming | None = None,
+        fresh: bool = False,
     ) -> int:
         """Send ``exchange``'s request upstream and relay the answer to its client.
 
@@ -282,8 +284,7 @@ class Upstream:
                 body=has_body,
                 length=length,
             )
-            retry = method in upstream_http.IDEMPOTENT and not has_body
-            fresh = False
+            retry = method in upstream_http.IDEMPOTENT and not has_body and not fresh
             while True:
                 try:
                     conn = await pool.acquire(fresh=fresh)
@@ -325,6 +326,166 @@ class Upstream:
                 pool.release(conn, sender is None or _sent(sender))
             timing.client_gone = timing.client_gone or exchange.gone
             timing.total_seconds = time.perf_counter() - started
+
+    def relay(
+        self,
+        exchange: Exchange,
+        *,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        timing: UpstreamTiming,
+        done: Callable[[PermgateError | None], None],
+    ) -> bool:
+        """:meth:`forward` without a Task or a Future, when it can start at once: the
+        whole request body is here (or there is none) and a pooled connection is idle.
+        The answer is relayed in the connections' own callbacks, and ``done`` is called
+        once at the end: with None (relayed, or cut off: see ``timing``), or with the
+        :class:`UpstreamError` / :class:`ClientRequestError` that :meth:`forward` would
+        have raised (nothing of the answer went out). False: nothing was done; use
+        :meth:`forward`."""
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("Upstream.relay() before start()")
+        has_body = exchange.has_body
+        if has_body and not exchange.body_done:
+            return False
+        method = exchange.method
+        length = headers.get("Content-Length")
+        head = upstream_http.request_head(
+            method, path_qs, headers, default_host=self._default_host, body=has_body, length=length
+        )
+        if has_body:
+            first = exchange.peek_body()
+            if length is not None:
+                if len(first) != int(length):
+                    return False  # forward() says why, as a ClientBodyInvalid
+                head += first
+            else:
+                head += b"%x\r\n%b\r\n0\r\n\r\n" % (len(first), first) if first else b"0\r\n\r\n"
+        conn = pool.take_idle()
+        if conn is None:
+            return False
+        if has_body:
+            exchange.take_body()
+        relay = _Relay(self, pool, conn, exchange, timing, done, (path_qs, headers))
+        conn.begin(method == "HEAD")
+        exchange.deferred = True
+        exchange.on_lost(relay.client_gone)
+        try:
+            conn.write(head)
+        except UpstreamClosed as exc:
+            relay.failed(exc)
+            return True
+        conn.request_sent()
+        conn.attach(relay)
+        return True
+
+
+class _Relay:
+    """One answer relayed in callbacks (:meth:`Upstream.relay`), as :func:`_relay` does
+    it in a coroutine: the head with the first body bytes, chunks as they come, reading
+    the upstream paused while the client's buffer is full."""
+
+    __slots__ = ("_args", "conn", "done", "exchange", "pool", "started", "timing", "upstream")
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        pool: Pool,
+        conn: Connection,
+        exchange: Exchange,
+        timing: UpstreamTiming,
+        done: Callable[[PermgateError | None], None],
+        args: tuple[str, CIMultiDict[str]],
+    ) -> None:
+        self.upstream = upstream
+        self.pool = pool
+        self.conn = conn
+        self.exchange = exchange
+        self.timing = timing
+        self.done = done
+        self._args = args
+        self.started = time.perf_counter()
+
+    def head(self) -> None:
+        conn = self.conn
+        self.timing.head_seconds = time.perf_counter() - self.started
+        fields, has_date, length = _response_fields(conn.raw_headers)
+        self.exchange.start(conn.status, conn.raw_reason, fields, has_date=has_date, length=length)
+
+    def body(self, chunk: bytes) -> None:
+        exchange = self.exchange
+        self.timing.bytes_down += len(chunk)
+        exchange.write(chunk)
+        if exchange.write_paused:
+            self.conn.pause()
+            exchange.on_drain(self.conn.resume)
+
+    def end(self) -> None:
+        self.exchange.on_lost(None)
+        self.exchange.finish()
+        self._finish(reusable=True)
+        self.done(None)
+
+    def client_gone(self) -> None:
+        self.conn.fail(ClientBodyInvalid("the client went away"))
+
+    def failed(self, exc: BaseException) -> None:
+        exchange, conn, timing = self.exchange, self.conn, self.timing
+        exchange.on_lost(None)
+        reused = conn.reused
+        self._finish(reusable=False)
+        if exchange.answered:  # the answer started: cut the client off
+            if exchange.gone or isinstance(exc, ClientRequestError):
+                timing.client_gone = True
+            else:
+                timing.error = _translate(exc)
+                timing.error.__cause__ = exc
+            exchange.abort()
+            self.done(None)
+        elif isinstance(exc, ClientRequestError):
+            self.done(exc)
+        elif (
+            isinstance(exc, UpstreamClosed)
+            and reused
+            and exchange.method in upstream_http.IDEMPOTENT
+            and not exchange.has_body
+        ):
+            # A stale pooled connection: once more on a fresh one (forward() does that).
+            task = asyncio.get_running_loop().create_task(self._retry())
+            task.add_done_callback(self._retried)
+        else:
+            error = _translate(exc)
+            error.__cause__ = exc
+            self.done(error)
+
+    async def _retry(self) -> None:
+        path_qs, headers = self._args
+        await self.upstream.forward(
+            self.exchange, path_qs=path_qs, headers=headers, timing=self.timing, fresh=True
+        )
+
+    def _retried(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            self.done(ClientBodyInvalid("the request was cancelled"))
+            return
+        exc = task.exception()
+        if exc is None:
+            self.done(None)
+        elif isinstance(exc, PermgateError):
+            self.done(exc)
+        else:
+            error = UpstreamUnavailable(f"upstream unavailable: {type(exc).__name__}")
+            error.__cause__ = exc
+            self.done(error)
+
+    def _finish(self, *, reusable: bool) -> None:
+        conn = self.conn
+        if conn.active:
+            self.pool.release(conn, reusable)
+        timing = self.timing
+        timing.client_gone = timing.client_gone or self.exchange.gone
+        timing.total_seconds = time.perf_counter() - self.started
 
 
 async def _relay(exchange: Exchange, conn: Connection, timing: UpstreamTiming) -> int:
