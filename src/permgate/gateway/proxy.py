@@ -9,6 +9,16 @@ buffer, answers parsed by ``httptools`` and relayed chunk by chunk with flow con
 both ways. An ``https://`` upstream is the same client over asyncio's TLS transport,
 verified against the configured CA (see :mod:`permgate.runtime.tls`).
 
+The answer goes to the client's :class:`~permgate.gateway.http1.Exchange` (the
+deciding listeners' own server) as the upstream sent it: its header lines as raw bytes
+minus the hop-by-hop ones, its body chunks as they arrive. Two ways, one behaviour:
+
+- :meth:`Upstream.relay`, the common case (the whole body is here, a pooled connection
+  is idle): relayed in the two protocols' callbacks, with no Task and no Future, and a
+  ``done`` callback at the end;
+- :meth:`Upstream.forward`, a coroutine, for the rest: a body still arriving (streamed
+  while it comes), a connection still to open, the retry on a stale one.
+
 This module is the one boundary where the lean client's errors become permgate
 errors::
 
