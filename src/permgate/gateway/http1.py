@@ -60,6 +60,7 @@ __all__ = [
     "ClientGone",
     "Exchange",
     "Handler",
+    "Listener",
     "ServerProtocol",
     "http_date",
 ]
@@ -68,7 +69,7 @@ log = logging.getLogger("permgate.gateway")
 
 # How long an idle keep-alive connection is kept (nginx's keepalive_timeout default).
 KEEPALIVE_SECONDS: Final = 75.0
-# aiohttp's server limits: the request line, each header name and value; header lines.
+# The limits aiohttp's server had: the request line, each header name and value; header lines.
 MAX_LINE: Final = 8190
 MAX_HEADERS: Final = 128
 # Body bytes waiting for their reader beyond this pause reading the client's socket.
@@ -876,6 +877,9 @@ class _Inline:
 
     def done(self) -> bool:
         return self.task.done() if self.task is not None else False
+
+    def get_name(self) -> str:  # logging's taskName (Python 3.12+) asks for it
+        return self.task.get_name() if self.task is not None else "permgate-inline"
 
 
 async def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Any:
