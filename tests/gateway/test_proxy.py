@@ -934,6 +934,36 @@ async def test_chunked_answer_with_trailers(
     assert accepted == [0]
 
 
+async def test_head_is_relayed_before_a_late_body(
+    make_proxy: Callable[..., Awaitable[Proxy]],
+) -> None:
+    """An answer whose body comes later than its head: the client has the head at once,
+    on a fresh connection and on a pooled one alike (the callback relay's case)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.5)
+            writer.write(b"4\r\nlate\r\n0\r\n\r\n")
+            await writer.drain()
+
+    async with raw_upstream(serve) as (spec, accepted):
+        proxy = await make_proxy(spec, 2.0)
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+            try:
+                writer.write(request("GET", "/x", [("Host", "gw")]))
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.3)
+                assert head.startswith(b"HTTP/1.1 200 ")
+                body = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 2)
+                assert b"late" in body
+            finally:
+                writer.close()
+    assert accepted == [0]
+
+
 async def test_answer_framed_by_close_is_relayed_whole(
     make_proxy: Callable[..., Awaitable[Proxy]],
 ) -> None:

@@ -431,6 +431,9 @@ class _Relay:
             self.conn.pause()
             exchange.on_drain(self.conn.resume)
 
+    def flush(self) -> None:
+        self.exchange.flush()  # the head, if no body bytes came with it
+
     def end(self) -> None:
         self.exchange.on_lost(None)
         self.exchange.finish()

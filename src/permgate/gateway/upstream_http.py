@@ -90,6 +90,10 @@ class Sink(Protocol):
         """The answer ended (after the parser returned; the connection may be reused)."""
         ...
 
+    def flush(self) -> None:
+        """What arrived so far is handed on (after the parser returned, answer not ended)."""
+        ...
+
     def failed(self, exc: BaseException) -> None:
         """The exchange failed (timeout, broken answer, closed connection, client gone)."""
         ...
@@ -346,8 +350,11 @@ class Connection(asyncio.Protocol):
             if not self.complete:
                 cause = exc.__context__ if isinstance(exc.__context__, ProtocolViolation) else exc
                 self.fail(ProtocolViolation(f"upstream answered invalid HTTP: {cause}"))
-        if self.complete and self.sink is not None:
-            self._notify_end()
+        if self.sink is not None and not self._ended:
+            if self.complete:
+                self._notify_end()
+            elif self.head_done:
+                self.sink.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
