@@ -30,7 +30,7 @@ import yarl
 
 from gateway_procs import echo_upstream, serve_sqlite
 from harness import TEST_MAP, Gateway, eventually, start_gateway
-from permgate.gateway.server import KEEPALIVE_SECONDS, GatewayServer
+from permgate.gateway.http1 import KEEPALIVE_SECONDS, Listener
 from rawhttp import RawResponse, exchange, exchange_to_close, read_response, request
 
 SECRET = "pgt_SECRETtokenVALUE0123456789"
@@ -534,9 +534,8 @@ async def test_trickled_head_is_answered_408(quick_gw: Gateway) -> None:
 async def test_idle_keep_alive_connections_are_bounded(gw: Gateway) -> None:
     """Connections of the gateway listener idle at most KEEPALIVE_SECONDS (not aiohttp's
     hour), whatever the head timeout."""
-    server = GatewayServer(gw.runtime.gateway, timeout_seconds=5.0)
-    handler = server()
-    assert handler.keepalive_timeout == KEEPALIVE_SECONDS <= 75.0
+    protocol = Listener(gw.runtime.gateway, head_timeout=5.0).protocol()
+    assert protocol.keepalive_seconds == KEEPALIVE_SECONDS <= 75.0
 
 
 async def test_stalled_head_after_a_keep_alive_request_is_answered_408(quick_gw: Gateway) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -14,29 +15,29 @@ import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from permgate.core.errors import ConfigError
+from permgate.core.errors import ConfigError, PermgateError
+from permgate.gateway.http1 import Exchange, Listener
 from permgate.gateway.hygiene import forward_headers
 from permgate.gateway.proxy import (
-    SERVER_SETTINGS,
     ClientRequestError,
     Upstream,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamTiming,
     UpstreamUnavailable,
 )
+from permgate.gateway.responses import closing, json_response
 from rawhttp import exchange, read_response, request
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
-ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
-TIMINGS = web.AppKey("timings", list[UpstreamTiming])
-UPSTREAM = web.AppKey("upstream", Upstream)
 RELEASE = web.AppKey("release", asyncio.Event)
 
 
@@ -180,46 +181,96 @@ def upstream_app() -> web.Application:
 # --------------------------------------------------------------------------- proxy
 
 
-async def proxy_handler(request: web.Request) -> web.StreamResponse:
-    """What the pipeline does once a request is allowed."""
-    timing = UpstreamTiming()
-    request.app[TIMINGS].append(timing)
-    headers = forward_headers(
-        request.headers,
-        client_ip=request.remote or "",
-        scheme=request.scheme,
-        host=request.host,
-        drop_credential=True,
-        identity={"X-Request-Id": "req-1"},
-    )
-    try:
-        return await request.app[UPSTREAM].forward(
-            request, path_qs=request.raw_path, headers=headers, timing=timing
+class Forwarder:
+    """What the pipeline does once a request is allowed, on the deciding listeners'
+    own server (permgate.gateway.http1): forward it and relay the answer, with
+    ``Upstream.relay`` (callbacks) when ``callbacks`` and it can, else ``forward``."""
+
+    def __init__(self, upstream: Upstream, *, callbacks: bool) -> None:
+        self.upstream = upstream
+        self.callbacks = callbacks
+        self.timings: list[UpstreamTiming] = []
+
+    async def handle(self, exchange: Exchange) -> None:
+        timing = UpstreamTiming()
+        self.timings.append(timing)
+        headers = forward_headers(
+            exchange.headers,
+            client_ip=exchange.client_ip or "",
+            scheme=exchange.scheme,
+            host=exchange.headers.get("Host"),
+            drop_credential=True,
+            identity={"X-Request-Id": "req-1"},
         )
-    except (UpstreamUnavailable, UpstreamTimeout, UpstreamProtocolError) as exc:
-        return web.json_response(
-            {"type": type(exc).__name__, "kind": exc.kind}, status=exc.status_code
-        )
-    except ClientRequestError as exc:
-        response = web.json_response(
-            {"type": type(exc).__name__, "reason": exc.reason}, status=exc.status_code
-        )
-        response.force_close()
+        exchange.send_continue()
+        if self.callbacks and self.upstream.relay(
+            exchange,
+            path_qs=exchange.target,
+            headers=headers,
+            timing=timing,
+            done=lambda error: self.answer_error(exchange, error),
+        ):
+            return
+        try:
+            await self.upstream.forward(
+                exchange, path_qs=exchange.target, headers=headers, timing=timing
+            )
+        except (UpstreamUnavailable, UpstreamTimeout, UpstreamProtocolError) as exc:
+            body = {"type": type(exc).__name__, "kind": exc.kind}
+            json_response(exc.status_code, body).send(exchange)
+        except ClientRequestError as exc:
+            body = {"type": type(exc).__name__, "reason": exc.reason}
+            closing(json_response(exc.status_code, body)).send(exchange)
+
+    def answer_error(self, exchange: Exchange, error: PermgateError | None) -> None:
+        """What the callback relay's end says: an error the answer never started for."""
+        if error is None or exchange.answered or exchange.gone:
+            return
+        if isinstance(error, ClientRequestError):
+            body = {"type": type(error).__name__, "reason": error.reason}
+            closing(json_response(error.status_code, body)).send(exchange)
+        else:
+            kind = error.kind if isinstance(error, UpstreamError) else "?"
+            body = {"type": type(error).__name__, "kind": kind}
+            json_response(error.status_code, body).send(exchange)
+
+    async def refuse_unreadable(self, client_ip: str | None, status: int, reason: str) -> bytes:
+        return json_response(status, {"reason": reason}).render()
+
+
+class Proxy:
+    """A running forwarder: its address, an aiohttp client to it, and its timings."""
+
+    def __init__(self, forwarder: Forwarder, listener: Listener, port: int) -> None:
+        self.forwarder = forwarder
+        self.listener = listener
+        self.host = "127.0.0.1"
+        self.port = port
+        self.session = aiohttp.ClientSession(f"http://127.0.0.1:{port}")
+        self.responses: list[aiohttp.ClientResponse] = []
+
+    @property
+    def timings(self) -> list[UpstreamTiming]:
+        return self.forwarder.timings
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        response = await self.session.request(method, path, **kwargs)
+        self.responses.append(response)  # released when the test ends
         return response
 
+    async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("GET", path, **kwargs)
 
-def proxy_app(spec: str, timeout: float, **upstream_kwargs: Any) -> web.Application:
-    app = web.Application()
-    app[TIMINGS] = []
+    async def post(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("POST", path, **kwargs)
 
-    async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-        async with Upstream(spec, timeout, **upstream_kwargs) as upstream:
-            app[UPSTREAM] = upstream
-            yield
+    async def head(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("HEAD", path, **kwargs)
 
-    app.cleanup_ctx.append(upstream_ctx)
-    app.router.add_route("*", "/{tail:.*}", proxy_handler)
-    return app
+    async def close(self) -> None:
+        for response in self.responses:
+            response.release()
+        await self.session.close()
 
 
 @pytest.fixture
@@ -228,28 +279,47 @@ async def upstream(aiohttp_server: ServerFactory) -> TestServer:
     return await aiohttp_server(upstream_app(), auto_decompress=False)
 
 
+@pytest.fixture(params=["coroutine", "callbacks"])
+async def make_proxy(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Callable[..., Awaitable[Proxy]]]:
+    """Proxies that forward with ``Upstream.forward`` only, or with ``Upstream.relay``
+    whenever it can start at once (a pooled connection idle, the body here)."""
+    made: list[tuple[Proxy, Upstream]] = []
+
+    async def make(spec: str, timeout: float = 5.0, **upstream_kwargs: Any) -> Proxy:
+        upstream = Upstream(spec, timeout, **upstream_kwargs)
+        await upstream.start()
+        forwarder = Forwarder(upstream, callbacks=request.param == "callbacks")
+        listener = Listener(forwarder, head_timeout=timeout)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        await listener.serve(sock)
+        proxy = Proxy(forwarder, listener, sock.getsockname()[1])
+        made.append((proxy, upstream))
+        return proxy
+
+    yield make
+    for proxy, upstream in made:
+        await proxy.close()
+        await proxy.listener.shut_down(1.0)
+        await upstream.close()
+
+
 @pytest.fixture
-def make_proxy(
-    aiohttp_server: ServerFactory, aiohttp_client: ClientFactory
-) -> Callable[..., Awaitable[TestClient]]:  # type: ignore[type-arg]
-    async def make(spec: str, timeout: float = 5.0, **upstream_kwargs: Any) -> TestClient:  # type: ignore[type-arg]
-        server = await aiohttp_server(
-            proxy_app(spec, timeout, **upstream_kwargs), **SERVER_SETTINGS
-        )
-        return await aiohttp_client(server)
-
-    return make
+async def proxy(upstream: TestServer, make_proxy: Callable[..., Awaitable[Proxy]]) -> Proxy:
+    proxy = await make_proxy(f"http://{upstream.host}:{upstream.port}", 0.3)
+    if proxy.forwarder.callbacks:
+        # One pooled connection idle, so the test's own requests take the callback
+        # relay (it starts only on an idle connection); its timing is not the test's.
+        assert (await proxy.get("/fixed")).status == 200
+        proxy.forwarder.timings.clear()
+    return proxy
 
 
-@pytest.fixture
-async def proxy(
-    upstream: TestServer, make_proxy: Callable[..., Awaitable[TestClient]]
-) -> TestClient:  # type: ignore[type-arg]
-    return await make_proxy(f"http://{upstream.host}:{upstream.port}", 0.3)
-
-
-def timings(proxy: TestClient) -> list[UpstreamTiming]:  # type: ignore[type-arg]
-    return proxy.app[TIMINGS]  # type: ignore[index]
+def timings(proxy: Proxy) -> list[UpstreamTiming]:
+    return proxy.timings
 
 
 # --------------------------------------------------------------------------- tests
@@ -263,7 +333,7 @@ ALL_BYTES = bytes(range(256)) * 4
     ids=["get", "post", "put", "patch", "delete"],
 )
 async def test_method_target_and_body_pass_byte_for_byte(
-    proxy: TestClient,  # type: ignore[type-arg]
+    proxy: Proxy,
     method: str,
     body: bytes,
 ) -> None:
@@ -280,13 +350,13 @@ async def test_method_target_and_body_pass_byte_for_byte(
     assert response.body == body
 
 
-async def test_content_length_upload_keeps_its_length(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_content_length_upload_keeps_its_length(proxy: Proxy) -> None:
     """A body with Content-Length reaches the upstream with that length, not chunked."""
     response = await proxy.post("/x", data=b"12345")
     assert (response.headers["X-Seen-Length"], response.headers["X-Seen-Chunked"]) == ("5", "-")
 
 
-async def test_chunked_upload_stays_chunked(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_chunked_upload_stays_chunked(proxy: Proxy) -> None:
     """A body of unknown length is streamed upstream chunked, never buffered to measure it."""
 
     async def body() -> AsyncIterator[bytes]:
@@ -301,7 +371,7 @@ async def test_chunked_upload_stays_chunked(proxy: TestClient) -> None:  # type:
     )
 
 
-async def test_large_upload_is_streamed_not_held(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_large_upload_is_streamed_not_held(proxy: Proxy) -> None:
     """64 MB pass through while traced Python memory grows by a small fraction of that."""
     size, chunk = 64 * 1024 * 1024, os.urandom(256 * 1024)
     digest = hashlib.sha256()
@@ -325,7 +395,7 @@ async def test_large_upload_is_streamed_not_held(proxy: TestClient) -> None:  # 
     assert peak - baseline < 8 * 1024 * 1024, f"peak grew by {peak - baseline} bytes"
 
 
-async def test_slow_upload_is_not_cut_by_the_read_timeout(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_slow_upload_is_not_cut_by_the_read_timeout(proxy: Proxy) -> None:
     """The timeout bounds the wait for the answer, not how long the client takes to send."""
 
     async def body() -> AsyncIterator[bytes]:
@@ -350,12 +420,13 @@ STALLED_UPLOADS: list[tuple[str, list[tuple[str, str]], bytes]] = [
     ("framing", "sent"), [c[1:] for c in STALLED_UPLOADS], ids=[c[0] for c in STALLED_UPLOADS]
 )
 async def test_stalled_upload_is_a_client_timeout_without_an_upstream_connection(
-    proxy: TestClient,  # type: ignore[type-arg]
+    proxy: Proxy,
     framing: list[tuple[str, str]],
     sent: bytes,
 ) -> None:
     """A body that stops arriving fails as ClientStalled (408) once the timeout passes
     without a byte; no upstream connection was taken for it."""
+    pooled = proxy.forwarder.upstream.open_connections  # idle ones the fixture left
     reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
     try:
         writer.write(request("POST", "/count", [("Host", "gw"), *framing], sent))
@@ -363,16 +434,16 @@ async def test_stalled_upload_is_a_client_timeout_without_an_upstream_connection
     finally:
         writer.close()
     assert response.status == 408
-    assert response.text == '{"type": "ClientStalled", "reason": "request_timeout"}'
-    assert proxy.app[UPSTREAM].open_connections == 0  # type: ignore[index]
+    assert json.loads(response.body) == {"type": "ClientStalled", "reason": "request_timeout"}
+    assert proxy.forwarder.upstream.open_connections == pooled
 
 
 async def test_upload_stalled_mid_stream_closes_its_upstream_connection(
-    proxy: TestClient,  # type: ignore[type-arg]
+    proxy: Proxy,
 ) -> None:
     """A large body that stops after it began to stream upstream fails as ClientStalled,
     and the upstream connection carrying it is closed, never pooled."""
-    upstream = proxy.app[UPSTREAM]  # type: ignore[index]
+    upstream = proxy.forwarder.upstream
     head = request("POST", "/count", [("Host", "gw"), ("Content-Length", str(1 << 20))])
     reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
     try:
@@ -380,9 +451,9 @@ async def test_upload_stalled_mid_stream_closes_its_upstream_connection(
         response = await asyncio.wait_for(read_response(reader), 5)
     finally:
         writer.close()
-    assert (response.status, response.text) == (
+    assert (response.status, json.loads(response.body)) == (
         408,
-        '{"type": "ClientStalled", "reason": "request_timeout"}',
+        {"type": "ClientStalled", "reason": "request_timeout"},
     )
     deadline = time.monotonic() + 5
     while upstream.open_connections and time.monotonic() < deadline:
@@ -391,7 +462,7 @@ async def test_upload_stalled_mid_stream_closes_its_upstream_connection(
 
 
 async def test_download_first_chunk_arrives_before_the_last_is_sent(
-    proxy: TestClient,  # type: ignore[type-arg]
+    proxy: Proxy,
     upstream: TestServer,
 ) -> None:
     """Answers stream: the client reads the first chunk while the upstream still holds the rest."""
@@ -402,7 +473,7 @@ async def test_download_first_chunk_arrives_before_the_last_is_sent(
     assert await response.read() == b"last"
 
 
-async def test_long_transfer_of_timely_chunks_is_not_cut(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_long_transfer_of_timely_chunks_is_not_cut(proxy: Proxy) -> None:
     """Ten chunks each within the 0.3 s timeout make a 1 s answer that arrives whole."""
     started = time.monotonic()
     response = await proxy.get("/trickle")
@@ -410,7 +481,7 @@ async def test_long_transfer_of_timely_chunks_is_not_cut(proxy: TestClient) -> N
     assert time.monotonic() - started > 0.9
 
 
-async def test_slow_head_is_a_timeout(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_slow_head_is_a_timeout(proxy: Proxy) -> None:
     """No head within timeout_seconds: UpstreamTimeout, 504, soon after the timeout."""
     started = time.monotonic()
     response = await proxy.get("/slow-head")
@@ -421,8 +492,8 @@ async def test_slow_head_is_a_timeout(proxy: TestClient) -> None:  # type: ignor
 
 
 async def test_connect_refused_is_unavailable(
-    make_proxy: Callable[..., Awaitable[TestClient]],
-) -> None:  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
+) -> None:
     """A closed port: UpstreamUnavailable, 502, kind connect."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -434,8 +505,8 @@ async def test_connect_refused_is_unavailable(
 
 
 async def test_connect_timeout_is_a_timeout(
-    make_proxy: Callable[..., Awaitable[TestClient]],
-) -> None:  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
+) -> None:
     """A listener that never accepts (full backlog): UpstreamTimeout within the timeout."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -464,7 +535,7 @@ async def test_connect_timeout_is_a_timeout(
 
 
 async def test_garbage_answer_is_a_protocol_error(
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
 ) -> None:
     """An upstream that does not speak HTTP: UpstreamProtocolError, 502."""
 
@@ -489,7 +560,7 @@ async def test_garbage_answer_is_a_protocol_error(
     ids=["connection-dropped", "stalled"],
 )
 async def test_failure_after_answer_started_aborts_the_client(
-    proxy: TestClient,  # type: ignore[type-arg]
+    proxy: Proxy,
     path: str,
     error: type[Exception],
 ) -> None:
@@ -501,7 +572,7 @@ async def test_failure_after_answer_started_aborts_the_client(
 
 
 async def test_client_leaving_mid_answer_is_not_an_upstream_error(
-    proxy: TestClient,  # type: ignore[type-arg]
+    proxy: Proxy,
     upstream: TestServer,
 ) -> None:
     """A client that hangs up mid-answer is recorded as gone, not as an upstream failure."""
@@ -519,7 +590,7 @@ async def test_client_leaving_mid_answer_is_not_an_upstream_error(
     assert (timing.client_gone, timing.error) == (True, None)
 
 
-async def test_head_answer_keeps_length_and_has_no_body(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_head_answer_keeps_length_and_has_no_body(proxy: Proxy) -> None:
     """HEAD passes through: the upstream's Content-Length, no body, connection reusable."""
     head = await proxy.head("/fixed")
     assert (head.status, head.headers["Content-Length"], await head.read()) == (200, "5", b"")
@@ -527,7 +598,7 @@ async def test_head_answer_keeps_length_and_has_no_body(proxy: TestClient) -> No
     assert (get.headers["Content-Length"], await get.read()) == ("5", b"hello")
 
 
-async def test_hop_by_hop_request_headers_are_not_forwarded(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_hop_by_hop_request_headers_are_not_forwarded(proxy: Proxy) -> None:
     """Hop-by-hop and Connection-listed request headers stop at permgate."""
     raw = request(
         "GET",
@@ -550,7 +621,7 @@ async def test_hop_by_hop_request_headers_are_not_forwarded(proxy: TestClient) -
     assert "connection" not in seen or "x-client-hop" not in seen
 
 
-async def test_hop_by_hop_response_headers_are_not_returned(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_hop_by_hop_response_headers_are_not_returned(proxy: Proxy) -> None:
     """Hop-by-hop and Connection-listed answer headers stop at permgate."""
     response = await exchange(proxy.host, proxy.port, request("GET", "/hop", [("Host", "gw")]))
     assert response.headers["X-End-To-End"] == "1"
@@ -559,7 +630,7 @@ async def test_hop_by_hop_response_headers_are_not_returned(proxy: TestClient) -
     assert "X-Upstream-Hop" not in response.headers.get("Connection", "")
 
 
-async def test_client_does_not_add_headers_of_its_own(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_client_does_not_add_headers_of_its_own(proxy: Proxy) -> None:
     """No User-Agent, Accept or Accept-Encoding the client did not send."""
     raw = request("GET", "/x", [("Host", "gw")])
     seen = (await exchange(proxy.host, proxy.port, raw)).headers["X-Seen-Headers"].split(",")
@@ -567,8 +638,8 @@ async def test_client_does_not_add_headers_of_its_own(proxy: TestClient) -> None
     assert {"host", "x-forwarded-for", "x-request-id"} <= set(seen)
 
 
-async def test_compressed_bodies_pass_untouched(proxy: TestClient) -> None:  # type: ignore[type-arg]
-    """Neither the request nor the answer body is inflated on the way (SERVER_SETTINGS)."""
+async def test_compressed_bodies_pass_untouched(proxy: Proxy) -> None:
+    """Neither the request nor the answer body is inflated on the way."""
     import gzip
 
     payload = gzip.compress(b"hello" * 100)
@@ -578,7 +649,7 @@ async def test_compressed_bodies_pass_untouched(proxy: TestClient) -> None:  # t
     assert await response.read() == payload
 
 
-async def test_timing_is_reported(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_timing_is_reported(proxy: Proxy) -> None:
     """A passed UpstreamTiming gets the head and total durations and the bytes sent."""
     await (await proxy.get("/fixed")).read()
     timing = timings(proxy)[-1]
@@ -597,7 +668,7 @@ def socket_dir() -> Iterator[str]:
 
 async def test_unix_socket_upstream(
     socket_dir: str,
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
 ) -> None:
     """``unix:/path`` upstreams are forwarded to like TCP ones."""
     path = os.path.join(socket_dir, "up.sock")
@@ -685,7 +756,7 @@ def answer(body: bytes, *extra: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def test_keepalive_connection_is_reused(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_keepalive_connection_is_reused(proxy: Proxy) -> None:
     """Sequential requests, HEAD and a streamed upload among them, share one upstream
     connection: the pool gives it back after each complete answer."""
     ports = {await (await proxy.get("/peer")).text() for _ in range(3)}
@@ -695,7 +766,7 @@ async def test_keepalive_connection_is_reused(proxy: TestClient) -> None:  # typ
     assert len(ports) == 1
 
 
-async def test_connection_close_answer_is_not_reused(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_connection_close_answer_is_not_reused(proxy: Proxy) -> None:
     """An answer with 'Connection: close' ends its connection: the next request opens one."""
     first = await (await proxy.get("/close")).text()
     second = await (await proxy.get("/close")).text()
@@ -703,7 +774,7 @@ async def test_connection_close_answer_is_not_reused(proxy: TestClient) -> None:
 
 
 async def test_http10_answer_without_keepalive_is_not_reused(
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
 ) -> None:
     """An HTTP/1.0 answer without 'Connection: keep-alive' is not pooled, even with a length."""
 
@@ -735,7 +806,7 @@ def stale_after_first(answers: list[bytes]) -> RawHandler:
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "DELETE"])
 async def test_idempotent_request_on_a_stale_connection_is_retried_once(
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
     method: str,
 ) -> None:
     """A pooled connection closed before any answer byte: an idempotent, body-less request
@@ -755,7 +826,7 @@ async def test_idempotent_request_on_a_stale_connection_is_retried_once(
     ids=["post-empty", "post", "patch", "put-with-body"],
 )
 async def test_other_requests_on_a_stale_connection_are_not_retried(
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
     method: str,
     body: bytes,
 ) -> None:
@@ -771,7 +842,7 @@ async def test_other_requests_on_a_stale_connection_are_not_retried(
 
 
 async def test_fresh_connection_closed_before_answering_is_not_retried(
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
 ) -> None:
     """On a new connection there is nothing stale to blame: 502 at once, one attempt."""
 
@@ -787,7 +858,7 @@ async def test_fresh_connection_closed_before_answering_is_not_retried(
 
 @pytest.mark.parametrize("late", [False, True], ids=["same-packet", "while-idle"])
 async def test_bytes_after_an_answer_never_reach_the_next_request(
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
     late: bool,
 ) -> None:
     """An upstream that sends a second, unsolicited answer (response splitting): the
@@ -816,7 +887,7 @@ async def test_bytes_after_an_answer_never_reach_the_next_request(
 
 
 async def test_interim_1xx_answers_are_skipped(
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
 ) -> None:
     """100 and 103 before the final answer are not relayed; the final one is, whole,
     and the connection stays usable."""
@@ -839,7 +910,7 @@ async def test_interim_1xx_answers_are_skipped(
 
 
 async def test_chunked_answer_with_trailers(
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
 ) -> None:
     """A chunked answer is re-framed (chunked again) with its body intact; its trailers
     and the 'Trailer' announcement are hop-by-hop and dropped; the connection is reused."""
@@ -863,8 +934,38 @@ async def test_chunked_answer_with_trailers(
     assert accepted == [0]
 
 
+async def test_head_is_relayed_before_a_late_body(
+    make_proxy: Callable[..., Awaitable[Proxy]],
+) -> None:
+    """An answer whose body comes later than its head: the client has the head at once,
+    on a fresh connection and on a pooled one alike (the callback relay's case)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.5)
+            writer.write(b"4\r\nlate\r\n0\r\n\r\n")
+            await writer.drain()
+
+    async with raw_upstream(serve) as (spec, accepted):
+        proxy = await make_proxy(spec, 2.0)
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
+            try:
+                writer.write(request("GET", "/x", [("Host", "gw")]))
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 0.3)
+                assert head.startswith(b"HTTP/1.1 200 ")
+                body = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 2)
+                assert b"late" in body
+            finally:
+                writer.close()
+    assert accepted == [0]
+
+
 async def test_answer_framed_by_close_is_relayed_whole(
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
 ) -> None:
     """No Content-Length, not chunked: the body runs to the end of the connection."""
 
@@ -895,7 +996,7 @@ async def test_answer_framed_by_close_is_relayed_whole(
     ids=["length-and-chunked", "two-lengths", "switching-protocols", "bad-status", "bad-header"],
 )
 async def test_malformed_head_is_a_protocol_error(
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
     head: bytes,
 ) -> None:
     """Answers two parsers could read differently, or that permgate cannot relay: 502."""
@@ -914,7 +1015,7 @@ async def test_malformed_head_is_a_protocol_error(
 
 
 async def test_bad_chunk_after_the_head_aborts_the_client(
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
 ) -> None:
     """Broken chunked framing once the answer started: the client is cut, timing says why."""
 
@@ -934,7 +1035,7 @@ async def test_bad_chunk_after_the_head_aborts_the_client(
         assert isinstance(timings(proxy)[-1].error, UpstreamProtocolError)
 
 
-async def test_slow_client_download_is_bounded_and_not_a_timeout(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_slow_client_download_is_bounded_and_not_a_timeout(proxy: Proxy) -> None:
     """A client that stops reading for longer than the upstream timeout: permgate stops
     reading the upstream instead of buffering (traced memory stays small), no timeout
     fires while the client is the slow one, and the answer arrives whole."""
@@ -964,7 +1065,7 @@ async def test_slow_client_download_is_bounded_and_not_a_timeout(proxy: TestClie
 
 async def test_pool_limit_queues_requests_within_the_timeout(
     upstream: TestServer,
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
 ) -> None:
     """max_connections=1: concurrent requests take turns on the one connection."""
     proxy = await make_proxy(f"http://{upstream.host}:{upstream.port}", 2.0, max_connections=1)
@@ -974,7 +1075,7 @@ async def test_pool_limit_queues_requests_within_the_timeout(
 
 async def test_pool_exhausted_for_longer_than_the_timeout_is_a_timeout(
     upstream: TestServer,
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
 ) -> None:
     """The one connection is held by a slow answer: the next request gets 504 in time."""
     proxy = await make_proxy(f"http://{upstream.host}:{upstream.port}", 0.3, max_connections=1)
@@ -992,7 +1093,7 @@ async def _text(pending: Awaitable[Any]) -> str:
     return str(await response.text())
 
 
-async def test_bodyless_post_gets_a_zero_length(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_bodyless_post_gets_a_zero_length(proxy: Proxy) -> None:
     """A POST without body or length reaches the upstream with 'Content-Length: 0'
     (what aiohttp's client sent), never chunked and never waiting for a body."""
     raw = await exchange(proxy.host, proxy.port, request("POST", "/x", [("Host", "gw")]))
@@ -1000,7 +1101,7 @@ async def test_bodyless_post_gets_a_zero_length(proxy: TestClient) -> None:  # t
 
 
 async def test_request_without_host_gets_the_upstream_authority(
-    proxy: TestClient,  # type: ignore[type-arg]
+    proxy: Proxy,
     upstream: TestServer,
 ) -> None:
     """An HTTP/1.0 client may omit Host; HTTP/1.1 to the upstream requires one."""
@@ -1011,7 +1112,7 @@ async def test_request_without_host_gets_the_upstream_authority(
 
 
 async def test_upstream_answering_before_reading_the_upload(
-    make_proxy: Callable[..., Awaitable[TestClient]],  # type: ignore[type-arg]
+    make_proxy: Callable[..., Awaitable[Proxy]],
 ) -> None:
     """An early answer (413 before the body was read) is relayed; that connection is not
     pooled, since the upload on it never finished."""
@@ -1033,7 +1134,7 @@ async def test_upstream_answering_before_reading_the_upload(
         assert (response.status, await response.read()) == (413, b"big")
 
 
-async def test_client_leaving_mid_upload_is_recorded_as_gone(proxy: TestClient) -> None:  # type: ignore[type-arg]
+async def test_client_leaving_mid_upload_is_recorded_as_gone(proxy: Proxy) -> None:
     """A client that promises a megabyte, sends a little and hangs up: the upstream
     connection is dropped, timing says the client left, and the pool keeps working."""
     _reader, writer = await asyncio.open_connection(proxy.host, proxy.port)

@@ -37,7 +37,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import orjson
-from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from permgate.core.endpoints import EndpointMap
@@ -46,9 +45,17 @@ from permgate.core.reasons import DoorReason, Reason, Refusal
 from permgate.gateway import hygiene
 from permgate.gateway.authn import Authenticator, Identity
 from permgate.gateway.evaluate import EvalRequest, Evaluation, Evaluator, what_if
+from permgate.gateway.http1 import BodyBroken, BodyTimeout, Exchange
 from permgate.gateway.modelcache import ModelCache
 from permgate.gateway.pipeline import Gateway, Observer
-from permgate.gateway.responses import closing, forbidden, json_response, refusal, unauthenticated
+from permgate.gateway.responses import (
+    Answer,
+    closing,
+    forbidden,
+    json_response,
+    refusal,
+    unauthenticated,
+)
 from permgate.maps.loader import parse_map
 from permgate.observability.outcome import UNMAPPED_ENDPOINT, Door, RequestOutcome
 from permgate.observability.tracing import trace_id_of
@@ -108,6 +115,8 @@ endpoints:
 _SEMANTICS: Final = frozenset({"execute_all", "deny_on_first_deny", "permit_on_first_permit"})
 _MAX_EVALUATIONS: Final = 1000
 _MAX_KNOWN_PEERS: Final = 4096
+# The largest AuthZEN body read (aiohttp's client_max_size, as before).
+MAX_BODY: Final = 1024 * 1024
 
 
 class TrustedProxies:
@@ -217,7 +226,7 @@ def record_evaluation(outcome: RequestOutcome, evaluation: Evaluation) -> None:
     outcome.decision = evaluation.label
 
 
-def render_check(evaluation: Evaluation, request_id: str) -> web.Response:
+def render_check(evaluation: Evaluation, request_id: str) -> Answer:
     """A proxy door's answer: 200 with the identity headers, or the gateway's refusal."""
     if evaluation.refusal is not None:
         return refusal(400, "bad_request", evaluation.refusal, request_id)
@@ -227,11 +236,11 @@ def render_check(evaluation: Evaluation, request_id: str) -> web.Response:
     assert decision is not None
     if not evaluation.forwarded:
         return forbidden(decision, request_id)
-    return web.Response(status=200, headers=identity_headers(evaluation, request_id))
+    return Answer(200, b"", identity_headers(evaluation, request_id), content_type=None)
 
 
 class DecisionService:
-    """The ``authz_listen`` handler (serve it with :class:`aiohttp.web.Server`).
+    """The ``authz_listen`` handler (served by :class:`permgate.gateway.http1.Listener`).
 
     Args:
         gateway: the gateway whose evaluator and decision cache every door uses (its map
@@ -240,6 +249,7 @@ class DecisionService:
         authenticator: the AuthZEN caller's credential checks (the gateway's).
         model: the in-memory view of the store (the AuthZEN subject's account).
         trusted_proxies: CIDRs whose forwarded-request headers are honoured.
+        body_timeout: how long an AuthZEN body may pause (``upstream_timeout_seconds``).
     """
 
     def __init__(
@@ -251,37 +261,44 @@ class DecisionService:
         model: ModelCache,
         trusted_proxies: Iterable[str],
         clock: Callable[[], float] = time.perf_counter,
+        body_timeout: float = 30.0,
     ) -> None:
         self._gateway = gateway
+        self._body_timeout = body_timeout
         self._observer = observer
         self._model = model
         self._trusted = TrustedProxies(trusted_proxies)
         self._caller = Evaluator(AUTHZEN_MAP, model, authenticator, clock=clock)
         self._clock = clock
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, exchange: Exchange) -> None:
         """Serve one request on the decision listener; never raises for a bad one."""
-        raw = request.raw_path
+        raw = exchange.target
         if raw.startswith(ENVOY_PREFIX + "/"):
-            return await self._check(request, "envoy")
-        path = raw.partition("?")[0]
-        if path == FORWARD_AUTH:
-            return await self._check(request, "forward_auth")
-        if path in (EVALUATION, EVALUATIONS):
-            return await self._authzen(request, batch=path == EVALUATIONS)
+            answer = await self._check(exchange, "envoy")
+        else:
+            path = raw.partition("?")[0]
+            if path == FORWARD_AUTH:
+                answer = await self._check(exchange, "forward_auth")
+            elif path in (EVALUATION, EVALUATIONS):
+                answer = await self._authzen(exchange, batch=path == EVALUATIONS)
+            else:
+                answer = self._not_found(exchange)
+        if not exchange.gone:
+            answer.send(exchange)
+
+    def _not_found(self, exchange: Exchange) -> Answer:
         return json_response(
             404,
             {
                 "error": "not_found",
                 "detail": f"the decision listener serves {ENVOY_PREFIX}/..., {FORWARD_AUTH}, "
                 f"{EVALUATION} and {EVALUATIONS}",
-                "request_id": hygiene.request_id(request.headers),
+                "request_id": hygiene.request_id(exchange.headers),
             },
         )
 
-    async def refuse_unreadable(
-        self, request: web.BaseRequest, status: int, reason: str
-    ) -> web.StreamResponse:
+    async def refuse_unreadable(self, client_ip: str | None, status: int, reason: str) -> bytes:
         """Answer a request the HTTP server could not read, as the gateway does: the JSON
         shape, counted and audited (its door unknown: ``door`` is null), connection
         closed, nothing of the request echoed or recorded."""
@@ -291,14 +308,14 @@ class DecisionService:
             decision_id=os.urandom(16).hex(),
             method="",
             path="",
-            client_ip=request.remote,
+            client_ip=client_ip,
             started=time.time(),
             map_sha256=self._gateway.evaluator.endpoint_map.sha256,
             reason=reason,
             door=None,
         )
         error = "request_timeout" if status == 408 else "bad_request"
-        response = closing(refusal(status, error, reason, outcome.request_id))
+        response = refusal(status, error, reason, outcome.request_id).render()
         try:
             await self._observer.admit()
         except PermgateError:
@@ -309,14 +326,14 @@ class DecisionService:
 
     # -- the proxy doors ---------------------------------------------------------------
 
-    async def _check(self, request: web.BaseRequest, door: Door) -> web.StreamResponse:
+    async def _check(self, exchange: Exchange, door: Door) -> Answer:
         t0 = self._clock()
-        headers = request.headers
+        headers = exchange.headers
         request_id = hygiene.request_id(headers)
-        outcome = self._outcome(request, request_id, door)
+        outcome = self._outcome(exchange, request_id, door)
         admitted = await self._admit(outcome)
         if admitted is None:
-            response = await self._answer_check(request, outcome, door)
+            response = await self._answer_check(exchange, outcome, door)
         else:
             response = admitted
         _echo_trace(headers, response)
@@ -324,7 +341,7 @@ class DecisionService:
         self._finish(outcome, response.status, t0, recorded=admitted is None)
         return response
 
-    async def _admit(self, outcome: RequestOutcome) -> web.Response | None:
+    async def _admit(self, outcome: RequestOutcome) -> Answer | None:
         """None when the request has its audit slot, else the refusal to answer."""
         try:
             await self._observer.admit()
@@ -342,17 +359,17 @@ class DecisionService:
             self._observer.refused(outcome)
 
     async def _answer_check(
-        self, request: web.BaseRequest, outcome: RequestOutcome, door: Door
-    ) -> web.Response:
+        self, exchange: Exchange, outcome: RequestOutcome, door: Door
+    ) -> Answer:
         request_id = outcome.request_id
-        if request.remote not in self._trusted:
+        if exchange.client_ip not in self._trusted:
             outcome.reason = DoorReason.UNTRUSTED_PROXY
             outcome.detail = "the peer is not in authz_trusted_proxies"
             return refusal(403, "forbidden", DoorReason.UNTRUSTED_PROXY, request_id)
         if door == "envoy":
-            method, target = request.method, request.raw_path[len(ENVOY_PREFIX) :]
+            method, target = exchange.method, exchange.target[len(ENVOY_PREFIX) :]
         else:
-            named = forwarded_request(request.headers)
+            named = forwarded_request(exchange.headers)
             if isinstance(named, DoorReason):
                 outcome.reason = named
                 return refusal(400, "bad_request", named, request_id)
@@ -360,10 +377,10 @@ class DecisionService:
         outcome.method = method
         outcome.path = hygiene.split_target(target)[0]
         return await self._evaluate(
-            EvalRequest(method, target, request.headers, request.version), outcome
+            EvalRequest(method, target, exchange.headers, exchange.version), outcome
         )
 
-    async def _evaluate(self, eval_request: EvalRequest, outcome: RequestOutcome) -> web.Response:
+    async def _evaluate(self, eval_request: EvalRequest, outcome: RequestOutcome) -> Answer:
         gateway = self._gateway
         evaluator = gateway.evaluator  # read with the memo's snapshot, before any await
         outcome.map_sha256 = evaluator.endpoint_map.sha256
@@ -379,55 +396,52 @@ class DecisionService:
         record_evaluation(outcome, evaluation)
         return render_check(evaluation, outcome.request_id)
 
-    def _outcome(
-        self, request: web.BaseRequest, request_id: str, door: Door | None
-    ) -> RequestOutcome:
+    def _outcome(self, exchange: Exchange, request_id: str, door: Door | None) -> RequestOutcome:
         return RequestOutcome(
             request_id=request_id,
             decision_id=os.urandom(16).hex(),
             method="",
             path="",
-            client_ip=request.remote,
+            client_ip=exchange.client_ip,
             started=time.time(),
             map_sha256=self._gateway.evaluator.endpoint_map.sha256,
-            trace_id=trace_id_of(request.headers.get("traceparent")),
+            trace_id=trace_id_of(exchange.headers.get("traceparent")),
             door=door,
         )
 
     # -- AuthZEN -----------------------------------------------------------------------
 
-    async def _authzen(self, request: web.BaseRequest, *, batch: bool) -> web.StreamResponse:
+    async def _authzen(self, exchange: Exchange, *, batch: bool) -> Answer:
         """The caller is checked like a request to a ``tenant: none`` endpoint needing
         ``decisions.evaluate``; then each evaluation is one decision, one outcome."""
         t0 = self._clock()
-        request_id = hygiene.request_id(request.headers)
-        outcome = self._outcome(request, request_id, "authzen")
-        outcome.method, outcome.path = request.method, request.path
+        request_id = hygiene.request_id(exchange.headers)
+        outcome = self._outcome(exchange, request_id, "authzen")
+        outcome.method = exchange.method
+        outcome.path = hygiene.split_target(exchange.target)[0]
         response = await self._admit(outcome)
         if response is not None:
             self._finish(outcome, response.status, t0, recorded=False)
         else:
-            response, items, caller = await self._authzen_caller(request, outcome, batch=batch)
+            response, items, caller = await self._authzen_caller(exchange, outcome, batch=batch)
             if response is None:
                 assert caller is not None
-                answers = await self._authzen_items(request, items, caller, request_id, t0)
+                answers = await self._authzen_items(exchange, items, caller, request_id, t0)
                 body: object = {"evaluations": answers} if batch else answers[0]
-                response = web.Response(
-                    status=200, body=orjson.dumps(body), content_type="application/json"
-                )
+                response = Answer(200, orjson.dumps(body))
             else:  # the caller's own refusal: one outcome
                 self._finish(outcome, response.status, t0, recorded=True)
-        _echo_trace(request.headers, response)
+        _echo_trace(exchange.headers, response)
         response.headers["X-Request-Id"] = request_id
         return response
 
     async def _authzen_caller(
-        self, request: web.BaseRequest, outcome: RequestOutcome, *, batch: bool
-    ) -> tuple[web.Response | None, list[dict[str, Any]], Identity | None]:
+        self, exchange: Exchange, outcome: RequestOutcome, *, batch: bool
+    ) -> tuple[Answer | None, list[dict[str, Any]], Identity | None]:
         request_id = outcome.request_id
         try:
             evaluation = await self._caller.evaluate(
-                EvalRequest(request.method, request.raw_path, request.headers, request.version)
+                EvalRequest(exchange.method, exchange.target, exchange.headers, exchange.version)
             )
         except StoreUnavailable:
             outcome.reason = Refusal.STORE_UNAVAILABLE
@@ -437,12 +451,20 @@ class DecisionService:
         if evaluation.status != 200:
             return render_check(evaluation, request_id), [], None
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(await _read_body(exchange, self._body_timeout))
             items = _authzen_items(body, batch=batch)
-        except (ValueError, web.HTTPException) as exc:
+        except (BodyTimeout, BodyBroken) as exc:
+            # The body stalled or broke its framing: the connection's rest is in doubt.
+            timeout = isinstance(exc, BodyTimeout)
+            outcome.decision = "deny"
+            outcome.reason = hygiene.REQUEST_TIMEOUT if timeout else hygiene.MALFORMED_REQUEST
+            error = "request_timeout" if timeout else "bad_request"
+            answer = refusal(408 if timeout else 400, error, outcome.reason, request_id)
+            return closing(answer), [], None
+        except (ValueError, _TooLarge) as exc:
             outcome.decision, outcome.reason = "deny", DoorReason.INVALID_EVALUATION_REQUEST
-            if isinstance(exc, web.HTTPException):
-                detail = "the body is too large"  # the server's client_max_size
+            if isinstance(exc, _TooLarge):
+                detail = "the body is too large"  # at most MAX_BODY bytes
             else:
                 detail = str(exc) if isinstance(exc, _Invalid) else "the body is not a JSON object"
             outcome.detail = detail
@@ -465,7 +487,7 @@ class DecisionService:
 
     async def _authzen_items(
         self,
-        request: web.BaseRequest,
+        exchange: Exchange,
         items: list[dict[str, Any]],
         caller: Identity,
         request_id: str,
@@ -474,7 +496,7 @@ class DecisionService:
         answers: list[dict[str, Any]] = []
         semantic = items[0].get("_semantic", "execute_all") if items else "execute_all"
         for index, item in enumerate(items):
-            outcome = self._outcome(request, request_id, "authzen")
+            outcome = self._outcome(exchange, request_id, "authzen")
             # The caller's audit slot goes to the first decision; each other its own.
             refused = await self._admit(outcome) if index > 0 else None
             if refused is not None:
@@ -526,6 +548,29 @@ class DecisionService:
 
 class _Invalid(ValueError):
     """An AuthZEN request body that does not say what to evaluate (the message says why)."""
+
+
+class _TooLarge(Exception):
+    """An AuthZEN request body over :data:`MAX_BODY` bytes."""
+
+
+async def _read_body(exchange: Exchange, timeout: float) -> bytes:
+    """The whole request body, or :class:`_TooLarge` past :data:`MAX_BODY` bytes (the
+    rest is not read: the connection closes after the answer)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = exchange.take_body()
+        if chunk is not None:
+            size += len(chunk)
+            if size > MAX_BODY:
+                exchange.close_after = True
+                raise _TooLarge
+            parts.append(chunk)
+            continue
+        if exchange.body_done:
+            return b"".join(parts)
+        await exchange.wait_body(timeout)
 
 
 def _false(reason: str) -> dict[str, Any]:
@@ -614,7 +659,7 @@ def _text(value: Mapping[str, Any], key: str, where: str) -> str:
     return text
 
 
-def _echo_trace(headers: MultiMapping[str], response: web.StreamResponse) -> None:
+def _echo_trace(headers: MultiMapping[str], response: Answer) -> None:
     """``traceparent``/``tracestate`` back to the caller, when sent once and sane."""
     for name in _TRACE_HEADERS:
         values = headers.getall(name, ())

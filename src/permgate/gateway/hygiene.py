@@ -6,7 +6,7 @@ So before routing, every request-target and header block goes through
 (answered with 400) or None. After the decision, :func:`forward_headers` builds the
 header block the upstream sees.
 
-Layering of the checks. aiohttp's request parser (llhttp, strict mode) already
+Layering of the checks. The listener's request parser (llhttp, strict mode) already
 refuses, before any handler runs, raw control characters, DEL and
 non-ASCII bytes anywhere in the target (path and query), a target that is neither
 origin-form, absolute-form with an authority, nor ``OPTIONS *``/CONNECT
@@ -14,7 +14,7 @@ authority-form, duplicated ``Content-Length`` (even equal values), a non-numeric
 ``Content-Length``, ``Content-Length`` together with ``Transfer-Encoding``, a
 duplicated ``Transfer-Encoding: chunked``, duplicated ``Host``, a missing ``Host``,
 obs-fold and whitespace before a colon (the gateway listener answers those with the
-same JSON refusal, counted and audited: :mod:`permgate.gateway.server`). These
+same JSON refusal, counted and audited: :mod:`permgate.gateway.http1`). These
 functions check those cases again
 anyway (it costs nothing on the fast path) so that permgate stays safe if the
 parser is swapped or run in lax mode; tests/test_hygiene.py records which layer

@@ -13,16 +13,15 @@ decision a cache hit keyed on the model's and the map's epochs.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 import os
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Final, Protocol
 
-from aiohttp import HttpVersion11, web
 from cachetools import TTLCache
 
 from permgate.core.endpoints import EndpointMap
@@ -36,14 +35,18 @@ from permgate.gateway.authn import (
     certificate_principal,
 )
 from permgate.gateway.evaluate import EvalRequest, Evaluation, Evaluator, MemoKey, Verdict
+from permgate.gateway.http1 import Exchange
 from permgate.gateway.lookuplimit import LOOKUP_CLIENT
 from permgate.gateway.modelcache import ModelCache
 from permgate.gateway.proxy import ClientRequestError, Upstream, UpstreamError, UpstreamTiming
-from permgate.gateway.responses import closing, forbidden, refusal, unauthenticated
+from permgate.gateway.responses import Answer, closing, forbidden, refusal, unauthenticated
 from permgate.observability.outcome import UNMAPPED_ENDPOINT, RequestOutcome
 from permgate.observability.tracing import RequestTrace, Tracer, trace_id_of
 
 __all__ = ["Gateway", "Observer"]
+
+# What _forward returns while a callback relay answers (and records) the request.
+_RELAYED: Final = Answer(0)
 
 log = logging.getLogger("permgate.pipeline")
 
@@ -175,13 +178,11 @@ class Gateway:
 
     # -- the handler -------------------------------------------------------------
 
-    async def refuse_unreadable(
-        self, request: web.BaseRequest, status: int, reason: str
-    ) -> web.StreamResponse:
+    async def refuse_unreadable(self, client_ip: str | None, status: int, reason: str) -> bytes:
         """Answer a request the HTTP server could not read (bad framing or syntax, an
         oversized head, a stalled client): counted and audited like any deny, the
-        connection closed. ``request`` is the server's placeholder: nothing of what
-        the client sent is known, so nothing of it is echoed or recorded."""
+        connection closed. Nothing of what the client sent is known, so nothing of it
+        is echoed or recorded."""
         started = time.time()
         t0 = self._clock()
         request_id = os.urandom(16).hex()
@@ -190,38 +191,38 @@ class Gateway:
             decision_id=os.urandom(16).hex(),
             method="",
             path="",
-            client_ip=request.remote,
+            client_ip=client_ip,
             started=started,
             map_sha256=self.endpoint_map.sha256,
             reason=reason,
             status=status,
         )
         error = "request_timeout" if status == 408 else "bad_request"
-        response = closing(refusal(status, error, reason, request_id))
+        answer = refusal(status, error, reason, request_id).render()
         try:
             await self._observer.admit()
         except PermgateError:
             outcome.duration_s = self._clock() - t0
             self._observer.refused(outcome)  # no audit slot: counted in metrics
-            return response
+            return answer
         outcome.duration_s = self._clock() - t0
         self._observer.record(outcome)
-        return response
+        return answer
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, exchange: Exchange) -> None:
         """Serve one request; never raises for a request-level problem."""
         started = time.time()
         t0 = self._clock()
-        headers = request.headers
+        headers = exchange.headers
         request_id = hygiene.request_id(headers)
-        raw_target = request.raw_path
+        raw_target = exchange.target
         path, query = hygiene.split_target(raw_target)
         outcome = RequestOutcome(
             request_id=request_id,
             decision_id=os.urandom(16).hex(),  # uuid4's 122 random bits, a quarter of the cost
-            method=request.method,
+            method=exchange.method,
             path=path,
-            client_ip=request.remote,
+            client_ip=exchange.client_ip,
             started=started,
             map_sha256=self.endpoint_map.sha256,
             trace_id=trace_id_of(headers.get("traceparent")),
@@ -230,9 +231,9 @@ class Gateway:
         if self._tracer is not None:
             trace = self._tracer.start(
                 headers,
-                method=request.method,
+                method=exchange.method,
                 path=path,
-                scheme=request.scheme,
+                scheme=exchange.scheme,
                 host=headers.get("Host"),
                 client_ip=outcome.client_ip,
             )
@@ -247,49 +248,61 @@ class Gateway:
             self._observer.refused(outcome)
             if trace is not None:
                 trace.finish(outcome)
-            return refusal(exc.status_code, exc.error, Refusal.AUDIT_OVERLOADED, request_id)
-        response: web.StreamResponse | None = None
+            refusal(exc.status_code, exc.error, Refusal.AUDIT_OVERLOADED, request_id).send(exchange)
+            return
         LOOKUP_CLIENT.set(outcome.client_ip or "")  # unknown-key lookups are shared per client
+        answer: Answer | None = None
+        record = partial(self._record, exchange, outcome, t0, trace)
         try:
-            response = await self._handle(request, outcome, path, query, raw_target)
-        except StoreUnavailable:
-            outcome.decision, outcome.reason = "deny", Refusal.STORE_UNAVAILABLE
-            response = refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, request_id)
-        except asyncio.CancelledError:
-            outcome.reason = outcome.reason or Refusal.CLIENT_GONE  # the client went away mid-way
-            raise
-        except Exception:
-            log.exception("request %s failed", request_id)
-            outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
-            response = refusal(500, "internal", Refusal.INTERNAL_ERROR, request_id)
+            try:
+                answer = await self._handle(exchange, outcome, path, query, raw_target, record)
+            except StoreUnavailable:
+                outcome.decision, outcome.reason = "deny", Refusal.STORE_UNAVAILABLE
+                answer = refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, request_id)
+            except Exception:
+                log.exception("request %s failed", request_id)
+                outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
+                answer = refusal(500, "internal", Refusal.INTERNAL_ERROR, request_id)
+            relayed = answer is _RELAYED
+            if answer is not None and not relayed and not exchange.answered and not exchange.gone:
+                answer.send(exchange)
         finally:
-            # Whatever happened, the request's audit slot is used exactly once.
-            outcome.status = response.status if response is not None else 499
-            outcome.duration_s = self._clock() - t0
-            self._observer.record(outcome)
-            if trace is not None:
-                trace.finish(outcome)
-        return response
+            if answer is not _RELAYED:  # else the relay records it when it ends
+                record()
+
+    def _record(
+        self, exchange: Exchange, outcome: RequestOutcome, t0: float, trace: RequestTrace | None
+    ) -> None:
+        """Whatever happened, the request's audit slot is used exactly once."""
+        if exchange.answered:
+            outcome.status = exchange.status
+        else:  # no answer went out: the client left
+            outcome.status = 499
+            outcome.reason = outcome.reason or Refusal.CLIENT_GONE
+        outcome.duration_s = self._clock() - t0
+        self._observer.record(outcome)
+        if trace is not None:
+            trace.finish(outcome)
 
     async def _handle(
         self,
-        request: web.BaseRequest,
+        exchange: Exchange,
         outcome: RequestOutcome,
         path: str,
         query: str,
         raw_target: str,
-    ) -> web.StreamResponse:
+        record: Callable[[], None],
+    ) -> Answer | None:
         certificate_id = None
-        if self._principal_from is not None and request.transport is not None:
+        if self._principal_from is not None and exchange.peercert is not None:
             # Only a certificate the listener verified is there (see permgate.runtime.tls).
-            peercert = request.transport.get_extra_info("peercert")
-            certificate_id = certificate_principal(peercert, self._principal_from)
+            certificate_id = certificate_principal(exchange.peercert, self._principal_from)
         # The evaluator and the cache's snapshot are read together, before any await:
         # a map swap cannot slip between them.
         evaluator = self.evaluator
         evaluation = await evaluator.evaluate(
             EvalRequest(
-                request.method, raw_target, request.headers, request.version, certificate_id
+                exchange.method, raw_target, exchange.headers, exchange.version, certificate_id
             ),
             self.memo,
         )
@@ -319,17 +332,21 @@ class Gateway:
             outcome.cache_hit = evaluation.cache_hit
             source = match.endpoint.tenant
             tenant_header = source.name if source.kind == "header" else None
-        return await self._conclude(request, outcome, evaluation, path + query, tenant_header)
+        return await self._conclude(
+            exchange, outcome, evaluation, path + query, tenant_header, record
+        )
 
     async def _conclude(
         self,
-        request: web.BaseRequest,
+        exchange: Exchange,
         outcome: RequestOutcome,
         evaluation: Evaluation,
         path_qs: str,
-        tenant_header: str | None = None,
-    ) -> web.StreamResponse:
-        """Turn a decision into a refusal or a forwarded request."""
+        tenant_header: str | None,
+        record: Callable[[], None],
+    ) -> Answer | None:
+        """Turn a decision into a refusal or a forwarded request (None: relayed;
+        ``_RELAYED``: being relayed in callbacks, which call ``record`` at the end)."""
         if self._tracer is not None and (trace := _TRACE.get()) is not None:
             trace.decided()
         verdict = evaluation.verdict
@@ -347,16 +364,19 @@ class Gateway:
         else:
             outcome.decision = "deny"
             return forbidden(decision, outcome.request_id)
-        return await self._forward(request, outcome, evaluation.identity, path_qs, tenant_header)
+        return await self._forward(
+            exchange, outcome, evaluation.identity, path_qs, tenant_header, record
+        )
 
     async def _forward(
         self,
-        request: web.BaseRequest,
+        exchange: Exchange,
         outcome: RequestOutcome,
         identity: Identity | None,
         path_qs: str,
         tenant_header: str | None,
-    ) -> web.StreamResponse:
+        record: Callable[[], None],
+    ) -> Answer | None:
         """Forward an allowed (or shadow-denied) request. Every tenant header the map
         declares is removed, and the endpoint's own (when its tenant comes from one) is
         set again to the decided tenant: the upstream sees no other tenant."""
@@ -372,56 +392,94 @@ class Gateway:
             if identity.token is not None:
                 identity_headers["X-Permgate-Token-Id"] = identity.token.id
         headers = hygiene.forward_headers(
-            request.headers,
-            client_ip=request.remote or "",
-            scheme=request.scheme,
-            # Checked by hygiene.check_message; request.host would fall back to a
-            # (blocking) getfqdn() on an HTTP/1.0 request without Host.
-            host=request.headers.get("Host"),
+            exchange.headers,
+            client_ip=exchange.client_ip or "",
+            scheme=exchange.scheme,
+            # Checked by hygiene.check_message (HTTP/1.0 may omit it).
+            host=exchange.headers.get("Host"),
             drop_credential=not self._forward_credential,
             identity=identity_headers,
             protected=self._protected,
             strip=self._strip,
         )
-        if request.version >= HttpVersion11 and _expects_continue(request.headers):
-            # No router answers "100 Continue" for us: the client is waiting for it.
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # The client may wait for "100 Continue" before it sends its body.
+        exchange.send_continue()
         trace = _TRACE.get() if self._tracer is not None else None
         if trace is not None:
             trace.upstream_started(
-                headers, method=request.method, url=self._upstream.spec + path_qs
+                headers, method=exchange.method, url=self._upstream.spec + path_qs
             )
         timing = UpstreamTiming()
         t_up = self._clock()
+        # The common case (the body here, a pooled connection idle) is relayed in
+        # callbacks: no Task, no Future; the outcome is recorded when it ends.
+        done = partial(self._relayed, exchange, outcome, timing, t_up, trace, record)
+        if self._upstream.relay(
+            exchange, path_qs=path_qs, headers=headers, timing=timing, done=done
+        ):
+            return _RELAYED
         try:
-            response = await self._upstream.forward(
-                request, path_qs=path_qs, headers=headers, timing=timing
+            status = await self._upstream.forward(
+                exchange, path_qs=path_qs, headers=headers, timing=timing
             )
-        except ClientRequestError as exc:
-            # The client stalled or broke its body: its fault, not the upstream's.
-            outcome.upstream_s = self._clock() - t_up
-            gone = request.transport is None or request.transport.is_closing()
-            outcome.reason = Refusal.CLIENT_GONE if gone else exc.reason
-            answer = refusal(exc.status_code, exc.error, exc.reason, outcome.request_id)
-            return closing(answer)  # the rest of the body will never be read
-        except UpstreamError as exc:
-            outcome.upstream_s = self._clock() - t_up
+        except (ClientRequestError, UpstreamError) as exc:
+            return self._not_forwarded(exchange, outcome, t_up, exc)
+        self._forwarded(outcome, timing, trace, status)
+        return None
+
+    def _relayed(
+        self,
+        exchange: Exchange,
+        outcome: RequestOutcome,
+        timing: UpstreamTiming,
+        t_up: float,
+        trace: RequestTrace | None,
+        record: Callable[[], None],
+        error: PermgateError | None,
+    ) -> None:
+        """The end of a callback relay: what forward()'s caller does, then the record."""
+        try:
+            if error is None:
+                self._forwarded(outcome, timing, trace, exchange.status)
+            else:
+                answer = self._not_forwarded(exchange, outcome, t_up, error)
+                if not exchange.answered and not exchange.gone:
+                    answer.send(exchange)
+        except Exception:
+            log.exception("request %s failed", outcome.request_id)
+            outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
+        finally:
+            record()
+
+    def _forwarded(
+        self,
+        outcome: RequestOutcome,
+        timing: UpstreamTiming,
+        trace: RequestTrace | None,
+        status: int,
+    ) -> None:
+        outcome.upstream_s = timing.head_seconds
+        if timing.error is not None and not timing.client_gone:
+            outcome.upstream_error = timing.error.kind  # failed mid-answer: client cut off
+        if trace is not None:
+            trace.upstream_finished(status, outcome.upstream_error)
+
+    def _not_forwarded(
+        self, exchange: Exchange, outcome: RequestOutcome, t_up: float, exc: PermgateError
+    ) -> Answer:
+        """The answer to a request whose answer never started."""
+        outcome.upstream_s = self._clock() - t_up
+        if isinstance(exc, UpstreamError):
             outcome.upstream_error = exc.kind
             outcome.reason = _UPSTREAM_REASONS.get(exc.kind, Refusal.UPSTREAM_UNAVAILABLE)
             outcome.detail = str(exc)  # refused, timed out, TLS handshake failed: why
             error = "gateway_timeout" if exc.status_code == 504 else "bad_gateway"
             return refusal(exc.status_code, error, outcome.reason, outcome.request_id)
-        outcome.upstream_s = timing.head_seconds
-        if timing.error is not None and not timing.client_gone:
-            outcome.upstream_error = timing.error.kind  # failed mid-answer: client cut off
-        if trace is not None:
-            trace.upstream_finished(response.status, outcome.upstream_error)
-        return response
-
-
-def _expects_continue(headers: Mapping[str, str]) -> bool:
-    expect = headers.get("Expect")
-    return expect is not None and expect.lower() == "100-continue"
+        # The client stalled or broke its body: its fault, not the upstream's.
+        reason = exc.reason if isinstance(exc, ClientRequestError) else Refusal.INTERNAL_ERROR
+        outcome.reason = Refusal.CLIENT_GONE if exchange.gone else reason
+        answer = refusal(exc.status_code, exc.error, reason, outcome.request_id)
+        return closing(answer)  # the rest of the body will never be read
 
 
 def _lower(names: frozenset[str]) -> frozenset[str]:

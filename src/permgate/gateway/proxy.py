@@ -9,6 +9,16 @@ buffer, answers parsed by ``httptools`` and relayed chunk by chunk with flow con
 both ways. An ``https://`` upstream is the same client over asyncio's TLS transport,
 verified against the configured CA (see :mod:`permgate.runtime.tls`).
 
+The answer goes to the client's :class:`~permgate.gateway.http1.Exchange` (the
+deciding listeners' own server) as the upstream sent it: its header lines as raw bytes
+minus the hop-by-hop ones, its body chunks as they arrive. Two ways, one behaviour:
+
+- :meth:`Upstream.relay`, the common case (the whole body is here, a pooled connection
+  is idle): relayed in the two protocols' callbacks, with no Task and no Future, and a
+  ``done`` callback at the end;
+- :meth:`Upstream.forward`, a coroutine, for the rest: a body still arriving (streamed
+  while it comes), a connection still to open, the retry on a stale one.
+
 This module is the one boundary where the lean client's errors become permgate
 errors::
 
@@ -37,17 +47,17 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Final
+from functools import partial
+from typing import Final
 
-from aiohttp import StreamReader, web
 from multidict import CIMultiDict
 from yarl import URL
 
 from permgate.core.errors import ConfigError, PermgateError
 from permgate.gateway import upstream_http
+from permgate.gateway.http1 import BodyBroken, BodyTimeout, ClientGone, Exchange
 from permgate.gateway.hygiene import HOP_BY_HOP
 from permgate.gateway.upstream_http import (
     BodyError,
@@ -60,7 +70,6 @@ from permgate.gateway.upstream_http import (
 
 __all__ = [
     "PREBUFFER_BYTES",
-    "SERVER_SETTINGS",
     "ClientBodyInvalid",
     "ClientRequestError",
     "ClientStalled",
@@ -145,12 +154,6 @@ class UpstreamTiming:
     client_gone: bool = False
     bytes_down: int = 0
 
-
-# The aiohttp server settings the gateway listener must run with for forward() to pass
-# bodies byte for byte: web.AppRunner(app, **SERVER_SETTINGS). aiohttp's server
-# otherwise inflates 'Content-Encoding: gzip' request bodies, and the upstream would
-# get plain bytes still labelled gzip (and permgate would inflate compression bombs).
-SERVER_SETTINGS: Final[Mapping[str, Any]] = MappingProxyType({"auto_decompress": False})
 
 _HOP_BY_HOP_RESPONSE_RAW: Final = frozenset(name.encode() for name in HOP_BY_HOP)
 _UNIX_ORIGIN: Final = "http://localhost"
@@ -253,47 +256,36 @@ class Upstream:
 
     async def forward(
         self,
-        request: web.BaseRequest,
+        exchange: Exchange,
         *,
         path_qs: str,
         headers: CIMultiDict[str],
         timing: UpstreamTiming | None = None,
-    ) -> web.StreamResponse:
-        """Send ``request`` upstream and stream the answer back to its client.
+        fresh: bool = False,
+    ) -> int:
+        """Send ``exchange``'s request upstream and relay the answer to its client.
 
         ``path_qs`` is sent byte for byte (it must be the raw target that was checked
         and authorized); ``headers`` exactly as given (see ``hygiene.forward_headers``).
         The request body is streamed from the client, never held whole. Returns the
-        prepared, finished response. Raises :class:`UpstreamError` only before any
-        byte of the answer went out.
+        relayed status. Raises :class:`UpstreamError` or :class:`ClientRequestError`
+        only before any byte of the answer went out.
         """
         pool = self._pool
         if pool is None:
             raise RuntimeError("Upstream.forward() before start()")
-        return await self._forward_lean(pool, request, path_qs, headers, timing)
-
-    # ------------------------------------------------------------------ lean client
-
-    async def _forward_lean(
-        self,
-        pool: Pool,
-        request: web.BaseRequest,
-        path_qs: str,
-        headers: CIMultiDict[str],
-        timing: UpstreamTiming | None,
-    ) -> web.StreamResponse:
-        started = time.perf_counter()
         if timing is None:
             timing = UpstreamTiming()
-        method = request.method
-        has_body = request.body_exists
+        started = time.perf_counter()
+        method = exchange.method
+        has_body = exchange.has_body
         length = headers.get("Content-Length")
         conn: Connection | None = None
         sender: asyncio.Task[None] | None = None
         try:
             first, done = b"", True
             if has_body:
-                first, done = await _prebuffer(request.content, self.timeout_seconds)
+                first, done = await _prebuffer(exchange, self.timeout_seconds)
             head = upstream_http.request_head(
                 method,
                 path_qs,
@@ -302,18 +294,18 @@ class Upstream:
                 body=has_body,
                 length=length,
             )
-            retry = method in upstream_http.IDEMPOTENT and not has_body
-            fresh = False
+            retry = method in upstream_http.IDEMPOTENT and not has_body and not fresh
             while True:
                 try:
                     conn = await pool.acquire(fresh=fresh)
                 except (TimeoutError, OSError) as exc:
                     raise _translate(exc) from exc
                 conn.begin(method == "HEAD")
+                exchange.on_lost(partial(conn.fail, ClientBodyInvalid("the client went away")))
                 try:
                     if has_body:
                         sender = _send_body(
-                            conn, request, head, length, first, done, self.timeout_seconds
+                            conn, exchange, head, length, first, done, self.timeout_seconds
                         )
                     else:
                         conn.write(head)
@@ -323,7 +315,7 @@ class Upstream:
                     reused = conn.reused
                     pool.discard(conn)
                     conn = None
-                    if retry and reused:
+                    if retry and reused and not exchange.gone:
                         retry, fresh = False, True  # a stale pooled connection: once more
                         continue
                     raise _translate(exc) from exc
@@ -335,99 +327,272 @@ class Upstream:
                     raise _translate(exc) from exc
                 break
             timing.head_seconds = time.perf_counter() - started
-            return await self._relay_lean(request, conn, timing)
+            return await _relay(exchange, conn, timing)
         finally:
+            exchange.on_lost(None)
             if sender is not None and not sender.done():
                 sender.cancel()  # the answer ended (or failed) before the upload did
             if conn is not None:
                 pool.release(conn, sender is None or _sent(sender))
-            timing.client_gone = timing.client_gone or _client_gone(request)
+            timing.client_gone = timing.client_gone or exchange.gone
             timing.total_seconds = time.perf_counter() - started
 
-    async def _relay_lean(
-        self, request: web.BaseRequest, conn: Connection, timing: UpstreamTiming
-    ) -> web.StreamResponse:
-        """Copy status, headers and body chunks as they arrive. While the client is slow
-        the chunks wait in the connection, which stops reading the upstream socket
-        beyond a bound (upstream_http.HIGH_WATER)."""
-        response = web.StreamResponse(
-            status=conn.status,
-            reason=conn.reason,
-            headers=_raw_response_headers(conn.raw_headers),
+    def relay(
+        self,
+        exchange: Exchange,
+        *,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        timing: UpstreamTiming,
+        done: Callable[[PermgateError | None], None],
+    ) -> bool:
+        """:meth:`forward` without a Task or a Future, when it can start at once: the
+        whole request body is here (or there is none) and a pooled connection is idle.
+        The answer is relayed in the connections' own callbacks, and ``done`` is called
+        once at the end: with None (relayed, or cut off: see ``timing``), or with the
+        :class:`UpstreamError` / :class:`ClientRequestError` that :meth:`forward` would
+        have raised (nothing of the answer went out). False: nothing was done; use
+        :meth:`forward`."""
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("Upstream.relay() before start()")
+        has_body = exchange.has_body
+        if has_body and not exchange.body_done:
+            return False
+        method = exchange.method
+        length = headers.get("Content-Length")
+        head = upstream_http.request_head(
+            method, path_qs, headers, default_host=self._default_host, body=has_body, length=length
         )
+        if has_body:
+            first = exchange.peek_body()
+            if length is not None:
+                if len(first) != int(length):
+                    return False  # forward() says why, as a ClientBodyInvalid
+                head += first
+            else:
+                head += b"%x\r\n%b\r\n0\r\n\r\n" % (len(first), first) if first else b"0\r\n\r\n"
+        conn = pool.take_idle()
+        if conn is None:
+            return False
+        if has_body:
+            exchange.take_body()
+        relay = _Relay(self, pool, conn, exchange, timing, done, (path_qs, headers))
+        conn.begin(method == "HEAD")
+        exchange.deferred = True
+        exchange.on_lost(relay.client_gone)
         try:
-            await response.prepare(request)
-            while True:
-                chunk = conn.take()
-                if chunk is None:
-                    if conn.complete:
-                        await response.write_eof()
-                        return response
-                    try:
-                        await conn.wait_body()
-                    except (TimeoutError, OSError, ProtocolViolation, BodyError) as exc:
-                        timing.error = _translate(exc)
-                        timing.error.__cause__ = exc
-                        conn.abort()
-                        _abort(request)
-                        return response
-                    continue
-                if conn.complete:  # take() took all: this is the last of it
-                    await response.write_eof(chunk)
-                    timing.bytes_down += len(chunk)
-                    return response
-                await response.write(chunk)
-                timing.bytes_down += len(chunk)
-        except ConnectionError:
-            timing.client_gone = True
-            conn.abort()
-            return response
+            conn.write(head)
+        except UpstreamClosed as exc:
+            relay.failed(exc)
+            return True
+        conn.request_sent()
+        conn.attach(relay)
+        return True
 
 
-def _raw_response_headers(raw: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
-    """The lean client's answer headers minus hop-by-hop ones and those its Connection
-    lists, decoded like aiohttp's client does (UTF-8, undecodable bytes kept)."""
+class _Relay:
+    """One answer relayed in callbacks (:meth:`Upstream.relay`), as :func:`_relay` does
+    it in a coroutine: the head with the first body bytes, chunks as they come, reading
+    the upstream paused while the client's buffer is full."""
+
+    __slots__ = ("_args", "conn", "done", "exchange", "pool", "started", "timing", "upstream")
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        pool: Pool,
+        conn: Connection,
+        exchange: Exchange,
+        timing: UpstreamTiming,
+        done: Callable[[PermgateError | None], None],
+        args: tuple[str, CIMultiDict[str]],
+    ) -> None:
+        self.upstream = upstream
+        self.pool = pool
+        self.conn = conn
+        self.exchange = exchange
+        self.timing = timing
+        self.done = done
+        self._args = args
+        self.started = time.perf_counter()
+
+    def head(self) -> None:
+        conn = self.conn
+        self.timing.head_seconds = time.perf_counter() - self.started
+        fields, has_date, length = _response_fields(conn.raw_headers)
+        self.exchange.start(conn.status, conn.raw_reason, fields, has_date=has_date, length=length)
+
+    def body(self, chunk: bytes) -> None:
+        exchange = self.exchange
+        self.timing.bytes_down += len(chunk)
+        exchange.write(chunk)
+        if exchange.write_paused:
+            self.conn.pause()
+            exchange.on_drain(self.conn.resume)
+
+    def flush(self) -> None:
+        self.exchange.flush()  # the head, if no body bytes came with it
+
+    def end(self) -> None:
+        self.exchange.on_lost(None)
+        self.exchange.finish()
+        self._finish(reusable=True)
+        self.done(None)
+
+    def client_gone(self) -> None:
+        self.conn.fail(ClientBodyInvalid("the client went away"))
+
+    def failed(self, exc: BaseException) -> None:
+        exchange, conn, timing = self.exchange, self.conn, self.timing
+        exchange.on_lost(None)
+        reused = conn.reused
+        self._finish(reusable=False)
+        if exchange.answered:  # the answer started: cut the client off
+            if exchange.gone or isinstance(exc, ClientRequestError):
+                timing.client_gone = True
+            else:
+                timing.error = _translate(exc)
+                timing.error.__cause__ = exc
+            exchange.abort()
+            self.done(None)
+        elif isinstance(exc, ClientRequestError):
+            self.done(exc)
+        elif (
+            isinstance(exc, UpstreamClosed)
+            and reused
+            and exchange.method in upstream_http.IDEMPOTENT
+            and not exchange.has_body
+        ):
+            # A stale pooled connection: once more on a fresh one (forward() does that).
+            task = asyncio.get_running_loop().create_task(self._retry())
+            task.add_done_callback(self._retried)
+        else:
+            error = _translate(exc)
+            error.__cause__ = exc
+            self.done(error)
+
+    async def _retry(self) -> None:
+        path_qs, headers = self._args
+        await self.upstream.forward(
+            self.exchange, path_qs=path_qs, headers=headers, timing=self.timing, fresh=True
+        )
+
+    def _retried(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            self.done(ClientBodyInvalid("the request was cancelled"))
+            return
+        exc = task.exception()
+        if exc is None:
+            self.done(None)
+        elif isinstance(exc, PermgateError):
+            self.done(exc)
+        else:
+            error = UpstreamUnavailable(f"upstream unavailable: {type(exc).__name__}")
+            error.__cause__ = exc
+            self.done(error)
+
+    def _finish(self, *, reusable: bool) -> None:
+        conn = self.conn
+        if conn.active:
+            self.pool.release(conn, reusable)
+        timing = self.timing
+        timing.client_gone = timing.client_gone or self.exchange.gone
+        timing.total_seconds = time.perf_counter() - self.started
+
+
+async def _relay(exchange: Exchange, conn: Connection, timing: UpstreamTiming) -> int:
+    """Copy status, headers and body chunks as they arrive. While the client is slow
+    the chunks wait in the connection, which stops reading the upstream socket
+    beyond a bound (upstream_http.HIGH_WATER)."""
+    fields, has_date, length = _response_fields(conn.raw_headers)
+    exchange.start(conn.status, conn.raw_reason, fields, has_date=has_date, length=length)
+    try:
+        while True:
+            chunk = conn.take()
+            if chunk is None:
+                if conn.complete:
+                    exchange.finish()
+                    return conn.status
+                exchange.flush()  # the body is not here yet: the head goes ahead of it
+                try:
+                    await conn.wait_body()
+                except (TimeoutError, OSError, ProtocolViolation, BodyError) as exc:
+                    if exchange.gone:  # the client left: not the upstream's failure
+                        raise ClientGone("the client closed the connection") from exc
+                    timing.error = _translate(exc)
+                    timing.error.__cause__ = exc
+                    conn.abort()
+                    exchange.abort()
+                    return conn.status
+                continue
+            timing.bytes_down += len(chunk)
+            if conn.complete:  # take() took all: this is the last of it
+                exchange.finish(chunk)
+                return conn.status
+            exchange.write(chunk)
+            if exchange.write_paused:
+                await exchange.drain()
+            elif exchange.gone:
+                raise ClientGone("the client closed the connection")
+    except ConnectionError:
+        timing.client_gone = True
+        conn.abort()
+        return conn.status
+
+
+def _response_fields(
+    raw: list[tuple[bytes, bytes]],
+) -> tuple[list[tuple[bytes, bytes]], bool, bool]:
+    """The upstream's answer headers minus hop-by-hop ones and those its Connection
+    lists, as sent; whether they carry a Date and a Content-Length."""
     listed: set[bytes] = set()
     for name, value in raw:
         if name.lower() == b"connection":
             listed.update(token.strip().lower() for token in value.split(b","))
     listed -= {b"host", b"content-length"}
     dropped = _HOP_BY_HOP_RESPONSE_RAW | listed if listed else _HOP_BY_HOP_RESPONSE_RAW
-    return CIMultiDict(
-        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        for name, value in raw
-        if name.lower() not in dropped
-    )
+    fields: list[tuple[bytes, bytes]] = []
+    has_date = length = False
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in dropped:
+            continue
+        if lowered == b"content-length":
+            length = True
+        elif lowered == b"date":
+            has_date = True
+        fields.append((name, value))
+    return fields, has_date, length
 
 
-async def _read_chunk(content: StreamReader, timeout: float) -> bytes:
+async def _read_chunk(exchange: Exchange, timeout: float) -> bytes:
     """The next body bytes from the client (b"" at its end), waiting at most ``timeout``
     for them; a client error (reset, bad chunking) becomes a :class:`BodyError` that
-    names the error's class only, never the bytes the parser quotes."""
-    try:
-        async with asyncio.timeout(timeout):
-            return await content.readany()
-    except TimeoutError:
-        raise ClientStalled(f"the client sent no body bytes for {timeout}s") from None
-    except (asyncio.CancelledError, BodyError):
-        raise
-    except Exception as exc:
-        raise ClientBodyInvalid(f"reading the client's body failed: {type(exc).__name__}") from None
-
-
-async def _prebuffer(content: StreamReader, timeout: float) -> tuple[bytes, bool]:
-    """Up to :data:`PREBUFFER_BYTES` of the body, and whether that is all of it."""
-    if content.is_eof():
-        # The whole body is already here (the common small request): no wait, no timer.
+    names the error's class only, never the bytes."""
+    while True:
+        chunk = exchange.take_body()
+        if chunk is not None:
+            return chunk
+        if exchange.body_done:
+            return b""
         try:
-            return content.read_nowait(-1), True
-        except Exception as exc:  # the client's side broke the body
-            name = type(exc).__name__
-            raise ClientBodyInvalid(f"reading the client's body failed: {name}") from None
+            await exchange.wait_body(timeout)
+        except BodyTimeout:
+            raise ClientStalled(f"the client sent no body bytes for {timeout}s") from None
+        except BodyBroken as exc:
+            raise ClientBodyInvalid(str(exc)) from None
+
+
+async def _prebuffer(exchange: Exchange, timeout: float) -> tuple[bytes, bool]:
+    """Up to :data:`PREBUFFER_BYTES` of the body, and whether that is all of it."""
+    if exchange.body_done:
+        # The whole body is already here (the common small request): no wait, no timer.
+        return exchange.take_body() or b"", True
     parts: list[bytes] = []
     size = 0
     while size < PREBUFFER_BYTES:
-        chunk = await _read_chunk(content, timeout)
+        chunk = await _read_chunk(exchange, timeout)
         if not chunk:
             return b"".join(parts), True
         parts.append(chunk)
@@ -436,36 +601,30 @@ async def _prebuffer(content: StreamReader, timeout: float) -> tuple[bytes, bool
 
 
 async def _send_body_task(
-    conn: Connection, request: web.BaseRequest, length: str | None, remaining: int, timeout: float
+    conn: Connection, exchange: Exchange, length: str | None, remaining: int, timeout: float
 ) -> None:
     """Stream the rest of the client's body upstream as it arrives: Content-Length
     bodies as they are, the others chunked. Never more than one chunk is held; a client
     that sends nothing for ``timeout`` fails the exchange (:class:`ClientStalled`)."""
-    content = request.content
-    try:
-        if length is not None:
-            while remaining > 0:
-                chunk = await _read_chunk(content, timeout)
-                if not chunk:
-                    raise ClientBodyInvalid("the client's body ended before its Content-Length")
-                remaining -= len(chunk)
-                conn.write(chunk)
-                await conn.drain()
-        else:
-            while chunk := await _read_chunk(content, timeout):
-                conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                await conn.drain()
-            conn.write(b"0\r\n\r\n")
-    except (UpstreamClosed, TimeoutError, asyncio.CancelledError, BodyError):
-        raise
-    except Exception as exc:  # the client's side: reset, ...
-        raise BodyError(f"reading the client's body failed: {type(exc).__name__}") from exc
+    if length is not None:
+        while remaining > 0:
+            chunk = await _read_chunk(exchange, timeout)
+            if not chunk:
+                raise ClientBodyInvalid("the client's body ended before its Content-Length")
+            remaining -= len(chunk)
+            conn.write(chunk)
+            await conn.drain()
+    else:
+        while chunk := await _read_chunk(exchange, timeout):
+            conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            await conn.drain()
+        conn.write(b"0\r\n\r\n")
     conn.request_sent()
 
 
 def _send_body(
     conn: Connection,
-    request: web.BaseRequest,
+    exchange: Exchange,
     head: bytes,
     length: str | None,
     first: bytes,
@@ -494,7 +653,7 @@ def _send_body(
         conn.write(head + (b"%x\r\n%b\r\n" % (len(first), first) if first else b""))
         remaining = 0
     task = asyncio.get_running_loop().create_task(
-        _send_body_task(conn, request, length, remaining, timeout)
+        _send_body_task(conn, exchange, length, remaining, timeout)
     )
 
     def finished(task: asyncio.Task[None]) -> None:
@@ -520,15 +679,3 @@ def _translate(exc: BaseException) -> UpstreamError:
     if isinstance(exc, TlsHandshakeFailed):
         return UpstreamUnavailable(str(exc))
     return UpstreamUnavailable(f"upstream unavailable: {exc}")
-
-
-def _client_gone(request: web.BaseRequest) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
-def _abort(request: web.BaseRequest) -> None:
-    """Cut the client connection so a truncated answer cannot pass for a whole one."""
-    transport = request.transport
-    if transport is not None:
-        transport.abort()

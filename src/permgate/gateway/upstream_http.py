@@ -32,7 +32,7 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import httptools
 from multidict import CIMultiDict
@@ -74,6 +74,31 @@ class BodyError(Exception):
 RawHeaders = list[tuple[bytes, bytes]]
 
 
+class Sink(Protocol):
+    """Who takes an answer as it arrives, in the connection's own callbacks (the
+    callback relay: no Future and no Task between the upstream and the client)."""
+
+    def head(self) -> None:
+        """The final head is in (``status``, ``raw_headers``)."""
+        ...
+
+    def body(self, chunk: bytes) -> None:
+        """Body bytes, as they arrive."""
+        ...
+
+    def end(self) -> None:
+        """The answer ended (after the parser returned; the connection may be reused)."""
+        ...
+
+    def flush(self) -> None:
+        """What arrived so far is handed on (after the parser returned, answer not ended)."""
+        ...
+
+    def failed(self, exc: BaseException) -> None:
+        """The exchange failed (timeout, broken answer, closed connection, client gone)."""
+        ...
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection and the state of the exchange it carries."""
 
@@ -111,6 +136,8 @@ class Connection(asyncio.Protocol):
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self.sink: Sink | None = None
+        self._ended = False  # the sink was told the answer ended (or failed)
         self._counting = False  # the request is written: waiting on the upstream counts
         self._wait_since = 0.0
         self._last_data = 0.0
@@ -125,6 +152,11 @@ class Connection(asyncio.Protocol):
     @property
     def reason(self) -> str:
         return self._reason.decode("utf-8", "surrogateescape")
+
+    @property
+    def raw_reason(self) -> bytes:
+        """The answer's reason phrase as sent."""
+        return self._reason
 
     @property
     def reusable(self) -> bool:
@@ -162,8 +194,31 @@ class Connection(asyncio.Protocol):
         self.request_written = True
         self._counting = True
         self._wait_since = self._loop.time()
-        if self._waiter is not None and self._timer is None:
+        if self._waiting() and self._timer is None:
             self._timer = self._loop.call_at(self._wait_since + self._timeout, self._on_timer)
+
+    def attach(self, sink: Sink) -> None:
+        """Hand the answer to ``sink`` in this connection's callbacks (call after the
+        request is written): the head, each body chunk, the end or the failure."""
+        self.sink = sink
+        if self._counting and self._timer is None:
+            self._timer = self._loop.call_at(self._wait_since + self._timeout, self._on_timer)
+
+    def pause(self) -> None:
+        """The sink's reader is slow: stop reading the upstream (not timed meanwhile)."""
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        """Read the upstream again; the wait for its next bytes is timed anew."""
+        if self._paused:
+            self._paused = False
+            self._wait_since = self._loop.time()
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+            if self._timer is None and self.active and not self.complete:
+                self._timer = self._loop.call_at(self._wait_since + self._timeout, self._on_timer)
 
     def fail(self, exc: BaseException) -> None:
         """Fail the exchange (unless the answer already ended) and wake its reader."""
@@ -171,6 +226,20 @@ class Connection(asyncio.Protocol):
         if self.error is None and not self.complete:
             self.error = exc
         self._wake()
+        sink = self.sink
+        if sink is not None and not self._ended and not self.complete:
+            self._ended = True
+            sink.failed(exc)
+
+    def _waiting(self) -> bool:
+        """Someone waits on the upstream now (a reader, or a sink not held by its client)."""
+        return self._waiter is not None or (self.sink is not None and not self._paused)
+
+    def _notify_end(self) -> None:
+        sink = self.sink
+        if sink is not None and self.complete and not self._ended:
+            self._ended = True
+            sink.end()
 
     async def read_head(self) -> None:
         """Wait for the final (non-1xx) head; raise the exchange's error if it failed."""
@@ -213,6 +282,11 @@ class Connection(asyncio.Protocol):
             # fresh parser (any bytes the old one swallowed die with it).
             self._parser = httptools.HttpResponseParser(self)
         self._body.clear()
+        self.sink = None
+        if self._paused:  # held for a slow client until the very end
+            self._paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
 
     def close(self) -> None:
         self.broken = True
@@ -244,7 +318,7 @@ class Connection(asyncio.Protocol):
         """One lazy timer per connection instead of one per read: it fires at the
         earliest possible deadline, and re-arms itself if data arrived meanwhile."""
         self._timer = None
-        if self._waiter is None or not self._counting or not self.active:
+        if not self._waiting() or not self._counting or not self.active or self.complete:
             return  # not waiting on the upstream now; the next wait arms it again
         since = max(self._wait_since, self._last_data)
         now = self._loop.time()
@@ -276,6 +350,11 @@ class Connection(asyncio.Protocol):
             if not self.complete:
                 cause = exc.__context__ if isinstance(exc.__context__, ProtocolViolation) else exc
                 self.fail(ProtocolViolation(f"upstream answered invalid HTTP: {cause}"))
+        if self.sink is not None and not self._ended:
+            if self.complete:
+                self._notify_end()
+            elif self.head_done:
+                self.sink.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -292,6 +371,7 @@ class Connection(asyncio.Protocol):
             self.complete = True
             self.keep_alive = False
             self._wake()
+            self._notify_end()
         elif not self._got_bytes:
             self.fail(UpstreamClosed(f"upstream closed the connection before answering: {exc}"))
         else:
@@ -345,10 +425,16 @@ class Connection(asyncio.Protocol):
                 for n, _ in self.raw_headers
             )
         self._wake()
+        if self.sink is not None:
+            self.sink.head()
 
     def on_body(self, body: bytes) -> None:
         if self._head_method or self.complete:
             self.broken = True
+            return
+        if self.sink is not None:
+            if not self._ended:
+                self.sink.body(body)
             return
         self._body.append(body)
         self._buffered += len(body)
@@ -407,6 +493,12 @@ class Pool:
         self._addresses: list[tuple[int, str, int]] | None = None
         self._closed = False
         self._factory: Callable[[], Connection] = lambda: Connection(self)
+
+    def take_idle(self) -> Connection | None:
+        """An idle pooled connection at once, or None (then :meth:`acquire` must wait)."""
+        if self._closed:
+            return None
+        return self._pop_idle()
 
     async def acquire(self, *, fresh: bool = False) -> Connection:
         """An idle connection (unless ``fresh``) or a new one; waits for a free slot."""

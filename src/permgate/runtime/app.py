@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import IO, Final, cast
+from typing import IO, Any, Final
 
 from aiohttp import web
 
@@ -28,11 +28,11 @@ from permgate.core.errors import StoreUnavailable
 from permgate.gateway.authn import Authenticator
 from permgate.gateway.authz import DecisionService
 from permgate.gateway.changeepoch import ChangeEpoch
+from permgate.gateway.http1 import Listener
 from permgate.gateway.jwks import JwtVerifier
 from permgate.gateway.modelcache import ModelCache
 from permgate.gateway.pipeline import Gateway
 from permgate.gateway.proxy import Upstream
-from permgate.gateway.server import GatewayServer
 from permgate.manage.service import ModelService, audit_event
 from permgate.maps.reload import MapReloader
 from permgate.observability.audit import AuditLog
@@ -360,6 +360,7 @@ class Runtime:
             authenticator=self.authenticator,
             model=self.model,
             trusted_proxies=self.settings.authz_trusted_proxies,
+            body_timeout=self.settings.upstream_timeout_seconds,
         )
 
     async def _readyz(self, request: web.Request) -> web.Response:
@@ -428,42 +429,26 @@ async def serve(
             signal.SIGHUP,
             lambda: asyncio.ensure_future(runtime.reloader.reload_now("SIGHUP")),
         )
-    gateway_runner = web.ServerRunner(
-        GatewayServer(runtime.gateway, timeout_seconds=settings.upstream_timeout_seconds),
-        handle_signals=False,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
-    )
+    # The deciding listeners run on permgate's own HTTP/1.1 server (gateway.http1):
+    # JSON refusals of unreadable requests that echo nothing, head timeouts, pipelining.
+    head_timeout = settings.upstream_timeout_seconds
+    gateway_listener = Listener(runtime.gateway, head_timeout=head_timeout)
+    authz_listener = Listener(runtime.decision_service(), head_timeout=head_timeout)
     admin_runner = web.AppRunner(runtime.admin_application(), handle_signals=False, access_log=None)
-    authz_runner = web.ServerRunner(
-        # The gateway's hardened server (JSON refusals of unreadable requests that echo
-        # nothing, head timeouts): it needs only handle() and refuse_unreadable().
-        GatewayServer(
-            cast("Gateway", runtime.decision_service()),
-            timeout_seconds=settings.upstream_timeout_seconds,
-        ),
-        handle_signals=False,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
-    )
-    await gateway_runner.setup()
     await admin_runner.setup()
-    await authz_runner.setup()
     try:
         for sock in listeners.gateway:
-            await web.SockSite(
-                gateway_runner, sock, backlog=BACKLOG, ssl_context=runtime.tls.listen
-            ).start()
+            await gateway_listener.serve(sock, ssl=runtime.tls.listen, backlog=BACKLOG)
         runtime.gateway_listening = bool(listeners.gateway)
         for sock in listeners.authz:  # the decision service; a client certificate there
             # is the calling proxy's and never identifies the principal being decided
-            await web.SockSite(
-                authz_runner, sock, backlog=BACKLOG, ssl_context=runtime.tls.authz
-            ).start()
+            await authz_listener.serve(sock, ssl=runtime.tls.authz, backlog=BACKLOG)
         runtime.authz_listening = bool(listeners.authz)
         for sock in listeners.admin:
             await web.SockSite(
                 admin_runner, sock, backlog=BACKLOG, ssl_context=runtime.tls.admin
             ).start()
-        gateway_at, admin_at = _bound(gateway_runner), _bound(admin_runner)
+        gateway_at, admin_at = _bound(gateway_listener.addresses), _bound(admin_runner.addresses)
         log.info(  # the bound addresses: a configured port 0 shows the real one
             "permgate serving %s -> %s (admin %s)",
             gateway_at,
@@ -472,7 +457,7 @@ async def serve(
             extra={"listen": gateway_at, "admin_listen": admin_at, "upstream": settings.upstream},
         )
         if listeners.authz:
-            authz_at = _bound(authz_runner)
+            authz_at = _bound(authz_listener.addresses)
             log.info(
                 "permgate decision service on %s (Envoy ext_authz, forward auth, AuthZEN)",
                 authz_at,
@@ -486,7 +471,7 @@ async def serve(
         return runtime
     finally:
         cause = causes[0] if causes else "stop requested" if stop.is_set() else "error"
-        await _shut_down(runtime, (gateway_runner, authz_runner, admin_runner), cause)
+        await _shut_down(runtime, (gateway_listener, authz_listener), admin_runner, cause)
         listeners.close()
 
 
@@ -495,7 +480,9 @@ def _stop_on_signal(stop: asyncio.Event, causes: list[str], name: str) -> None:
     stop.set()
 
 
-async def _shut_down(runtime: Runtime, runners: tuple[web.BaseRunner, ...], cause: str) -> None:
+async def _shut_down(
+    runtime: Runtime, deciding: tuple[Listener, ...], admin: web.BaseRunner, cause: str
+) -> None:
     """Stop accepting, let in-flight requests finish, close the parts; say how it went."""
     runtime.gateway_listening = runtime.authz_listening = False
     observer = runtime.observer
@@ -507,8 +494,8 @@ async def _shut_down(runtime: Runtime, runners: tuple[web.BaseRunner, ...], caus
         extra={"cause": cause},
     )
     started = time.monotonic()
-    for runner in runners:
-        await runner.cleanup()
+    await asyncio.gather(*(listener.shut_down(SHUTDOWN_TIMEOUT_SECONDS) for listener in deciding))
+    await admin.cleanup()
     drained, cut_off = observer.answered - answered, observer.unanswered - unanswered
     await runtime.stop()
     log.info(
@@ -528,8 +515,8 @@ async def _shut_down(runtime: Runtime, runners: tuple[web.BaseRunner, ...], caus
     )
 
 
-def _bound(runner: web.BaseRunner) -> str:
-    return ", ".join(f"{address[0]}:{address[1]}" for address in runner.addresses)
+def _bound(addresses: list[Any]) -> str:
+    return ", ".join(f"{address[0]}:{address[1]}" for address in addresses)
 
 
 def install_uvloop() -> bool:
