@@ -111,9 +111,7 @@ DECISION_TLS = {
 }
 
 
-def test_decision_service_tls_writes_a_config_permgate_accepts(
-    helm: Path, tmp_path: Path
-) -> None:
+def test_decision_service_tls_writes_a_config_permgate_accepts(helm: Path, tmp_path: Path) -> None:
     """tls.decision puts the decision listener on HTTPS: authz_tls names the files of the
     mounted Secret, and permgate loads the rendered permgate.yaml."""
     config = permgate_config(render(helm, tmp_path, DECISION_TLS))
