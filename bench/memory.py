@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Final, cast
 
 import load
+from permgate.config import CacheSettings
 
 INVALID: Final = 1_000_000
 VALID: Final = 100_000
@@ -386,8 +387,8 @@ def run_memory(scale: float, every: int) -> int:
         )
         if scale < 1:
             print(
-                f"(--memory-scale {scale:g}: the caches, {load.CACHE_ENTRIES:,} entries each by"
-                " default, may not fill; the verdict means most at scale 1)"
+                f"(--memory-scale {scale:g}: the caches, {CacheSettings().max_entries:,} entries"
+                " each by default, may not fill; the verdict means most at scale 1)"
             )
         expected = {status: n for status, n in ((200, valid), (401, invalid)) if n}
         if dict(feed.statuses) != expected:

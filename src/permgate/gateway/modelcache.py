@@ -104,7 +104,7 @@ class ModelCache:
         self,
         store: StoreReader,
         *,
-        max_entries: int = 100_000,
+        max_entries: int = 50_000,
         ttl_seconds: float = 300.0,
         negative_ttl_seconds: float = 5.0,
         negative_max_entries: int = 10_000,
