@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Final, cast
 
 import load
+from permgate.config import CacheSettings
 
 INVALID: Final = 1_000_000
 VALID: Final = 100_000
@@ -386,10 +387,91 @@ def run_memory(scale: float, every: int) -> int:
         )
         if scale < 1:
             print(
-                f"(--memory-scale {scale:g}: the caches, {load.CACHE_ENTRIES:,} entries each by"
-                " default, may not fill; the verdict means most at scale 1)"
+                f"(--memory-scale {scale:g}: the caches, {CacheSettings().max_entries:,} entries"
+                " each by default, may not fill; the verdict means most at scale 1)"
             )
         expected = {status: n for status, n in ((200, valid), (401, invalid)) if n}
         if dict(feed.statuses) != expected:
             print(f"warning: expected {expected} answers, got {dict(feed.statuses)}")
     return 0
+
+
+# --------------------------------------------------------------------------- the breakdown
+
+
+async def _breakdown(folder: Path, count: int) -> list[tuple[str, float]]:
+    """Bytes per valid token held by each structure of the request path, in process:
+    ``count`` distinct tokens through the evaluation (the decision cache as memo) and
+    usage recording, then each structure emptied in turn under tracemalloc."""
+    import gc
+    import tracemalloc
+
+    from multidict import CIMultiDict
+
+    from permgate.gateway.authn import Authenticator
+    from permgate.gateway.authz import record_evaluation
+    from permgate.gateway.decision_cache import DecisionCache
+    from permgate.gateway.evaluate import EvalRequest, Evaluator
+    from permgate.gateway.modelcache import ModelCache
+    from permgate.maps.loader import load_map
+    from permgate.observability.outcome import RequestOutcome
+    from permgate.observability.usage import UsageRecorder
+    from permgate.store import open_store
+
+    dsn = f"sqlite://{folder}/permgate.db"
+    await load._seed(dsn)
+    tokens = await seed_tokens(dsn, count)
+    store = await open_store(dsn)
+    try:
+        endpoint_map = load_map(load.MAP)
+        limit = max(count * 2, CacheSettings().max_entries)  # nothing evicted: all counted
+        model = ModelCache(store, max_entries=limit)
+        authn = Authenticator(model, token_prefix="pgt_", jwt=None, known_max=limit)
+        memo = DecisionCache(model, ttl_seconds=3600.0, max_entries=limit)
+        evaluator = Evaluator(endpoint_map, model, authn)
+        usage = UsageRecorder(model, lambda: endpoint_map, max_keys=limit)
+        tracemalloc.start()
+        for token in tokens:
+            headers = CIMultiDict({"Host": "bench", "Authorization": f"Bearer {token}"})
+            evaluation = await evaluator.evaluate(EvalRequest("GET", load.TARGET, headers), memo)
+            if evaluation.status != 200:
+                raise SystemExit(f"FAILED: a seeded token was answered {evaluation.status}")
+            outcome = RequestOutcome("r", "d", "GET", load.TARGET, "127.0.0.1", time.time())
+            record_evaluation(outcome, evaluation)
+            usage.record(outcome)
+        del evaluation, outcome, headers
+        found: list[tuple[str, float]] = []
+        # Later structures refer to the records the model cache holds: empty it last.
+        for name, empty in (
+            ("usage: pending keys", lambda: usage._pending.clear()),
+            ("decision cache", memo.new_map),
+            ("authn: remembered credentials", authn._known.clear),
+            ("authn: token uses to flush", authn.drain_token_uses),
+            ("model cache: token entries", model.reset),
+        ):
+            gc.collect()
+            before = tracemalloc.get_traced_memory()[0]
+            empty()
+            gc.collect()
+            found.append((name, (before - tracemalloc.get_traced_memory()[0]) / count))
+        tracemalloc.stop()
+        return found
+    finally:
+        await store.close()
+
+
+def run_breakdown(count: int) -> int:
+    """``python bench/memory.py --breakdown [N]``: prints bytes per token per structure."""
+    with tempfile.TemporaryDirectory(prefix="permgate-bench-breakdown-") as tmp:
+        found = asyncio.run(_breakdown(Path(tmp), count))
+    print(f"bytes held per valid token used once ({count:,} tokens, tracemalloc):")
+    for name, size in found:
+        print(f"  {name:32s} {size:7.0f}")
+    print(f"  {'all of them':32s} {sum(size for _, size in found):7.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "--breakdown":
+        sys.exit(run_breakdown(int(sys.argv[2]) if len(sys.argv) > 2 else 20_000))
+    sys.exit("usage: python bench/memory.py --breakdown [N]  (the RSS run: bench/load.py --memory)")

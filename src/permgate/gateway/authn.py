@@ -38,6 +38,7 @@ from permgate.core.errors import PermgateError
 from permgate.core.model import AuthToken, Principal
 from permgate.core.reasons import AUTH_REASONS, AuthReason
 from permgate.core.token_secrets import secret_matches, token_id_of
+from permgate.gateway.generations import Generations
 
 if TYPE_CHECKING:
     from permgate.gateway.jwks import JwtVerifier
@@ -120,46 +121,6 @@ class _Known:
         self.fresh_until = fresh_until
 
 
-class _KnownCredentials:
-    """Verified ``Authorization`` values -> their :class:`_Known`, in two plain dicts.
-
-    Bounded: new entries go to ``young``; when it holds ``limit // 2`` it becomes
-    ``old`` and the previous ``old`` is dropped, so both hold at most ``limit``
-    entries together, whatever the traffic, in O(1) per insert (an entry used again
-    moves to ``young`` and survives). Only credentials that passed every check are
-    put here, so unknown or wrong secrets never take room.
-    """
-
-    __slots__ = ("_half", "old", "young")
-
-    def __init__(self, limit: int) -> None:
-        self._half = max(1, limit // 2)
-        self.young: dict[str, _Known] = {}
-        self.old: dict[str, _Known] = {}
-
-    def get(self, header: str) -> _Known | None:
-        known = self.young.get(header)
-        if known is None:
-            known = self.old.get(header)
-            if known is not None:
-                self.put(header, known)  # in use: it moves to young and survives
-        return known
-
-    def put(self, header: str, known: _Known) -> None:
-        young = self.young
-        if header not in young and len(young) >= self._half:
-            self.old = young
-            self.young = young = {}
-        young[header] = known
-
-    def discard(self, header: str) -> None:
-        self.young.pop(header, None)
-        self.old.pop(header, None)
-
-    def __len__(self) -> int:
-        return len(self.young) + len(self.old)
-
-
 @dataclass(frozen=True, slots=True)
 class _VerifiedJwt:
     claims: Mapping[str, object]
@@ -210,7 +171,9 @@ class Authenticator:
         self._prefix = token_prefix
         self._jwt = jwt
         self._verified: LRUCache[str, _VerifiedJwt] = LRUCache(maxsize=jwt_cache_size)
-        self._known = _KnownCredentials(known_max)
+        # Bounded in two generations: only credentials that passed every check are put
+        # here, so unknown or wrong secrets never take room; one in use stays.
+        self._known: Generations[str, _Known] = Generations(known_max)
         self._uses: dict[str, float] = {}
 
     async def authenticate(
@@ -233,7 +196,7 @@ class Authenticator:
                         if known.token_id is not None:
                             self._uses[known.token_id] = now
                         return known.identity
-                self._known.discard(authorization)  # stale: verified afresh below
+                self._known.pop(authorization)  # stale: verified afresh below
         try:
             if certificate_id is not None and not _is_bearer(authorization):
                 return await self._certificate(certificate_id)

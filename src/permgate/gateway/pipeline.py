@@ -17,12 +17,9 @@ import contextvars
 import logging
 import os
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import partial
 from typing import Final, Protocol
-
-from cachetools import TTLCache
 
 from permgate.core.endpoints import EndpointMap
 from permgate.core.errors import PermgateError, StoreUnavailable
@@ -34,7 +31,8 @@ from permgate.gateway.authn import (
     PrincipalFrom,
     certificate_principal,
 )
-from permgate.gateway.evaluate import EvalRequest, Evaluation, Evaluator, MemoKey, Verdict
+from permgate.gateway.decision_cache import DecisionCache
+from permgate.gateway.evaluate import EvalRequest, Evaluation, Evaluator
 from permgate.gateway.http1 import Exchange
 from permgate.gateway.lookuplimit import LOOKUP_CLIENT
 from permgate.gateway.modelcache import ModelCache
@@ -75,50 +73,6 @@ class Observer(Protocol):
     def refused(self, outcome: RequestOutcome) -> None:
         """Called for a request refused before admission (metrics only, no slot)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Cached:
-    """A verdict with the epochs (model, map) it was made at."""
-
-    epochs: tuple[int, int]
-    verdict: Verdict
-
-
-class DecisionCache:
-    """The gateway's decision cache, around the evaluation's permission step.
-
-    A verdict is served only while the model's and the map's epochs are those it was
-    made at, and stored only if neither moved while its inputs were read (the
-    snapshot is taken before authentication). The TTL is a safety net only.
-    """
-
-    def __init__(self, model: ModelCache, *, ttl_seconds: float, max_entries: int) -> None:
-        self._model = model
-        self.map_epoch = 0
-        self._entries: TTLCache[MemoKey, _Cached] = TTLCache(maxsize=max_entries, ttl=ttl_seconds)
-
-    def snapshot(self) -> tuple[int, int]:
-        """The epochs now: (model, map)."""
-        return (self._model.epoch, self.map_epoch)
-
-    def get(self, key: MemoKey, snapshot: Hashable) -> Verdict | None:
-        """The cached verdict, if made at ``snapshot`` and nothing changed since."""
-        cached = self._entries.get(key)
-        if cached is not None and snapshot == cached.epochs == (self._model.epoch, self.map_epoch):
-            return cached.verdict
-        return None
-
-    def put(self, key: MemoKey, snapshot: Hashable, verdict: Verdict) -> None:
-        """Remember ``verdict`` unless the model or the map moved since ``snapshot``."""
-        current = self.snapshot()
-        if snapshot == current:
-            self._entries[key] = _Cached(current, verdict)
-
-    def new_map(self) -> None:
-        """A new map: every cached verdict is stale at once."""
-        self.map_epoch += 1
-        self._entries.clear()
 
 
 class Gateway:
