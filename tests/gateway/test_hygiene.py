@@ -9,6 +9,7 @@ reason) or nobody (200, echoing the raw target it saw).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -33,6 +34,7 @@ from permgate.gateway.hygiene import (
     check_message,
     check_target,
     forward_headers,
+    new_id,
     request_id,
     split_target,
 )
@@ -530,6 +532,29 @@ def test_request_id(pairs: tuple[tuple[str, str], ...], kept: bool) -> None:
 def test_request_ids_are_unique() -> None:
     """Generated ids do not repeat."""
     assert len({request_id(headers()) for _ in range(1000)}) == 1000
+
+
+def test_new_ids_are_128_bit_hex_and_unique_across_refills() -> None:
+    """Ids made ahead in batches are 32 hex digits and never repeat, over several batches."""
+    ids = [new_id() for _ in range(2000)]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_a_forked_worker_makes_its_own_ids() -> None:
+    """A worker forked after ids were made ahead never hands out the parent's next ids."""
+    new_id()  # the parent now holds ids made ahead
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its ids and leave at once
+        os.write(write_end, " ".join(new_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 4096).decode().split()
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    parent = [new_id() for _ in range(10)]
+    assert len(child) == 10 and not set(child) & set(parent)
 
 
 # id, Host field lines, protocol version, expected reason

@@ -491,6 +491,18 @@ async def test_slow_head_is_a_timeout(proxy: Proxy) -> None:
     assert 0.3 <= elapsed < 2.0
 
 
+async def test_slow_head_on_a_reused_connection_gets_its_whole_timeout(proxy: Proxy) -> None:
+    """The upstream connection's timer outlives an exchange: a request sent on it
+    later still gets its own whole timeout, never the rest of an earlier one."""
+    await (await proxy.get("/peer")).read()  # the connection is now pooled, its timer armed
+    await asyncio.sleep(0.2)  # the earlier exchange's deadline falls in the next one
+    started = time.monotonic()
+    response = await proxy.get("/slow-head")
+    elapsed = time.monotonic() - started
+    assert response.status == 504
+    assert 0.3 <= elapsed < 2.0
+
+
 async def test_connect_refused_is_unavailable(
     make_proxy: Callable[..., Awaitable[Proxy]],
 ) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -304,8 +303,8 @@ class DecisionService:
         closed, nothing of the request echoed or recorded."""
         t0 = self._clock()
         outcome = RequestOutcome(
-            request_id=os.urandom(16).hex(),
-            decision_id=os.urandom(16).hex(),
+            request_id=hygiene.new_id(),
+            decision_id=hygiene.new_id(),
             method="",
             path="",
             client_ip=client_ip,
@@ -399,7 +398,7 @@ class DecisionService:
     def _outcome(self, exchange: Exchange, request_id: str, door: Door | None) -> RequestOutcome:
         return RequestOutcome(
             request_id=request_id,
-            decision_id=os.urandom(16).hex(),
+            decision_id=hygiene.new_id(),
             method="",
             path="",
             client_ip=exchange.client_ip,

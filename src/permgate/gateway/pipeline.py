@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 import time
 from collections.abc import Callable
 from functools import partial
@@ -139,10 +138,10 @@ class Gateway:
         is echoed or recorded."""
         started = time.time()
         t0 = self._clock()
-        request_id = os.urandom(16).hex()
+        request_id = hygiene.new_id()
         outcome = RequestOutcome(
             request_id=request_id,
-            decision_id=os.urandom(16).hex(),
+            decision_id=hygiene.new_id(),
             method="",
             path="",
             client_ip=client_ip,
@@ -173,7 +172,7 @@ class Gateway:
         path, query = hygiene.split_target(raw_target)
         outcome = RequestOutcome(
             request_id=request_id,
-            decision_id=os.urandom(16).hex(),  # uuid4's 122 random bits, a quarter of the cost
+            decision_id=hygiene.new_id(),
             method=exchange.method,
             path=path,
             client_ip=exchange.client_ip,
