@@ -696,18 +696,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 # the part that called them.
 _PARTS: Final = (
     ("audit (on the loop)", ("permgate/observability/audit.py",)),
-    ("metrics", ("permgate/observability/metrics.py", "prometheus_client/")),
-    ("hygiene", ("permgate/gateway/hygiene.py",)),
+    ("metrics, usage", ("permgate/observability/metrics.py", "prometheus_client/",
+                        "permgate/observability/usage.py")),
+    ("hygiene + ids", ("permgate/gateway/hygiene.py",)),
     ("authn", ("permgate/gateway/authn.py", "permgate/core/token_secrets.py",
-               "permgate/gateway/modelcache.py")),
+               "permgate/gateway/modelcache.py", "permgate/gateway/generations.py")),
     ("route + decision", ("permgate/core/decision.py", "permgate/core/endpoints.py",
-                          "Gateway._decide")),
-    ("request ids (uuid4)", ("uuid.py",)),
-    ("client half (ClientSession)", ("aiohttp/client", "aiohttp/connector",
-                                     "permgate/gateway/proxy.py")),
-    ("server half (aiohttp web)", ("aiohttp/web_",)),
+                          "permgate/gateway/decision_cache.py")),
+    ("evaluate", ("permgate/gateway/evaluate.py",)),
+    ("upstream client + relay", ("permgate/gateway/upstream_http.py",
+                                 "permgate/gateway/proxy.py")),
+    ("server (http1)", ("permgate/gateway/http1.py",)),
+    ("decision service", ("permgate/gateway/authz.py",)),
     ("pipeline glue", ("permgate/gateway/pipeline.py", "permgate/observability/outcome.py",
-                       "permgate/runtime/app.py")),
+                       "permgate/gateway/responses.py", "permgate/runtime/app.py")),
 )  # fmt: skip
 
 
