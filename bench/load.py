@@ -530,19 +530,24 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[s
                 f" {_ratio(m.cpu_us, bare.cpu_us if bare else None):>9}"
                 f" {_ratio(m.cpu_us, envoy.cpu_us if envoy else None):>9}"
             )
-    ratios = [
-        ("permgate-1 / bare", "permgate-1", "bare", 0.85),
-        ("permgate-2 / permgate-1", "permgate-2", "permgate-1", 1.7),
-        ("bare-stream / bare", "bare-stream", "bare", None),
+    # The data plane's goals: permgate-1 >= 4x the bare proxy's req/s and <= 1.5x Envoy's
+    # CPU per request; a second worker within 1.1x of one worker's CPU per request.
+    goals = [
+        ("permgate-1 / bare", "permgate-1", "bare", "req/s", 4.0),
+        ("permgate-1 / envoy", "permgate-1", "envoy", "CPU", 1.5),
+        ("permgate-2 / permgate-1", "permgate-2", "permgate-1", "CPU", 1.1),
+        ("bare-stream / bare", "bare-stream", "bare", None, None),
     ]
     print()
-    for label, top, bottom, target in ratios:
+    for label, top, bottom, measure, goal in goals:
         if top in medians and bottom in medians:
             rps = medians[top].rps / medians[bottom].rps
             cpu = medians[top].cpu_us / medians[bottom].cpu_us
             verdict = ""
-            if target is not None:
-                verdict = f"  (target ≥ {target}: {'met' if rps >= target else 'NOT met'})"
+            if measure == "req/s" and goal is not None:
+                verdict = f"  (goal req/s ≥ ×{goal}: {'met' if rps >= goal else 'NOT met'})"
+            elif measure == "CPU" and goal is not None:
+                verdict = f"  (goal CPU ≤ ×{goal}: {'met' if cpu <= goal else 'NOT met'})"
             print(f"{label:<24} req/s ×{rps:.2f}   CPU/req ×{cpu:.2f}{verdict}")
     authz = medians.get("envoy+permgate")
     if authz is not None and authz.check_us is not None:
