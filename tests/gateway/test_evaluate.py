@@ -25,6 +25,7 @@ from permgate.core.reasons import (
 from permgate.gateway import hygiene
 from permgate.gateway.authn import AUTH_FAILURE_REASONS, AuthFailure
 from permgate.gateway.evaluate import EvalRequest, Evaluator, explanation, what_if
+from permgate.manage.service import Actor
 
 # -- reasons ----------------------------------------------------------------------------
 
@@ -129,6 +130,56 @@ async def test_the_memo_serves_the_second_request(gw: Gateway) -> None:
     alone = await gateway.evaluator.evaluate(request)
     assert (first.cache_hit, again.cache_hit, alone.cache_hit) == (False, True, False)
     assert again.verdict == first.verdict and again.label == "allow"
+
+
+@pytest.mark.parametrize(("method", "target", "token", "status", "reason"), ORDER)
+async def test_evaluate_cached_agrees_with_evaluate_once_both_are_warm(
+    gw: Gateway, method: str, target: str, token: str | None, status: int, reason: str
+) -> None:
+    """Once the credential and the verdict are in memory, the evaluation without a
+    coroutine gives evaluate()'s answer; before that it says only "would wait" (None),
+    except for answers that need neither (a 400, an unmapped or public route)."""
+    gateway = gw.runtime.gateway
+    secret = None if token is None else gw.tokens.get(token, token)
+    request = what_if(method, target, credential=secret)
+    cold = gateway.evaluator.evaluate_cached(request, gateway.memo)
+    slow = await gateway.evaluator.evaluate(request, gateway.memo)
+    await gateway.evaluator.evaluate(request, gateway.memo)  # the credential remembered
+    warm = gateway.evaluator.evaluate_cached(request, gateway.memo)
+    assert (slow.status, slow.reason) == (status, reason)
+    if slow.identity is None:  # decided before authentication, or a 401: nothing cached
+        assert cold is not None or slow.failure is not None
+        assert warm is None if slow.failure is not None else warm is not None
+        for done in (cold, warm):
+            if done is not None:
+                assert (done.status, done.reason, done.verdict) == (status, reason, slow.verdict)
+        return
+    assert cold is None
+    assert warm is not None
+    assert (warm.status, warm.reason, warm.verdict, warm.cache_hit) == (
+        status,
+        reason,
+        slow.verdict,
+        True,
+    )
+    assert warm.identity == slow.identity and warm.match == slow.match
+
+
+async def test_evaluate_cached_waits_after_a_revocation(gw: Gateway) -> None:
+    """A change to the model (a revoked token) takes the credential and the verdict
+    out of memory at once: the next evaluation is the one that may wait, and refuses."""
+    gateway = gw.runtime.gateway
+    secret = gw.tokens["alice"]
+    request = what_if("GET", "/policy/acme-prod/quotes/q1", credential=secret)
+    for _ in range(2):
+        await gateway.evaluator.evaluate(request, gateway.memo)
+    assert gateway.evaluator.evaluate_cached(request, gateway.memo) is not None
+    token_id = secret.removeprefix("pgt_").split("_")[0]
+    await gw.service.revoke_token(Actor.cli(), token_id)
+    await gw.runtime.deliver_changes()
+    assert gateway.evaluator.evaluate_cached(request, gateway.memo) is None
+    evaluation = await gateway.evaluator.evaluate(request, gateway.memo)
+    assert (evaluation.status, evaluation.reason) == (401, "revoked_token")
 
 
 async def test_a_request_without_host_is_refused_like_the_gateway(gw: Gateway) -> None:

@@ -188,15 +188,9 @@ class Authenticator:
         identifies the caller only when no bearer credential was presented.
         """
         if authorization is not None:
-            known = self._known.get(authorization)
-            if known is not None:
-                if self._cache.unchanged_since(known.epoch):
-                    now = time.time()
-                    if now < known.ends and self._cache.now() < known.fresh_until:
-                        if known.token_id is not None:
-                            self._uses[known.token_id] = now
-                        return known.identity
-                self._known.pop(authorization)  # stale: verified afresh below
+            identity = self.remembered(authorization)
+            if identity is not None:
+                return identity
         try:
             if certificate_id is not None and not _is_bearer(authorization):
                 return await self._certificate(certificate_id)
@@ -204,6 +198,22 @@ class Authenticator:
         except AuthFailure as failure:
             log.debug("credential refused: %s: %s", failure.reason, failure.detail)
             raise
+
+    def remembered(self, authorization: str) -> Identity | None:
+        """The identity of a credential verified a moment ago and still valid (see the
+        class docstring), or None: the first step of :meth:`authenticate`, without a
+        coroutine, for the gateway's path that never waits."""
+        known = self._known.get(authorization)
+        if known is None:
+            return None
+        if self._cache.unchanged_since(known.epoch):
+            now = time.time()
+            if now < known.ends and self._cache.now() < known.fresh_until:
+                if known.token_id is not None:
+                    self._uses[known.token_id] = now
+                return known.identity
+        self._known.pop(authorization)  # stale: verified afresh by authenticate()
+        return None
 
     async def _authenticate(self, authorization: str | None) -> Identity:
         if not authorization:

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Final, Protocol
 
+from multidict import CIMultiDict
+
 from permgate.core.endpoints import EndpointMap
 from permgate.core.errors import PermgateError, StoreUnavailable
 from permgate.core.reasons import FRAMING_REASONS, Refusal
@@ -42,8 +44,30 @@ from permgate.observability.tracing import RequestTrace, Tracer, trace_id_of
 
 __all__ = ["Gateway", "Observer"]
 
-# What _forward returns while a callback relay answers (and records) the request.
+# What _relay returns while a callback relay answers (and records) the request.
 _RELAYED: Final = Answer(0)
+
+
+class _Pending:
+    """A forward that could not start in callbacks (the body still coming, no idle
+    pooled connection): :meth:`Gateway._forward` awaits it."""
+
+    __slots__ = ("headers", "path_qs", "t_up", "timing", "trace")
+
+    def __init__(
+        self,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        timing: UpstreamTiming,
+        t_up: float,
+        trace: RequestTrace | None,
+    ) -> None:
+        self.path_qs = path_qs
+        self.headers = headers
+        self.timing = timing
+        self.t_up = t_up
+        self.trace = trace
+
 
 log = logging.getLogger("permgate.pipeline")
 
@@ -203,12 +227,28 @@ class Gateway:
                 trace.finish(outcome)
             refusal(exc.status_code, exc.error, Refusal.AUDIT_OVERLOADED, request_id).send(exchange)
             return
-        LOOKUP_CLIENT.set(outcome.client_ip or "")  # unknown-key lookups are shared per client
         answer: Answer | None = None
         record = partial(self._record, exchange, outcome, t0, trace)
         try:
             try:
-                answer = await self._handle(exchange, outcome, path, query, raw_target, record)
+                # The common case never waits: evaluated from memory, relayed in callbacks
+                # (a sampled request takes the path that may wait, as it always did).
+                evaluator = self.evaluator
+                request = self._eval_request(exchange, raw_target)
+                evaluation = (
+                    evaluator.evaluate_cached(request, self.memo) if trace is None else None
+                )
+                if evaluation is None:
+                    LOOKUP_CLIENT.set(outcome.client_ip or "")  # unknown keys: shared per client
+                    # The evaluator and the cache's snapshot are read together, before
+                    # any await: a map swap cannot slip between them.
+                    evaluation = await evaluator.evaluate(request, self.memo)
+                done = self._evaluated(
+                    exchange, outcome, evaluator, evaluation, path + query, record
+                )
+                if isinstance(done, _Pending):  # a body still coming, or no idle connection
+                    done = await self._forward(exchange, outcome, done)
+                answer = done
             except StoreUnavailable:
                 outcome.decision, outcome.reason = "deny", Refusal.STORE_UNAVAILABLE
                 answer = refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, request_id)
@@ -237,28 +277,27 @@ class Gateway:
         if trace is not None:
             trace.finish(outcome)
 
-    async def _handle(
-        self,
-        exchange: Exchange,
-        outcome: RequestOutcome,
-        path: str,
-        query: str,
-        raw_target: str,
-        record: Callable[[], None],
-    ) -> Answer | None:
+    def _eval_request(self, exchange: Exchange, raw_target: str) -> EvalRequest:
         certificate_id = None
         if self._principal_from is not None and exchange.peercert is not None:
             # Only a certificate the listener verified is there (see permgate.runtime.tls).
             certificate_id = certificate_principal(exchange.peercert, self._principal_from)
-        # The evaluator and the cache's snapshot are read together, before any await:
-        # a map swap cannot slip between them.
-        evaluator = self.evaluator
-        evaluation = await evaluator.evaluate(
-            EvalRequest(
-                exchange.method, raw_target, exchange.headers, exchange.version, certificate_id
-            ),
-            self.memo,
+        return EvalRequest(
+            exchange.method, raw_target, exchange.headers, exchange.version, certificate_id
         )
+
+    def _evaluated(
+        self,
+        exchange: Exchange,
+        outcome: RequestOutcome,
+        evaluator: Evaluator,
+        evaluation: Evaluation,
+        path_qs: str,
+        record: Callable[[], None],
+    ) -> Answer | _Pending | None:
+        """What an evaluation makes of the request: a refusal, ``_RELAYED`` (being
+        relayed in callbacks, which call ``record`` at the end), or a ``_Pending``
+        forward that must wait (:meth:`_forward`)."""
         refused = evaluation.refusal
         if refused is not None:
             outcome.reason = refused
@@ -285,11 +324,9 @@ class Gateway:
             outcome.cache_hit = evaluation.cache_hit
             source = match.endpoint.tenant
             tenant_header = source.name if source.kind == "header" else None
-        return await self._conclude(
-            exchange, outcome, evaluation, path + query, tenant_header, record
-        )
+        return self._conclude(exchange, outcome, evaluation, path_qs, tenant_header, record)
 
-    async def _conclude(
+    def _conclude(
         self,
         exchange: Exchange,
         outcome: RequestOutcome,
@@ -297,9 +334,8 @@ class Gateway:
         path_qs: str,
         tenant_header: str | None,
         record: Callable[[], None],
-    ) -> Answer | None:
-        """Turn a decision into a refusal or a forwarded request (None: relayed;
-        ``_RELAYED``: being relayed in callbacks, which call ``record`` at the end)."""
+    ) -> Answer | _Pending | None:
+        """Turn a decision into a refusal or a forwarded request (see :meth:`_evaluated`)."""
         if self._tracer is not None and (trace := _TRACE.get()) is not None:
             trace.decided()
         verdict = evaluation.verdict
@@ -317,11 +353,9 @@ class Gateway:
         else:
             outcome.decision = "deny"
             return forbidden(decision, outcome.request_id)
-        return await self._forward(
-            exchange, outcome, evaluation.identity, path_qs, tenant_header, record
-        )
+        return self._relay(exchange, outcome, evaluation.identity, path_qs, tenant_header, record)
 
-    async def _forward(
+    def _relay(
         self,
         exchange: Exchange,
         outcome: RequestOutcome,
@@ -329,10 +363,14 @@ class Gateway:
         path_qs: str,
         tenant_header: str | None,
         record: Callable[[], None],
-    ) -> Answer | None:
+    ) -> Answer | _Pending:
         """Forward an allowed (or shadow-denied) request. Every tenant header the map
         declares is removed, and the endpoint's own (when its tenant comes from one) is
-        set again to the decided tenant: the upstream sees no other tenant."""
+        set again to the decided tenant: the upstream sees no other tenant.
+
+        The common case (the body here, a pooled connection idle) is relayed in
+        callbacks: no Task, no Future; the outcome is recorded when it ends
+        (``_RELAYED``). Else the ``_Pending`` forward is :meth:`_forward`'s to await."""
         identity_headers = {"X-Request-Id": outcome.request_id}
         if identity is not None:
             principal = identity.principal
@@ -364,20 +402,25 @@ class Gateway:
             )
         timing = UpstreamTiming()
         t_up = self._clock()
-        # The common case (the body here, a pooled connection idle) is relayed in
-        # callbacks: no Task, no Future; the outcome is recorded when it ends.
         done = partial(self._relayed, exchange, outcome, timing, t_up, trace, record)
         if self._upstream.relay(
             exchange, path_qs=path_qs, headers=headers, timing=timing, done=done
         ):
             return _RELAYED
+        return _Pending(path_qs, headers, timing, t_up, trace)
+
+    async def _forward(
+        self, exchange: Exchange, outcome: RequestOutcome, pending: _Pending
+    ) -> Answer | None:
+        """The forward that waits: for the rest of the body, or for a connection."""
+        timing = pending.timing
         try:
             status = await self._upstream.forward(
-                exchange, path_qs=path_qs, headers=headers, timing=timing
+                exchange, path_qs=pending.path_qs, headers=pending.headers, timing=timing
             )
         except (ClientRequestError, UpstreamError) as exc:
-            return self._not_forwarded(exchange, outcome, t_up, exc)
-        self._forwarded(outcome, timing, trace, status)
+            return self._not_forwarded(exchange, outcome, pending.t_up, exc)
+        self._forwarded(outcome, timing, pending.trace, status)
         return None
 
     def _relayed(
