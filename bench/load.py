@@ -4,6 +4,7 @@
     .venv/bin/python bench/load.py --duration 5 --rounds 1
     .venv/bin/python bench/load.py --only bare,envoy+permgate
     .venv/bin/python bench/load.py --profile 10    # then py-spy bare and permgate-1
+    .venv/bin/python bench/load.py --only permgate-1 --base HEAD~1   # A/B of a change
     .venv/bin/python bench/load.py --memory        # RSS under 1.1M distinct tokens
 
 One run starts, each in its own process on loopback:
@@ -40,6 +41,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -48,6 +50,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -320,9 +323,10 @@ async def _seed(dsn: str) -> str:
 
 
 def permgate_server(
-    name: str, folder: Path, workers: int, upstream_port: int
+    name: str, folder: Path, workers: int, upstream_port: int, src: Path | None = None
 ) -> tuple[Server, str, Path]:
-    """A seeded store, a permgate.yaml and the serve command; (server, token, audit)."""
+    """A seeded store, a permgate.yaml and the serve command; (server, token, audit).
+    ``src``: run another tree's ``src/`` (an A/B against a revision: :func:`archive`)."""
     folder.mkdir()
     secret = asyncio.run(_seed(f"sqlite://{folder}/permgate.db"))
     port, admin_port = free_port(), free_port()
@@ -340,8 +344,22 @@ def permgate_server(
     )
     argv = [PYTHON, "-m", "permgate", "serve", "--config", str(config), "--workers", str(workers)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERMGATE_")}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     server = Server(name, argv, port, folder / "serve.log", workers=workers, env=env)
     return server, secret, audit
+
+
+def archive(rev: str, into: Path) -> Path:
+    """``rev``'s ``src/`` (``git archive``) in ``into``: the other side of an A/B."""
+    data = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "src"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(into, filter="data")
+    return into / "src"
 
 
 def permgate_decider(folder: Path) -> tuple[Server, str, Path]:
@@ -510,22 +528,22 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[s
         f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
         f"{args.rounds} round(s) in rotation, medians; GET {TARGET}"
     )
-    print(f"{'config':<15} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs/req':>10}"
+    print(f"{'config':<20} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs/req':>10}"
           f" {'check µs':>8} {'upstream CPU':>12}   runs (req/s)")  # fmt: skip
     for name, m in medians.items():
         runs = " ".join(f"{s.rps:,.0f}" for s in samples[name])
         check = f"{m.check_us:>8.0f}" if m.check_us is not None else f"{'-':>8}"
         print(
-            f"{name:<15} {m.rps:>8,.0f} {m.p50_ms:>7.2f} {m.p99_ms:>7.2f} {m.cpu_us:>10.0f}"
+            f"{name:<20} {m.rps:>8,.0f} {m.p50_ms:>7.2f} {m.p99_ms:>7.2f} {m.cpu_us:>10.0f}"
             f" {check} {m.upstream_busy:>11.0%}   {runs}"
         )
     bare, envoy = medians.get("bare"), medians.get("envoy")
     if bare is not None or envoy is not None:
-        print(f"\n{'ratios':<15} {'req/s÷bare':>10} {'req/s÷envoy':>11}"
+        print(f"\n{'ratios':<20} {'req/s÷bare':>10} {'req/s÷envoy':>11}"
               f" {'CPU÷bare':>9} {'CPU÷envoy':>9}  (CPU: µs per request)")  # fmt: skip
         for name, m in medians.items():
             print(
-                f"{name:<15} {_ratio(m.rps, bare.rps if bare else None):>10}"
+                f"{name:<20} {_ratio(m.rps, bare.rps if bare else None):>10}"
                 f" {_ratio(m.rps, envoy.rps if envoy else None):>11}"
                 f" {_ratio(m.cpu_us, bare.cpu_us if bare else None):>9}"
                 f" {_ratio(m.cpu_us, envoy.cpu_us if envoy else None):>9}"
@@ -538,6 +556,8 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[s
         ("permgate-2 / permgate-1", "permgate-2", "permgate-1", "CPU", 1.1),
         ("bare-stream / bare", "bare-stream", "bare", None, None),
     ]
+    if args.base:
+        goals.append(("permgate-1 / the base", "permgate-1", f"permgate-1@{args.base}", None, None))
     print()
     for label, top, bottom, measure, goal in goals:
         if top in medians and bottom in medians:
@@ -548,7 +568,7 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[s
                 verdict = f"  (goal req/s ≥ ×{goal}: {'met' if rps >= goal else 'NOT met'})"
             elif measure == "CPU" and goal is not None:
                 verdict = f"  (goal CPU ≤ ×{goal}: {'met' if cpu <= goal else 'NOT met'})"
-            print(f"{label:<24} req/s ×{rps:.2f}   CPU/req ×{cpu:.2f}{verdict}")
+            print(f"{label:<30} req/s ×{rps:.2f}   CPU/req ×{cpu:.2f}{verdict}")
     authz = medians.get("envoy+permgate")
     if authz is not None and authz.check_us is not None:
         met = "met" if authz.check_us <= CHECK_TARGET_US else "NOT met"
@@ -589,6 +609,12 @@ def build_configs(names: Sequence[str], folder: Path, args: argparse.Namespace) 
         if name not in names and not (args.profile and workers == 1):
             continue
         server, secret, audit = permgate_server(name, folder / name, workers, up_port)
+        url = f"http://127.0.0.1:{server.port}{TARGET}"
+        configs[name] = Config(name, server, url, [f"Authorization: Bearer {secret}"], audit)
+    if args.base:
+        name = f"permgate-1@{args.base}"
+        src = archive(args.base, folder / "base")
+        server, secret, audit = permgate_server(name, folder / "base-1", 1, up_port, src)
         url = f"http://127.0.0.1:{server.port}{TARGET}"
         configs[name] = Config(name, server, url, [f"Authorization: Bearer {secret}"], audit)
     if "envoy+permgate" in names:
@@ -641,6 +667,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="--memory: an RSS sample every N requests (default: 50 samples in all)",
     )
+    parser.add_argument(
+        "--base",
+        metavar="REV",
+        help="add a row permgate-1@REV: that git revision's src/, served the same way (A/B)",
+    )
     args = parser.parse_args(argv)
     if args.memory:
         from memory import run_memory
@@ -661,6 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = Path(tmp)
         upstream, configs = build_configs(names, folder, args)
         wanted = [configs[n] for n in names]
+        if args.base:
+            wanted.append(configs[f"permgate-1@{args.base}"])
         servers = [upstream] + [
             s for c in configs.values() for s in c.servers() if s is not upstream
         ]
@@ -675,7 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sample = measure(wrk, config, upstream, args)
                     samples[config.name].append(sample)
                     print(
-                        f"round {round_ + 1}/{args.rounds} {config.name:<15}"
+                        f"round {round_ + 1}/{args.rounds} {config.name:<20}"
                         f" {sample.rps:>8,.0f} req/s  p50 {sample.p50_ms:.2f} ms"
                         f"  p99 {sample.p99_ms:.2f} ms  {sample.cpu_us:.0f} CPU µs/req",
                         flush=True,

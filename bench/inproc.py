@@ -1,0 +1,259 @@
+"""The gateway's per-request CPU in one process, without sockets; A/B against a revision.
+
+    .venv/bin/python bench/inproc.py                       # this tree, 5 rounds
+    .venv/bin/python bench/inproc.py --base HEAD~1         # A/B, rounds in rotation
+    .venv/bin/python bench/inproc.py --profile             # cProfile's top functions
+    SORT=ncalls TOP=150 .venv/bin/python bench/inproc.py --profile   # calls per request
+
+``permgate serve``'s own parts (``Runtime``: the shipped map, a SQLite store seeded as
+``load.py`` seeds it, audit to a file, metrics) answer ``GET /policy/acme-prod/quotes/
+{locator}`` with a warm token, from ``--connections`` keep-alive clients at once (each
+sends its next request when its answer is in), on uvloop. Only the sockets are
+replaced: the client's transport feeds the next request when the answer is written, the
+upstream's answers ``upstream.py``'s fixed 200 on the
+next turn of the loop. What is left is the Python permgate runs per request (and the
+audit writer thread): CPU µs per request from ``time.process_time`` (every thread).
+
+With ``--base REV`` the same harness runs ``REV``'s ``src/`` (from ``git archive``) in
+its own process, rounds alternating with this tree's: the A/B of a hot-path change.
+The kernel's share (two sends and two reads per request on loopback) is not in these
+figures; ``load.py`` measures the whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Final
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+BENCH: Final = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+from load import PYTHON, TARGET, archive, permgate_server  # noqa: E402
+from upstream import RESPONSE  # noqa: E402
+
+
+class _ClientTransport(asyncio.Transport):
+    """The client's socket: each whole answer written makes the next request arrive."""
+
+    def __init__(self, harness: _Harness, protocol: asyncio.Protocol) -> None:
+        super().__init__()
+        self._harness = harness
+        self._protocol = protocol
+        self._answer = b""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        answer = self._answer + data
+        if answer.endswith(RESPONSE[-40:]):  # whole (else its head alone: the body follows)
+            self._answer = b""
+            self._harness.answered(self._protocol, answer)
+        else:
+            self._answer = answer
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._harness.failed("the gateway closed the client's connection")
+
+
+class _UpstreamTransport(asyncio.Transport):
+    """The upstream's socket: a whole request written is answered on the loop's next turn."""
+
+    def __init__(self, protocol: asyncio.Protocol, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._protocol = protocol
+        self._loop = loop
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        if data.endswith(b"\r\n\r\n"):
+            self._loop.call_soon(self._protocol.data_received, RESPONSE)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class _Harness:
+    """``connections`` clients, each sending its next request when its answer is in."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, request: bytes) -> None:
+        self.loop = loop
+        self.request = request
+        self.protocols: list[asyncio.Protocol] = []
+        self.left = 0
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def client(self, protocol: asyncio.Protocol) -> _ClientTransport:
+        self.protocols.append(protocol)
+        return _ClientTransport(self, protocol)
+
+    def answered(self, protocol: asyncio.Protocol, answer: bytes) -> None:
+        if not answer.startswith(b"HTTP/1.1 200 "):
+            self.failed(f"not a 200: {answer[:300]!r}")
+            return
+        self.left -= 1
+        if self.left < len(self.protocols):
+            if self.left <= 0 and not self.done.done():
+                self.done.set_result(None)
+            return
+        self.loop.call_soon(protocol.data_received, self.request)
+
+    def failed(self, why: str) -> None:
+        if not self.done.done():
+            self.done.set_exception(SystemExit(why))
+
+    async def run(self, n: int) -> None:
+        self.left = n
+        self.done = self.loop.create_future()
+        for protocol in self.protocols:
+            protocol.data_received(self.request)
+        await self.done
+
+
+async def _child(
+    config: Path, token: str, n: int, rounds: int, profile: bool, connections: int
+) -> list[float]:
+    from permgate.config import load_settings
+    from permgate.gateway.http1 import Listener
+    from permgate.runtime.app import Runtime
+
+    loop = asyncio.get_running_loop()
+    runtime = Runtime(load_settings(config, env={}))
+    await runtime.start()
+    pool = runtime.upstream._pool
+    assert pool is not None
+
+    async def connect() -> Any:
+        conn = pool._factory()
+        conn.connection_made(_UpstreamTransport(conn, loop))
+        return conn
+
+    pool._connect = connect  # type: ignore[method-assign]
+    request = (
+        f"GET {TARGET} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    harness = _Harness(loop, request)
+    listener = Listener(runtime.gateway, head_timeout=60.0)
+    for _ in range(connections):
+        protocol = listener.protocol()
+        protocol.connection_made(harness.client(protocol))
+    try:
+        await harness.run(2000)  # warm: the token remembered, the verdict cached
+        results = []
+        for _ in range(rounds):
+            await asyncio.sleep(0.05)  # the audit writer catches up between rounds
+            profiler = cProfile.Profile() if profile else None
+            cpu0 = time.process_time()
+            if profiler is not None:
+                profiler.enable()
+            await harness.run(n)
+            if profiler is not None:
+                profiler.disable()
+            results.append((time.process_time() - cpu0) / n * 1e6)
+            if profiler is not None:
+                out = io.StringIO()
+                stats = pstats.Stats(profiler, stream=out)
+                stats.sort_stats(os.environ.get("SORT", "tottime"))  # or ncalls, cumulative
+                stats.print_stats(int(os.environ.get("TOP", "35")))
+                print(out.getvalue(), file=sys.stderr)
+        return results
+    finally:
+        await runtime.stop()
+
+
+def _run_child(
+    src: Path, config: Path, token: str, args: argparse.Namespace, rounds: int
+) -> list[float]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERMGATE_")}
+    env["PYTHONPATH"] = str(src)
+    argv = [PYTHON, __file__, "--child", str(config), token, "--n", str(args.n)]
+    argv += ["--connections", str(args.connections)]
+    argv += ["--rounds", str(rounds)] + (["--profile"] if args.profile else [])
+    out = subprocess.run(argv, env=env, check=True, capture_output=not args.profile, text=True)
+    if args.profile:
+        raise SystemExit(0)
+    return [float(x) for x in out.stdout.split()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=20_000, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32, help="clients at once (wrk -c)")
+    parser.add_argument("--base", help="a git revision to compare with (A/B)")
+    parser.add_argument("--profile", action="store_true", help="cProfile one round")
+    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "TOKEN"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        import uvloop
+
+        config, token = args.child
+        rounds = 1 if args.profile else args.rounds
+        results = uvloop.run(
+            _child(Path(config), token, args.n, rounds, args.profile, args.connections)
+        )
+        print(" ".join(f"{r:.3f}" for r in results))
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="permgate-inproc-") as tmp:
+        folder = Path(tmp)
+        _, token, _ = permgate_server("permgate", folder / "gw", 1, upstream_port=9)
+        config = folder / "gw" / "permgate.yaml"
+        trees = {"this tree": ROOT / "src"}
+        if args.base:
+            trees = {f"base {args.base}": archive(args.base, folder / "base"), **trees}
+        results: dict[str, list[float]] = {name: [] for name in trees}
+        for round_ in range(args.rounds):
+            order = list(trees.items())
+            if round_ % 2:
+                order.reverse()
+            for name, src in order:
+                results[name] += _run_child(src, config, token, args, 1)
+        print(f"{args.n:,} requests a round, {args.rounds} rounds in rotation: CPU µs/request")
+        medians = {name: statistics.median(values) for name, values in results.items()}
+        for name, values in results.items():
+            runs = " ".join(f"{v:6.2f}" for v in values)
+            print(f"  {name:<24} median {medians[name]:6.2f}   runs {runs}")
+        if args.base:
+            base, this = medians.values()
+            print(f"  this tree / base: ×{this / base:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
