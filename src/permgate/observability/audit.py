@@ -3,7 +3,7 @@
 Shape of the flow::
 
     pipeline ── reserve() ──► [bounded queue] ── writer thread ──► sink.write(batch)
-             ── emit_decision(outcome) ─┘   (a deque)   (batches gathered for 5 ms;
+             ── emit_decision(outcome) ─┘   (a deque)   (batches gathered for 50 ms;
                   decision: one orjson line,             other events: processors →
                   rendered on the loop                   orjson line)
 
@@ -87,8 +87,10 @@ AUDIT_EVENTS: Final = (
 )
 REDACTED: Final = "[REDACTED]"
 # The writer's cost is per batch (its GIL handoffs against a busy loop), not per event:
-# 5 ms instead of 2 ms measured 6-13 % less CPU per request (bench/README.md).
-LINGER_SECONDS: Final = 0.005
+# Each batch costs the loop and the writer GIL handoffs (a few hundred µs of CPU between
+# them under load), whatever its size: 50 ms instead of 5 ms measured several µs less CPU
+# per request (bench/README.md). Envoy flushes its access logs every second.
+LINGER_SECONDS: Final = 0.05
 _RETRY_FIRST_SECONDS: Final = 0.1
 _RETRY_MAX_SECONDS: Final = 5.0
 
@@ -514,7 +516,7 @@ class AuditLog:
     pool thread and back (``asyncio.to_thread``) cost about 20 µs of CPU per batch,
     which under load was most of an event's cost, since events came a few at a time.
 
-    The thread lingers: woken by an event, it waits ``linger`` (5 ms) for more before
+    The thread lingers: woken by an event, it waits ``linger`` (50 ms) for more before
     writing. It does not linger when the queue is half full or a request waits for a
     slot (the bound is then what matters), nor while closing, and a request starting
     to wait or :meth:`close` cuts a linger short. Events waiting there count against
