@@ -74,10 +74,15 @@ async def test_audit_page_shows_the_gateways_recent_decisions(tmp_path: Path) ->
                 f"{gw.admin_url}/console/login", data={"csrf": csrf, "token": gw.tokens["root"]}
             ) as response:
                 assert response.url.path == "/console/"
-            async with client.get(f"{gw.admin_url}/console/audit?decision=deny") as response:
-                text = await response.text()
-        assert response.status == 200
-        assert "POST /policy/acme-prod/quotes" in text
+
+            async def denied_request_listed() -> str | None:
+                async with client.get(f"{gw.admin_url}/console/audit?decision=deny") as response:
+                    assert response.status == 200
+                    text = await response.text()
+                return text if "POST /policy/acme-prod/quotes" in text else None
+
+            # The audit writer gathers events for a moment before it writes them.
+            text = await eventually(denied_request_listed, "the denied request on the Audit page")
         assert "missing_permission" in text
 
 

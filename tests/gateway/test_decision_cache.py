@@ -29,6 +29,9 @@ AGENT = Role("acme", "agent", "Agent", ("quotes.write",))
 
 
 class _Observer:
+    def admit_now(self) -> bool:
+        return True
+
     async def admit(self) -> None:
         return None
 

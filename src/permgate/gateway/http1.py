@@ -29,8 +29,9 @@ as everything permgate decides; this one does only what the deciding listeners n
 - A client that goes away fails what the handler waits for (its body, a drain) and
   :attr:`Exchange.gone` tells it: the answer cannot be delivered.
 
-The handler's coroutine is started inline: an answer decided without waiting (a
-cached decision, a refusal) is written with no Task or Future made for it; only a
+A handler serves what it can without waiting in a plain call (the gateway's common
+case) and returns a coroutine for the rest. That coroutine is started inline: an
+answer decided without waiting is written with no Task or Future made for it; only a
 handler that really waits gets a Task to finish in.
 """
 
@@ -117,9 +118,11 @@ class _Refused(Exception):
 class Handler(Protocol):
     """What a deciding listener does with requests (the gateway, the decision service)."""
 
-    def handle(self, exchange: Exchange) -> Coroutine[Any, Any, None]:
+    def handle(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
         """Answer ``exchange`` (through :meth:`Exchange.respond` or a relay); never
-        raises for a request-level problem."""
+        raises for a request-level problem. None: done without waiting (answered, or
+        relayed in callbacks); else the coroutine that finishes it (an ``async def``
+        handler returns one)."""
         ...
 
     def refuse_unreadable(
@@ -657,11 +660,19 @@ class ServerProtocol(asyncio.Protocol):
 
     def _begin(self, exchange: Exchange) -> None:
         self._active = exchange
+        coro: Coroutine[Any, Any, Any] | None
         if exchange.refusal is not None:
             status, reason = exchange.refusal
-            coro: Coroutine[Any, Any, Any] = self._answer_unreadable(exchange, status, reason)
+            coro = self._answer_unreadable(exchange, status, reason)
         else:
-            coro = self._handler.handle(exchange)
+            try:
+                coro = self._handler.handle(exchange)
+            except Exception as exc:  # the handler never raises; if it did, answer 500
+                self._crashed(exchange, exc)
+                return
+            if coro is None:  # served without waiting
+                self._handled(exchange)
+                return
         loop = self.loop
         inline = _Inline()
         current = cast("asyncio.Task[Any]", inline)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from multidict import CIMultiDict
 
@@ -87,6 +87,11 @@ class Observer(Protocol):
     async def admit(self) -> None:
         """Called before any work: may wait (audit backpressure) or raise a
         :class:`PermgateError` with status 503 (audit ``reject`` policy)."""
+        ...
+
+    def admit_now(self) -> bool:
+        """:meth:`admit` when it would neither wait nor refuse: True, admitted; False,
+        nothing was done (call :meth:`admit`)."""
         ...
 
     def record(self, outcome: RequestOutcome) -> None:
@@ -186,30 +191,56 @@ class Gateway:
         self._observer.record(outcome)
         return answer
 
-    async def handle(self, exchange: Exchange) -> None:
-        """Serve one request; never raises for a request-level problem."""
+    def handle(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
+        """Serve one request; never raises for a request-level problem.
+
+        The common case is served without a coroutine: no tracing, a verdict the cache
+        holds for a credential the authenticator remembers, a free audit slot, and a
+        refusal answered or a forward relayed in callbacks. Then nothing is returned.
+        Anything that may wait returns the coroutine that serves the request (the
+        listener runs it): :meth:`serve`, the whole path, or the forward that waits."""
+        if self._tracer is not None:
+            return self.serve(exchange)
+        started = time.time()
+        t0 = self._clock()
+        evaluator = self.evaluator
+        request = self._eval_request(exchange, exchange.target)
+        try:
+            evaluation = evaluator.evaluate_cached(request, self.memo)
+        except Exception:  # whatever it is, the whole path says it (a 500, logged)
+            evaluation = None
+        # The evaluation above only read memory: a request that cannot go on from it now
+        # is served by the whole path, from the start.
+        if evaluation is None or not self._observer.admit_now():
+            return self.serve(exchange)
+        outcome = self._outcome(exchange, started)
+        record = partial(self._record, exchange, outcome, t0, None)
+        answer: Answer | _Pending | None = None
+        try:
+            answer = self._evaluated(
+                exchange, outcome, evaluator, evaluation, exchange.target, record
+            )
+        except Exception as exc:
+            answer = self._failed(outcome, exc)
+        if isinstance(answer, _Pending):  # a body still coming, or no idle connection
+            return self._forward_then_record(exchange, outcome, answer, record)
+        self._answer(exchange, answer, record)
+        return None
+
+    async def serve(self, exchange: Exchange) -> None:
+        """The whole path of one request, for whatever may wait: tracing, admission
+        under audit backpressure, a credential or verdict not in memory, a forward that
+        waits for the body or a connection."""
         started = time.time()
         t0 = self._clock()
         headers = exchange.headers
-        request_id = hygiene.request_id(headers)
-        raw_target = exchange.target
-        path, query = hygiene.split_target(raw_target)
-        outcome = RequestOutcome(
-            request_id=request_id,
-            decision_id=hygiene.new_id(),
-            method=exchange.method,
-            path=path,
-            client_ip=exchange.client_ip,
-            started=started,
-            map_sha256=self.endpoint_map.sha256,
-            trace_id=trace_id_of(headers.get("traceparent")),
-        )
+        outcome = self._outcome(exchange, started)
         trace: RequestTrace | None = None
         if self._tracer is not None:
             trace = self._tracer.start(
                 headers,
                 method=exchange.method,
-                path=path,
+                path=outcome.path,
                 scheme=exchange.scheme,
                 host=headers.get("Host"),
                 client_ip=outcome.client_ip,
@@ -225,16 +256,16 @@ class Gateway:
             self._observer.refused(outcome)
             if trace is not None:
                 trace.finish(outcome)
-            refusal(exc.status_code, exc.error, Refusal.AUDIT_OVERLOADED, request_id).send(exchange)
+            refusal(exc.status_code, exc.error, Refusal.AUDIT_OVERLOADED, outcome.request_id).send(
+                exchange
+            )
             return
         answer: Answer | None = None
         record = partial(self._record, exchange, outcome, t0, trace)
         try:
             try:
-                # The common case never waits: evaluated from memory, relayed in callbacks
-                # (a sampled request takes the path that may wait, as it always did).
                 evaluator = self.evaluator
-                request = self._eval_request(exchange, raw_target)
+                request = self._eval_request(exchange, exchange.target)
                 evaluation = (
                     evaluator.evaluate_cached(request, self.memo) if trace is None else None
                 )
@@ -244,21 +275,73 @@ class Gateway:
                     # any await: a map swap cannot slip between them.
                     evaluation = await evaluator.evaluate(request, self.memo)
                 done = self._evaluated(
-                    exchange, outcome, evaluator, evaluation, path + query, record
+                    exchange, outcome, evaluator, evaluation, exchange.target, record
                 )
                 if isinstance(done, _Pending):  # a body still coming, or no idle connection
                     done = await self._forward(exchange, outcome, done)
                 answer = done
-            except StoreUnavailable:
-                outcome.decision, outcome.reason = "deny", Refusal.STORE_UNAVAILABLE
-                answer = refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, request_id)
-            except Exception:
-                log.exception("request %s failed", request_id)
-                outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
-                answer = refusal(500, "internal", Refusal.INTERNAL_ERROR, request_id)
-            relayed = answer is _RELAYED
-            if answer is not None and not relayed and not exchange.answered and not exchange.gone:
-                answer.send(exchange)
+            except Exception as exc:
+                answer = self._failed(outcome, exc)
+            self._send(exchange, answer)
+        finally:
+            if answer is not _RELAYED:  # else the relay records it when it ends
+                record()
+
+    async def _forward_then_record(
+        self,
+        exchange: Exchange,
+        outcome: RequestOutcome,
+        pending: _Pending,
+        record: Callable[[], None],
+    ) -> None:
+        """The rest of the common case when its forward has to wait."""
+        answer: Answer | None = None
+        try:
+            try:
+                answer = await self._forward(exchange, outcome, pending)
+            except Exception as exc:
+                answer = self._failed(outcome, exc)
+            self._send(exchange, answer)
+        finally:
+            record()
+
+    def _outcome(self, exchange: Exchange, started: float) -> RequestOutcome:
+        """The request's record, filled as it goes (see :class:`RequestOutcome`)."""
+        headers = exchange.headers
+        return RequestOutcome(
+            hygiene.request_id(headers),
+            hygiene.new_id(),
+            exchange.method,
+            exchange.target.partition("?")[0],
+            exchange.client_ip,
+            started,
+            map_sha256=self.endpoint_map.sha256,
+            trace_id=trace_id_of(headers.get("traceparent")),
+        )
+
+    @staticmethod
+    def _failed(outcome: RequestOutcome, exc: Exception) -> Answer:
+        """The answer to a request whose evaluation or forward raised ``exc``."""
+        outcome.decision = "deny"
+        if isinstance(exc, StoreUnavailable):
+            outcome.reason = Refusal.STORE_UNAVAILABLE
+            return refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, outcome.request_id)
+        log.error("request %s failed", outcome.request_id, exc_info=exc)
+        outcome.reason = Refusal.INTERNAL_ERROR
+        return refusal(500, "internal", Refusal.INTERNAL_ERROR, outcome.request_id)
+
+    @staticmethod
+    def _send(exchange: Exchange, answer: Answer | None) -> None:
+        """Write ``answer`` unless it is relayed, went out already, or the client left."""
+        if answer is None or answer is _RELAYED or exchange.answered or exchange.gone:
+            return
+        answer.send(exchange)
+
+    def _answer(
+        self, exchange: Exchange, answer: Answer | None, record: Callable[[], None]
+    ) -> None:
+        try:
+            self._send(exchange, answer)
         finally:
             if answer is not _RELAYED:  # else the relay records it when it ends
                 record()

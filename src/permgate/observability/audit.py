@@ -665,6 +665,18 @@ class AuditLog:
                     self._waiters.remove(waiter)
             raise
 
+    def try_reserve(self) -> bool:
+        """:meth:`reserve` when a slot is free now: True, taken; False, nothing was done
+        (the queue is full, requests wait for slots, or the log is closing)."""
+        if (
+            self._reserved + self._queued - self._written < self._capacity
+            and not self._waiters
+            and not self._closing
+        ):
+            self._reserved += 1
+            return True
+        return False
+
     def emit_decision(self, outcome: RequestOutcome) -> None:
         """Queue the request's decision event in its reserved slot: never blocks or drops.
 
