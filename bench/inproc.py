@@ -4,6 +4,7 @@
     .venv/bin/python bench/inproc.py --base HEAD~1         # A/B, rounds in rotation
     .venv/bin/python bench/inproc.py --profile             # cProfile's top functions
     SORT=ncalls TOP=150 .venv/bin/python bench/inproc.py --profile   # calls per request
+    .venv/bin/python bench/inproc.py --instructions --n 2000 --base HEAD~1   # callgrind
 
 ``permgate serve``'s own parts (``Runtime``: the shipped map, a SQLite store seeded as
 ``load.py`` seeds it, audit to a file, metrics) answer ``GET /policy/acme-prod/quotes/
@@ -16,8 +17,11 @@ audit writer thread): CPU µs per request from ``time.process_time`` (every thre
 
 With ``--base REV`` the same harness runs ``REV``'s ``src/`` (from ``git archive``) in
 its own process, rounds alternating with this tree's: the A/B of a hot-path change.
-The kernel's share (two sends and two reads per request on loopback) is not in these
-figures; ``load.py`` measures the whole.
+``--instructions`` counts instructions per request under valgrind's callgrind instead:
+slower, but the same count run after run, however busy the machine (a timed A/B on a
+shared 2-core machine moves by ±10 %); about two minutes per tree. The kernel's share
+(two sends and two reads per request on loopback) is not in these figures; ``load.py``
+measures the whole.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import cProfile
 import io
 import os
 import pstats
+import re
 import statistics
 import subprocess
 import sys
@@ -210,6 +215,26 @@ def _run_child(
     return [float(x) for x in out.stdout.split()]
 
 
+def _instructions(src: Path, config: Path, token: str, args: argparse.Namespace) -> float:
+    """Instructions per request under callgrind: the same run with n and 3n requests,
+    the difference divided by 2n (start-up and warm-up cancel out). Repeatable whatever
+    else the machine does, so a small change shows; about a minute per tree."""
+    counts = []
+    for n in (args.n, 3 * args.n):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PERMGATE_")}
+        env |= {"PYTHONPATH": str(src), "PYTHONHASHSEED": "0"}
+        out = Path(tempfile.mkdtemp()) / "callgrind.out"
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", PYTHON, __file__]
+        argv += ["--child", str(config), token, "--n", str(n), "--rounds", "1"]
+        argv += ["--connections", str(args.connections)]
+        run = subprocess.run(argv, env=env, check=True, capture_output=True, text=True)
+        total = re.search(r"Collected : (\d+)", run.stderr)
+        if total is None:
+            raise SystemExit(f"callgrind printed no total:\n{run.stderr[-2000:]}")
+        counts.append(int(total.group(1)))
+    return (counts[1] - counts[0]) / (2 * args.n)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20_000, help="requests per round")
@@ -217,6 +242,11 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32, help="clients at once (wrk -c)")
     parser.add_argument("--base", help="a git revision to compare with (A/B)")
     parser.add_argument("--profile", action="store_true", help="cProfile one round")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instructions per request under valgrind's callgrind (repeatable; try --n 2000)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "TOKEN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -237,6 +267,15 @@ def main() -> int:
         trees = {"this tree": ROOT / "src"}
         if args.base:
             trees = {f"base {args.base}": archive(args.base, folder / "base"), **trees}
+        if args.instructions:
+            counts = {name: _instructions(src, config, token, args) for name, src in trees.items()}
+            print(f"callgrind, {args.n:,} and {3 * args.n:,} requests: instructions/request")
+            for name, count in counts.items():
+                print(f"  {name:<24} {count:,.0f}")
+            if args.base:
+                base_count, this_count = counts.values()
+                print(f"  this tree / base: ×{this_count / base_count:.3f}")
+            return 0
         results: dict[str, list[float]] = {name: [] for name in trees}
         for round_ in range(args.rounds):
             order = list(trees.items())

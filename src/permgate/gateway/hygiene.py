@@ -373,6 +373,14 @@ def forward_headers(
     """
     listed = connection_listed(headers, protected)
     cache = _NAME_CACHE
+    # An identity name a client header may carry too (one outside permgate's own
+    # families, which never pass, and not stripped anyway): the client's goes.
+    replaced: set[str] | None = None
+    for name in identity:
+        key = cache[name] if name in cache else _classify(name)
+        if key is not None and key not in strip:
+            replaced = replaced or set()
+            replaced.add(key)
     kept: list[tuple[str, str]] = []
     for name, value in headers.items():
         try:
@@ -385,14 +393,15 @@ def forward_headers(
             continue
         if strip and key in strip:
             continue
+        if replaced is not None and key in replaced:
+            continue
         kept.append((name, value))
-    out: CIMultiDict[str] = CIMultiDict(kept)
-    out["X-Forwarded-For"] = client_ip
-    out["X-Forwarded-Proto"] = scheme
+    kept.append(("X-Forwarded-For", client_ip))
+    kept.append(("X-Forwarded-Proto", scheme))
     if host:
-        out["X-Forwarded-Host"] = host
-    out.update(identity)
-    return out
+        kept.append(("X-Forwarded-Host", host))
+    kept.extend(identity.items())
+    return CIMultiDict(kept)
 
 
 # Header name as sent -> its lower-case form if it may be forwarded, None if never.

@@ -407,18 +407,7 @@ class Gateway:
             outcome.cache_hit = evaluation.cache_hit
             source = match.endpoint.tenant
             tenant_header = source.name if source.kind == "header" else None
-        return self._conclude(exchange, outcome, evaluation, path_qs, tenant_header, record)
-
-    def _conclude(
-        self,
-        exchange: Exchange,
-        outcome: RequestOutcome,
-        evaluation: Evaluation,
-        path_qs: str,
-        tenant_header: str | None,
-        record: Callable[[], None],
-    ) -> Answer | _Pending | None:
-        """Turn a decision into a refusal or a forwarded request (see :meth:`_evaluated`)."""
+        # The decision: a refusal, or a forwarded request.
         if self._tracer is not None and (trace := _TRACE.get()) is not None:
             trace.decided()
         verdict = evaluation.verdict
