@@ -427,20 +427,22 @@ class _Relay:
             has_date, length = kinds & HEADER_DATE != 0, kinds & HEADER_LENGTH != 0
         self.exchange.start(conn.status, conn.raw_reason, lines, has_date=has_date, length=length)
 
-    def body(self, chunk: bytes) -> None:
+    def flush(self, chunk: bytes) -> None:
         exchange = self.exchange
+        if not chunk:
+            exchange.flush()  # the head, if no body bytes came with it
+            return
         self.timing.bytes_down += len(chunk)
         exchange.write(chunk)
         if exchange.write_paused:
             self.conn.pause()
             exchange.on_drain(self.conn.resume)
 
-    def flush(self) -> None:
-        self.exchange.flush()  # the head, if no body bytes came with it
-
-    def end(self) -> None:
+    def end(self, chunk: bytes) -> None:
         exchange = self.exchange
-        exchange.finish()  # which drops the on_lost callback
+        if chunk:
+            self.timing.bytes_down += len(chunk)
+        exchange.finish(chunk)  # which drops the on_lost callback
         conn = self.conn
         if conn.active:
             self.pool.release(conn, True)

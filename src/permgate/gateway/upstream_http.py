@@ -108,16 +108,14 @@ class Sink(Protocol):
         """The final head is in (``status``, ``raw_headers``)."""
         ...
 
-    def body(self, chunk: bytes) -> None:
-        """Body bytes, as they arrive."""
+    def end(self, chunk: bytes) -> None:
+        """The answer ended with ``chunk``, its body bytes from the last read (after the
+        parser returned; the connection may be reused)."""
         ...
 
-    def end(self) -> None:
-        """The answer ended (after the parser returned; the connection may be reused)."""
-        ...
-
-    def flush(self) -> None:
-        """What arrived so far is handed on (after the parser returned, answer not ended)."""
+    def flush(self, chunk: bytes) -> None:
+        """``chunk``, the body bytes from the last read (maybe none), is handed on (after
+        the parser returned, answer not ended)."""
         ...
 
     def failed(self, exc: BaseException) -> None:
@@ -280,7 +278,7 @@ class Connection(asyncio.Protocol):
         sink = self.sink
         if sink is not None and self.complete and not self._ended:
             self._ended = True
-            sink.end()
+            sink.end(b"")
 
     async def read_head(self) -> None:
         """Wait for the final (non-1xx) head; raise the exchange's error if it failed."""
@@ -400,11 +398,19 @@ class Connection(asyncio.Protocol):
                 self.fail(ProtocolViolation(f"upstream answered invalid HTTP: {cause}"))
         sink = self.sink
         if sink is not None and not self._ended:
+            # The body bytes of this read, handed on in one piece now that the parser
+            # returned (the common small answer: with its end, in one call).
+            body = self._body
+            if body:
+                chunk = body.popleft() if len(body) == 1 else b"".join(body)
+                body.clear()
+            else:
+                chunk = b""
             if self.complete:
                 self._ended = True
-                sink.end()
+                sink.end(chunk)
             elif self.head_done:
-                sink.flush()
+                sink.flush(chunk)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -498,7 +504,7 @@ class Connection(asyncio.Protocol):
             return
         if self.sink is not None:
             if not self._ended:
-                self.sink.body(body)
+                self._body.append(body)  # to the sink when the parser returns
             return
         self._body.append(body)
         self._buffered += len(body)
