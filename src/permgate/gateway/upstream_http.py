@@ -139,9 +139,9 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        # State an exchange leaves as it found it whenever the connection is reused
-        # (a reused one was not broken, has no error, its body taken, no reader, no
-        # sink): set once here, not again in begin().
+        # Per-exchange state that needs no reset in begin(): an exchange leaves it as it
+        # found it whenever its connection is reused (not broken, so no error; body
+        # taken, no reader, no sink, not paused), or sets it before reading it.
         self._interim = False
         self.broken = False
         self.error: BaseException | None = None
@@ -166,7 +166,7 @@ class Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.status = 0
-        self._reason = b""
+        self.raw_reason = b""  # the answer's reason phrase as sent
         self.raw_headers: RawHeaders = []
         self.header_kinds = 0  # HEADER_* bits of the answer's header names
         self._ended = False  # the sink was told the answer ended (or failed)
@@ -190,12 +190,7 @@ class Connection(asyncio.Protocol):
 
     @property
     def reason(self) -> str:
-        return self._reason.decode("utf-8", "surrogateescape")
-
-    @property
-    def raw_reason(self) -> bytes:
-        """The answer's reason phrase as sent."""
-        return self._reason
+        return self.raw_reason.decode("utf-8", "surrogateescape")
 
     @property
     def reusable(self) -> bool:
@@ -462,7 +457,7 @@ class Connection(asyncio.Protocol):
             self.broken = True
 
     def on_status(self, status: bytes) -> None:
-        self._reason += status
+        self.raw_reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.head_done:  # after the head: trailers, dropped
@@ -483,7 +478,7 @@ class Connection(asyncio.Protocol):
                 raise ProtocolViolation("101 Switching Protocols is not supported")
             # 1xx interim answer: skip it, the final one follows on this connection.
             self._interim = True
-            self._reason = b""
+            self.raw_reason = b""
             self.raw_headers = []
             self.header_kinds = 0
             return
