@@ -421,8 +421,8 @@ class _Relay:
         self.timing.head_seconds = time.perf_counter() - self.started
         kinds = conn.header_kinds
         if kinds & HEADER_HOP:
-            lines, has_date, length = _response_lines(conn.raw_headers)
-        else:  # nothing to drop: the lines as they came, joined in C
+            lines, has_date, length = _response_lines(conn)
+        else:  # _response_lines' common case, inline: one call fewer per answer
             lines = b"\r\n".join(map(b": ".join, conn.raw_headers))
             has_date, length = kinds & HEADER_DATE != 0, kinds & HEADER_LENGTH != 0
         self.exchange.start(conn.status, conn.raw_reason, lines, has_date=has_date, length=length)
@@ -516,7 +516,7 @@ async def _relay(exchange: Exchange, conn: Connection, timing: UpstreamTiming) -
     """Copy status, headers and body chunks as they arrive. While the client is slow
     the chunks wait in the connection, which stops reading the upstream socket
     beyond a bound (upstream_http.HIGH_WATER)."""
-    lines, has_date, length = _response_lines(conn.raw_headers)
+    lines, has_date, length = _response_lines(conn)
     exchange.start(conn.status, conn.raw_reason, lines, has_date=has_date, length=length)
     try:
         while True:
@@ -577,10 +577,16 @@ def _response_fields(
     return fields, has_date, length
 
 
-def _response_lines(raw: list[tuple[bytes, bytes]]) -> tuple[bytes, bool, bool]:
-    """:func:`_response_fields` as header lines joined by CRLF (no CRLF after the last)."""
-    fields, has_date, length = _response_fields(raw)
-    return b"\r\n".join(map(b": ".join, fields)), has_date, length
+def _response_lines(conn: Connection) -> tuple[bytes, bool, bool]:
+    """:func:`_response_fields` as header lines joined by CRLF (no CRLF after the last).
+    Usually nothing is to be dropped (the connection noted its header kinds as they
+    came): then the lines are joined as they came, in C, with no pass in Python."""
+    kinds = conn.header_kinds
+    if kinds & HEADER_HOP:
+        fields, has_date, length = _response_fields(conn.raw_headers)
+        return b"\r\n".join(map(b": ".join, fields)), has_date, length
+    lines = b"\r\n".join(map(b": ".join, conn.raw_headers))
+    return lines, kinds & HEADER_DATE != 0, kinds & HEADER_LENGTH != 0
 
 
 async def _read_chunk(exchange: Exchange, timeout: float) -> bytes:
