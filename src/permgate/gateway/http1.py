@@ -338,22 +338,22 @@ class Exchange:
         self,
         status: int,
         reason: bytes,
-        fields: list[tuple[bytes, bytes]],
+        lines: bytes,
         *,
         has_date: bool,
         length: bool,
     ) -> None:
-        """Write a relayed answer's head: ``fields`` as the upstream sent them (hop-by-hop
-        ones already removed). ``length``: the fields carry the body's Content-Length;
-        else the body goes chunked to an HTTP/1.1 client, or ends with the connection."""
+        """Write a relayed answer's head: ``lines`` are the header lines as the upstream
+        sent them (hop-by-hop ones already removed), joined by CRLF, without one after
+        the last. ``length``: they carry the body's Content-Length; else the body goes
+        chunked to an HTTP/1.1 client, or ends with the connection."""
         if self.answered:
             raise RuntimeError("the answer has started")
         self.answered = True
         self.status = status
-        bodiless = self.method == "HEAD" or status in (204, 304) or status < 200
         close = self._closing(False)
         extra = b""
-        if not bodiless and not length:
+        if not length and not (self.method == "HEAD" or status in (204, 304) or status < 200):
             if self.version == (1, 1):
                 self._chunked = True
                 extra = b"Transfer-Encoding: chunked\r\n"
@@ -365,15 +365,10 @@ class Exchange:
             extra += b"Connection: keep-alive\r\n"
         if not has_date:
             extra += b"Date: " + http_date() + b"\r\n"
-        lines = b"".join([name + b": " + value + b"\r\n" for name, value in fields])
         # Held until the first body bytes or flush(): one write (one syscall) for a
         # small answer instead of two.
-        self._head = b"HTTP/1.1 %d %b\r\n%b%b\r\n" % (
-            status,
-            reason or _REASONS.get(status, b""),
-            extra,
-            lines,
-        )
+        template = b"HTTP/1.1 %d %b\r\n%b%b\r\n\r\n" if lines else b"HTTP/1.1 %d %b\r\n%b%b\r\n"
+        self._head = template % (status, reason or _REASONS.get(status, b""), extra, lines)
 
     def flush(self) -> None:
         """Write the relayed answer's head now (its body is not there yet)."""
@@ -391,7 +386,9 @@ class Exchange:
             self._conn.write(chunk)
 
     def finish(self, chunk: bytes = b"") -> None:
-        """The relayed answer ends (with ``chunk``, its last bytes)."""
+        """The relayed answer ends (with ``chunk``, its last bytes); nobody waits on the
+        client for it any more (the :meth:`on_lost` callback is dropped)."""
+        self._on_lost = None
         if self._chunked:
             chunk = b"%x\r\n%b\r\n0\r\n\r\n" % (len(chunk), chunk) if chunk else b"0\r\n\r\n"
         if self._head:

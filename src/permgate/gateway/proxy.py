@@ -60,6 +60,9 @@ from permgate.gateway import upstream_http
 from permgate.gateway.http1 import BodyBroken, BodyTimeout, ClientGone, Exchange
 from permgate.gateway.hygiene import HOP_BY_HOP
 from permgate.gateway.upstream_http import (
+    HEADER_DATE,
+    HEADER_HOP,
+    HEADER_LENGTH,
     BodyError,
     Connection,
     Pool,
@@ -378,16 +381,12 @@ class Upstream:
         if has_body:
             exchange.take_body()
         relay = _Relay(self, pool, conn, exchange, timing, done, (path_qs, headers))
-        conn.begin(method == "HEAD")
         exchange.deferred = True
         exchange.on_lost(relay.client_gone)
         try:
-            conn.write(head)
+            conn.send(head, method == "HEAD", relay)
         except UpstreamClosed as exc:
             relay.failed(exc)
-            return True
-        conn.request_sent()
-        conn.attach(relay)
         return True
 
 
@@ -420,24 +419,36 @@ class _Relay:
     def head(self) -> None:
         conn = self.conn
         self.timing.head_seconds = time.perf_counter() - self.started
-        fields, has_date, length = _response_fields(conn.raw_headers)
-        self.exchange.start(conn.status, conn.raw_reason, fields, has_date=has_date, length=length)
+        kinds = conn.header_kinds
+        if kinds & HEADER_HOP:
+            lines, has_date, length = _response_lines(conn)
+        else:  # _response_lines' common case, inline: one call fewer per answer
+            lines = b"\r\n".join(map(b": ".join, conn.raw_headers))
+            has_date, length = kinds & HEADER_DATE != 0, kinds & HEADER_LENGTH != 0
+        self.exchange.start(conn.status, conn.raw_reason, lines, has_date=has_date, length=length)
 
-    def body(self, chunk: bytes) -> None:
+    def flush(self, chunk: bytes) -> None:
         exchange = self.exchange
+        if not chunk:
+            exchange.flush()  # the head, if no body bytes came with it
+            return
         self.timing.bytes_down += len(chunk)
         exchange.write(chunk)
         if exchange.write_paused:
             self.conn.pause()
             exchange.on_drain(self.conn.resume)
 
-    def flush(self) -> None:
-        self.exchange.flush()  # the head, if no body bytes came with it
-
-    def end(self) -> None:
-        self.exchange.on_lost(None)
-        self.exchange.finish()
-        self._finish(reusable=True)
+    def end(self, chunk: bytes) -> None:
+        exchange = self.exchange
+        if chunk:
+            self.timing.bytes_down += len(chunk)
+        exchange.finish(chunk)  # which drops the on_lost callback
+        conn = self.conn
+        if conn.active:
+            self.pool.release(conn, True)
+        timing = self.timing
+        timing.client_gone = timing.client_gone or exchange.gone
+        timing.total_seconds = time.perf_counter() - self.started
         self.done(None)
 
     def client_gone(self) -> None:
@@ -505,8 +516,8 @@ async def _relay(exchange: Exchange, conn: Connection, timing: UpstreamTiming) -
     """Copy status, headers and body chunks as they arrive. While the client is slow
     the chunks wait in the connection, which stops reading the upstream socket
     beyond a bound (upstream_http.HIGH_WATER)."""
-    fields, has_date, length = _response_fields(conn.raw_headers)
-    exchange.start(conn.status, conn.raw_reason, fields, has_date=has_date, length=length)
+    lines, has_date, length = _response_lines(conn)
+    exchange.start(conn.status, conn.raw_reason, lines, has_date=has_date, length=length)
     try:
         while True:
             chunk = conn.take()
@@ -564,6 +575,18 @@ def _response_fields(
             has_date = True
         fields.append((name, value))
     return fields, has_date, length
+
+
+def _response_lines(conn: Connection) -> tuple[bytes, bool, bool]:
+    """:func:`_response_fields` as header lines joined by CRLF (no CRLF after the last).
+    Usually nothing is to be dropped (the connection noted its header kinds as they
+    came): then the lines are joined as they came, in C, with no pass in Python."""
+    kinds = conn.header_kinds
+    if kinds & HEADER_HOP:
+        fields, has_date, length = _response_fields(conn.raw_headers)
+        return b"\r\n".join(map(b": ".join, fields)), has_date, length
+    lines = b"\r\n".join(map(b": ".join, conn.raw_headers))
+    return lines, kinds & HEADER_DATE != 0, kinds & HEADER_LENGTH != 0
 
 
 async def _read_chunk(exchange: Exchange, timeout: float) -> bytes:

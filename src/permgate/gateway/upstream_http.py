@@ -37,6 +37,8 @@ from typing import Final, Protocol
 import httptools
 from multidict import CIMultiDict
 
+from permgate.gateway.hygiene import HOP_BY_HOP
+
 __all__ = [
     "BodyError",
     "Connection",
@@ -52,6 +54,30 @@ HIGH_WATER: Final = 256 * 1024
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # Like aiohttp's client: other methods without a body get 'Content-Length: 0'.
 _BODYLESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+
+# What an answer's header names say, one bit each, OR-ed into Connection.header_kinds as
+# they arrive: the relay then needs no pass over the headers to find them.
+HEADER_LENGTH: Final = 1  # Content-Length
+HEADER_DATE: Final = 2  # Date
+HEADER_HOP: Final = 4  # a hop-by-hop name (Connection, Transfer-Encoding, ...): not relayed
+HEADER_CODING: Final = 8  # Transfer-Encoding
+_KIND_OF: Final[dict[bytes, int]] = {
+    **{name.encode(): HEADER_HOP for name in HOP_BY_HOP},
+    b"transfer-encoding": HEADER_HOP | HEADER_CODING,
+    b"content-length": HEADER_LENGTH,
+    b"date": HEADER_DATE,
+}
+# Header name as sent -> its kind. Names repeat from answer to answer, so this is one
+# dict lookup per header instead of a lower() and a set lookup. Bounded.
+_KINDS: Final[dict[bytes, int]] = {}
+_KINDS_MAX: Final = 1024
+
+
+def _header_kind(name: bytes) -> int:
+    kind = _KIND_OF.get(name.lower(), 0)
+    if len(_KINDS) < _KINDS_MAX:
+        _KINDS[name] = kind
+    return kind
 
 
 class UpstreamClosed(ConnectionError):
@@ -82,16 +108,14 @@ class Sink(Protocol):
         """The final head is in (``status``, ``raw_headers``)."""
         ...
 
-    def body(self, chunk: bytes) -> None:
-        """Body bytes, as they arrive."""
+    def end(self, chunk: bytes) -> None:
+        """The answer ended with ``chunk``, its body bytes from the last read (after the
+        parser returned; the connection may be reused)."""
         ...
 
-    def end(self) -> None:
-        """The answer ended (after the parser returned; the connection may be reused)."""
-        ...
-
-    def flush(self) -> None:
-        """What arrived so far is handed on (after the parser returned, answer not ended)."""
+    def flush(self, chunk: bytes) -> None:
+        """``chunk``, the body bytes from the last read (maybe none), is handed on (after
+        the parser returned, answer not ended)."""
         ...
 
     def failed(self, exc: BaseException) -> None:
@@ -115,48 +139,58 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._reset(False)
-        self.active = False
-
-    def _reset(self, head_method: bool) -> None:
-        self.active = True
-        self._head_method = head_method
-        self._got_bytes = False
+        # Per-exchange state that needs no reset in begin(): an exchange leaves it as it
+        # found it whenever its connection is reused (not broken, so no error; body
+        # taken, no reader, no sink, not paused), or sets it before reading it.
         self._interim = False
-        self.head_done = False
-        self.complete = False
-        self.keep_alive = False
         self.broken = False
         self.error: BaseException | None = None
-        self.status = 0
-        self._reason = b""
-        self.raw_headers: RawHeaders = []
-        self._until_eof = False
         self._body: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self.sink: Sink | None = None
-        self._ended = False  # the sink was told the answer ended (or failed)
-        self._counting = False  # the request is written: waiting on the upstream counts
         self._wait_since = 0.0
         self._last_data = 0.0
-        self.request_written = False
+        self.begin(False)
+        self.active = False
 
     # ------------------------------------------------------------------ exchange API
 
     def begin(self, head_method: bool) -> None:
-        """Start an exchange on this (idle or new) connection."""
-        self._reset(head_method)
+        """Start an exchange on this (new, or idle and reusable) connection."""
+        self.active = True
+        self._head_method = head_method
+        self._got_bytes = False
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.status = 0
+        self.raw_reason = b""  # the answer's reason phrase as sent
+        self.raw_headers: RawHeaders = []
+        self.header_kinds = 0  # HEADER_* bits of the answer's header names
+        self._ended = False  # the sink was told the answer ended (or failed)
+        self._counting = False  # the request is written: waiting on the upstream counts
+        self.request_written = False
+
+    def send(self, data: bytes, head_method: bool, sink: Sink) -> None:
+        """:meth:`begin`, :meth:`write`, :meth:`request_sent` and :meth:`attach` in one
+        call, for a request written whole (the callback relay's common case)."""
+        self.begin(head_method)
+        transport = self.transport
+        if self.closed or transport is None:
+            raise UpstreamClosed("upstream connection closed while sending the request")
+        transport.write(data)
+        self.request_written = True
+        self._counting = True
+        self.sink = sink
+        self._wait_since = now = self._loop.time()
+        if self._timer is None:
+            self._timer = self._loop.call_at(now + self._timeout, self._on_timer)
 
     @property
     def reason(self) -> str:
-        return self._reason.decode("utf-8", "surrogateescape")
-
-    @property
-    def raw_reason(self) -> bytes:
-        """The answer's reason phrase as sent."""
-        return self._reason
+        return self.raw_reason.decode("utf-8", "surrogateescape")
 
     @property
     def reusable(self) -> bool:
@@ -239,7 +273,7 @@ class Connection(asyncio.Protocol):
         sink = self.sink
         if sink is not None and self.complete and not self._ended:
             self._ended = True
-            sink.end()
+            sink.end(b"")
 
     async def read_head(self) -> None:
         """Wait for the final (non-1xx) head; raise the exchange's error if it failed."""
@@ -271,24 +305,29 @@ class Connection(asyncio.Protocol):
         if not self._body and not self.complete and self.error is not None:
             raise self.error
 
-    def finish(self) -> None:
-        """The exchange is over (whatever its outcome): stop timing, reset per-answer state.
+    def finish(self) -> bool:
+        """The exchange is over (whatever its outcome): stop timing, reset per-answer
+        state. Whether the connection may serve another one (:attr:`reusable`).
 
         The timer stays armed: it does nothing when it fires between exchanges, and the
         next exchange on this pooled connection reuses it (its deadline is checked
         against that exchange's own wait), so a request arms and cancels no timer of
         its own (a uvloop timer each way cost ~2 µs a request)."""
+        reusable = self.reusable
         self.active = False
         if self._head_method:
             # llhttp does not know a HEAD answer has no body: start the next answer on a
             # fresh parser (any bytes the old one swallowed die with it).
             self._parser = httptools.HttpResponseParser(self)
-        self._body.clear()
+        if self._body:
+            self._body.clear()
+            self._buffered = 0
         self.sink = None
         if self._paused:  # held for a slow client until the very end
             self._paused = False
             if self.transport is not None and not self.closed:
                 self.transport.resume_reading()
+        return reusable
 
     def close(self) -> None:
         self.broken = True
@@ -352,11 +391,21 @@ class Connection(asyncio.Protocol):
             if not self.complete:
                 cause = exc.__context__ if isinstance(exc.__context__, ProtocolViolation) else exc
                 self.fail(ProtocolViolation(f"upstream answered invalid HTTP: {cause}"))
-        if self.sink is not None and not self._ended:
+        sink = self.sink
+        if sink is not None and not self._ended:
+            # The body bytes of this read, handed on in one piece now that the parser
+            # returned (the common small answer: with its end, in one call).
+            body = self._body
+            if body:
+                chunk = body.popleft() if len(body) == 1 else b"".join(body)
+                body.clear()
+            else:
+                chunk = b""
             if self.complete:
-                self._notify_end()
+                self._ended = True
+                sink.end(chunk)
             elif self.head_done:
-                self.sink.flush()
+                sink.flush(chunk)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -371,7 +420,7 @@ class Connection(asyncio.Protocol):
             return
         if self.complete:
             return
-        if self.head_done and self._until_eof and exc is None:
+        if self.head_done and exc is None and self._until_eof():
             # An answer framed by the end of the connection ends here.
             self.complete = True
             self.keep_alive = False
@@ -382,6 +431,13 @@ class Connection(asyncio.Protocol):
         else:
             where = "answer's body" if self.head_done else "answer's head"
             self.fail(ProtocolViolation(f"upstream closed the connection within the {where}"))
+
+    def _until_eof(self) -> bool:
+        """The answer's body is framed by the end of the connection (neither a length
+        nor a coding, and a body allowed): asked only when the connection ends."""
+        if self._head_method or self.status == 204 or self.status == 304:
+            return False
+        return not self.header_kinds & (HEADER_LENGTH | HEADER_CODING)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -401,11 +457,17 @@ class Connection(asyncio.Protocol):
             self.broken = True
 
     def on_status(self, status: bytes) -> None:
-        self._reason += status
+        self.raw_reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.head_done:  # after the head: trailers, dropped
             self.raw_headers.append((name, value))
+            try:
+                kind = _KINDS[name]
+            except KeyError:
+                kind = _header_kind(name)
+            if kind:
+                self.header_kinds |= kind
 
     def on_headers_complete(self) -> None:
         if self.head_done:
@@ -416,22 +478,20 @@ class Connection(asyncio.Protocol):
                 raise ProtocolViolation("101 Switching Protocols is not supported")
             # 1xx interim answer: skip it, the final one follows on this connection.
             self._interim = True
-            self._reason = b""
+            self.raw_reason = b""
             self.raw_headers = []
+            self.header_kinds = 0
             return
         self.status = status
         self.head_done = True
         if self._head_method:
             self.complete = True
             self.keep_alive = self._parser.should_keep_alive()
-        elif status != 204 and status != 304:
-            self._until_eof = not any(
-                (name := n.lower()) == b"content-length" or name == b"transfer-encoding"
-                for n, _ in self.raw_headers
-            )
-        self._wake()
-        if self.sink is not None:
-            self.sink.head()
+        if self._waiter is not None:
+            self._wake()
+        sink = self.sink
+        if sink is not None:
+            sink.head()
 
     def on_body(self, body: bytes) -> None:
         if self._head_method or self.complete:
@@ -439,7 +499,7 @@ class Connection(asyncio.Protocol):
             return
         if self.sink is not None:
             if not self._ended:
-                self.sink.body(body)
+                self._body.append(body)  # to the sink when the parser returns
             return
         self._body.append(body)
         self._buffered += len(body)
@@ -456,7 +516,8 @@ class Connection(asyncio.Protocol):
             return
         self.complete = True
         self.keep_alive = self._parser.should_keep_alive()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -501,9 +562,19 @@ class Pool:
 
     def take_idle(self) -> Connection | None:
         """An idle pooled connection at once, or None (then :meth:`acquire` must wait)."""
-        if self._closed:
+        idle = self._idle
+        if not idle or self._closed:
             return None
-        return self._pop_idle()
+        conn = idle[-1]
+        if (
+            conn.closed
+            or conn.broken
+            or not conn.counted
+            or conn.idle_since < self.loop.time() - self._keepalive
+        ):
+            return self._pop_idle()  # the most recent is gone or too old: sort them out
+        idle.pop()
+        return conn
 
     async def acquire(self, *, fresh: bool = False) -> Connection:
         """An idle connection (unless ``fresh``) or a new one; waits for a free slot."""
@@ -547,15 +618,14 @@ class Pool:
 
     def release(self, conn: Connection, reusable: bool) -> None:
         """Give back a connection whose exchange is over; close it unless ``reusable``."""
-        reusable = reusable and not self._closed and conn.reusable
-        conn.finish()
-        if reusable:
+        if conn.finish() and reusable and not self._closed:
             conn.reused = True
-            conn.idle_since = self.loop.time()
+            conn.idle_since = now = self.loop.time()
             self._idle.append(conn)
             if self._sweeper is None:
-                self._sweeper = self.loop.call_at(conn.idle_since + self._keepalive, self._sweep)
-            self._wake_one()
+                self._sweeper = self.loop.call_at(now + self._keepalive, self._sweep)
+            if self._waiters:
+                self._wake_one()
         else:
             self.discard(conn)
 
