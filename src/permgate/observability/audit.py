@@ -635,6 +635,20 @@ class AuditLog:
         """Events not yet written, reserved slots included (what the bound applies to)."""
         return self._reserved + self._queued - self._written
 
+    def try_reserve(self) -> bool:
+        """Take one slot at once if one is free (not closing, below capacity, nobody
+        waiting): the synchronous admission of the common case, with no coroutine to
+        create and await. False: the caller falls back to :meth:`reserve`, which waits,
+        refuses or raises as the overflow policy says."""
+        if (
+            self._reserved + self._queued - self._written < self._capacity
+            and not self._waiters
+            and not self._closing
+        ):
+            self._reserved += 1
+            return True
+        return False
+
     async def reserve(self) -> None:
         """Take one slot for the request now starting; its event is emitted at the end.
 

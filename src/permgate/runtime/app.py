@@ -80,6 +80,10 @@ class _Observer:
     async def admit(self) -> None:
         await self._audit.reserve()
 
+    def admit_now(self) -> bool:
+        """Admit without awaiting when an audit slot is free; False: await :meth:`admit`."""
+        return self._audit.try_reserve()
+
     def record(self, outcome: RequestOutcome) -> None:
         self._metrics.observe(outcome)
         self._audit.emit_decision(outcome)
