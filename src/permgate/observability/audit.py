@@ -753,7 +753,18 @@ class AuditLog:
         Called without a reservation it still queues (over the bound rather than lose).
         """
         render = self._render_decision
-        self._enqueue(decision_event(outcome) if render is None else render(outcome))
+        event = decision_event(outcome) if render is None else render(outcome)
+        # _enqueue and _append inlined: this runs once per request.
+        if self._reserved > 0:
+            self._reserved -= 1
+            if self._reserved == 0 and self._no_reserved is not None:
+                self._no_reserved.set()
+        self._pending.append(event)
+        self._queued += 1
+        if self._idle:  # read after the append (see _append)
+            self._kick.set()
+        if self._finished:
+            self._check_finished()
 
     async def emit(self, event: Mapping[str, Any]) -> None:
         """Queue an ``admin.change``, ``map.reload`` or ``enforcement.change`` event,
