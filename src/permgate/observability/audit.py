@@ -315,7 +315,8 @@ class DecisionRenderer:
 
     def __call__(self, outcome: RequestOutcome) -> bytes:
         method, path, request_id = outcome.method, outcome.path, outcome.request_id
-        if self._suspect(f"{method}\n{path}\n{request_id}".lower()):
+        probe = f"{method}\n{path}\n{request_id}".lower()  # _suspect, inlined
+        if self._needle in probe or "eyj" in probe or "bearer" in probe:
             scrub = self._scrub
             method = scrub(method) if method else method
             path = scrub(path) if path else path
