@@ -669,6 +669,39 @@ def test_fast_decision_line_equals_the_generic_chain(fields: dict[str, Any]) -> 
     assert _SECRET not in fast.decode() and _JWT not in fast.decode()
 
 
+def test_one_renderer_keeps_every_line_equal_to_the_generic_chain() -> None:
+    """The fields kept rendered between requests (caller, route, verdict) never leak
+    into a request whose fields differ, and a secret in them is scrubbed every time."""
+    render = DecisionRenderer()
+    samples = [
+        outcome(request_id=f"r{n}", started=1_800_000_000.5 + n, duration_s=n / 7, **fields)
+        for n in range(3)
+        for fields in (
+            {},
+            {"tenant": _JWT, "detail": f"Bearer {_SECRET}"},
+            {"principal": None, "door": None, "reason": "invalid_token"},
+            {"decision": "allow", "cache_hit": True, "required": ("a.b", "c.d"), "missing": ()},
+            {"upstream_error": "connect", "status": 502, "trace_id": "ab" * 16},
+            {"path": f"/x/{_SECRET}", "client_ip": None},
+        )
+    ]
+    for sample in samples:
+        fast = render(sample)
+        assert orjson.loads(fast) == orjson.loads(
+            render_event(decision_event(sample), default_processors())
+        )
+        assert _SECRET not in fast.decode() and _JWT not in fast.decode()
+
+
+def test_renderer_cache_stays_bounded() -> None:
+    """Free text in the kept fields (a refusal's detail) cannot grow the cache forever."""
+    render = DecisionRenderer()
+    for n in range(3000):
+        line = orjson.loads(render(outcome(detail=f"unknown key id k{n}")))
+        assert line["detail"] == f"unknown key id k{n}"
+    assert 0 < len(render._fixed) <= 1024
+
+
 # --------------------------------------------------------------------------- the writer thread
 
 
