@@ -455,6 +455,62 @@ async def test_cancelled_waiter_gives_its_place_back() -> None:
     assert len(sink.events) == 1
 
 
+async def test_try_reserve_takes_a_free_slot_and_counts_it() -> None:
+    """The synchronous admission takes a slot like reserve(), and its event is written."""
+    log, sink, _ = await capture_log(queue_size=2)
+    assert log.try_reserve()
+    assert log.queued == 1
+    log.emit_decision(outcome(request_id="fast"))
+    await log.close()
+    assert log.queued == 0
+    assert [e["request_id"] for e in sink.events] == ["fast"]
+
+
+async def test_try_reserve_is_false_when_the_queue_is_full() -> None:
+    """No free slot: False, nothing taken (the caller awaits reserve() instead)."""
+    sink = BlockingSink()
+    log = AuditLog(audit_settings(queue_size=2), metrics=Metrics(), sink=sink)
+    await log.start()
+    try:
+        assert log.try_reserve()
+        await log.reserve()
+        assert not log.try_reserve()
+        assert log.queued == 2
+        for n in range(2):
+            log.emit_decision(outcome(request_id=f"r{n}"))
+    finally:
+        sink.gate.set()
+    await log.close()
+    assert len(sink.events) == 2
+
+
+async def test_try_reserve_is_false_while_a_request_waits() -> None:
+    """A request waiting for a slot keeps its turn: a slot freed meanwhile is not taken
+    past it (the moment between the writer's write and the loop handing it over)."""
+    log, sink, _ = await capture_log(queue_size=2)
+    waiter = asyncio.get_running_loop().create_future()
+    log._waiters.append(waiter)  # waiting, with a slot already free again
+    assert not log.try_reserve()
+    assert log.queued == 0
+    log._release_waiters()  # the loop hands the free slot to the waiting request
+    assert waiter.done() and log.queued == 1
+    assert log.try_reserve()  # nobody waits any more
+    log.emit_decision(outcome(request_id="waited"))
+    log.emit_decision(outcome(request_id="next"))
+    await log.close()
+    assert [e["request_id"] for e in sink.events] == ["waited", "next"]
+
+
+async def test_try_reserve_is_false_while_closing() -> None:
+    """Shutting down: False even with free slots (reserve() then refuses with 503)."""
+    log, _, _ = await capture_log()
+    await log.close()
+    assert not log.try_reserve()
+    assert log.queued == 0
+    with pytest.raises(AuditOverloaded):
+        await log.reserve()
+
+
 async def test_failing_sink_is_retried_until_it_recovers() -> None:
     """A sink error (disk full) delays events but loses none."""
     sink, metrics = FlakySink(failures=2), Metrics()
@@ -611,6 +667,39 @@ def test_fast_decision_line_equals_the_generic_chain(fields: dict[str, Any]) -> 
     generic = render_event(decision_event(sample), default_processors())
     assert orjson.loads(fast) == orjson.loads(generic)
     assert _SECRET not in fast.decode() and _JWT not in fast.decode()
+
+
+def test_one_renderer_keeps_every_line_equal_to_the_generic_chain() -> None:
+    """The fields kept rendered between requests (caller, route, verdict) never leak
+    into a request whose fields differ, and a secret in them is scrubbed every time."""
+    render = DecisionRenderer()
+    samples = [
+        outcome(request_id=f"r{n}", started=1_800_000_000.5 + n, duration_s=n / 7, **fields)
+        for n in range(3)
+        for fields in (
+            {},
+            {"tenant": _JWT, "detail": f"Bearer {_SECRET}"},
+            {"principal": None, "door": None, "reason": "invalid_token"},
+            {"decision": "allow", "cache_hit": True, "required": ("a.b", "c.d"), "missing": ()},
+            {"upstream_error": "connect", "status": 502, "trace_id": "ab" * 16},
+            {"path": f"/x/{_SECRET}", "client_ip": None},
+        )
+    ]
+    for sample in samples:
+        fast = render(sample)
+        assert orjson.loads(fast) == orjson.loads(
+            render_event(decision_event(sample), default_processors())
+        )
+        assert _SECRET not in fast.decode() and _JWT not in fast.decode()
+
+
+def test_renderer_cache_stays_bounded() -> None:
+    """Free text in the kept fields (a refusal's detail) cannot grow the cache forever."""
+    render = DecisionRenderer()
+    for n in range(3000):
+        line = orjson.loads(render(outcome(detail=f"unknown key id k{n}")))
+        assert line["detail"] == f"unknown key id k{n}"
+    assert 0 < len(render._fixed) <= 1024
 
 
 # --------------------------------------------------------------------------- the writer thread

@@ -103,6 +103,8 @@ OTHER_LABEL: Final = "other"
 # With several workers: how long another worker's request may take to reach the files.
 PUBLISH_SECONDS: Final = 0.5
 _INF: Final = float("inf")
+# Most (decision, reason, endpoint) keys whose series are looked up in one step.
+_SERIES_CACHE_SIZE: Final = 4096
 
 # Same grammar as endpoint ids in endpoints.py: never a path (no "/"), never free text.
 _ENDPOINT_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
@@ -185,10 +187,10 @@ class _Count:
 class _Buckets:
     """One histogram series: a count per bucket (not cumulative) and the sum."""
 
-    __slots__ = ("_bounds", "_published", "_shared", "counts", "created", "sum")
+    __slots__ = ("_published", "_shared", "bounds", "counts", "created", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
-        self._bounds = bounds
+        self.bounds = bounds
         self.counts = [0] * len(bounds)
         self.sum = 0.0
         self.created = time.time()
@@ -197,7 +199,7 @@ class _Buckets:
 
     def observe(self, amount: float) -> None:
         """As ``Histogram.observe``: the first bucket whose bound is >= ``amount``."""
-        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.counts[bisect_left(self.bounds, amount)] += 1
         self.sum += amount
 
 
@@ -463,6 +465,8 @@ class Metrics:
         self._decision_seconds = self.decision_seconds.labels()
         self._upstream_seconds = self.upstream_seconds.labels()
         self._decision_children: dict[tuple[str, str, str], _Count] = {}
+        # (decision, reason, endpoint) -> its decision counter and request histogram
+        self._series: dict[tuple[str, str, str], tuple[_Count, _Buckets]] = {}
         self._request_children: dict[str, _Buckets] = {}
         self._upstream_error_children: dict[str, _Count] = {}
         self._auth_children: dict[str, _Count] = {}
@@ -482,27 +486,44 @@ class Metrics:
     # ------------------------------------------------------------------ per request
 
     def observe(self, outcome: RequestOutcome) -> None:
-        """Record one finished request (see the module docstring for the rules)."""
-        key = (outcome.decision, outcome.reason, outcome.endpoint)
-        counter = self._decision_children.get(key)
-        if counter is None:
-            counter = self._decision_child(key)
-        counter.value += 1
-        histogram = self._request_children.get(outcome.endpoint)
-        if histogram is None:
-            histogram = self._request_child(outcome.endpoint)
-        histogram.observe(outcome.duration_s)
-        if outcome.decision_s is not None:
-            self._decision_seconds.observe(outcome.decision_s)
+        """Record one finished request (see the module docstring for the rules).
+
+        One dict lookup per request finds both the decision counter and the request
+        histogram of its (decision, reason, endpoint); the histograms are observed
+        inline (as :meth:`_Buckets.observe`), without a method call each."""
+        duration = outcome.duration_s
+        series = self._series.get((outcome.decision, outcome.reason, outcome.endpoint))
+        if series is None:
+            series = self._series_for(outcome.decision, outcome.reason, outcome.endpoint)
+        series[0].value += 1
+        request = series[1]
+        request.counts[bisect_left(request.bounds, duration)] += 1
+        request.sum += duration
+        decision_s = outcome.decision_s
+        if decision_s is not None:
+            histogram = self._decision_seconds
+            histogram.counts[bisect_left(histogram.bounds, decision_s)] += 1
+            histogram.sum += decision_s
             (self._cache_hit if outcome.cache_hit else self._cache_miss).value += 1
-        if outcome.upstream_s is not None:
-            self._upstream_seconds.observe(outcome.upstream_s)
+        upstream_s = outcome.upstream_s
+        if upstream_s is not None:
+            histogram = self._upstream_seconds
+            histogram.counts[bisect_left(histogram.bounds, upstream_s)] += 1
+            histogram.sum += upstream_s
         if outcome.upstream_error is not None:
             self._child(self._upstream_error_children, self.upstream_errors, outcome.upstream_error)
         if outcome.auth_failure is not None:
             self._child(self._auth_children, self.auth_failures, outcome.auth_failure)
         if not self._publish_scheduled:
             self._publish_soon()
+
+    def _series_for(self, decision: str, reason: str, endpoint: str) -> tuple[_Count, _Buckets]:
+        """The decision counter and request histogram of one (decision, reason, endpoint)."""
+        key = (decision, reason, endpoint)
+        series = (self._decision_child(key), self._request_child(endpoint))
+        if len(self._series) < _SERIES_CACHE_SIZE:  # bad labels must not grow it forever
+            self._series[key] = series
+        return series
 
     def _decision_child(self, key: tuple[str, str, str]) -> _Count:
         decision, reason, endpoint = key

@@ -44,6 +44,7 @@ __all__ = ["DEFAULT_MAX_KEYS", "UsageRecorder"]
 log: Final = logging.getLogger("permgate.usage")
 
 DEFAULT_MAX_KEYS: Final = 50_000
+_ALLOWED: Final = Reason.ALLOWED  # once, not an enum attribute lookup per request
 
 # (principal, account, token id, tenant, required permissions, any_of)
 _Key = tuple[str, str, str | None, str | None, tuple[str, ...], tuple[str, ...]]
@@ -84,20 +85,20 @@ class UsageRecorder:
     def record(self, outcome: RequestOutcome) -> None:
         """Count one finished request if it exercised permissions (cheap, no I/O)."""
         principal = outcome.principal
+        required: tuple[str, ...] = outcome.required
         if (
             principal is None
+            or not required
             or outcome.decision != "allow"
-            or outcome.reason != Reason.ALLOWED
-            or not outcome.required
+            or outcome.reason != _ALLOWED
         ):
             return
-        required: tuple[str, ...] = outcome.required
         any_of: tuple[str, ...] = ()
         endpoint = self._endpoint_map().get(outcome.endpoint)
         if (
             endpoint is not None
             and endpoint.any_of
-            and outcome.required == endpoint.permissions + endpoint.any_of
+            and required == endpoint.permissions + endpoint.any_of
         ):
             required, any_of = endpoint.permissions, endpoint.any_of
         key: _Key = (

@@ -55,13 +55,25 @@ USAGE_FLUSH_SECONDS: Final = 5.0  # permission usage reaches the store this far 
 SHUTDOWN_TIMEOUT_SECONDS: Final = 20.0
 AUDIT_DRAIN_SECONDS: Final = 8.0  # with the shutdown timeout, under Kubernetes' default 30 s
 CLIENT_GONE_STATUS: Final = 499  # what the pipeline records when no answer was sent
+_INFO: Final = logging.INFO
 
 
 class _Observer:
     """The pipeline's observer: one audit slot per request, metrics, the event, the
-    access log line, and what the upstream's fate says about its reachability."""
+    access log line, and what the upstream's fate says about its reachability.
 
-    __slots__ = ("_audit", "_metrics", "_upstream", "_usage", "answered", "unanswered")
+    It runs once per request: the calls it makes are bound methods taken once."""
+
+    __slots__ = (
+        "_admit",
+        "_audit",
+        "_emit",
+        "_observe",
+        "_upstream",
+        "_use",
+        "answered",
+        "unanswered",
+    )
 
     def __init__(
         self,
@@ -70,10 +82,12 @@ class _Observer:
         upstream: UpstreamWatch,
         usage: UsageRecorder | None = None,
     ) -> None:
-        self._metrics = metrics
         self._audit = audit
         self._upstream = upstream
-        self._usage = usage
+        self._observe = metrics.observe
+        self._emit = audit.emit_decision
+        self._admit = audit.try_reserve
+        self._use = None if usage is None else usage.record
         self.answered = 0  # requests that got an answer
         self.unanswered = 0  # requests that ended without one: client gone, or cut at shutdown
 
@@ -81,17 +95,19 @@ class _Observer:
         await self._audit.reserve()
 
     def admit_now(self) -> bool:
-        return self._audit.try_reserve()
+        """Admit without awaiting when an audit slot is free; False: await :meth:`admit`."""
+        return self._admit()
 
     def record(self, outcome: RequestOutcome) -> None:
-        self._metrics.observe(outcome)
-        self._audit.emit_decision(outcome)
-        if self._usage is not None:
-            self._usage.record(outcome)  # allowed requests only; an in-memory count
+        self._observe(outcome)
+        self._emit(outcome)
+        use = self._use
+        if use is not None:
+            use(outcome)  # allowed requests only; an in-memory count
         self._finished(outcome)
 
     def refused(self, outcome: RequestOutcome) -> None:
-        self._metrics.observe(outcome)
+        self._observe(outcome)
         self._finished(outcome)
 
     def _finished(self, outcome: RequestOutcome) -> None:
@@ -103,7 +119,7 @@ class _Observer:
             self._upstream.unreachable("a request could not connect")
         elif outcome.upstream_s is not None:
             self._upstream.answered()
-        if access_log.isEnabledFor(logging.INFO):
+        if access_log.isEnabledFor(_INFO):
             _log_access(outcome)
 
 
