@@ -362,7 +362,7 @@ def archive(rev: str, into: Path) -> Path:
     return into / "src"
 
 
-def permgate_decider(folder: Path) -> tuple[Server, str, Path]:
+def permgate_decider(folder: Path, src: Path | None = None) -> tuple[Server, str, Path]:
     """``permgate serve`` in decision-only mode (``authz_listen``, no ``listen``), seeded
     as :func:`permgate_server`; (server on the decision port, token, audit file)."""
     folder.mkdir()
@@ -381,6 +381,8 @@ def permgate_decider(folder: Path) -> tuple[Server, str, Path]:
     )
     argv = [PYTHON, "-m", "permgate", "serve", "--config", str(config)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERMGATE_")}
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     return Server("permgate-authz", argv, port, folder / "serve.log", env=env), secret, audit
 
 
@@ -528,22 +530,22 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[s
         f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
         f"{args.rounds} round(s) in rotation, medians; GET {TARGET}"
     )
-    print(f"{'config':<20} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs/req':>10}"
+    print(f"{'config':<24} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs/req':>10}"
           f" {'check µs':>8} {'upstream CPU':>12}   runs (req/s)")  # fmt: skip
     for name, m in medians.items():
         runs = " ".join(f"{s.rps:,.0f}" for s in samples[name])
         check = f"{m.check_us:>8.0f}" if m.check_us is not None else f"{'-':>8}"
         print(
-            f"{name:<20} {m.rps:>8,.0f} {m.p50_ms:>7.2f} {m.p99_ms:>7.2f} {m.cpu_us:>10.0f}"
+            f"{name:<24} {m.rps:>8,.0f} {m.p50_ms:>7.2f} {m.p99_ms:>7.2f} {m.cpu_us:>10.0f}"
             f" {check} {m.upstream_busy:>11.0%}   {runs}"
         )
     bare, envoy = medians.get("bare"), medians.get("envoy")
     if bare is not None or envoy is not None:
-        print(f"\n{'ratios':<20} {'req/s÷bare':>10} {'req/s÷envoy':>11}"
+        print(f"\n{'ratios':<24} {'req/s÷bare':>10} {'req/s÷envoy':>11}"
               f" {'CPU÷bare':>9} {'CPU÷envoy':>9}  (CPU: µs per request)")  # fmt: skip
         for name, m in medians.items():
             print(
-                f"{name:<20} {_ratio(m.rps, bare.rps if bare else None):>10}"
+                f"{name:<24} {_ratio(m.rps, bare.rps if bare else None):>10}"
                 f" {_ratio(m.rps, envoy.rps if envoy else None):>11}"
                 f" {_ratio(m.cpu_us, bare.cpu_us if bare else None):>9}"
                 f" {_ratio(m.cpu_us, envoy.cpu_us if envoy else None):>9}"
@@ -558,6 +560,8 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[s
     ]
     if args.base:
         goals.append(("permgate-1 / the base", "permgate-1", f"permgate-1@{args.base}", None, None))
+        authz_base = f"envoy+permgate@{args.base}"
+        goals.append(("envoy+permgate / the base", "envoy+permgate", authz_base, None, None))
     print()
     for label, top, bottom, measure, goal in goals:
         if top in medians and bottom in medians:
@@ -569,6 +573,9 @@ def report(samples: dict[str, list[Sample]], args: argparse.Namespace) -> dict[s
             elif measure == "CPU" and goal is not None:
                 verdict = f"  (goal CPU ≤ ×{goal}: {'met' if cpu <= goal else 'NOT met'})"
             print(f"{label:<30} req/s ×{rps:.2f}   CPU/req ×{cpu:.2f}{verdict}")
+    for name, m in medians.items():
+        if name.startswith("envoy+permgate@") and m.check_us is not None:
+            print(f"{name}: permgate {m.check_us:.0f} CPU µs per cached ext_authz check")
     authz = medians.get("envoy+permgate")
     if authz is not None and authz.check_us is not None:
         met = "met" if authz.check_us <= CHECK_TARGET_US else "NOT met"
@@ -611,18 +618,21 @@ def build_configs(names: Sequence[str], folder: Path, args: argparse.Namespace) 
         server, secret, audit = permgate_server(name, folder / name, workers, up_port)
         url = f"http://127.0.0.1:{server.port}{TARGET}"
         configs[name] = Config(name, server, url, [f"Authorization: Bearer {secret}"], audit)
-    if args.base:
+    base = archive(args.base, folder / "base") if args.base else None
+    if base is not None and "permgate-1" in names:
         name = f"permgate-1@{args.base}"
-        src = archive(args.base, folder / "base")
-        server, secret, audit = permgate_server(name, folder / "base-1", 1, up_port, src)
+        server, secret, audit = permgate_server(name, folder / "base-1", 1, up_port, base)
         url = f"http://127.0.0.1:{server.port}{TARGET}"
         configs[name] = Config(name, server, url, [f"Authorization: Bearer {secret}"], audit)
     if "envoy+permgate" in names:
-        decider, secret, audit = permgate_decider(folder / "permgate-authz")
-        server = envoy_server("envoy-authz", folder, up_port, decider.port)
-        url = f"http://127.0.0.1:{server.port}{TARGET}"
-        headers = [f"Authorization: Bearer {secret}"]
-        configs["envoy+permgate"] = Config("envoy+permgate", server, url, headers, audit, decider)
+        for name, src in (("envoy+permgate", None), (f"envoy+permgate@{args.base}", base)):
+            if name != "envoy+permgate" and src is None:
+                continue
+            decider, secret, audit = permgate_decider(folder / f"{name}-authz", src)
+            server = envoy_server(f"{name}-envoy", folder, up_port, decider.port)
+            url = f"http://127.0.0.1:{server.port}{TARGET}"
+            headers = [f"Authorization: Bearer {secret}"]
+            configs[name] = Config(name, server, url, headers, audit, decider)
     return upstream, configs
 
 
@@ -670,7 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--base",
         metavar="REV",
-        help="add a row permgate-1@REV: that git revision's src/, served the same way (A/B)",
+        help="add rows permgate-1@REV and envoy+permgate@REV (when those rows run): that git"
+        " revision's src/, served the same way (A/B)",
     )
     args = parser.parse_args(argv)
     if args.memory:
@@ -692,8 +703,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = Path(tmp)
         upstream, configs = build_configs(names, folder, args)
         wanted = [configs[n] for n in names]
-        if args.base:
-            wanted.append(configs[f"permgate-1@{args.base}"])
+        if args.base:  # the base's rows: permgate-1 and envoy+permgate, if asked for
+            wanted += [c for n, c in configs.items() if n.endswith(f"@{args.base}")]
         servers = [upstream] + [
             s for c in configs.values() for s in c.servers() if s is not upstream
         ]
@@ -708,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     sample = measure(wrk, config, upstream, args)
                     samples[config.name].append(sample)
                     print(
-                        f"round {round_ + 1}/{args.rounds} {config.name:<20}"
+                        f"round {round_ + 1}/{args.rounds} {config.name:<24}"
                         f" {sample.rps:>8,.0f} req/s  p50 {sample.p50_ms:.2f} ms"
                         f"  p99 {sample.p99_ms:.2f} ms  {sample.cpu_us:.0f} CPU µs/req",
                         flush=True,
