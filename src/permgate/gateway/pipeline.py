@@ -485,17 +485,23 @@ class Gateway:
         exchange = served.exchange
         outcome = served.outcome
         path_qs = exchange.target
-        identity_headers = {"X-Request-Id": outcome.request_id}
-        if identity is not None:
+        if identity is None:
+            identity_headers = {"X-Request-Id": outcome.request_id}
+        else:
             principal = identity.principal
-            identity_headers["X-Permgate-Principal"] = principal.id
-            identity_headers["X-Permgate-Principal-Kind"] = principal.kind
-            if outcome.tenant is not None:
-                identity_headers["X-Permgate-Tenant"] = outcome.tenant
+            identity_headers = {
+                "X-Request-Id": outcome.request_id,
+                "X-Permgate-Principal": principal.id,
+                "X-Permgate-Principal-Kind": principal.kind,
+            }
+            tenant = outcome.tenant
+            if tenant is not None:
+                identity_headers["X-Permgate-Tenant"] = tenant
                 if tenant_header is not None:
-                    identity_headers[tenant_header] = outcome.tenant
-            if identity.token is not None:
-                identity_headers["X-Permgate-Token-Id"] = identity.token.id
+                    identity_headers[tenant_header] = tenant
+            token = identity.token
+            if token is not None:
+                identity_headers["X-Permgate-Token-Id"] = token.id
         headers = hygiene.forward_headers(
             exchange.headers,
             client_ip=exchange.client_ip or "",
@@ -508,7 +514,8 @@ class Gateway:
             strip=self._strip,
         )
         # The client may wait for "100 Continue" before it sends its body.
-        exchange.send_continue()
+        if exchange.expect_continue:
+            exchange.send_continue()
         trace = _TRACE.get() if self._tracer is not None else None
         if trace is not None:
             trace.upstream_started(
