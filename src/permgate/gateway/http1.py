@@ -190,6 +190,8 @@ class Exchange:
         headers: CIMultiDict[str],
         version: tuple[int, int],
         keep_alive: bool,
+        has_body: bool = False,
+        expect_continue: bool = False,
     ) -> None:
         self._conn = conn
         self.method = method
@@ -200,8 +202,8 @@ class Exchange:
         self.client_ip = conn.client_ip
         self.scheme = conn.scheme
         self.peercert = conn.peercert
-        self.has_body = False
-        self.expect_continue = False
+        self.has_body = has_body
+        self.expect_continue = expect_continue
         self.body_done = False
         self.body_error: BaseException | None = None
         self._body: collections.deque[bytes] = collections.deque()
@@ -456,7 +458,7 @@ class ServerProtocol(asyncio.Protocol):
         self._closing = False  # no more requests are read on this connection
         # The head being parsed.
         self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[str, str]] = []  # decoded as they come
         self._head_started = 0.0  # loop time of its first byte; 0: none in progress
         self._hosts = 0
         self._head_bytes = 0
@@ -562,7 +564,9 @@ class ServerProtocol(asyncio.Protocol):
             self._hosts += 1
             if self._hosts > 1:
                 raise _Refused(HygieneReason.INVALID_HOST)
-        self._headers.append((name, value))
+        self._headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -573,12 +577,13 @@ class ServerProtocol(asyncio.Protocol):
             ver = (1, 0)
         else:
             raise _Refused(HygieneReason.UNSUPPORTED_VERSION)
-        headers: CIMultiDict[str] = CIMultiDict(
-            [
-                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-                for name, value in self._headers
-            ]
-        )
+        headers: CIMultiDict[str] = CIMultiDict(self._headers)
+        length = headers.get("Content-Length")
+        has_body = "Transfer-Encoding" in headers or (length is not None and length != "0")
+        expect_continue = False
+        if has_body and ver == (1, 1):
+            expect = headers.get("Expect")
+            expect_continue = expect is not None and expect.lower() == "100-continue"
         exchange = Exchange(
             self,
             parser.get_method().decode("ascii", "surrogateescape"),
@@ -586,12 +591,9 @@ class ServerProtocol(asyncio.Protocol):
             headers,
             ver,
             parser.should_keep_alive(),
+            has_body,
+            expect_continue,
         )
-        length = headers.get("Content-Length")
-        exchange.has_body = "Transfer-Encoding" in headers or (length is not None and length != "0")
-        if exchange.has_body and ver == (1, 1):
-            expect = headers.get("Expect")
-            exchange.expect_continue = expect is not None and expect.lower() == "100-continue"
         self._head_started = 0.0
         self._head_bytes = 0
         self._parsing = exchange

@@ -17,7 +17,6 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from functools import partial
 from typing import Any, Final, Protocol
 
 from multidict import CIMultiDict
@@ -67,6 +66,66 @@ class _Pending:
         self.timing = timing
         self.t_up = t_up
         self.trace = trace
+
+
+class _Served:
+    """One admitted request's bookkeeping until it is recorded: what two partials
+    carried, in one object whose bound methods are the callbacks (``record`` for the
+    end of the request, ``relayed`` for the end of a callback relay)."""
+
+    # timing, t_up and relay_trace are set by Gateway._relay, before a relay may end.
+    __slots__ = ("exchange", "gateway", "outcome", "relay_trace", "t0", "t_up", "timing", "trace")
+
+    timing: UpstreamTiming
+    t_up: float
+    relay_trace: RequestTrace | None
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        exchange: Exchange,
+        outcome: RequestOutcome,
+        t0: float,
+        trace: RequestTrace | None,
+    ) -> None:
+        self.gateway = gateway
+        self.exchange = exchange
+        self.outcome = outcome
+        self.t0 = t0
+        self.trace = trace
+
+    def record(self) -> None:
+        """Whatever happened, the request's audit slot is used exactly once."""
+        exchange = self.exchange
+        outcome = self.outcome
+        if exchange.answered:
+            outcome.status = exchange.status
+        else:  # no answer went out: the client left
+            outcome.status = 499
+            outcome.reason = outcome.reason or Refusal.CLIENT_GONE
+        gateway = self.gateway
+        outcome.duration_s = gateway._clock() - self.t0
+        gateway._observer.record(outcome)
+        if self.trace is not None:
+            self.trace.finish(outcome)
+
+    def relayed(self, error: PermgateError | None) -> None:
+        """The end of a callback relay: what forward()'s caller does, then the record."""
+        exchange = self.exchange
+        outcome = self.outcome
+        try:
+            if error is None:
+                self.gateway._forwarded(outcome, self.timing, self.relay_trace, exchange.status)
+            else:
+                gateway = self.gateway
+                answer = gateway._not_forwarded(exchange, outcome, self.t_up, error)
+                if not exchange.answered and not exchange.gone:
+                    answer.send(exchange)
+        except Exception:
+            log.exception("request %s failed", outcome.request_id)
+            outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
+        finally:
+            self.record()
 
 
 log = logging.getLogger("permgate.pipeline")
@@ -204,7 +263,14 @@ class Gateway:
         started = time.time()
         t0 = self._clock()
         evaluator = self.evaluator
-        request = self._eval_request(exchange, exchange.target)
+        target = exchange.target
+        headers = exchange.headers
+        method = exchange.method
+        certificate_id = None
+        if self._principal_from is not None and exchange.peercert is not None:
+            # Only a certificate the listener verified is there (see permgate.runtime.tls).
+            certificate_id = certificate_principal(exchange.peercert, self._principal_from)
+        request = EvalRequest(method, target, headers, exchange.version, certificate_id)
         try:
             evaluation = evaluator.evaluate_cached(request, self.memo)
         except Exception:  # whatever it is, the whole path says it (a 500, logged)
@@ -213,18 +279,31 @@ class Gateway:
         # is served by the whole path, from the start.
         if evaluation is None or not self._observer.admit_now():
             return self.serve(exchange)
-        outcome = self._outcome(exchange, started)
-        record = partial(self._record, exchange, outcome, t0, None)
+        # What _outcome makes, inline: this is the per-request common path.
+        outcome = RequestOutcome(
+            hygiene.request_id(headers),
+            hygiene.new_id(),
+            method,
+            target.partition("?")[0],
+            exchange.client_ip,
+            started,
+            map_sha256=self.endpoint_map.sha256,
+            trace_id=trace_id_of(headers.get("traceparent")),
+        )
+        served = _Served(self, exchange, outcome, t0, None)
         answer: Answer | _Pending | None = None
         try:
-            answer = self._evaluated(
-                exchange, outcome, evaluator, evaluation, exchange.target, record
-            )
+            answer = self._evaluated(served, evaluator, evaluation)
         except Exception as exc:
             answer = self._failed(outcome, exc)
+        if answer is _RELAYED:  # the relay records it when it ends
+            return None
         if isinstance(answer, _Pending):  # a body still coming, or no idle connection
-            return self._forward_then_record(exchange, outcome, answer, record)
-        self._answer(exchange, answer, record)
+            return self._forward_then_record(served, answer)
+        try:
+            self._send(exchange, answer)
+        finally:
+            served.record()
         return None
 
     async def serve(self, exchange: Exchange) -> None:
@@ -261,7 +340,7 @@ class Gateway:
             )
             return
         answer: Answer | None = None
-        record = partial(self._record, exchange, outcome, t0, trace)
+        served = _Served(self, exchange, outcome, t0, trace)
         try:
             try:
                 evaluator = self.evaluator
@@ -274,9 +353,7 @@ class Gateway:
                     # The evaluator and the cache's snapshot are read together, before
                     # any await: a map swap cannot slip between them.
                     evaluation = await evaluator.evaluate(request, self.memo)
-                done = self._evaluated(
-                    exchange, outcome, evaluator, evaluation, exchange.target, record
-                )
+                done = self._evaluated(served, evaluator, evaluation)
                 if isinstance(done, _Pending):  # a body still coming, or no idle connection
                     done = await self._forward(exchange, outcome, done)
                 answer = done
@@ -285,16 +362,12 @@ class Gateway:
             self._send(exchange, answer)
         finally:
             if answer is not _RELAYED:  # else the relay records it when it ends
-                record()
+                served.record()
 
-    async def _forward_then_record(
-        self,
-        exchange: Exchange,
-        outcome: RequestOutcome,
-        pending: _Pending,
-        record: Callable[[], None],
-    ) -> None:
+    async def _forward_then_record(self, served: _Served, pending: _Pending) -> None:
         """The rest of the common case when its forward has to wait."""
+        exchange = served.exchange
+        outcome = served.outcome
         answer: Answer | None = None
         try:
             try:
@@ -303,7 +376,7 @@ class Gateway:
                 answer = self._failed(outcome, exc)
             self._send(exchange, answer)
         finally:
-            record()
+            served.record()
 
     def _outcome(self, exchange: Exchange, started: float) -> RequestOutcome:
         """The request's record, filled as it goes (see :class:`RequestOutcome`)."""
@@ -337,29 +410,6 @@ class Gateway:
             return
         answer.send(exchange)
 
-    def _answer(
-        self, exchange: Exchange, answer: Answer | None, record: Callable[[], None]
-    ) -> None:
-        try:
-            self._send(exchange, answer)
-        finally:
-            if answer is not _RELAYED:  # else the relay records it when it ends
-                record()
-
-    def _record(
-        self, exchange: Exchange, outcome: RequestOutcome, t0: float, trace: RequestTrace | None
-    ) -> None:
-        """Whatever happened, the request's audit slot is used exactly once."""
-        if exchange.answered:
-            outcome.status = exchange.status
-        else:  # no answer went out: the client left
-            outcome.status = 499
-            outcome.reason = outcome.reason or Refusal.CLIENT_GONE
-        outcome.duration_s = self._clock() - t0
-        self._observer.record(outcome)
-        if trace is not None:
-            trace.finish(outcome)
-
     def _eval_request(self, exchange: Exchange, raw_target: str) -> EvalRequest:
         certificate_id = None
         if self._principal_from is not None and exchange.peercert is not None:
@@ -370,17 +420,12 @@ class Gateway:
         )
 
     def _evaluated(
-        self,
-        exchange: Exchange,
-        outcome: RequestOutcome,
-        evaluator: Evaluator,
-        evaluation: Evaluation,
-        path_qs: str,
-        record: Callable[[], None],
+        self, served: _Served, evaluator: Evaluator, evaluation: Evaluation
     ) -> Answer | _Pending | None:
         """What an evaluation makes of the request: a refusal, ``_RELAYED`` (being
-        relayed in callbacks, which call ``record`` at the end), or a ``_Pending``
+        relayed in callbacks, which call ``served.record`` at the end), or a ``_Pending``
         forward that must wait (:meth:`_forward`)."""
+        outcome = served.outcome
         refused = evaluation.refusal
         if refused is not None:
             outcome.reason = refused
@@ -425,16 +470,10 @@ class Gateway:
         else:
             outcome.decision = "deny"
             return forbidden(decision, outcome.request_id)
-        return self._relay(exchange, outcome, evaluation.identity, path_qs, tenant_header, record)
+        return self._relay(served, identity, tenant_header)
 
     def _relay(
-        self,
-        exchange: Exchange,
-        outcome: RequestOutcome,
-        identity: Identity | None,
-        path_qs: str,
-        tenant_header: str | None,
-        record: Callable[[], None],
+        self, served: _Served, identity: Identity | None, tenant_header: str | None
     ) -> Answer | _Pending:
         """Forward an allowed (or shadow-denied) request. Every tenant header the map
         declares is removed, and the endpoint's own (when its tenant comes from one) is
@@ -443,17 +482,26 @@ class Gateway:
         The common case (the body here, a pooled connection idle) is relayed in
         callbacks: no Task, no Future; the outcome is recorded when it ends
         (``_RELAYED``). Else the ``_Pending`` forward is :meth:`_forward`'s to await."""
-        identity_headers = {"X-Request-Id": outcome.request_id}
-        if identity is not None:
+        exchange = served.exchange
+        outcome = served.outcome
+        path_qs = exchange.target
+        if identity is None:
+            identity_headers = {"X-Request-Id": outcome.request_id}
+        else:
             principal = identity.principal
-            identity_headers["X-Permgate-Principal"] = principal.id
-            identity_headers["X-Permgate-Principal-Kind"] = principal.kind
-            if outcome.tenant is not None:
-                identity_headers["X-Permgate-Tenant"] = outcome.tenant
+            identity_headers = {
+                "X-Request-Id": outcome.request_id,
+                "X-Permgate-Principal": principal.id,
+                "X-Permgate-Principal-Kind": principal.kind,
+            }
+            tenant = outcome.tenant
+            if tenant is not None:
+                identity_headers["X-Permgate-Tenant"] = tenant
                 if tenant_header is not None:
-                    identity_headers[tenant_header] = outcome.tenant
-            if identity.token is not None:
-                identity_headers["X-Permgate-Token-Id"] = identity.token.id
+                    identity_headers[tenant_header] = tenant
+            token = identity.token
+            if token is not None:
+                identity_headers["X-Permgate-Token-Id"] = token.id
         headers = hygiene.forward_headers(
             exchange.headers,
             client_ip=exchange.client_ip or "",
@@ -466,17 +514,18 @@ class Gateway:
             strip=self._strip,
         )
         # The client may wait for "100 Continue" before it sends its body.
-        exchange.send_continue()
+        if exchange.expect_continue:
+            exchange.send_continue()
         trace = _TRACE.get() if self._tracer is not None else None
         if trace is not None:
             trace.upstream_started(
                 headers, method=exchange.method, url=self._upstream.spec + path_qs
             )
-        timing = UpstreamTiming()
-        t_up = self._clock()
-        done = partial(self._relayed, exchange, outcome, timing, t_up, trace, record)
+        timing = served.timing = UpstreamTiming()
+        t_up = served.t_up = self._clock()
+        served.relay_trace = trace
         if self._upstream.relay(
-            exchange, path_qs=path_qs, headers=headers, timing=timing, done=done
+            exchange, path_qs=path_qs, headers=headers, timing=timing, done=served.relayed
         ):
             return _RELAYED
         return _Pending(path_qs, headers, timing, t_up, trace)
@@ -494,30 +543,6 @@ class Gateway:
             return self._not_forwarded(exchange, outcome, pending.t_up, exc)
         self._forwarded(outcome, timing, pending.trace, status)
         return None
-
-    def _relayed(
-        self,
-        exchange: Exchange,
-        outcome: RequestOutcome,
-        timing: UpstreamTiming,
-        t_up: float,
-        trace: RequestTrace | None,
-        record: Callable[[], None],
-        error: PermgateError | None,
-    ) -> None:
-        """The end of a callback relay: what forward()'s caller does, then the record."""
-        try:
-            if error is None:
-                self._forwarded(outcome, timing, trace, exchange.status)
-            else:
-                answer = self._not_forwarded(exchange, outcome, t_up, error)
-                if not exchange.answered and not exchange.gone:
-                    answer.send(exchange)
-        except Exception:
-            log.exception("request %s failed", outcome.request_id)
-            outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
-        finally:
-            record()
 
     def _forwarded(
         self,
