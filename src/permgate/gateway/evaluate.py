@@ -260,17 +260,19 @@ class Evaluator:
         headers = request.headers
         method = request.method
         target = request.target
-        path, query = hygiene.split_target(target)
-        problem = (
-            hygiene.check_message(request.version, headers)
-            or (hygiene.check_target(method, target) if self._check_target else None)
-            or hygiene.check_headers(headers, self.tenant_headers)
-        )
+        path, sep, query = target.partition("?")  # hygiene.split_target, inlined
+        query = sep + query
+        # check_message, then check_target, then check_headers: the first refusal wins.
+        problem = hygiene.check_message(request.version, headers)
+        if problem is None and self._check_target:
+            problem = hygiene.check_target(method, target)
+        if problem is None:
+            problem = hygiene.check_headers(headers, self.tenant_headers)
         if problem is not None:
             return Evaluation(400, problem, path, query, refusal=problem)
 
         # Read before the first await: the verdict is cached only under these.
-        snapshot = memo.snapshot() if memo is not None else None
+        snapshot = None if memo is None else memo.snapshot()
         endpoint_map = self.endpoint_map
         match = endpoint_map.match(method, path)
         if match is None or match.endpoint.public:
