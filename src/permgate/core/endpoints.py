@@ -105,19 +105,6 @@ def _walk(root: _Node, segments: list[str]) -> _Leaf | None:
     left". Each trie node sits at one depth and is entered at most once per walk,
     so the cost is bounded by the path's depth and never by the number of entries.
     """
-    # The first branch the search takes (literal where there is one, else the
-    # parameter) is the answer whenever it ends on a leaf: walk it without the stack.
-    node = root
-    for segment in segments:
-        child = node.literals.get(segment)
-        if child is None:
-            child = node.param if segment else None
-            if child is None:
-                break
-        node = child
-    else:
-        if node.leaf is not None:
-            return node.leaf
     pending: list[tuple[_Node, int]] = []
     node, index, end = root, 0, len(segments)
     while True:
@@ -221,7 +208,21 @@ class EndpointMap:
         leaf = None
         trie = tries.get(method)
         if trie is not None:
-            leaf = _walk(trie, segments)
+            # The first branch _walk takes (literal where there is one, else the
+            # parameter) is its answer whenever it ends on a leaf: walked here, without
+            # its frame and its stack; _walk searches only when that branch dead-ends.
+            node = trie
+            for segment in segments:
+                child = node.literals.get(segment)
+                if child is None:
+                    child = node.param if segment else None
+                    if child is None:
+                        break
+                node = child
+            else:
+                leaf = node.leaf
+            if leaf is None:
+                leaf = _walk(trie, segments)
         if leaf is None and method == "HEAD" and (trie := tries.get("GET")) is not None:
             leaf = _walk(trie, segments)
         if leaf is None and (trie := tries.get("*")) is not None:
