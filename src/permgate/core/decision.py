@@ -150,7 +150,9 @@ def resolve_tenant_id(
         return None
     if source.kind == "path_param":
         raw = params.get(source.name)
-        return _percent_decode(raw) if raw is not None else None
+        if raw is None or "%" not in raw:  # _percent_decode's own test, without its frame
+            return raw
+        return _percent_decode(raw)
     if source.kind == "header":
         return headers.get(source.name) or None
     value = claims.get(source.name) if claims is not None else None

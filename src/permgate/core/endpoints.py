@@ -97,15 +97,6 @@ class _Node:
         self.leaf: _Leaf | None = None
 
 
-def _split_path(path: str) -> list[str] | None:
-    """The raw segments of a request path; ``/`` is no segment, ``/a/`` is ``['a', '']``."""
-    if not path.startswith("/"):
-        return None
-    if path == "/":
-        return []
-    return path[1:].split("/")
-
-
 def _walk(root: _Node, segments: list[str]) -> _Leaf | None:
     """Literal before parameter at each segment, backtracking when a branch dead-ends.
 
@@ -209,14 +200,29 @@ class EndpointMap:
         An entry that lists the method wins over a ``"*"`` entry; HEAD with no HEAD
         entry is routed as GET. ``params`` are returned still encoded.
         """
-        segments = _split_path(path)
-        if segments is None:
+        # The raw segments: ``/`` is none, ``/a/`` is ``['a', '']``.
+        if path[:1] != "/":
             return None
+        segments = path[1:].split("/") if path != "/" else []
         tries = self._tries
         leaf = None
         trie = tries.get(method)
         if trie is not None:
-            leaf = _walk(trie, segments)
+            # The first branch _walk takes (literal where there is one, else the
+            # parameter) is its answer whenever it ends on a leaf: walked here, without
+            # its frame and its stack; _walk searches only when that branch dead-ends.
+            node = trie
+            for segment in segments:
+                child = node.literals.get(segment)
+                if child is None:
+                    child = node.param if segment else None
+                    if child is None:
+                        break
+                node = child
+            else:
+                leaf = node.leaf
+            if leaf is None:
+                leaf = _walk(trie, segments)
         if leaf is None and method == "HEAD" and (trie := tries.get("GET")) is not None:
             leaf = _walk(trie, segments)
         if leaf is None and (trie := tries.get("*")) is not None:
@@ -225,7 +231,10 @@ class EndpointMap:
             return None
         if leaf.static is not None:
             return leaf.static
-        return Match(leaf.endpoint, {name: segments[i] for i, name in leaf.param_positions})
+        params = {}  # a loop, not a comprehension: no frame of its own
+        for index, name in leaf.param_positions:
+            params[name] = segments[index]
+        return Match(leaf.endpoint, params)
 
     def get(self, endpoint_id: str) -> Endpoint | None:
         """The entry with this id, or None."""

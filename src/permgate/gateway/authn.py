@@ -203,16 +203,21 @@ class Authenticator:
         """The identity of a credential verified a moment ago and still valid (see the
         class docstring), or None: the first step of :meth:`authenticate`, without a
         coroutine, for the gateway's path that never waits."""
-        known = self._known.get(authorization)
+        table = self._known
+        # Generations.get without its frame when the entry is young (the hot one).
+        known = table.young.get(authorization)
         if known is None:
-            return None
-        if self._cache.unchanged_since(known.epoch):
+            known = table.get(authorization)
+            if known is None:
+                return None
+        cache = self._cache
+        if cache.unchanged_since(known.epoch):
             now = time.time()
-            if now < known.ends and self._cache.now() < known.fresh_until:
+            if now < known.ends and cache.now() < known.fresh_until:
                 if known.token_id is not None:
                     self._uses[known.token_id] = now
                 return known.identity
-        self._known.pop(authorization)  # stale: verified afresh by authenticate()
+        table.pop(authorization)  # stale: verified afresh by authenticate()
         return None
 
     async def _authenticate(self, authorization: str | None) -> Identity:

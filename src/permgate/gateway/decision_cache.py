@@ -60,10 +60,17 @@ class DecisionCache:
 
     def get(self, key: MemoKey, snapshot: Hashable) -> Verdict | None:
         """The cached verdict, if made at ``snapshot`` and nothing changed since."""
-        if snapshot != self._epochs or snapshot != (self._model.epoch, self.map_epoch):
+        epochs = self._epochs
+        if snapshot != epochs or epochs[0] != self._model.epoch or epochs[1] != self.map_epoch:
             return None
-        cached = self._entries.get(key)
-        if cached is None or cached[0] <= self._clock():
+        entries = self._entries
+        # Generations.get without its frame when the entry is young (the hot one).
+        cached = entries.young.get(key)
+        if cached is None:
+            cached = entries.get(key)
+            if cached is None:
+                return None
+        if cached[0] <= self._clock():
             return None
         return cached[1]
 

@@ -222,11 +222,12 @@ class Evaluator:
             identity = replace(identity, claims=request.peer_claims)
 
         started = self._clock()
-        tenant_id, key, verdict = self._remembered(identity, match, request.headers, memo, snapshot)
+        key = self._key(identity, match, request.headers)
+        verdict = memo.get(key, snapshot) if memo is not None else None
         subject: Subject | None = None
         hit = verdict is not None
         if verdict is None:  # no coroutine on the cached path: it is the hot one
-            verdict, subject = await self._decide(identity, match, tenant_id, key, memo, snapshot)
+            verdict, subject = await self._decide(identity, match, key, memo, snapshot)
         return self._decided(path, query, match, identity, verdict, subject, hit, started)
 
     def evaluate_cached(self, request: EvalRequest, memo: DecisionMemo) -> Evaluation | None:
@@ -247,7 +248,7 @@ class Evaluator:
         if request.peer_claims is not None and identity.claims is None:
             identity = replace(identity, claims=request.peer_claims)
         started = self._clock()
-        _, _, verdict = self._remembered(identity, match, request.headers, memo, snapshot)
+        verdict = memo.get(self._key(identity, match, request.headers), snapshot)
         if verdict is None:
             return None
         return self._decided(path, query, match, identity, verdict, None, True, started)
@@ -260,17 +261,19 @@ class Evaluator:
         headers = request.headers
         method = request.method
         target = request.target
-        path, query = hygiene.split_target(target)
-        problem = (
-            hygiene.check_message(request.version, headers)
-            or (hygiene.check_target(method, target) if self._check_target else None)
-            or hygiene.check_headers(headers, self.tenant_headers)
-        )
+        path, sep, query = target.partition("?")  # hygiene.split_target, inlined
+        query = sep + query
+        # check_message, then check_target, then check_headers: the first refusal wins.
+        problem = hygiene.check_message(request.version, headers)
+        if problem is None and self._check_target:
+            problem = hygiene.check_target(method, target)
+        if problem is None:
+            problem = hygiene.check_headers(headers, self.tenant_headers)
         if problem is not None:
             return Evaluation(400, problem, path, query, refusal=problem)
 
         # Read before the first await: the verdict is cached only under these.
-        snapshot = memo.snapshot() if memo is not None else None
+        snapshot = None if memo is None else memo.snapshot()
         endpoint_map = self.endpoint_map
         match = endpoint_map.match(method, path)
         if match is None or match.endpoint.public:
@@ -322,36 +325,31 @@ class Evaluator:
         """The tenant and permission steps for an authenticated caller: the verdict,
         the subject it was made for (None when it came from ``memo``), and whether it
         came from ``memo``. ``snapshot`` is the memo's, read before authentication."""
-        tenant_id, key, verdict = self._remembered(identity, match, headers, memo, snapshot)
+        key = self._key(identity, match, headers)
+        verdict = memo.get(key, snapshot) if memo is not None else None
         if verdict is not None:
             return verdict, None, True
-        verdict, subject = await self._decide(identity, match, tenant_id, key, memo, snapshot)
+        verdict, subject = await self._decide(identity, match, key, memo, snapshot)
         return verdict, subject, False
 
-    def _remembered(
-        self,
-        identity: Identity,
-        match: Match,
-        headers: Mapping[str, str],
-        memo: DecisionMemo | None,
-        snapshot: Hashable,
-    ) -> tuple[str | None, MemoKey, Verdict | None]:
-        """The request's tenant, its cache key, and the memo's verdict for it if any."""
+    @staticmethod
+    def _key(identity: Identity, match: Match, headers: Mapping[str, str]) -> MemoKey:
+        """The request's cache key: the credential, the endpoint and the request's
+        tenant (its last part, which the permission step reads)."""
         endpoint = match.endpoint
         tenant_id = resolve_tenant_id(endpoint, match.params, headers, identity.claims)
-        key: MemoKey = (identity.credential_key, endpoint.id, tenant_id)
-        return tenant_id, key, memo.get(key, snapshot) if memo is not None else None
+        return (identity.credential_key, endpoint.id, tenant_id)
 
     async def _decide(
         self,
         identity: Identity,
         match: Match,
-        tenant_id: str | None,
         key: MemoKey,
         memo: DecisionMemo | None,
         snapshot: Hashable,
     ) -> tuple[Verdict, Subject]:
         """Steps 4 and 5 afresh, from the model; the verdict goes to ``memo``."""
+        tenant_id = key[2]
         principal = identity.principal
         roles = await self._model.roles(principal.account)
         tenant: Tenant | None = (

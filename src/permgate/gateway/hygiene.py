@@ -239,11 +239,16 @@ def _valid_host(value: str) -> bool:
 def check_message(version: tuple[int, int], headers: MultiMapping[str]) -> HygieneReason | None:
     """None if the protocol version, the framing headers it allows and ``Host`` are
     acceptable, else a reason id (checked before the target and the other headers)."""
-    if version != (1, 1) and version != (1, 0):
-        return UNSUPPORTED_VERSION
-    if version == (1, 0) and "Transfer-Encoding" in headers:
-        return UNSUPPORTED_TRANSFER_CODING
-    return check_host(headers.getall("Host", []), version)
+    if version != (1, 1):
+        if version != (1, 0):
+            return UNSUPPORTED_VERSION
+        if "Transfer-Encoding" in headers:
+            return UNSUPPORTED_TRANSFER_CODING
+    hosts = headers.getall("Host", [])
+    # The common case without check_host's frame: one Host already found valid.
+    if len(hosts) == 1 and _HOST_CACHE.get(hosts[0]) is True:
+        return None
+    return check_host(hosts, version)
 
 
 # --------------------------------------------------------------------------- headers
@@ -262,19 +267,20 @@ def check_headers(
         tenant_headers = (tenant_headers,)
     elif tenant_headers is None:
         tenant_headers = ()
-    if len(headers.getall("Authorization", ())) > 1:
+    getall = headers.getall
+    if len(getall("Authorization", ())) > 1:
         return DUPLICATE_HEADER
     for tenant_header in tenant_headers:
-        if len(headers.getall(tenant_header, ())) > 1:
+        if len(getall(tenant_header, ())) > 1:
             return DUPLICATE_HEADER
-    lengths = headers.getall("Content-Length", ())
+    lengths = getall("Content-Length", ())
     if lengths:
         if len(lengths) > 1 or "Transfer-Encoding" in headers:
             return CONFLICTING_LENGTH
         if not (lengths[0].isascii() and lengths[0].isdigit()):
             return CONFLICTING_LENGTH
     else:
-        codings = headers.getall("Transfer-Encoding", ())
+        codings = getall("Transfer-Encoding", ())
         # Only plain chunked: permgate re-frames the body, so another coding
         # (gzip, chunked) would reach the upstream undeclared.
         if codings and (len(codings) > 1 or codings[0].strip().lower() != "chunked"):
