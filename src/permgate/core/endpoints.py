@@ -208,21 +208,7 @@ class EndpointMap:
         leaf = None
         trie = tries.get(method)
         if trie is not None:
-            # The first branch _walk takes (literal where there is one, else the
-            # parameter) is its answer whenever it ends on a leaf: walked here, without
-            # its frame and its stack; _walk searches only when that branch dead-ends.
-            node = trie
-            for segment in segments:
-                child = node.literals.get(segment)
-                if child is None:
-                    child = node.param if segment else None
-                    if child is None:
-                        break
-                node = child
-            else:
-                leaf = node.leaf
-            if leaf is None:
-                leaf = _walk(trie, segments)
+            leaf = _walk(trie, segments)
         if leaf is None and method == "HEAD" and (trie := tries.get("GET")) is not None:
             leaf = _walk(trie, segments)
         if leaf is None and (trie := tries.get("*")) is not None:
