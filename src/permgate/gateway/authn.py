@@ -204,12 +204,9 @@ class Authenticator:
         class docstring), or None: the first step of :meth:`authenticate`, without a
         coroutine, for the gateway's path that never waits."""
         table = self._known
-        # Generations.get without its frame when the entry is young (the hot one).
-        known = table.young.get(authorization)
+        known = table.get(authorization)
         if known is None:
-            known = table.get(authorization)
-            if known is None:
-                return None
+            return None
         cache = self._cache
         if cache.unchanged_since(known.epoch):
             now = time.time()

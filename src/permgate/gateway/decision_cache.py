@@ -64,12 +64,9 @@ class DecisionCache:
         if snapshot != epochs or epochs[0] != self._model.epoch or epochs[1] != self.map_epoch:
             return None
         entries = self._entries
-        # Generations.get without its frame when the entry is young (the hot one).
-        cached = entries.young.get(key)
+        cached = entries.get(key)
         if cached is None:
-            cached = entries.get(key)
-            if cached is None:
-                return None
+            return None
         if cached[0] <= self._clock():
             return None
         return cached[1]

@@ -263,14 +263,7 @@ class Gateway:
         started = time.time()
         t0 = self._clock()
         evaluator = self.evaluator
-        target = exchange.target
-        headers = exchange.headers
-        method = exchange.method
-        certificate_id = None
-        if self._principal_from is not None and exchange.peercert is not None:
-            # Only a certificate the listener verified is there (see permgate.runtime.tls).
-            certificate_id = certificate_principal(exchange.peercert, self._principal_from)
-        request = EvalRequest(method, target, headers, exchange.version, certificate_id)
+        request = self._eval_request(exchange, exchange.target)
         try:
             evaluation = evaluator.evaluate_cached(request, self.memo)
         except Exception:  # whatever it is, the whole path says it (a 500, logged)
@@ -279,17 +272,7 @@ class Gateway:
         # is served by the whole path, from the start.
         if evaluation is None or not self._observer.admit_now():
             return self.serve(exchange)
-        # What _outcome makes, inline: this is the per-request common path.
-        outcome = RequestOutcome(
-            hygiene.request_id(headers),
-            hygiene.new_id(),
-            method,
-            target.partition("?")[0],
-            exchange.client_ip,
-            started,
-            map_sha256=self.endpoint_map.sha256,
-            trace_id=trace_id_of(headers.get("traceparent")),
-        )
+        outcome = self._outcome(exchange, started)
         served = _Served(self, exchange, outcome, t0, None)
         answer: Answer | _Pending | None = None
         try:
