@@ -4,6 +4,7 @@
     .venv/bin/python bench/inproc.py --base HEAD~1         # A/B, rounds in rotation
     .venv/bin/python bench/inproc.py --profile             # cProfile's top functions
     SORT=ncalls TOP=150 .venv/bin/python bench/inproc.py --profile   # calls per request
+    CALLERS=perf_counter TOP=0 .venv/bin/python bench/inproc.py --profile   # who calls it
     .venv/bin/python bench/inproc.py --instructions --n 2000 --base HEAD~1   # callgrind
 
 ``permgate serve``'s own parts (``Runtime``: the shipped map, a SQLite store seeded as
@@ -195,6 +196,8 @@ async def _child(
                 stats = pstats.Stats(profiler, stream=out)
                 stats.sort_stats(os.environ.get("SORT", "tottime"))  # or ncalls, cumulative
                 stats.print_stats(int(os.environ.get("TOP", "35")))
+                if callers := os.environ.get("CALLERS"):  # who calls what matches this regex
+                    stats.print_callers(callers)
                 print(out.getvalue(), file=sys.stderr)
         return results
     finally:
