@@ -133,14 +133,15 @@ class PostgresStore(SqlStore):
         return self._pool
 
     @asynccontextmanager
-    async def _read(self) -> AsyncIterator[Transaction]:
+    async def _pooled(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection from the pool for one use. A connection that fails mid-protocol
+        is discarded (the pool opens a fresh one instead of handing it out again), and
+        asyncpg's errors, from the pool or the body, leave as permgate's own."""
         pool = self._require_pool()
         try:
             async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
                 try:
-                    async with conn.transaction(isolation="repeatable_read", readonly=True):
-                        self._answered.set()
-                        yield Transaction(_Conn(conn), writable=False)
+                    yield conn
                 except _CONNECTION_ERRORS:
                     _discard(conn)
                     raise
@@ -148,19 +149,20 @@ class PostgresStore(SqlStore):
             raise self._translate(exc) from exc
 
     @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Transaction]:
+        async with (
+            self._pooled() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            self._answered.set()
+            yield Transaction(_Conn(conn), writable=False)
+
+    @asynccontextmanager
     async def _point_read(self) -> AsyncIterator[Transaction]:
         # One statement is one snapshot: no BEGIN/COMMIT round trips.
-        pool = self._require_pool()
-        try:
-            async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
-                try:
-                    self._answered.set()
-                    yield Transaction(_Conn(conn), writable=False)
-                except _CONNECTION_ERRORS:
-                    _discard(conn)
-                    raise
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            raise self._translate(exc) from exc
+        async with self._pooled() as conn:
+            self._answered.set()
+            yield Transaction(_Conn(conn), writable=False)
 
     @asynccontextmanager
     async def _side_read(self) -> AsyncIterator[Transaction]:
@@ -182,40 +184,20 @@ class PostgresStore(SqlStore):
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Transaction]:
-        pool = self._require_pool()
-        try:
-            async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
-                try:
-                    async with conn.transaction():
-                        await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-                        tx = Transaction(_Conn(conn), writable=True)
-                        yield tx
-                        version = await tx.flush_changes(time.time())
-                        if version is not None:
-                            await conn.execute(
-                                "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(version)
-                            )
-                except _CONNECTION_ERRORS:
-                    _discard(conn)
-                    raise
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            raise self._translate(exc) from exc
+        async with self._pooled() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+            tx = Transaction(_Conn(conn), writable=True)
+            yield tx
+            version = await tx.flush_changes(time.time())
+            if version is not None:
+                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(version))
 
     @asynccontextmanager
     async def _touch(self) -> AsyncIterator[Transaction]:
         # last_used_at is bookkeeping, not a model change: no need to queue behind
         # the model's write lock.
-        pool = self._require_pool()
-        try:
-            async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
-                try:
-                    async with conn.transaction():
-                        yield Transaction(_Conn(conn), writable=True)
-                except _CONNECTION_ERRORS:
-                    _discard(conn)
-                    raise
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            raise self._translate(exc) from exc
+        async with self._pooled() as conn, conn.transaction():
+            yield Transaction(_Conn(conn), writable=True)
 
     async def _watch_loop(self) -> None:
         backoff = 0.1
