@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from permgate.core.errors import Conflict, PermgateError, StoreUnavailable
+from permgate.core.errors import StoreUnavailable
 from permgate.store.backend import SqlStore, log
 from permgate.store.migrations import LATEST, migrate
 from permgate.store.sql import NOTIFY_CHANNEL, Transaction
@@ -57,6 +57,8 @@ _CONNECTION_ERRORS: Final = (
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.InternalClientError,
 )
+# Every error of asyncpg's that means PostgreSQL cannot be used right now.
+_STORE_ERRORS: Final = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
 
 
 def describe(dsn: str) -> str:
@@ -85,6 +87,8 @@ class PostgresStore(SqlStore):
     """A store in a PostgreSQL database; see :class:`permgate.store.base.Store`."""
 
     dialect = "postgres"
+    _BACKEND_ERRORS = _STORE_ERRORS
+    _CONFLICT_ERROR = asyncpg.IntegrityConstraintViolationError
 
     def __init__(self, dsn: str) -> None:
         super().__init__(dsn)
@@ -103,29 +107,18 @@ class PostgresStore(SqlStore):
     ) -> PostgresStore:
         """Connect a pool and migrate the schema (once, even if many start together)."""
         store = cls(dsn)
-        try:
+        async with store._opening():
             store._pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=max_connections, timeout=CONNECT_TIMEOUT
             )
             async with store._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
                 await migrate(_Conn(conn), "postgres", schema_target)
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            await store._close_connections()
-            raise store._unavailable(exc) from exc
-        except BaseException:
-            await store._close_connections()
-            raise
         return store
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         text = str(exc) or type(exc).__name__
         return StoreUnavailable(f"cannot reach PostgreSQL at {self.where}: {text}")
-
-    def _translate(self, exc: BaseException) -> PermgateError:
-        if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
-            return Conflict(f"the change conflicts with the store's current state: {exc}")
-        return self._unavailable(exc)
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None or self._closed:
@@ -145,7 +138,7 @@ class PostgresStore(SqlStore):
                 except _CONNECTION_ERRORS:
                     _discard(conn)
                     raise
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+        except _STORE_ERRORS as exc:
             raise self._translate(exc) from exc
 
     @asynccontextmanager
@@ -177,7 +170,7 @@ class PostgresStore(SqlStore):
                 # version): consistent by itself, no BEGIN/COMMIT round trips.
                 async with asyncio.timeout(SIDE_READ_TIMEOUT):
                     yield Transaction(_Conn(conn), writable=False)
-            except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            except _STORE_ERRORS as exc:
                 if isinstance(exc, _CONNECTION_ERRORS):
                     conn.terminate()  # the watcher notices and listens again
                 raise self._translate(exc) from exc
@@ -206,7 +199,7 @@ class PostgresStore(SqlStore):
             wake = asyncio.Event()
             try:
                 conn = await self._listen_again(wake, recovering=connected_before)
-            except (*_CONNECTION_ERRORS, asyncpg.PostgresError, StoreUnavailable) as exc:
+            except (*_STORE_ERRORS, StoreUnavailable) as exc:
                 log.warning("store watch: cannot listen on %s: %s", self.where, exc)
                 await self._until_retry(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
