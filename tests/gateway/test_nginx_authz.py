@@ -9,47 +9,21 @@ under CI.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from yarl import URL
 
-from harness import Gateway, eventually, free_port, start_gateway
-from proxyprocs import nginx_binary, nginx_config, require, running
-
-
-@dataclass
-class Front:
-    gw: Gateway
-    url: str  # nginx's listener
-
-    async def decisions(self, count: int) -> list[dict[str, Any]]:
-        def events() -> list[dict[str, Any]]:
-            lines = (json.loads(line) for line in self.gw.audit_lines())
-            return [e for e in lines if e.get("event") == "decision"]
-
-        return await eventually(lambda: len(found := events()) >= count and found, "audit")
+from proxyprocs import BehindProxy, behind_proxy, nginx_binary, nginx_launch, require
 
 
 @pytest.fixture
-async def front(tmp_path: Path) -> AsyncIterator[Front]:
+async def front(tmp_path: Path) -> AsyncIterator[BehindProxy]:
     """permgate beside its gateway, nginx in front of the echo upstream."""
-    binary = require(nginx_binary(), "nginx", "apt-get install -y nginx")
-    authz_port, nginx_port = free_port(), free_port()
-    async with start_gateway(tmp_path, authz_listen=f"127.0.0.1:{authz_port}") as gw:
-        upstream_port = int(gw.runtime.settings.upstream.rsplit(":", 1)[1])
-        folder = tmp_path / "nginx"
-        folder.mkdir()
-        config = folder / "nginx.conf"
-        config.write_text(nginx_config(folder, nginx_port, authz_port, upstream_port))
-        argv = [binary, "-p", str(folder), "-c", str(config), "-e", str(folder / "error.log")]
-        async with running(argv, nginx_port, folder / "out.log"):
-            yield Front(gw, f"http://127.0.0.1:{nginx_port}")
+    async with behind_proxy(tmp_path, nginx_launch()) as proxied:
+        yield proxied
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -57,7 +31,7 @@ def bearer(secret: str) -> dict[str, str]:
 
 
 async def test_allowed_request_reaches_upstream_with_identity(
-    front: Front, http: aiohttp.ClientSession
+    front: BehindProxy, http: aiohttp.ClientSession
 ) -> None:
     """nginx forwards what permgate allows, with the identity headers it answered."""
     url = front.url + "/policy/acme-prod/quotes?draft=1"
@@ -93,7 +67,7 @@ async def test_allowed_request_reaches_upstream_with_identity(
     ],
 )  # fmt: skip
 async def test_denied_request_never_reaches_upstream(
-    front: Front,
+    front: BehindProxy,
     http: aiohttp.ClientSession,
     token: str | None,
     method: str,
@@ -113,7 +87,7 @@ async def test_denied_request_never_reaches_upstream(
 
 
 async def test_spoofed_identity_headers_never_survive(
-    front: Front, http: aiohttp.ClientSession
+    front: BehindProxy, http: aiohttp.ClientSession
 ) -> None:
     """A client's X-Permgate-* headers (dash or underscore spelling) never reach the
     upstream: the dash ones are replaced by permgate's answer, nginx drops the others."""
@@ -134,7 +108,7 @@ async def test_spoofed_identity_headers_never_survive(
 
 
 async def test_client_copy_of_the_other_header_family_is_refused(
-    front: Front, http: aiohttp.ClientSession
+    front: BehindProxy, http: aiohttp.ClientSession
 ) -> None:
     """nginx passes a client's X-Forwarded-Method/-Uri to the check: naming the original
     request twice is refused (ambiguous_forwarded_request), never read as the target."""

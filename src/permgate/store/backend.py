@@ -3,8 +3,10 @@ delivery half of change watching (reading the log since the last seen version).
 
 A backend supplies :meth:`SqlStore._read` and :meth:`SqlStore.write` (transactions
 on its own connections), :meth:`SqlStore._side_read` (a read on a connection of its
-own that request-path lookups never use) and the *trigger* of delivery: a poll
-(SQLite) or a notification (PostgreSQL).
+own that request-path lookups never use), the *trigger* of delivery: a poll
+(SQLite) or a notification (PostgreSQL), and its driver's errors: the one rule for
+what they mean (a violated key is a Conflict, anything else StoreUnavailable, a failed
+open leaves nothing open) is here.
 
 Change delivery and pings go through the side connection, so a flood of lookups
 queued on the request-path connections can delay neither a revocation nor /readyz.
@@ -17,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager, suppress
-from typing import Final
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from typing import ClassVar, Final
 
-from permgate.core.errors import StoreUnavailable
+from permgate.core.errors import Conflict, PermgateError, StoreUnavailable
 from permgate.core.model import AuthToken, Principal, Role, Tenant
 from permgate.store.base import AuditRecord, Change, OnChanges, OnReset
 from permgate.store.sql import Transaction, UsageRow
@@ -36,6 +38,10 @@ class SqlStore(ABC):
 
     dsn: str
     dialect: str
+    # The backend driver's own errors (any of them: the store cannot be used), and among
+    # them the one a violated key or constraint raises.
+    _BACKEND_ERRORS: ClassVar[tuple[type[BaseException], ...]]
+    _CONFLICT_ERROR: ClassVar[type[BaseException]]
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
@@ -70,6 +76,30 @@ class SqlStore(ABC):
 
     @abstractmethod
     async def _close_connections(self) -> None: ...
+
+    @abstractmethod
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        """A backend error as "the store cannot be used", naming where it is."""
+
+    def _translate(self, exc: BaseException) -> PermgateError:
+        """A backend error as permgate's: a violated key means the schema caught what
+        the service's checks did not (a race), a Conflict; anything else, unavailable."""
+        if isinstance(exc, self._CONFLICT_ERROR):
+            return Conflict(f"the change conflicts with the store's current state: {exc}")
+        return self._unavailable(exc)
+
+    @asynccontextmanager
+    async def _opening(self) -> AsyncIterator[None]:
+        """Around ``open``'s connecting and migrating: if it fails, or is cancelled,
+        nothing is left open, and a backend error leaves as StoreUnavailable."""
+        try:
+            yield
+        except self._BACKEND_ERRORS as exc:
+            await self._close_connections()
+            raise self._unavailable(exc) from exc
+        except BaseException:
+            await self._close_connections()
+            raise
 
     # -- reads ---------------------------------------------------------------
 

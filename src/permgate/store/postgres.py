@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from permgate.core.errors import Conflict, PermgateError, StoreUnavailable
+from permgate.core.errors import StoreUnavailable
 from permgate.store.backend import SqlStore, log
 from permgate.store.migrations import LATEST, migrate
 from permgate.store.sql import NOTIFY_CHANNEL, Transaction
@@ -57,6 +57,8 @@ _CONNECTION_ERRORS: Final = (
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.InternalClientError,
 )
+# Every error of asyncpg's that means PostgreSQL cannot be used right now.
+_STORE_ERRORS: Final = (*_CONNECTION_ERRORS, asyncpg.PostgresError)
 
 
 def describe(dsn: str) -> str:
@@ -85,6 +87,8 @@ class PostgresStore(SqlStore):
     """A store in a PostgreSQL database; see :class:`permgate.store.base.Store`."""
 
     dialect = "postgres"
+    _BACKEND_ERRORS = _STORE_ERRORS
+    _CONFLICT_ERROR = asyncpg.IntegrityConstraintViolationError
 
     def __init__(self, dsn: str) -> None:
         super().__init__(dsn)
@@ -103,29 +107,18 @@ class PostgresStore(SqlStore):
     ) -> PostgresStore:
         """Connect a pool and migrate the schema (once, even if many start together)."""
         store = cls(dsn)
-        try:
+        async with store._opening():
             store._pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=max_connections, timeout=CONNECT_TIMEOUT
             )
             async with store._pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK)
                 await migrate(_Conn(conn), "postgres", schema_target)
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            await store._close_connections()
-            raise store._unavailable(exc) from exc
-        except BaseException:
-            await store._close_connections()
-            raise
         return store
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         text = str(exc) or type(exc).__name__
         return StoreUnavailable(f"cannot reach PostgreSQL at {self.where}: {text}")
-
-    def _translate(self, exc: BaseException) -> PermgateError:
-        if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
-            return Conflict(f"the change conflicts with the store's current state: {exc}")
-        return self._unavailable(exc)
 
     def _require_pool(self) -> asyncpg.Pool:
         if self._pool is None or self._closed:
@@ -133,34 +126,36 @@ class PostgresStore(SqlStore):
         return self._pool
 
     @asynccontextmanager
-    async def _read(self) -> AsyncIterator[Transaction]:
+    async def _pooled(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection from the pool for one use. A connection that fails mid-protocol
+        is discarded (the pool opens a fresh one instead of handing it out again), and
+        asyncpg's errors, from the pool or the body, leave as permgate's own."""
         pool = self._require_pool()
         try:
             async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
                 try:
-                    async with conn.transaction(isolation="repeatable_read", readonly=True):
-                        self._answered.set()
-                        yield Transaction(_Conn(conn), writable=False)
+                    yield conn
                 except _CONNECTION_ERRORS:
                     _discard(conn)
                     raise
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+        except _STORE_ERRORS as exc:
             raise self._translate(exc) from exc
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Transaction]:
+        async with (
+            self._pooled() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            self._answered.set()
+            yield Transaction(_Conn(conn), writable=False)
 
     @asynccontextmanager
     async def _point_read(self) -> AsyncIterator[Transaction]:
         # One statement is one snapshot: no BEGIN/COMMIT round trips.
-        pool = self._require_pool()
-        try:
-            async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
-                try:
-                    self._answered.set()
-                    yield Transaction(_Conn(conn), writable=False)
-                except _CONNECTION_ERRORS:
-                    _discard(conn)
-                    raise
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            raise self._translate(exc) from exc
+        async with self._pooled() as conn:
+            self._answered.set()
+            yield Transaction(_Conn(conn), writable=False)
 
     @asynccontextmanager
     async def _side_read(self) -> AsyncIterator[Transaction]:
@@ -175,47 +170,27 @@ class PostgresStore(SqlStore):
                 # version): consistent by itself, no BEGIN/COMMIT round trips.
                 async with asyncio.timeout(SIDE_READ_TIMEOUT):
                     yield Transaction(_Conn(conn), writable=False)
-            except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            except _STORE_ERRORS as exc:
                 if isinstance(exc, _CONNECTION_ERRORS):
                     conn.terminate()  # the watcher notices and listens again
                 raise self._translate(exc) from exc
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Transaction]:
-        pool = self._require_pool()
-        try:
-            async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
-                try:
-                    async with conn.transaction():
-                        await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-                        tx = Transaction(_Conn(conn), writable=True)
-                        yield tx
-                        version = await tx.flush_changes(time.time())
-                        if version is not None:
-                            await conn.execute(
-                                "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(version)
-                            )
-                except _CONNECTION_ERRORS:
-                    _discard(conn)
-                    raise
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            raise self._translate(exc) from exc
+        async with self._pooled() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+            tx = Transaction(_Conn(conn), writable=True)
+            yield tx
+            version = await tx.flush_changes(time.time())
+            if version is not None:
+                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(version))
 
     @asynccontextmanager
     async def _touch(self) -> AsyncIterator[Transaction]:
         # last_used_at is bookkeeping, not a model change: no need to queue behind
         # the model's write lock.
-        pool = self._require_pool()
-        try:
-            async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
-                try:
-                    async with conn.transaction():
-                        yield Transaction(_Conn(conn), writable=True)
-                except _CONNECTION_ERRORS:
-                    _discard(conn)
-                    raise
-        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            raise self._translate(exc) from exc
+        async with self._pooled() as conn, conn.transaction():
+            yield Transaction(_Conn(conn), writable=True)
 
     async def _watch_loop(self) -> None:
         backoff = 0.1
@@ -224,7 +199,7 @@ class PostgresStore(SqlStore):
             wake = asyncio.Event()
             try:
                 conn = await self._listen_again(wake, recovering=connected_before)
-            except (*_CONNECTION_ERRORS, asyncpg.PostgresError, StoreUnavailable) as exc:
+            except (*_STORE_ERRORS, StoreUnavailable) as exc:
                 log.warning("store watch: cannot listen on %s: %s", self.where, exc)
                 await self._until_retry(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import aiosqlite
 
-from permgate.core.errors import Conflict, PermgateError, StoreUnavailable
+from permgate.core.errors import StoreUnavailable
 from permgate.store.backend import SqlStore, log
 from permgate.store.migrations import LATEST, migrate
 from permgate.store.sql import Transaction
@@ -56,6 +56,8 @@ class SQLiteStore(SqlStore):
     """A store in one SQLite file; see :class:`permgate.store.base.Store`."""
 
     dialect = "sqlite"
+    _BACKEND_ERRORS = (sqlite3.Error,)
+    _CONFLICT_ERROR = sqlite3.IntegrityError
 
     def __init__(self, dsn: str, path: str) -> None:
         super().__init__(dsn)
@@ -77,7 +79,7 @@ class SQLiteStore(SqlStore):
             sqlite3.connect(path).close()
         except sqlite3.Error as exc:
             raise store._unavailable(exc) from exc
-        try:
+        async with store._opening():
             store._writer = await store._connect()
             await store._writer.execute("PRAGMA journal_mode=WAL")
             async with store._write_lock:
@@ -91,12 +93,6 @@ class SQLiteStore(SqlStore):
                     raise
             store._reader = await store._connect()
             store._side = await store._connect()
-        except sqlite3.Error as exc:
-            await store._close_connections()
-            raise store._unavailable(exc) from exc
-        except BaseException:
-            await store._close_connections()
-            raise
         return store
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -110,14 +106,8 @@ class SQLiteStore(SqlStore):
             raise
         return db
 
-    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailable:
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         return StoreUnavailable(f"cannot use the SQLite store at {self.path}: {exc}")
-
-    def _translate(self, exc: sqlite3.Error) -> PermgateError:
-        if isinstance(exc, sqlite3.IntegrityError):
-            # The schema's keys caught what the service's checks did not (a race).
-            return Conflict(f"the change conflicts with the store's current state: {exc}")
-        return self._unavailable(exc)
 
     def _read(self) -> AbstractAsyncContextManager[Transaction]:
         return self._snapshot(self._reader, self._read_lock)
