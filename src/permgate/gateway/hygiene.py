@@ -61,7 +61,7 @@ import unicodedata
 from collections.abc import Collection, Mapping
 from typing import Final
 
-from multidict import CIMultiDict, MultiMapping
+from multidict import MultiMapping
 
 from permgate.core.reasons import FRAMING_REASONS, HYGIENE_REASONS, HygieneReason
 
@@ -81,6 +81,7 @@ __all__ = [
     "REQUEST_TIMEOUT",
     "UNSUPPORTED_TRANSFER_CODING",
     "UNSUPPORTED_VERSION",
+    "ForwardHeaders",
     "check_headers",
     "check_host",
     "check_message",
@@ -360,8 +361,8 @@ def forward_headers(
     identity: Mapping[str, str],
     protected: Collection[str] = (),
     strip: Collection[str] = (),
-) -> CIMultiDict[str]:
-    """The header block the upstream receives.
+) -> ForwardHeaders:
+    """The header block the upstream receives (see :class:`ForwardHeaders`).
 
     The client's headers minus hop-by-hop ones and those its ``Connection`` lists
     (never ``Host``, ``Content-Length`` nor the lower-cased names in ``protected``:
@@ -388,6 +389,7 @@ def forward_headers(
             replaced = replaced or set()
             replaced.add(key)
     kept: list[tuple[str, str]] = []
+    forward = ForwardHeaders(kept)
     for name, value in headers.items():
         try:
             key = cache[name]
@@ -402,12 +404,40 @@ def forward_headers(
         if replaced is not None and key in replaced:
             continue
         kept.append((name, value))
+        if key == "host":
+            forward.has_host = True
+        elif key == "content-length":
+            forward.content_length = value
     kept.append(("X-Forwarded-For", client_ip))
     kept.append(("X-Forwarded-Proto", scheme))
     if host:
         kept.append(("X-Forwarded-Host", host))
     kept.extend(identity.items())
-    return CIMultiDict(kept)
+    return forward
+
+
+class ForwardHeaders:
+    """The header block the upstream receives: its ``lines`` (name, value) in order,
+    as :func:`forward_headers` made them, and what the request's framing needs of them
+    (noted as they were chosen: no mapping is built, nor searched, for one request)."""
+
+    __slots__ = ("content_length", "has_host", "lines")
+
+    def __init__(self, lines: list[tuple[str, str]]) -> None:
+        self.lines = lines
+        self.has_host = False  # a Host line is among them
+        self.content_length: str | None = None  # the value of their Content-Length line
+
+    def replace(self, name: str, value: str) -> None:
+        """Set ``name`` (any case) to the one ``value`` (a propagated trace context's
+        ``traceparent``)."""
+        key = name.lower()
+        self.lines[:] = [line for line in self.lines if line[0].lower() != key]
+        self.lines.append((name, value))
+        if key == "host":
+            self.has_host = True
+        elif key == "content-length":
+            self.content_length = value
 
 
 # Header name as sent -> its lower-case form if it may be forwarded, None if never.

@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, Protocol
 
-from multidict import CIMultiDict
-
 from permgate.core.endpoints import EndpointMap
 from permgate.core.errors import PermgateError, StoreUnavailable
 from permgate.core.reasons import FRAMING_REASONS, Refusal
@@ -56,7 +54,7 @@ class _Pending:
     def __init__(
         self,
         path_qs: str,
-        headers: CIMultiDict[str],
+        headers: hygiene.ForwardHeaders,
         timing: UpstreamTiming,
         t_up: float,
         trace: RequestTrace | None,
@@ -501,9 +499,10 @@ class Gateway:
             exchange.send_continue()
         trace = _TRACE.get() if self._tracer is not None else None
         if trace is not None:
-            trace.upstream_started(
-                headers, method=exchange.method, url=self._upstream.spec + path_qs
+            traceparent = trace.upstream_started(
+                method=exchange.method, url=self._upstream.spec + path_qs
             )
+            headers.replace("traceparent", traceparent)
         timing = served.timing = UpstreamTiming()
         t_up = served.t_up = self._clock()
         served.relay_trace = trace
