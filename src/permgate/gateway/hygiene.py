@@ -64,6 +64,14 @@ from typing import Final
 from multidict import MultiMapping
 
 from permgate.core.reasons import FRAMING_REASONS, HYGIENE_REASONS, HygieneReason
+from permgate.gateway.fieldnames import (
+    AUTHORIZATION,
+    CONNECTION,
+    CONTENT_LENGTH,
+    HOST,
+    TRANSFER_ENCODING,
+    X_REQUEST_ID,
+)
 
 __all__ = [
     "ABSOLUTE_FORM",
@@ -243,9 +251,9 @@ def check_message(version: tuple[int, int], headers: MultiMapping[str]) -> Hygie
     if version != (1, 1):
         if version != (1, 0):
             return UNSUPPORTED_VERSION
-        if "Transfer-Encoding" in headers:
+        if TRANSFER_ENCODING in headers:
             return UNSUPPORTED_TRANSFER_CODING
-    hosts = headers.getall("Host", [])
+    hosts = headers.getall(HOST, [])
     # The common case without check_host's frame: one Host already found valid.
     if len(hosts) == 1 and _HOST_CACHE.get(hosts[0]) is True:
         return None
@@ -269,19 +277,19 @@ def check_headers(
     elif tenant_headers is None:
         tenant_headers = ()
     getall = headers.getall
-    if len(getall("Authorization", ())) > 1:
+    if len(getall(AUTHORIZATION, ())) > 1:
         return DUPLICATE_HEADER
     for tenant_header in tenant_headers:
         if len(getall(tenant_header, ())) > 1:
             return DUPLICATE_HEADER
-    lengths = getall("Content-Length", ())
+    lengths = getall(CONTENT_LENGTH, ())
     if lengths:
-        if len(lengths) > 1 or "Transfer-Encoding" in headers:
+        if len(lengths) > 1 or TRANSFER_ENCODING in headers:
             return CONFLICTING_LENGTH
         if not (lengths[0].isascii() and lengths[0].isdigit()):
             return CONFLICTING_LENGTH
     else:
-        codings = getall("Transfer-Encoding", ())
+        codings = getall(TRANSFER_ENCODING, ())
         # Only plain chunked: permgate re-frames the body, so another coding
         # (gzip, chunked) would reach the upstream undeclared.
         if codings and (len(codings) > 1 or codings[0].strip().lower() != "chunked"):
@@ -343,7 +351,7 @@ def connection_listed(
 ) -> frozenset[str]:
     """The lower-cased field names a ``Connection`` header declares hop-by-hop, minus
     the framing, ``Host`` and the lower-cased names in ``protected``."""
-    values = headers.getall("Connection", ())
+    values = headers.getall(CONNECTION, ())
     if not values:
         return frozenset()
     names = {token.strip().lower() for value in values for token in value.split(",")}
@@ -464,7 +472,7 @@ _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 def request_id(headers: MultiMapping[str]) -> str:
     """The client's ``X-Request-Id`` when it is one well-formed value, else a new one."""
-    values = headers.getall("X-Request-Id", ())
+    values = headers.getall(X_REQUEST_ID, ())
     if len(values) == 1 and _REQUEST_ID.fullmatch(values[0]) is not None:
         return values[0]
     return new_id()

@@ -31,6 +31,7 @@ from permgate.gateway.authn import (
 )
 from permgate.gateway.decision_cache import DecisionCache
 from permgate.gateway.evaluate import EvalRequest, Evaluation, Evaluator
+from permgate.gateway.fieldnames import HOST, TRACEPARENT
 from permgate.gateway.http1 import Exchange
 from permgate.gateway.lookuplimit import LOOKUP_CLIENT
 from permgate.gateway.modelcache import ModelCache
@@ -302,7 +303,7 @@ class Gateway:
                 method=exchange.method,
                 path=outcome.path,
                 scheme=exchange.scheme,
-                host=headers.get("Host"),
+                host=headers.get(HOST),
                 client_ip=outcome.client_ip,
             )
             _TRACE.set(trace)
@@ -370,7 +371,7 @@ class Gateway:
             exchange.client_ip,
             started,
             map_sha256=self.endpoint_map.sha256,
-            trace_id=trace_id_of(headers.get("traceparent")),
+            trace_id=trace_id_of(headers.get(TRACEPARENT)),
         )
 
     @staticmethod
@@ -488,7 +489,7 @@ class Gateway:
             client_ip=exchange.client_ip or "",
             scheme=exchange.scheme,
             # Checked by hygiene.check_message (HTTP/1.0 may omit it).
-            host=exchange.headers.get("Host"),
+            host=exchange.headers.get(HOST),
             drop_credential=not self._forward_credential,
             identity=identity_headers,
             protected=self._protected,
