@@ -716,3 +716,18 @@ def test_forward_headers_replace_keeps_one_value() -> None:
     )
     sent.replace("traceparent", "ours")
     assert block(sent).getall("traceparent") == ["ours"]
+
+
+def test_forward_headers_note_a_host_set_by_identity() -> None:
+    """A tenant read from Host is set again by identity: the block carries that Host."""
+    sent = forward_headers(
+        headers(("Host", "acme.example")),
+        client_ip="10.0.0.7",
+        scheme="http",
+        host="acme.example",
+        drop_credential=True,
+        identity={"X-Request-Id": "r", "Host": "acme-prod"},
+        strip=frozenset({"host"}),
+    )
+    assert sent.has_host
+    assert block(sent).getall("Host") == ["acme-prod"]

@@ -390,16 +390,20 @@ def forward_headers(
     """
     listed = connection_listed(headers, protected)
     cache = _NAME_CACHE
+    kept: list[tuple[str, str]] = []
+    forward = ForwardHeaders(kept)
     # An identity name a client header may carry too (one outside permgate's own
     # families, which never pass, and not stripped anyway): the client's goes.
     replaced: set[str] | None = None
-    for name in identity:
+    for name, value in identity.items():
         key = cache[name] if name in cache else _classify(name)
-        if key is not None and key not in strip:
+        if key is None:
+            continue
+        if key in _FRAMING_NOTED:  # a tenant read from Host, set again to the tenant
+            forward.note(key, value)
+        if key not in strip:
             replaced = replaced or set()
             replaced.add(key)
-    kept: list[tuple[str, str]] = []
-    forward = ForwardHeaders(kept)
     for name, value in headers.items():
         try:
             key = cache[name]
@@ -414,10 +418,8 @@ def forward_headers(
         if replaced is not None and key in replaced:
             continue
         kept.append((name, value))
-        if key == "host":
-            forward.has_host = True
-        elif key == "content-length":
-            forward.content_length = value
+        if key in _FRAMING_NOTED:
+            forward.note(key, value)
     kept.append(("X-Forwarded-For", client_ip))
     kept.append(("X-Forwarded-Proto", scheme))
     if host:
@@ -444,10 +446,19 @@ class ForwardHeaders:
         key = name.lower()
         self.lines[:] = [line for line in self.lines if line[0].lower() != key]
         self.lines.append((name, value))
+        if key in _FRAMING_NOTED:
+            self.note(key, value)
+
+    def note(self, key: str, value: str) -> None:
+        """A line named ``key`` (lower-case, one of :data:`_FRAMING_NOTED`) is sent."""
         if key == "host":
             self.has_host = True
-        elif key == "content-length":
+        else:
             self.content_length = value
+
+
+# The names whose presence (Host) or value (Content-Length) the request's framing needs.
+_FRAMING_NOTED: Final = frozenset({"host", "content-length"})
 
 
 # Header name as sent -> its lower-case form if it may be forwarded, None if never.
