@@ -134,19 +134,6 @@ class Handler(Protocol):
         ...
 
 
-# Header name as sent -> its text. Names repeat from request to request, so this is one
-# dict lookup per header instead of a decode. Bounded, so a client cannot grow it.
-_NAMES: Final[dict[bytes, str]] = {}
-_NAMES_MAX: Final = 1024
-
-
-def _name_text(name: bytes) -> str:
-    text = name.decode("utf-8", "surrogateescape")
-    if len(_NAMES) < _NAMES_MAX:
-        _NAMES[name] = text
-    return text
-
-
 _date_cache: list[Any] = [0, b""]
 
 
@@ -578,15 +565,9 @@ class ServerProtocol(asyncio.Protocol):
             self._hosts += 1
             if self._hosts > 1:
                 raise _Refused(HygieneReason.INVALID_HOST)
-        try:
-            text = _NAMES[name]
-        except KeyError:
-            text = _name_text(name)
-        try:
-            decoded = value.decode()  # strict UTF-8, the common case: no error handler to look up
-        except UnicodeDecodeError:
-            decoded = value.decode("utf-8", "surrogateescape")
-        self._headers.append((text, decoded))
+        self._headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
 
     def on_headers_complete(self) -> None:
         parser = self._parser
