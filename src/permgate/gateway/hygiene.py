@@ -294,14 +294,12 @@ def check_headers(
         # (gzip, chunked) would reach the upstream undeclared.
         if codings and (len(codings) > 1 or codings[0].strip().lower() != "chunked"):
             return UNSUPPORTED_TRANSFER_CODING
-    # 'X_Tenant' is 'X-Tenant' to CGI, WSGI, Django, PHP: the upstream could read a
-    # tenant or credential the decision never saw.
-    guarded: set[str] | None = None
-    for name in headers:
-        if "_" in name:
-            if guarded is None:
-                guarded = {_AUTHORIZATION, *(tenant.lower() for tenant in tenant_headers)}
-            if name.lower().replace("_", "-") in guarded:
+    if "_" in "".join(headers):
+        # 'X_Tenant' is 'X-Tenant' to CGI, WSGI, Django, PHP: the upstream could read a
+        # tenant or credential the decision never saw.
+        guarded = {_AUTHORIZATION, *(name.lower() for name in tenant_headers)}
+        for name in headers:
+            if "_" in name and name.lower().replace("_", "-") in guarded:
                 return AMBIGUOUS_HEADER
     return None
 
