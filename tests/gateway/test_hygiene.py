@@ -29,6 +29,7 @@ from permgate.gateway.hygiene import (
     REASONS,
     UNSUPPORTED_TRANSFER_CODING,
     UNSUPPORTED_VERSION,
+    ForwardHeaders,
     check_headers,
     check_host,
     check_message,
@@ -399,14 +400,21 @@ IDENTITY = {
 
 
 def forward(*pairs: tuple[str, str], drop_credential: bool = True) -> CIMultiDict[str]:
-    return forward_headers(
-        headers(("Host", "gw.example"), *pairs),
-        client_ip="10.0.0.7",
-        scheme="https",
-        host="gw.example",
-        drop_credential=drop_credential,
-        identity=IDENTITY,
+    return block(
+        forward_headers(
+            headers(("Host", "gw.example"), *pairs),
+            client_ip="10.0.0.7",
+            scheme="https",
+            host="gw.example",
+            drop_credential=drop_credential,
+            identity=IDENTITY,
+        )
     )
+
+
+def block(sent: ForwardHeaders) -> CIMultiDict[str]:
+    """The forwarded lines as a mapping, to look names up in."""
+    return CIMultiDict(sent.lines)
 
 
 @pytest.mark.parametrize(
@@ -640,14 +648,16 @@ def test_framing_reasons_are_reasons() -> None:
 @pytest.mark.parametrize("spelling", ["X-Tenant", "x-tenant", "X-TENANT"])
 def test_forward_headers_strips_declared_tenant_headers(spelling: str) -> None:
     """A stripped tenant header goes in any case; identity may set it again."""
-    out = forward_headers(
-        headers(("Host", "gw"), (spelling, "globex-prod"), ("X-Other", "kept")),
-        client_ip="10.0.0.7",
-        scheme="http",
-        host="gw",
-        drop_credential=True,
-        identity={"X-Request-Id": "r"},
-        strip=frozenset({"x-tenant"}),
+    out = block(
+        forward_headers(
+            headers(("Host", "gw"), (spelling, "globex-prod"), ("X-Other", "kept")),
+            client_ip="10.0.0.7",
+            scheme="http",
+            host="gw",
+            drop_credential=True,
+            identity={"X-Request-Id": "r"},
+            strip=frozenset({"x-tenant"}),
+        )
     )
     assert "X-Tenant" not in out
     assert out["X-Other"] == "kept"
@@ -655,7 +665,35 @@ def test_forward_headers_strips_declared_tenant_headers(spelling: str) -> None:
 
 def test_forward_headers_without_host_sets_no_forwarded_host() -> None:
     """No (validated) Host, no X-Forwarded-Host: nothing is invented."""
-    out = forward_headers(
+    out = block(
+        forward_headers(
+            headers(),
+            client_ip="10.0.0.7",
+            scheme="http",
+            host=None,
+            drop_credential=True,
+            identity={"X-Request-Id": "r"},
+        )
+    )
+    assert "X-Forwarded-Host" not in out
+
+
+def test_forward_headers_note_host_and_length() -> None:
+    """The block says whether it carries Host and its Content-Length, for the framing."""
+    sent = forward_headers(
+        headers(("host", "gw"), ("content-length", "3")),
+        client_ip="10.0.0.7",
+        scheme="http",
+        host="gw",
+        drop_credential=True,
+        identity={"X-Request-Id": "r"},
+    )
+    assert (sent.has_host, sent.content_length) == (True, "3")
+
+
+def test_forward_headers_without_host_or_length_note_neither() -> None:
+    """No Host and no Content-Length from the client: none is claimed."""
+    sent = forward_headers(
         headers(),
         client_ip="10.0.0.7",
         scheme="http",
@@ -663,4 +701,33 @@ def test_forward_headers_without_host_sets_no_forwarded_host() -> None:
         drop_credential=True,
         identity={"X-Request-Id": "r"},
     )
-    assert "X-Forwarded-Host" not in out
+    assert (sent.has_host, sent.content_length) == (False, None)
+
+
+def test_forward_headers_replace_keeps_one_value() -> None:
+    """A replaced name (a trace context's traceparent) is sent once, the new value."""
+    sent = forward_headers(
+        headers(("Host", "gw"), ("TraceParent", "client"), ("X-Other", "kept")),
+        client_ip="10.0.0.7",
+        scheme="http",
+        host="gw",
+        drop_credential=True,
+        identity={"X-Request-Id": "r"},
+    )
+    sent.replace("traceparent", "ours")
+    assert block(sent).getall("traceparent") == ["ours"]
+
+
+def test_forward_headers_note_a_host_set_by_identity() -> None:
+    """A tenant read from Host is set again by identity: the block carries that Host."""
+    sent = forward_headers(
+        headers(("Host", "acme.example")),
+        client_ip="10.0.0.7",
+        scheme="http",
+        host="acme.example",
+        drop_credential=True,
+        identity={"X-Request-Id": "r", "Host": "acme-prod"},
+        strip=frozenset({"host"}),
+    )
+    assert sent.has_host
+    assert block(sent).getall("Host") == ["acme-prod"]

@@ -31,6 +31,7 @@ from permgate.core.model import Tenant
 from permgate.core.reasons import HygieneReason, Reason
 from permgate.gateway import hygiene
 from permgate.gateway.authn import Authenticator, AuthFailure, Identity
+from permgate.gateway.fieldnames import AUTHORIZATION
 from permgate.gateway.modelcache import ModelCache
 from permgate.observability.outcome import DecisionLabel
 
@@ -214,7 +215,7 @@ class Evaluator:
         path, query, match, snapshot = routed
         try:
             identity = await self._authn.authenticate(
-                request.headers.get("Authorization"), request.peer_principal
+                request.headers.get(AUTHORIZATION), request.peer_principal
             )
         except AuthFailure as failure:
             return Evaluation(401, failure.reason, path, query, match=match, failure=failure)
@@ -239,7 +240,7 @@ class Evaluator:
         if isinstance(routed, Evaluation):
             return routed
         path, query, match, snapshot = routed
-        authorization = request.headers.get("Authorization")
+        authorization = request.headers.get(AUTHORIZATION)
         if authorization is None:
             return None
         identity = self._authn.remembered(authorization)

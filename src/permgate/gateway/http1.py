@@ -50,6 +50,7 @@ import httptools
 from multidict import CIMultiDict
 
 from permgate.core.reasons import HygieneReason
+from permgate.gateway.fieldnames import CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING
 
 __all__ = [
     "HIGH_WATER",
@@ -578,11 +579,11 @@ class ServerProtocol(asyncio.Protocol):
         else:
             raise _Refused(HygieneReason.UNSUPPORTED_VERSION)
         headers: CIMultiDict[str] = CIMultiDict(self._headers)
-        length = headers.get("Content-Length")
-        has_body = "Transfer-Encoding" in headers or (length is not None and length != "0")
+        length = headers.get(CONTENT_LENGTH)
+        has_body = TRANSFER_ENCODING in headers or (length is not None and length != "0")
         expect_continue = False
         if has_body and ver == (1, 1):
-            expect = headers.get("Expect")
+            expect = headers.get(EXPECT)
             expect_continue = expect is not None and expect.lower() == "100-continue"
         exchange = Exchange(
             self,

@@ -61,9 +61,17 @@ import unicodedata
 from collections.abc import Collection, Mapping
 from typing import Final
 
-from multidict import CIMultiDict, MultiMapping
+from multidict import MultiMapping
 
 from permgate.core.reasons import FRAMING_REASONS, HYGIENE_REASONS, HygieneReason
+from permgate.gateway.fieldnames import (
+    AUTHORIZATION,
+    CONNECTION,
+    CONTENT_LENGTH,
+    HOST,
+    TRANSFER_ENCODING,
+    X_REQUEST_ID,
+)
 
 __all__ = [
     "ABSOLUTE_FORM",
@@ -81,6 +89,7 @@ __all__ = [
     "REQUEST_TIMEOUT",
     "UNSUPPORTED_TRANSFER_CODING",
     "UNSUPPORTED_VERSION",
+    "ForwardHeaders",
     "check_headers",
     "check_host",
     "check_message",
@@ -242,9 +251,9 @@ def check_message(version: tuple[int, int], headers: MultiMapping[str]) -> Hygie
     if version != (1, 1):
         if version != (1, 0):
             return UNSUPPORTED_VERSION
-        if "Transfer-Encoding" in headers:
+        if TRANSFER_ENCODING in headers:
             return UNSUPPORTED_TRANSFER_CODING
-    hosts = headers.getall("Host", [])
+    hosts = headers.getall(HOST, [])
     # The common case without check_host's frame: one Host already found valid.
     if len(hosts) == 1 and _HOST_CACHE.get(hosts[0]) is True:
         return None
@@ -268,19 +277,19 @@ def check_headers(
     elif tenant_headers is None:
         tenant_headers = ()
     getall = headers.getall
-    if len(getall("Authorization", ())) > 1:
+    if len(getall(AUTHORIZATION, ())) > 1:
         return DUPLICATE_HEADER
     for tenant_header in tenant_headers:
         if len(getall(tenant_header, ())) > 1:
             return DUPLICATE_HEADER
-    lengths = getall("Content-Length", ())
+    lengths = getall(CONTENT_LENGTH, ())
     if lengths:
-        if len(lengths) > 1 or "Transfer-Encoding" in headers:
+        if len(lengths) > 1 or TRANSFER_ENCODING in headers:
             return CONFLICTING_LENGTH
         if not (lengths[0].isascii() and lengths[0].isdigit()):
             return CONFLICTING_LENGTH
     else:
-        codings = getall("Transfer-Encoding", ())
+        codings = getall(TRANSFER_ENCODING, ())
         # Only plain chunked: permgate re-frames the body, so another coding
         # (gzip, chunked) would reach the upstream undeclared.
         if codings and (len(codings) > 1 or codings[0].strip().lower() != "chunked"):
@@ -342,7 +351,7 @@ def connection_listed(
 ) -> frozenset[str]:
     """The lower-cased field names a ``Connection`` header declares hop-by-hop, minus
     the framing, ``Host`` and the lower-cased names in ``protected``."""
-    values = headers.getall("Connection", ())
+    values = headers.getall(CONNECTION, ())
     if not values:
         return frozenset()
     names = {token.strip().lower() for value in values for token in value.split(",")}
@@ -360,8 +369,8 @@ def forward_headers(
     identity: Mapping[str, str],
     protected: Collection[str] = (),
     strip: Collection[str] = (),
-) -> CIMultiDict[str]:
-    """The header block the upstream receives.
+) -> ForwardHeaders:
+    """The header block the upstream receives (see :class:`ForwardHeaders`).
 
     The client's headers minus hop-by-hop ones and those its ``Connection`` lists
     (never ``Host``, ``Content-Length`` nor the lower-cased names in ``protected``:
@@ -379,15 +388,20 @@ def forward_headers(
     """
     listed = connection_listed(headers, protected)
     cache = _NAME_CACHE
+    kept: list[tuple[str, str]] = []
+    forward = ForwardHeaders(kept)
     # An identity name a client header may carry too (one outside permgate's own
     # families, which never pass, and not stripped anyway): the client's goes.
     replaced: set[str] | None = None
-    for name in identity:
+    for name, value in identity.items():
         key = cache[name] if name in cache else _classify(name)
-        if key is not None and key not in strip:
+        if key is None:
+            continue
+        if key in _FRAMING_NOTED:  # a tenant read from Host, set again to the tenant
+            forward.note(key, value)
+        if key not in strip:
             replaced = replaced or set()
             replaced.add(key)
-    kept: list[tuple[str, str]] = []
     for name, value in headers.items():
         try:
             key = cache[name]
@@ -402,12 +416,47 @@ def forward_headers(
         if replaced is not None and key in replaced:
             continue
         kept.append((name, value))
+        if key in _FRAMING_NOTED:
+            forward.note(key, value)
     kept.append(("X-Forwarded-For", client_ip))
     kept.append(("X-Forwarded-Proto", scheme))
     if host:
         kept.append(("X-Forwarded-Host", host))
     kept.extend(identity.items())
-    return CIMultiDict(kept)
+    return forward
+
+
+class ForwardHeaders:
+    """The header block the upstream receives: its ``lines`` (name, value) in order,
+    as :func:`forward_headers` made them, and what the request's framing needs of them
+    (noted as they were chosen: no mapping is built, nor searched, for one request)."""
+
+    __slots__ = ("content_length", "has_host", "lines")
+
+    def __init__(self, lines: list[tuple[str, str]]) -> None:
+        self.lines = lines
+        self.has_host = False  # a Host line is among them
+        self.content_length: str | None = None  # the value of their Content-Length line
+
+    def replace(self, name: str, value: str) -> None:
+        """Set ``name`` (any case) to the one ``value`` (a propagated trace context's
+        ``traceparent``)."""
+        key = name.lower()
+        self.lines[:] = [line for line in self.lines if line[0].lower() != key]
+        self.lines.append((name, value))
+        if key in _FRAMING_NOTED:
+            self.note(key, value)
+
+    def note(self, key: str, value: str) -> None:
+        """A line named ``key`` (lower-case, one of :data:`_FRAMING_NOTED`) is sent."""
+        if key == "host":
+            self.has_host = True
+        else:
+            self.content_length = value
+
+
+# The names whose presence (Host) or value (Content-Length) the request's framing needs.
+_FRAMING_NOTED: Final = frozenset({"host", "content-length"})
 
 
 # Header name as sent -> its lower-case form if it may be forwarded, None if never.
@@ -434,7 +483,7 @@ _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 def request_id(headers: MultiMapping[str]) -> str:
     """The client's ``X-Request-Id`` when it is one well-formed value, else a new one."""
-    values = headers.getall("X-Request-Id", ())
+    values = headers.getall(X_REQUEST_ID, ())
     if len(values) == 1 and _REQUEST_ID.fullmatch(values[0]) is not None:
         return values[0]
     return new_id()

@@ -19,8 +19,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, Protocol
 
-from multidict import CIMultiDict
-
 from permgate.core.endpoints import EndpointMap
 from permgate.core.errors import PermgateError, StoreUnavailable
 from permgate.core.reasons import FRAMING_REASONS, Refusal
@@ -33,6 +31,7 @@ from permgate.gateway.authn import (
 )
 from permgate.gateway.decision_cache import DecisionCache
 from permgate.gateway.evaluate import EvalRequest, Evaluation, Evaluator
+from permgate.gateway.fieldnames import HOST, TRACEPARENT
 from permgate.gateway.http1 import Exchange
 from permgate.gateway.lookuplimit import LOOKUP_CLIENT
 from permgate.gateway.modelcache import ModelCache
@@ -56,7 +55,7 @@ class _Pending:
     def __init__(
         self,
         path_qs: str,
-        headers: CIMultiDict[str],
+        headers: hygiene.ForwardHeaders,
         timing: UpstreamTiming,
         t_up: float,
         trace: RequestTrace | None,
@@ -304,7 +303,7 @@ class Gateway:
                 method=exchange.method,
                 path=outcome.path,
                 scheme=exchange.scheme,
-                host=headers.get("Host"),
+                host=headers.get(HOST),
                 client_ip=outcome.client_ip,
             )
             _TRACE.set(trace)
@@ -372,7 +371,7 @@ class Gateway:
             exchange.client_ip,
             started,
             map_sha256=self.endpoint_map.sha256,
-            trace_id=trace_id_of(headers.get("traceparent")),
+            trace_id=trace_id_of(headers.get(TRACEPARENT)),
         )
 
     @staticmethod
@@ -490,7 +489,7 @@ class Gateway:
             client_ip=exchange.client_ip or "",
             scheme=exchange.scheme,
             # Checked by hygiene.check_message (HTTP/1.0 may omit it).
-            host=exchange.headers.get("Host"),
+            host=exchange.headers.get(HOST),
             drop_credential=not self._forward_credential,
             identity=identity_headers,
             protected=self._protected,
@@ -501,9 +500,10 @@ class Gateway:
             exchange.send_continue()
         trace = _TRACE.get() if self._tracer is not None else None
         if trace is not None:
-            trace.upstream_started(
-                headers, method=exchange.method, url=self._upstream.spec + path_qs
+            traceparent = trace.upstream_started(
+                method=exchange.method, url=self._upstream.spec + path_qs
             )
+            headers.replace("traceparent", traceparent)
         timing = served.timing = UpstreamTiming()
         t_up = served.t_up = self._clock()
         served.relay_trace = trace

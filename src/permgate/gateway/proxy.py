@@ -52,13 +52,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
-from multidict import CIMultiDict
 from yarl import URL
 
 from permgate.core.errors import ConfigError, PermgateError
 from permgate.gateway import upstream_http
 from permgate.gateway.http1 import BodyBroken, BodyTimeout, ClientGone, Exchange
-from permgate.gateway.hygiene import HOP_BY_HOP
+from permgate.gateway.hygiene import HOP_BY_HOP, ForwardHeaders
 from permgate.gateway.upstream_http import (
     HEADER_DATE,
     HEADER_HOP,
@@ -262,7 +261,7 @@ class Upstream:
         exchange: Exchange,
         *,
         path_qs: str,
-        headers: CIMultiDict[str],
+        headers: ForwardHeaders,
         timing: UpstreamTiming | None = None,
         fresh: bool = False,
     ) -> int:
@@ -282,7 +281,7 @@ class Upstream:
         started = time.perf_counter()
         method = exchange.method
         has_body = exchange.has_body
-        length = headers.get("Content-Length")
+        length = headers.content_length
         conn: Connection | None = None
         sender: asyncio.Task[None] | None = None
         try:
@@ -290,12 +289,7 @@ class Upstream:
             if has_body:
                 first, done = await _prebuffer(exchange, self.timeout_seconds)
             head = upstream_http.request_head(
-                method,
-                path_qs,
-                headers,
-                default_host=self._default_host,
-                body=has_body,
-                length=length,
+                method, path_qs, headers, default_host=self._default_host, body=has_body
             )
             retry = method in upstream_http.IDEMPOTENT and not has_body and not fresh
             while True:
@@ -345,7 +339,7 @@ class Upstream:
         exchange: Exchange,
         *,
         path_qs: str,
-        headers: CIMultiDict[str],
+        headers: ForwardHeaders,
         timing: UpstreamTiming,
         done: Callable[[PermgateError | None], None],
     ) -> bool:
@@ -363,9 +357,9 @@ class Upstream:
         if has_body and not exchange.body_done:
             return False
         method = exchange.method
-        length = headers.get("Content-Length")
+        length = headers.content_length
         head = upstream_http.request_head(
-            method, path_qs, headers, default_host=self._default_host, body=has_body, length=length
+            method, path_qs, headers, default_host=self._default_host, body=has_body
         )
         if has_body:
             first = exchange.peek_body()
@@ -405,7 +399,7 @@ class _Relay:
         exchange: Exchange,
         timing: UpstreamTiming,
         done: Callable[[PermgateError | None], None],
-        args: tuple[str, CIMultiDict[str]],
+        args: tuple[str, ForwardHeaders],
     ) -> None:
         self.upstream = upstream
         self.pool = pool

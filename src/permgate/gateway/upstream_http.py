@@ -35,9 +35,8 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 import httptools
-from multidict import CIMultiDict
 
-from permgate.gateway.hygiene import HOP_BY_HOP
+from permgate.gateway.hygiene import HOP_BY_HOP, ForwardHeaders
 
 __all__ = [
     "BodyError",
@@ -759,23 +758,23 @@ def _expire_slot(waiter: asyncio.Future[None]) -> None:
 def request_head(
     method: str,
     path_qs: str,
-    headers: CIMultiDict[str],
+    headers: ForwardHeaders,
     *,
     default_host: str,
     body: bool,
-    length: str | None,
 ) -> bytes:
     """The request line and header block, one buffer, sent as given.
 
-    ``body``: the client's request has a body; without ``length`` it goes chunked.
-    Adds only what HTTP needs: ``Host`` when absent, ``Transfer-Encoding: chunked`` for
-    a body of unknown length, ``Content-Length: 0`` for a body-less POST/PUT/PATCH/
-    DELETE without one (as aiohttp's client did).
+    ``body``: the client's request has a body; without a ``Content-Length`` it goes
+    chunked. Adds only what HTTP needs: ``Host`` when absent, ``Transfer-Encoding:
+    chunked`` for a body of unknown length, ``Content-Length: 0`` for a body-less
+    POST/PUT/PATCH/DELETE without one (as aiohttp's client did).
     """
-    items = headers.items()
-    lines = "\r\n".join(map(": ".join, items))
+    fields = headers.lines
+    length = headers.content_length
+    lines = "\r\n".join(map(": ".join, fields))
     extra = ""
-    if "Host" not in headers:
+    if not headers.has_host:
         extra += f"Host: {default_host}\r\n"
     if body:
         if length is None:
@@ -784,7 +783,7 @@ def request_head(
         extra += "Content-Length: 0\r\n"
     if lines:
         text = f"{method} {path_qs} HTTP/1.1\r\n{extra}{lines}\r\n\r\n"
-        expected = len(items) + 2 + extra.count("\n")
+        expected = len(fields) + 2 + extra.count("\n")
     else:
         text = f"{method} {path_qs} HTTP/1.1\r\n{extra}\r\n"
         expected = 2 + extra.count("\n")

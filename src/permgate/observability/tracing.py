@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from permgate.config import TracingSettings
@@ -180,9 +180,10 @@ class RequestTrace:
         """The decision is made: the decision span ends here."""
         self._decided_ns = time.time_ns()
 
-    def upstream_started(self, headers: MutableMapping[str, str], *, method: str, url: str) -> None:
-        """Start the client span and make it the upstream's parent in ``headers``
-        (``traceparent`` replaced, ``tracestate`` carried unchanged)."""
+    def upstream_started(self, *, method: str, url: str) -> str:
+        """Start the client span: the ``traceparent`` that makes it the upstream's
+        parent (the caller replaces the client's with it; ``tracestate`` is carried
+        unchanged)."""
         owner = self._owner
         if self._decided_ns is None:
             self._decided_ns = time.time_ns()
@@ -194,7 +195,7 @@ class RequestTrace:
         )
         self._upstream = span
         ids = span.get_span_context()
-        headers["traceparent"] = f"00-{ids.trace_id:032x}-{ids.span_id:016x}-01"
+        return f"00-{ids.trace_id:032x}-{ids.span_id:016x}-01"
 
     def upstream_finished(self, status: int | None, error: str | None) -> None:
         span = self._upstream
