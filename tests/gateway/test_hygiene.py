@@ -678,30 +678,28 @@ def test_forward_headers_without_host_sets_no_forwarded_host() -> None:
     assert "X-Forwarded-Host" not in out
 
 
-def test_forward_headers_note_host_and_length() -> None:
-    """The block says whether it carries Host and its Content-Length, for the framing."""
+@pytest.mark.parametrize(
+    ("client_headers", "host", "noted"),
+    [
+        ((("host", "gw"), ("content-length", "3")), "gw", (True, "3")),
+        ((), None, (False, None)),
+    ],
+    ids=["host-and-length", "neither"],
+)
+def test_forward_headers_note_host_and_length(
+    client_headers: tuple[tuple[str, str], ...], host: str | None, noted: tuple[bool, str | None]
+) -> None:
+    """The block says whether it carries Host and its Content-Length, for the framing;
+    what the client did not send is not claimed."""
     sent = forward_headers(
-        headers(("host", "gw"), ("content-length", "3")),
+        headers(*client_headers),
         client_ip="10.0.0.7",
         scheme="http",
-        host="gw",
+        host=host,
         drop_credential=True,
         identity={"X-Request-Id": "r"},
     )
-    assert (sent.has_host, sent.content_length) == (True, "3")
-
-
-def test_forward_headers_without_host_or_length_note_neither() -> None:
-    """No Host and no Content-Length from the client: none is claimed."""
-    sent = forward_headers(
-        headers(),
-        client_ip="10.0.0.7",
-        scheme="http",
-        host=None,
-        drop_credential=True,
-        identity={"X-Request-Id": "r"},
-    )
-    assert (sent.has_host, sent.content_length) == (False, None)
+    assert (sent.has_host, sent.content_length) == noted
 
 
 def test_forward_headers_replace_keeps_one_value() -> None:
