@@ -250,7 +250,14 @@ async def start_gateway(
         )
     )
     try:
-        runtime = await asyncio.wait_for(asyncio.shield(ready), timeout=30)
+        # Whichever comes first: ready, or serve() ending (it failed to start: say why
+        # at once instead of waiting out the timeout with its exception unseen).
+        await asyncio.wait({ready, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            if task.done():
+                raise AssertionError("the gateway did not start") from task.exception()
+            raise TimeoutError("the gateway was not ready within 30 s")
+        runtime = ready.result()
     except BaseException:
         stop.set()
         await asyncio.gather(task, return_exceptions=True)
