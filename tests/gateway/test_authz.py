@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from harness import Gateway, eventually, free_port, start_gateway
+from harness import Gateway, eventually, start_gateway
 from permgate.config import load_settings
 from permgate.core.errors import ConfigError
 from permgate.core.reasons import ALL_REASONS, DoorReason
@@ -56,8 +56,7 @@ class Decider:
 
 
 async def _decider(tmp_path: Path, **overrides: Any) -> AsyncIterator[Decider]:
-    port = free_port()
-    async with start_gateway(tmp_path, authz_listen=f"127.0.0.1:{port}", **overrides) as gw:
+    async with start_gateway(tmp_path, authz_listen="127.0.0.1:0", **overrides) as gw:
         cli = Actor.cli()
         await gw.service.create_role(cli, "acme", "decider", "Decider", ["decisions.evaluate"])
         await gw.service.create_principal(
@@ -65,7 +64,7 @@ async def _decider(tmp_path: Path, **overrides: Any) -> AsyncIterator[Decider]:
         )
         _, secret = await gw.service.create_token(cli, "app", "pdp", ["decisions.evaluate"], [])
         await gw.runtime.deliver_changes()
-        yield Decider(gw, f"http://127.0.0.1:{port}", secret)
+        yield Decider(gw, gw.authz_url, secret)
 
 
 @pytest.fixture

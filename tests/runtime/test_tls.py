@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from gateway_procs import echo_upstream, run_to_exit, serve_sqlite, write_sqlite_config
-from harness import eventually, free_port, start_gateway
+from harness import eventually, start_gateway
 from permgate.config import load_settings
 from permgate.core.errors import ConfigError
 from permgate.manage.service import Actor, ModelService
@@ -234,8 +234,8 @@ async def test_serve_refuses_unusable_certificate_files_in_one_line(
     config = write_sqlite_config(
         tmp_path,
         "http://127.0.0.1:9",
-        listen=f"127.0.0.1:{free_port()}",
-        admin_listen=f"127.0.0.1:{free_port()}",
+        listen="127.0.0.1:0",
+        admin_listen="127.0.0.1:0",
         store=f"sqlite://{tmp_path}/permgate.db",
         extra="listen_tls: {cert_file: certs/tls.crt, key_file: certs/tls.key}\n",
     )
@@ -293,14 +293,13 @@ async def test_serve_with_two_workers_answers_https_and_identifies_certificates(
 async def test_https_on_the_decision_service_listener(tmp_path: Path, ca: trustme.CA) -> None:
     """With authz_tls, the decision service answers forward-auth checks over HTTPS."""
     ca_file = write_ca(tmp_path, ca)
-    port = free_port()
     async with start_gateway(
         tmp_path,
-        authz_listen=f"127.0.0.1:{port}",
+        authz_listen="127.0.0.1:0",
         authz_tls=listener_tls(tmp_path, ca, "authz"),
     ) as gw:
         status, _ = await get(
-            f"https://127.0.0.1:{port}/forward-auth",
+            gw.authz_url.replace("http:", "https:") + "/forward-auth",
             client_context(ca_file),
             Authorization=f"Bearer {gw.tokens['alice']}",
             **{"X-Original-Method": "GET", "X-Original-URI": "/policy/acme-prod/quotes/q1"},
@@ -314,17 +313,16 @@ async def test_a_client_certificate_on_the_decision_listener_identifies_no_one(
     """A proxy's client certificate on authz_listen never names the principal being
     decided, even with auth.mtls on: a check without a bearer credential is 401."""
     ca_file = write_ca(tmp_path, ca)
-    port = free_port()
     async with start_gateway(
         tmp_path,
         listen_tls=listener_tls(tmp_path, ca, "gw", client_ca_file=str(ca_file)),
         **{"auth.mtls": {"principal_from": "subject_cn"}},
-        authz_listen=f"127.0.0.1:{port}",
+        authz_listen="127.0.0.1:0",
         authz_tls=listener_tls(tmp_path, ca, "authz", client_ca_file=str(ca_file)),
     ) as gw:
         context = client_context(ca_file, client_cert(ca, tmp_path / "client", common_name="alice"))
         status, body = await get(
-            f"https://127.0.0.1:{port}/forward-auth",
+            gw.authz_url.replace("http:", "https:") + "/forward-auth",
             context,
             **{"X-Original-Method": "GET", "X-Original-URI": "/policy/acme-prod/quotes/q1"},
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from permgate.config import load_settings
 from permgate.manage.service import Actor, ModelService
 from permgate.runtime.app import Runtime, serve
+from permgate.runtime.listeners import bind_listeners
 from permgate.store import open_store
 
 ISSUER = "https://idp.test/"
@@ -72,11 +74,51 @@ async def eventually(check: Callable[[], Any], what: str, timeout: float = 10.0)
         await asyncio.sleep(0.05)
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
+    """A loopback port free now, for a server a test starts in another process.
+
+    Chosen below the kernel's ephemeral range, which every outgoing connection and
+    every bind to port 0 draws from: in between choosing and the child's bind, no
+    connection of this or another test can take it. Never the same port twice in a
+    run. (An in-process server binds port 0 and reads its port back instead.)"""
+    try:
+        ephemeral_low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    if ephemeral_low <= 11_000:  # no room below it: the kernel's choice, as before
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            chosen: int = probe.getsockname()[1]
+            return chosen
+    for _ in range(200):
+        port = random.randrange(10_000, ephemeral_low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free loopback port between 10000 and {ephemeral_low}")
+
+
+def _port_of(addresses: list[Any]) -> int:
+    port: int = addresses[0][1]
+    return port
+
+
+def _url_of(sockets: tuple[socket.socket, ...]) -> str:
+    """The http URL of the first of ``sockets`` ("" when there is none)."""
+    if not sockets:
+        return ""
+    host, port = sockets[0].getsockname()[:2]
+    return f"http://{host}:{port}"
 
 
 def rsa_key() -> tuple[Any, str]:
@@ -142,6 +184,7 @@ class Gateway:
 
     url: str
     admin_url: str
+    authz_url: str  # "" unless the test asked for the decision service (authz_listen)
     runtime: Runtime
     service: ModelService
     upstream: Upstream
@@ -217,17 +260,16 @@ async def start_gateway(
     upstream = Upstream()
     upstream_runner = web.AppRunner(upstream.app(), access_log=None)
     await upstream_runner.setup()
-    upstream_port = free_port()
-    await web.TCPSite(upstream_runner, "127.0.0.1", upstream_port).start()
+    await web.TCPSite(upstream_runner, "127.0.0.1", 0).start()
+    upstream_port = _port_of(upstream_runner.addresses)
     map_path = tmp_path / "endpoint_map.yaml"
     map_path.write_text(TEST_MAP, encoding="utf-8")
     key, public_pem = rsa_key()
-    port, admin_port = free_port(), free_port()
     settings = load_settings(
         env={},
         overrides={
-            "listen": f"127.0.0.1:{port}",
-            "admin_listen": f"127.0.0.1:{admin_port}",
+            "listen": "127.0.0.1:0",
+            "admin_listen": "127.0.0.1:0",
             "upstream": upstream_url or f"http://127.0.0.1:{upstream_port}",
             "endpoint_map": str(map_path),
             "map_poll_seconds": 0.1,
@@ -241,12 +283,20 @@ async def start_gateway(
             **overrides,
         },
     )
+    # Bound here on port 0 and handed to serve(): the kernel's ports, read back from
+    # the sockets, cannot be taken by anyone else between choosing and binding.
+    listeners = bind_listeners(settings)
     audit = io.StringIO()
     stop = asyncio.Event()
     ready: asyncio.Future[Runtime] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
         serve(
-            settings, stop=stop, on_ready=ready.set_result, handle_signals=False, audit_stream=audit
+            settings,
+            listeners=listeners,
+            stop=stop,
+            on_ready=ready.set_result,
+            handle_signals=False,
+            audit_stream=audit,
         )
     )
     try:
@@ -265,8 +315,9 @@ async def start_gateway(
         raise
     try:
         yield Gateway(
-            url=f"http://127.0.0.1:{port}",
-            admin_url=f"http://127.0.0.1:{admin_port}",
+            url=_url_of(listeners.gateway),
+            admin_url=_url_of(listeners.admin),
+            authz_url=_url_of(listeners.authz),
             runtime=runtime,
             service=runtime.service,
             upstream=upstream,
