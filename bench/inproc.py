@@ -159,7 +159,9 @@ async def _child(
     from permgate.runtime.app import Runtime
 
     loop = asyncio.get_running_loop()
-    runtime = Runtime(load_settings(config, env={}))
+    # The cached verdict lives an hour here: under callgrind's slowdown a 30 s TTL would
+    # expire mid-run, sending some requests down the slower path and the count astray.
+    runtime = Runtime(load_settings(config, env={}, overrides={"decision_ttl_seconds": 3600}))
     await runtime.start()
     pool = runtime.upstream._pool
     assert pool is not None
