@@ -161,7 +161,7 @@ async def _child(
     loop = asyncio.get_running_loop()
     # The cached verdict lives an hour here: under callgrind's slowdown a 30 s TTL would
     # expire mid-run, sending some requests down the slower path and the count astray.
-    runtime = Runtime(load_settings(config, env={}, overrides={"decision_ttl_seconds": 3600}))
+    runtime = Runtime(load_settings(config, env={}, overrides={"cache.decision_ttl_seconds": 3600}))
     await runtime.start()
     pool = runtime.upstream._pool
     assert pool is not None
