@@ -6,6 +6,7 @@
     SORT=ncalls TOP=150 .venv/bin/python bench/inproc.py --profile   # calls per request
     CALLERS=perf_counter TOP=0 .venv/bin/python bench/inproc.py --profile   # who calls it
     .venv/bin/python bench/inproc.py --instructions --n 2000 --base HEAD~1   # callgrind
+    .venv/bin/python bench/inproc.py --door envoy          # the ext_authz check instead
 
 ``permgate serve``'s own parts (``Runtime``: the shipped map, a SQLite store seeded as
 ``load.py`` seeds it, audit to a file, metrics) answer ``GET /policy/acme-prod/quotes/
@@ -64,7 +65,7 @@ class _ClientTransport(asyncio.Transport):
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         answer = self._answer + data
-        if answer.endswith(RESPONSE[-40:]):  # whole (else its head alone: the body follows)
+        if answer.endswith(self._harness.answer_end):  # whole (else the body follows)
             self._answer = b""
             self._harness.answered(self._protocol, answer)
         else:
@@ -117,9 +118,10 @@ class _UpstreamTransport(asyncio.Transport):
 class _Harness:
     """``connections`` clients, each sending its next request when its answer is in."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, request: bytes) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, request: bytes, answer_end: bytes) -> None:
         self.loop = loop
         self.request = request
+        self.answer_end = answer_end  # how a whole answer ends
         self.protocols: list[asyncio.Protocol] = []
         self.left = 0
         self.done: asyncio.Future[None] = loop.create_future()
@@ -152,7 +154,7 @@ class _Harness:
 
 
 async def _child(
-    config: Path, token: str, n: int, rounds: int, profile: bool, connections: int
+    config: Path, token: str, n: int, rounds: int, profile: bool, connections: int, door: str
 ) -> list[float]:
     from permgate.config import load_settings
     from permgate.gateway.http1 import Listener
@@ -172,11 +174,15 @@ async def _child(
         return conn
 
     pool._connect = connect  # type: ignore[method-assign]
+    if door == "envoy":  # the decision service's ext_authz check: an empty 200 a request
+        target, handler, answer_end = "/envoy" + TARGET, runtime.decision_service(), b"\r\n\r\n"
+    else:  # the inline gateway: the upstream's answer relayed
+        target, handler, answer_end = TARGET, runtime.gateway, RESPONSE[-40:]
     request = (
-        f"GET {TARGET} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer {token}\r\n\r\n"
+        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer {token}\r\n\r\n"
     ).encode()
-    harness = _Harness(loop, request)
-    listener = Listener(runtime.gateway, head_timeout=60.0)
+    harness = _Harness(loop, request, answer_end)
+    listener = Listener(handler, head_timeout=60.0)
     for _ in range(connections):
         protocol = listener.protocol()
         protocol.connection_made(harness.client(protocol))
@@ -212,7 +218,7 @@ def _run_child(
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERMGATE_")}
     env["PYTHONPATH"] = str(src)
     argv = [PYTHON, __file__, "--child", str(config), token, "--n", str(args.n)]
-    argv += ["--connections", str(args.connections)]
+    argv += ["--connections", str(args.connections), "--door", args.door]
     argv += ["--rounds", str(rounds)] + (["--profile"] if args.profile else [])
     out = subprocess.run(argv, env=env, check=True, capture_output=not args.profile, text=True)
     if args.profile:
@@ -231,7 +237,7 @@ def _instructions(src: Path, config: Path, token: str, args: argparse.Namespace)
         out = Path(tempfile.mkdtemp()) / "callgrind.out"
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", PYTHON, __file__]
         argv += ["--child", str(config), token, "--n", str(n), "--rounds", "1"]
-        argv += ["--connections", str(args.connections)]
+        argv += ["--connections", str(args.connections), "--door", args.door]
         run = subprocess.run(argv, env=env, check=True, capture_output=True, text=True)
         total = re.search(r"Collected : (\d+)", run.stderr)
         if total is None:
@@ -252,6 +258,12 @@ def main() -> int:
         action="store_true",
         help="instructions per request under valgrind's callgrind (repeatable; try --n 2000)",
     )
+    parser.add_argument(
+        "--door",
+        choices=("gateway", "envoy"),
+        default="gateway",
+        help="the inline gateway (default) or the decision service's ext_authz check",
+    )
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "TOKEN"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -260,7 +272,7 @@ def main() -> int:
         config, token = args.child
         rounds = 1 if args.profile else args.rounds
         results = uvloop.run(
-            _child(Path(config), token, args.n, rounds, args.profile, args.connections)
+            _child(Path(config), token, args.n, rounds, args.profile, args.connections, args.door)
         )
         print(" ".join(f"{r:.3f}" for r in results))
         return 0

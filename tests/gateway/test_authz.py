@@ -227,6 +227,53 @@ async def test_jwt_caller_has_an_empty_token_id(dec: Decider, http: aiohttp.Clie
 
 
 @pytest.mark.parametrize(
+    ("token", "uri", "status"),
+    [
+        pytest.param("alice", "/policy/acme-prod/quotes/q1", 200, id="allowed"),
+        pytest.param("alice", "/policy/globex-prod/quotes/q1", 403, id="denied"),
+    ],
+)
+async def test_a_check_answered_from_memory_is_the_first_answer_again(
+    dec: Decider, http: aiohttp.ClientSession, token: str, uri: str, status: int
+) -> None:
+    """The second check of a credential is answered from memory, without waiting on
+    anything: the same status, body and identity headers as the first, and audited
+    the same way, as a cache hit."""
+    headers = {"X-Request-Id": "same", **bearer(dec.gw.tokens[token])}
+    answers = []
+    for _ in range(2):
+        async with http.get(dec.url + "/envoy" + uri, headers=headers) as response:
+            identity = {name: response.headers.get(name) for name in IDENTITY}
+            answers.append((response.status, await response.read(), identity))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == status
+    events = (await dec.decisions(2))[-2:]
+    for event in events:
+        assert (event["door"], event["status"], event["request_id"]) == ("envoy", status, "same")
+    assert [event["cache_hit"] for event in events] == [False, True]
+    varying = ("ts", "decision_id", "duration_ms", "cache_hit")
+    first, second = ({k: v for k, v in e.items() if k not in varying} for e in events)
+    assert first == second
+
+
+async def test_a_check_the_store_cannot_answer_is_503_and_audited(
+    dec: Decider, http: aiohttp.ClientSession
+) -> None:
+    """A credential not in memory while the store is unreachable: 503 store_unavailable
+    in the gateway's JSON shape, never an allow, and audited as a deny."""
+    await dec.gw.runtime.store.close()
+    headers = {"X-Request-Id": "outage-1", **bearer(dec.gw.tokens["alice"])}
+    async with http.get(dec.url + "/envoy/policy/acme-prod/quotes/q1", headers=headers) as response:
+        assert response.status == 503
+        assert response.headers["X-Request-Id"] == "outage-1"
+        body = await response.json()
+    assert (body["error"], body["reason"]) == ("unavailable", "store_unavailable")
+    event = next(e for e in await dec.decisions() if e["request_id"] == "outage-1")
+    assert (event["door"], event["status"]) == ("envoy", 503)
+    assert (event["decision"], event["reason"]) == ("deny", "store_unavailable")
+
+
+@pytest.mark.parametrize(
     ("headers", "reason"),
     [
         pytest.param({"X-Original-URI": "/health"}, "missing_forwarded_method", id="no-method"),

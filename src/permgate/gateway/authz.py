@@ -32,7 +32,7 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final
 
 import orjson
@@ -270,21 +270,24 @@ class DecisionService:
         self._caller = Evaluator(AUTHZEN_MAP, model, authenticator, clock=clock)
         self._clock = clock
 
-    async def handle(self, exchange: Exchange) -> None:
-        """Serve one request on the decision listener; never raises for a bad one."""
+    def handle(self, exchange: Exchange) -> Coroutine[Any, Any, None] | None:
+        """Serve one request on the decision listener; never raises for a bad one.
+        None when answered without waiting (the proxy doors' common case: an audit
+        slot free, the credential and the verdict in memory), else the coroutine that
+        finishes it (:class:`~permgate.gateway.http1.Handler`)."""
         raw = exchange.target
         if raw.startswith(ENVOY_PREFIX + "/"):
-            answer = await self._check(exchange, "envoy")
-        else:
-            path = raw.partition("?")[0]
-            if path == FORWARD_AUTH:
-                answer = await self._check(exchange, "forward_auth")
-            elif path in (EVALUATION, EVALUATIONS):
-                answer = await self._authzen(exchange, batch=path == EVALUATIONS)
-            else:
-                answer = self._not_found(exchange)
-        if not exchange.gone:
-            answer.send(exchange)
+            return self._check(exchange, "envoy")
+        path = raw.partition("?")[0]
+        if path == FORWARD_AUTH:
+            return self._check(exchange, "forward_auth")
+        if path in (EVALUATION, EVALUATIONS):
+            return self._serve_authzen(exchange, batch=path == EVALUATIONS)
+        _send(exchange, self._not_found(exchange))
+        return None
+
+    async def _serve_authzen(self, exchange: Exchange, *, batch: bool) -> None:
+        _send(exchange, await self._authzen(exchange, batch=batch))
 
     def _not_found(self, exchange: Exchange) -> Answer:
         return json_response(
@@ -325,20 +328,51 @@ class DecisionService:
 
     # -- the proxy doors ---------------------------------------------------------------
 
-    async def _check(self, exchange: Exchange, door: Door) -> Answer:
+    def _check(self, exchange: Exchange, door: Door) -> Coroutine[Any, Any, None] | None:
+        """A proxy door's check: answered here when nothing has to wait, else the
+        coroutine that waits (for an audit slot, the store) and answers."""
         t0 = self._clock()
-        headers = exchange.headers
-        request_id = hygiene.request_id(headers)
-        outcome = self._outcome(exchange, request_id, door)
-        admitted = await self._admit(outcome)
-        if admitted is None:
-            response = await self._answer_check(exchange, outcome, door)
-        else:
-            response = admitted
-        _echo_trace(headers, response)
-        response.headers["X-Request-Id"] = request_id
-        self._finish(outcome, response.status, t0, recorded=admitted is None)
-        return response
+        outcome = self._outcome(exchange, hygiene.request_id(exchange.headers), door)
+        if not self._observer.admit_now():
+            return self._check_when_admitted(exchange, outcome, door, t0)
+        answer = self._answer_check(exchange, outcome, door)
+        if isinstance(answer, EvalRequest):  # the credential or the verdict must be fetched
+            return self._check_when_evaluated(exchange, outcome, answer, t0)
+        self._conclude(exchange, outcome, answer, t0, recorded=True)
+        return None
+
+    async def _check_when_admitted(
+        self, exchange: Exchange, outcome: RequestOutcome, door: Door, t0: float
+    ) -> None:
+        refused = await self._admit(outcome)
+        if refused is not None:
+            self._conclude(exchange, outcome, refused, t0, recorded=False)
+            return
+        answer = self._answer_check(exchange, outcome, door)
+        if isinstance(answer, EvalRequest):
+            answer = await self._evaluate(answer, outcome)
+        self._conclude(exchange, outcome, answer, t0, recorded=True)
+
+    async def _check_when_evaluated(
+        self, exchange: Exchange, outcome: RequestOutcome, request: EvalRequest, t0: float
+    ) -> None:
+        answer = await self._evaluate(request, outcome)
+        self._conclude(exchange, outcome, answer, t0, recorded=True)
+
+    def _conclude(
+        self,
+        exchange: Exchange,
+        outcome: RequestOutcome,
+        answer: Answer,
+        t0: float,
+        *,
+        recorded: bool,
+    ) -> None:
+        """Record the check (audit only when it had its slot), then answer it."""
+        _echo_trace(exchange.headers, answer)
+        answer.headers["X-Request-Id"] = outcome.request_id
+        self._finish(outcome, answer.status, t0, recorded=recorded)
+        _send(exchange, answer)
 
     async def _admit(self, outcome: RequestOutcome) -> Answer | None:
         """None when the request has its audit slot, else the refusal to answer."""
@@ -357,9 +391,11 @@ class DecisionService:
         else:  # no audit slot was granted: counted in metrics only
             self._observer.refused(outcome)
 
-    async def _answer_check(
+    def _answer_check(
         self, exchange: Exchange, outcome: RequestOutcome, door: Door
-    ) -> Answer:
+    ) -> Answer | EvalRequest:
+        """The answer, or the request to :meth:`_evaluate` when its evaluation must
+        wait: the same steps either way (:meth:`Evaluator.evaluate_cached`)."""
         request_id = outcome.request_id
         if exchange.client_ip not in self._trusted:
             outcome.reason = DoorReason.UNTRUSTED_PROXY
@@ -375,9 +411,18 @@ class DecisionService:
             method, target = named
         outcome.method = method
         outcome.path = hygiene.split_target(target)[0]
-        return await self._evaluate(
-            EvalRequest(method, target, exchange.headers, exchange.version), outcome
-        )
+        request = EvalRequest(method, target, exchange.headers, exchange.version)
+        gateway = self._gateway
+        evaluator = gateway.evaluator  # read with the memo's snapshot, before any await
+        outcome.map_sha256 = evaluator.endpoint_map.sha256
+        try:
+            evaluation = evaluator.evaluate_cached(request, gateway.memo)
+        except Exception as exc:
+            return _failed(outcome, exc)
+        if evaluation is None:
+            return request
+        record_evaluation(outcome, evaluation)
+        return render_check(evaluation, request_id)
 
     async def _evaluate(self, eval_request: EvalRequest, outcome: RequestOutcome) -> Answer:
         gateway = self._gateway
@@ -385,13 +430,8 @@ class DecisionService:
         outcome.map_sha256 = evaluator.endpoint_map.sha256
         try:
             evaluation = await evaluator.evaluate(eval_request, gateway.memo)
-        except StoreUnavailable:
-            outcome.decision, outcome.reason = "deny", Refusal.STORE_UNAVAILABLE
-            return refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, outcome.request_id)
-        except Exception:
-            log.exception("decision %s failed", outcome.request_id)
-            outcome.decision, outcome.reason = "deny", Refusal.INTERNAL_ERROR
-            return refusal(500, "internal", Refusal.INTERNAL_ERROR, outcome.request_id)
+        except Exception as exc:
+            return _failed(outcome, exc)
         record_evaluation(outcome, evaluation)
         return render_check(evaluation, outcome.request_id)
 
@@ -656,6 +696,22 @@ def _text(value: Mapping[str, Any], key: str, where: str) -> str:
     if not isinstance(text, str) or not text or len(text) > 8192:
         raise _Invalid(f"{where}.{key}: must be a non-empty string")
     return text
+
+
+def _send(exchange: Exchange, answer: Answer) -> None:
+    if not exchange.gone:
+        answer.send(exchange)
+
+
+def _failed(outcome: RequestOutcome, exc: Exception) -> Answer:
+    """The answer to a check whose evaluation raised ``exc``: 503 for the store, 500 else."""
+    outcome.decision = "deny"
+    if isinstance(exc, StoreUnavailable):
+        outcome.reason = Refusal.STORE_UNAVAILABLE
+        return refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, outcome.request_id)
+    log.error("decision %s failed", outcome.request_id, exc_info=exc)
+    outcome.reason = Refusal.INTERNAL_ERROR
+    return refusal(500, "internal", Refusal.INTERNAL_ERROR, outcome.request_id)
 
 
 def _echo_trace(headers: MultiMapping[str], response: Answer) -> None:
