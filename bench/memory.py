@@ -409,9 +409,8 @@ async def _breakdown(folder: Path, count: int) -> list[tuple[str, float]]:
     from multidict import CIMultiDict
 
     from permgate.gateway.authn import Authenticator
-    from permgate.gateway.authz import record_evaluation
     from permgate.gateway.decision_cache import DecisionCache
-    from permgate.gateway.evaluate import EvalRequest, Evaluator
+    from permgate.gateway.evaluate import EvalRequest, Evaluator, record_evaluation
     from permgate.gateway.modelcache import ModelCache
     from permgate.maps.loader import load_map
     from permgate.observability.outcome import RequestOutcome

@@ -43,7 +43,13 @@ from permgate.core.errors import PermgateError, StoreUnavailable
 from permgate.core.reasons import DoorReason, Reason, Refusal
 from permgate.gateway import hygiene
 from permgate.gateway.authn import Authenticator, Identity
-from permgate.gateway.evaluate import EvalRequest, Evaluation, Evaluator, what_if
+from permgate.gateway.evaluate import (
+    EvalRequest,
+    Evaluation,
+    Evaluator,
+    record_evaluation,
+    what_if,
+)
 from permgate.gateway.http1 import BodyBroken, BodyTimeout, Exchange
 from permgate.gateway.modelcache import ModelCache
 from permgate.gateway.pipeline import Gateway, Observer
@@ -56,7 +62,7 @@ from permgate.gateway.responses import (
     unauthenticated,
 )
 from permgate.maps.loader import parse_map
-from permgate.observability.outcome import UNMAPPED_ENDPOINT, Door, RequestOutcome
+from permgate.observability.outcome import Door, RequestOutcome
 from permgate.observability.tracing import trace_id_of
 
 __all__ = [
@@ -193,36 +199,6 @@ def identity_headers(evaluation: Evaluation, request_id: str) -> dict[str, str]:
         "X-Permgate-Token-Id": token.id if token is not None else "",
         "X-Request-Id": request_id,
     }
-
-
-def record_evaluation(outcome: RequestOutcome, evaluation: Evaluation) -> None:
-    """Fill ``outcome`` from what the evaluation concluded (the inline gateway's rules:
-    the endpoint label, the credential's failure, the decision and its reasons)."""
-    refused = evaluation.refusal
-    if refused is not None:
-        outcome.reason = refused
-        return
-    match = evaluation.match
-    outcome.endpoint = UNMAPPED_ENDPOINT if match is None else match.endpoint.id
-    failure = evaluation.failure
-    if failure is not None:
-        outcome.reason = outcome.auth_failure = failure.reason
-        outcome.detail = failure.detail
-        return
-    identity = evaluation.identity
-    if identity is not None:
-        outcome.principal = identity.principal
-        outcome.token_id = identity.token.id if identity.token is not None else None
-        outcome.decision_s = evaluation.decision_seconds
-        outcome.cache_hit = evaluation.cache_hit
-    decision = evaluation.decision
-    assert decision is not None  # neither a hygiene refusal nor a 401
-    outcome.reason = decision.reason
-    outcome.detail = decision.detail
-    outcome.tenant = decision.tenant
-    outcome.required = decision.required + decision.any_of
-    outcome.missing = decision.missing
-    outcome.decision = evaluation.label
 
 
 def render_check(evaluation: Evaluation, request_id: str) -> Answer:

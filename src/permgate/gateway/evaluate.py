@@ -33,7 +33,7 @@ from permgate.gateway import hygiene
 from permgate.gateway.authn import Authenticator, AuthFailure, Identity
 from permgate.gateway.fieldnames import AUTHORIZATION
 from permgate.gateway.modelcache import ModelCache
-from permgate.observability.outcome import DecisionLabel
+from permgate.observability.outcome import UNMAPPED_ENDPOINT, DecisionLabel, RequestOutcome
 
 __all__ = [
     "DecisionMemo",
@@ -161,6 +161,36 @@ class Evaluation:
     def endpoint_id(self) -> str | None:
         """The routed endpoint's id, or None (refused before routing, or unmapped)."""
         return None if self.match is None else self.match.endpoint.id
+
+
+def record_evaluation(outcome: RequestOutcome, evaluation: Evaluation) -> None:
+    """Fill ``outcome`` from what the evaluation concluded, for every door alike: the
+    endpoint label, the credential's failure, the caller, the decision and its reasons."""
+    refused = evaluation.refusal
+    if refused is not None:
+        outcome.reason = refused
+        return
+    match = evaluation.match
+    outcome.endpoint = UNMAPPED_ENDPOINT if match is None else match.endpoint.id
+    failure = evaluation.failure
+    if failure is not None:
+        outcome.reason = outcome.auth_failure = failure.reason
+        outcome.detail = failure.detail
+        return
+    identity = evaluation.identity
+    if identity is not None:
+        outcome.principal = identity.principal
+        outcome.token_id = identity.token.id if identity.token is not None else None
+        outcome.decision_s = evaluation.decision_seconds
+        outcome.cache_hit = evaluation.cache_hit
+    decision = evaluation.decision
+    assert decision is not None  # neither a hygiene refusal nor a 401
+    outcome.reason = decision.reason
+    outcome.detail = decision.detail
+    outcome.tenant = decision.tenant
+    outcome.required = decision.required + decision.any_of
+    outcome.missing = decision.missing
+    outcome.decision = evaluation.label
 
 
 def map_tenant_headers(endpoint_map: EndpointMap) -> frozenset[str]:

@@ -30,14 +30,14 @@ from permgate.gateway.authn import (
     certificate_principal,
 )
 from permgate.gateway.decision_cache import DecisionCache
-from permgate.gateway.evaluate import EvalRequest, Evaluation, Evaluator
+from permgate.gateway.evaluate import EvalRequest, Evaluation, Evaluator, record_evaluation
 from permgate.gateway.fieldnames import HOST, TRACEPARENT
 from permgate.gateway.http1 import Exchange
 from permgate.gateway.lookuplimit import LOOKUP_CLIENT
 from permgate.gateway.modelcache import ModelCache
 from permgate.gateway.proxy import ClientRequestError, Upstream, UpstreamError, UpstreamTiming
 from permgate.gateway.responses import Answer, closing, forbidden, refusal, unauthenticated
-from permgate.observability.outcome import UNMAPPED_ENDPOINT, RequestOutcome
+from permgate.observability.outcome import RequestOutcome
 from permgate.observability.tracing import RequestTrace, Tracer, trace_id_of
 
 __all__ = ["Gateway", "Observer"]
@@ -408,50 +408,28 @@ class Gateway:
         relayed in callbacks, which call ``served.record`` at the end), or a ``_Pending``
         forward that must wait (:meth:`_forward`)."""
         outcome = served.outcome
+        outcome.map_sha256 = evaluator.endpoint_map.sha256
+        record_evaluation(outcome, evaluation)
         refused = evaluation.refusal
         if refused is not None:
-            outcome.reason = refused
             answer = refusal(400, "bad_request", refused, outcome.request_id)
             if refused in FRAMING_REASONS:
                 return closing(answer)  # what follows on this connection is in doubt
             return answer
-
-        endpoint_map = evaluator.endpoint_map
-        outcome.map_sha256 = endpoint_map.sha256
-        match = evaluation.match
-        outcome.endpoint = UNMAPPED_ENDPOINT if match is None else match.endpoint.id
         failure = evaluation.failure
         if failure is not None:
-            outcome.reason = outcome.auth_failure = failure.reason
-            outcome.detail = failure.detail
             return unauthenticated(failure, outcome.request_id)
-        identity = evaluation.identity
-        tenant_header = None
-        if identity is not None and match is not None:
-            outcome.principal = identity.principal
-            outcome.token_id = identity.token.id if identity.token is not None else None
-            outcome.decision_s = evaluation.decision_seconds
-            outcome.cache_hit = evaluation.cache_hit
-            source = match.endpoint.tenant
-            tenant_header = source.name if source.kind == "header" else None
-        # The decision: a refusal, or a forwarded request.
         if self._tracer is not None and (trace := _TRACE.get()) is not None:
             trace.decided()
-        verdict = evaluation.verdict
-        assert verdict is not None  # neither a hygiene refusal nor a 401
-        decision = verdict.decision
-        outcome.reason = decision.reason
-        outcome.detail = decision.detail
-        outcome.tenant = decision.tenant
-        outcome.required = decision.required + decision.any_of
-        outcome.missing = decision.missing
-        if decision.allowed:
-            outcome.decision = "allow"
-        elif verdict.shadow:
-            outcome.decision = "shadow_deny"
-        else:
-            outcome.decision = "deny"
-            return forbidden(decision, outcome.request_id)
+        if not evaluation.forwarded:  # neither allowed nor denied in shadow mode
+            assert evaluation.verdict is not None
+            return forbidden(evaluation.verdict.decision, outcome.request_id)
+        identity = evaluation.identity
+        match = evaluation.match
+        tenant_header = None
+        if identity is not None and match is not None:
+            source = match.endpoint.tenant
+            tenant_header = source.name if source.kind == "header" else None
         return self._relay(served, identity, tenant_header)
 
     def _relay(
