@@ -226,24 +226,36 @@ def _run_child(
     return [float(x) for x in out.stdout.split()]
 
 
-def _instructions(src: Path, config: Path, token: str, args: argparse.Namespace) -> float:
-    """Instructions per request under callgrind: the same run with n and 3n requests,
-    the difference divided by 2n (start-up and warm-up cancel out). Repeatable whatever
-    else the machine does, so a small change shows; about a minute per tree."""
-    counts = []
+def _instructions(
+    src: Path, config: Path, token: str, args: argparse.Namespace
+) -> tuple[float, float]:
+    """Instructions per request under callgrind, the event loop's thread alone and all
+    threads: the same run with n and 3n requests, the difference divided by 2n
+    (start-up and warm-up cancel out). The loop thread's count is repeatable whatever
+    else the machine does, so a small change shows; the audit writer's varies with
+    how many events a batch holds, which depends on the run's speed. About a minute
+    per tree."""
+    loop_counts, all_counts = [], []
     for n in (args.n, 3 * args.n):
         env = {k: v for k, v in os.environ.items() if not k.startswith("PERMGATE_")}
         env |= {"PYTHONPATH": str(src), "PYTHONHASHSEED": "0"}
         out = Path(tempfile.mkdtemp()) / "callgrind.out"
-        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", PYTHON, __file__]
+        argv = ["valgrind", "--tool=callgrind", "--separate-threads=yes"]
+        argv += [f"--callgrind-out-file={out}", PYTHON, __file__]
         argv += ["--child", str(config), token, "--n", str(n), "--rounds", "1"]
         argv += ["--connections", str(args.connections), "--door", args.door]
         run = subprocess.run(argv, env=env, check=True, capture_output=True, text=True)
         total = re.search(r"Collected : (\d+)", run.stderr)
-        if total is None:
+        main_thread = re.search(r"^summary: (\d+)", Path(f"{out}-01").read_text(), re.M)
+        if total is None or main_thread is None:
             raise SystemExit(f"callgrind printed no total:\n{run.stderr[-2000:]}")
-        counts.append(int(total.group(1)))
-    return (counts[1] - counts[0]) / (2 * args.n)
+        all_counts.append(int(total.group(1)))
+        loop_counts.append(int(main_thread.group(1)))
+    per_request = 2 * args.n
+    return (
+        (loop_counts[1] - loop_counts[0]) / per_request,
+        (all_counts[1] - all_counts[0]) / per_request,
+    )
 
 
 def main() -> int:
@@ -287,11 +299,15 @@ def main() -> int:
         if args.instructions:
             counts = {name: _instructions(src, config, token, args) for name, src in trees.items()}
             print(f"callgrind, {args.n:,} and {3 * args.n:,} requests: instructions/request")
-            for name, count in counts.items():
-                print(f"  {name:<24} {count:,.0f}")
+            print(f"  {'':<24} {'loop thread':>12} {'all threads':>12}")
+            for name, (loop_thread, every) in counts.items():
+                print(f"  {name:<24} {loop_thread:>12,.0f} {every:>12,.0f}")
             if args.base:
-                base_count, this_count = counts.values()
-                print(f"  this tree / base: ×{this_count / base_count:.3f}")
+                (base_loop, base_all), (this_loop, this_all) = counts.values()
+                print(
+                    f"  this tree / base: loop thread ×{this_loop / base_loop:.3f}, "
+                    f"all threads ×{this_all / base_all:.3f}"
+                )
             return 0
         results: dict[str, list[float]] = {name: [] for name in trees}
         for round_ in range(args.rounds):
