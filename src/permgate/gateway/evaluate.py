@@ -149,13 +149,7 @@ class Evaluation:
     @property
     def label(self) -> DecisionLabel:
         """``allow``, ``deny`` or ``shadow_deny``: the metric's and audit's decision."""
-        decision = self.decision
-        if decision is None:
-            return "deny"
-        if decision.allowed:
-            return "allow"
-        assert self.verdict is not None
-        return "shadow_deny" if self.verdict.shadow else "deny"
+        return decision_label(self.verdict)
 
     @property
     def endpoint_id(self) -> str | None:
@@ -183,14 +177,24 @@ def record_evaluation(outcome: RequestOutcome, evaluation: Evaluation) -> None:
         outcome.token_id = identity.token.id if identity.token is not None else None
         outcome.decision_s = evaluation.decision_seconds
         outcome.cache_hit = evaluation.cache_hit
-    decision = evaluation.decision
-    assert decision is not None  # neither a hygiene refusal nor a 401
+    verdict = evaluation.verdict
+    assert verdict is not None  # neither a hygiene refusal nor a 401
+    decision = verdict.decision
     outcome.reason = decision.reason
     outcome.detail = decision.detail
     outcome.tenant = decision.tenant
     outcome.required = decision.required + decision.any_of
     outcome.missing = decision.missing
-    outcome.decision = evaluation.label
+    outcome.decision = decision_label(verdict)
+
+
+def decision_label(verdict: Verdict | None) -> DecisionLabel:
+    """``allow``, ``deny`` (no verdict: refused before one was made) or ``shadow_deny``."""
+    if verdict is None:
+        return "deny"
+    if verdict.decision.allowed:
+        return "allow"
+    return "shadow_deny" if verdict.shadow else "deny"
 
 
 def map_tenant_headers(endpoint_map: EndpointMap) -> frozenset[str]:
