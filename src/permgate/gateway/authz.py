@@ -52,7 +52,7 @@ from permgate.gateway.evaluate import (
 )
 from permgate.gateway.http1 import BodyBroken, BodyTimeout, Exchange
 from permgate.gateway.modelcache import ModelCache
-from permgate.gateway.pipeline import Gateway, Observer
+from permgate.gateway.pipeline import Gateway, Observer, failed
 from permgate.gateway.responses import (
     Answer,
     closing,
@@ -394,7 +394,7 @@ class DecisionService:
         try:
             evaluation = evaluator.evaluate_cached(request, gateway.memo)
         except Exception as exc:
-            return _failed(outcome, exc)
+            return failed(outcome, exc)
         if evaluation is None:
             return request
         record_evaluation(outcome, evaluation)
@@ -407,7 +407,7 @@ class DecisionService:
         try:
             evaluation = await evaluator.evaluate(eval_request, gateway.memo)
         except Exception as exc:
-            return _failed(outcome, exc)
+            return failed(outcome, exc)
         record_evaluation(outcome, evaluation)
         return render_check(evaluation, outcome.request_id)
 
@@ -677,17 +677,6 @@ def _text(value: Mapping[str, Any], key: str, where: str) -> str:
 def _send(exchange: Exchange, answer: Answer) -> None:
     if not exchange.gone:
         answer.send(exchange)
-
-
-def _failed(outcome: RequestOutcome, exc: Exception) -> Answer:
-    """The answer to a check whose evaluation raised ``exc``: 503 for the store, 500 else."""
-    outcome.decision = "deny"
-    if isinstance(exc, StoreUnavailable):
-        outcome.reason = Refusal.STORE_UNAVAILABLE
-        return refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, outcome.request_id)
-    log.error("decision %s failed", outcome.request_id, exc_info=exc)
-    outcome.reason = Refusal.INTERNAL_ERROR
-    return refusal(500, "internal", Refusal.INTERNAL_ERROR, outcome.request_id)
 
 
 def _echo_trace(headers: MultiMapping[str], response: Answer) -> None:

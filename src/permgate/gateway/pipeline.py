@@ -40,7 +40,7 @@ from permgate.gateway.responses import Answer, closing, forbidden, refusal, unau
 from permgate.observability.outcome import RequestOutcome
 from permgate.observability.tracing import RequestTrace, Tracer, trace_id_of
 
-__all__ = ["Gateway", "Observer"]
+__all__ = ["Gateway", "Observer", "failed"]
 
 # What _relay returns while a callback relay answers (and records) the request.
 _RELAYED: Final = Answer(0)
@@ -277,7 +277,7 @@ class Gateway:
         try:
             answer = self._evaluated(served, evaluator, evaluation)
         except Exception as exc:
-            answer = self._failed(outcome, exc)
+            answer = failed(outcome, exc)
         if answer is _RELAYED:  # the relay records it when it ends
             return None
         if isinstance(answer, _Pending):  # a body still coming, or no idle connection
@@ -340,7 +340,7 @@ class Gateway:
                     done = await self._forward(exchange, outcome, done)
                 answer = done
             except Exception as exc:
-                answer = self._failed(outcome, exc)
+                answer = failed(outcome, exc)
             self._send(exchange, answer)
         finally:
             if answer is not _RELAYED:  # else the relay records it when it ends
@@ -355,7 +355,7 @@ class Gateway:
             try:
                 answer = await self._forward(exchange, outcome, pending)
             except Exception as exc:
-                answer = self._failed(outcome, exc)
+                answer = failed(outcome, exc)
             self._send(exchange, answer)
         finally:
             served.record()
@@ -373,17 +373,6 @@ class Gateway:
             map_sha256=self.endpoint_map.sha256,
             trace_id=trace_id_of(headers.get(TRACEPARENT)),
         )
-
-    @staticmethod
-    def _failed(outcome: RequestOutcome, exc: Exception) -> Answer:
-        """The answer to a request whose evaluation or forward raised ``exc``."""
-        outcome.decision = "deny"
-        if isinstance(exc, StoreUnavailable):
-            outcome.reason = Refusal.STORE_UNAVAILABLE
-            return refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, outcome.request_id)
-        log.error("request %s failed", outcome.request_id, exc_info=exc)
-        outcome.reason = Refusal.INTERNAL_ERROR
-        return refusal(500, "internal", Refusal.INTERNAL_ERROR, outcome.request_id)
 
     @staticmethod
     def _send(exchange: Exchange, answer: Answer | None) -> None:
@@ -534,6 +523,18 @@ class Gateway:
         outcome.reason = Refusal.CLIENT_GONE if exchange.gone else reason
         answer = refusal(exc.status_code, exc.error, reason, outcome.request_id)
         return closing(answer)  # the rest of the body will never be read
+
+
+def failed(outcome: RequestOutcome, exc: Exception) -> Answer:
+    """The answer to a request whose evaluation or forward raised ``exc``, at any door:
+    503 when the store could not be reached, else 500 (logged); a deny either way."""
+    outcome.decision = "deny"
+    if isinstance(exc, StoreUnavailable):
+        outcome.reason = Refusal.STORE_UNAVAILABLE
+        return refusal(503, "unavailable", Refusal.STORE_UNAVAILABLE, outcome.request_id)
+    log.error("request %s failed", outcome.request_id, exc_info=exc)
+    outcome.reason = Refusal.INTERNAL_ERROR
+    return refusal(500, "internal", Refusal.INTERNAL_ERROR, outcome.request_id)
 
 
 def _lower(names: frozenset[str]) -> frozenset[str]:
