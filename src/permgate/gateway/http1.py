@@ -207,7 +207,7 @@ class Exchange:
         self.expect_continue = expect_continue
         self.body_done = False
         self.body_error: BaseException | None = None
-        self._body: collections.deque[bytes] = collections.deque()
+        self._body: list[bytes] = []  # a list: made without a call, per request
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._continue_sent = False
@@ -236,7 +236,7 @@ class Exchange:
         body = self._body
         if not body:
             return None
-        chunk = body.popleft() if len(body) == 1 else b"".join(body)
+        chunk = body[0] if len(body) == 1 else b"".join(body)
         body.clear()
         self._buffered = 0
         self._conn.body_taken()
@@ -334,8 +334,10 @@ class Exchange:
         )
         if self.method == "HEAD":
             body = b""
-        self._conn.write(head + body if body else head)
-        self._conn.answer_done(self)
+        conn = self._conn
+        conn.write(head + body if body else head)
+        if self.handled:  # conn.answer_done(self), inline
+            conn._settle(self)
 
     def start(
         self,
@@ -396,10 +398,12 @@ class Exchange:
             chunk = b"%x\r\n%b\r\n0\r\n\r\n" % (len(chunk), chunk) if chunk else b"0\r\n\r\n"
         if self._head:
             chunk, self._head = self._head + chunk, b""
-        if chunk:
-            self._conn.write(chunk)
+        conn = self._conn
+        if chunk and not conn.lost and conn.transport is not None:  # conn.write(), inline
+            conn.transport.write(chunk)
         self.finished = True
-        self._conn.answer_done(self)
+        if self.handled:  # conn.answer_done(self), inline
+            conn._settle(self)
 
     @property
     def write_paused(self) -> bool:
@@ -488,7 +492,9 @@ class ServerProtocol(asyncio.Protocol):
         if self._closing:
             return  # answered for the last time: nothing more is read
         if not self._head_started and self._parsing is None:
-            self._head_started = self.loop.time()
+            # A head starts in this read: its clock is read only if it is still incomplete
+            # when the read is parsed (the common whole head needs no clock at all).
+            self._head_started = _UNTIMED
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -502,6 +508,8 @@ class ServerProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._parse_failed(exc)
         if self._head_started and not self._closing:
+            if self._head_started == _UNTIMED:
+                self._head_started = self.loop.time()
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEADERS * MAX_LINE:
                 self._refuse(HygieneReason.HEADERS_TOO_LARGE, 400)
@@ -598,7 +606,10 @@ class ServerProtocol(asyncio.Protocol):
         self._head_started = 0.0
         self._head_bytes = 0
         self._parsing = exchange
-        self._enqueue(exchange)
+        if self._active is None:
+            self._begin(exchange)
+        else:
+            self._wait_turn(exchange)
 
     def on_body(self, body: bytes) -> None:
         exchange = self._parsing
@@ -609,7 +620,9 @@ class ServerProtocol(asyncio.Protocol):
         exchange = self._parsing
         self._parsing = None
         if exchange is not None:
-            exchange._end()
+            exchange.body_done = True  # exchange._end(), inline: once per request
+            if exchange._waiter is not None:
+                exchange._wake()
             if exchange.finished and exchange.handled and exchange is self._active:
                 self._next()  # a refused request's discarded body has ended
 
@@ -654,9 +667,13 @@ class ServerProtocol(asyncio.Protocol):
         if self._active is None:
             self._begin(exchange)
         else:
-            self._queue.append(exchange)
-            if len(self._queue) >= _MAX_QUEUED:
-                self._pause_reading()
+            self._wait_turn(exchange)
+
+    def _wait_turn(self, exchange: Exchange) -> None:
+        """``exchange`` waits until the answers before it are complete."""
+        self._queue.append(exchange)
+        if len(self._queue) >= _MAX_QUEUED:
+            self._pause_reading()
 
     def _begin(self, exchange: Exchange) -> None:
         self._active = exchange
@@ -671,7 +688,10 @@ class ServerProtocol(asyncio.Protocol):
                 self._crashed(exchange, exc)
                 return
             if coro is None:  # served without waiting
-                self._handled(exchange)
+                if exchange.finished or not (exchange.answered or exchange.deferred):
+                    self._handled(exchange)
+                else:  # its answer is still being written: that finishes it (_handled)
+                    exchange.handled = True
                 return
         loop = self.loop
         inline = _Inline()
@@ -754,7 +774,14 @@ class ServerProtocol(asyncio.Protocol):
             self._discard_until = self.loop.time() + self._head_timeout
             self._arm(self._discard_until)
             return
-        self._next()
+        if self._queue or self.stopping or self._closing:
+            self._next()
+            return
+        # _next()'s common case, inline: the connection waits for its next request.
+        self._active = None
+        self._idle_since = self.loop.time()
+        if self._read_paused:
+            self._resume_reading()
 
     def _next(self) -> None:
         self._active = None
@@ -865,6 +892,8 @@ class ServerProtocol(asyncio.Protocol):
 
 
 _DONE: Final = object()
+# ServerProtocol._head_started while a read that starts a head is parsed: no clock read yet.
+_UNTIMED: Final = -1.0
 
 
 class _Inline:
