@@ -466,6 +466,7 @@ class ServerProtocol(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []  # decoded as they come
         self._head_started = 0.0  # loop time of its first byte; 0: none in progress
         self._hosts = 0
+        self._framing = False  # a header named like Content-Length or Transfer-Encoding
         self._head_bytes = 0
         self._parsing: Exchange | None = None  # the request whose body is being read
         self._active: Exchange | None = None  # the request being answered
@@ -556,6 +557,7 @@ class ServerProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._hosts = 0
+        self._framing = False
         if not self._head_started:
             self._head_started = self.loop.time()
 
@@ -567,15 +569,25 @@ class ServerProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._parsing is not None:
             return  # trailers after a chunked body: dropped
-        if len(name) > MAX_LINE or len(value) > MAX_LINE or len(self._headers) >= MAX_HEADERS:
+        headers = self._headers
+        size = len(name)
+        if size > MAX_LINE or len(value) > MAX_LINE or len(headers) >= MAX_HEADERS:
             raise _Refused(HygieneReason.HEADERS_TOO_LARGE)
-        if len(name) == 4 and name.lower() == b"host":
-            self._hosts += 1
-            if self._hosts > 1:
-                raise _Refused(HygieneReason.INVALID_HOST)
-        self._headers.append(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        if size == 4:
+            if name.lower() == b"host":
+                self._hosts += 1
+                if self._hosts > 1:
+                    raise _Refused(HygieneReason.INVALID_HOST)
+        elif size == 14 or size == 17:
+            # The lengths of Content-Length and Transfer-Encoding: only a head with such
+            # a name is searched for its body's framing (most have neither).
+            self._framing = True
+        try:  # decode()'s fast path, for the usual UTF-8 (ASCII) head: the same text
+            headers.append((name.decode(), value.decode()))
+        except UnicodeDecodeError:
+            headers.append(
+                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            )
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -587,16 +599,22 @@ class ServerProtocol(asyncio.Protocol):
         else:
             raise _Refused(HygieneReason.UNSUPPORTED_VERSION)
         headers: CIMultiDict[str] = CIMultiDict(self._headers)
-        length = headers.get(CONTENT_LENGTH)
-        has_body = TRANSFER_ENCODING in headers or (length is not None and length != "0")
-        expect_continue = False
-        if has_body and ver == (1, 1):
-            expect = headers.get(EXPECT)
-            expect_continue = expect is not None and expect.lower() == "100-continue"
+        has_body = expect_continue = False
+        if self._framing:  # a name as long as Content-Length or Transfer-Encoding came
+            length = headers.get(CONTENT_LENGTH)
+            has_body = TRANSFER_ENCODING in headers or (length is not None and length != "0")
+            if has_body and ver == (1, 1):
+                expect = headers.get(EXPECT)
+                expect_continue = expect is not None and expect.lower() == "100-continue"
+        url = self._url
+        try:  # decode()'s fast path, for the usual UTF-8 (ASCII) target: the same text
+            target = url.decode()
+        except UnicodeDecodeError:
+            target = url.decode("utf-8", "surrogateescape")
         exchange = Exchange(
             self,
-            parser.get_method().decode("ascii", "surrogateescape"),
-            self._url.decode("utf-8", "surrogateescape"),
+            parser.get_method().decode(),  # llhttp's own name for it: ASCII
+            target,
             headers,
             ver,
             parser.should_keep_alive(),
