@@ -799,23 +799,26 @@ def request_head(
     """
     fields = headers.lines
     length = headers.content_length
-    lines = "\r\n".join(map(": ".join, fields))
+    pairs = list(map(": ".join, fields))
+    lines = "\r\n".join(pairs)
+    # Everything sent but the CRLFs added here: a CR or LF in it (a name, a value, the
+    # target, the method, the default host) would split the request differently
+    # upstream (request smuggling). 'in' finds one with memchr, where counting them
+    # in the whole head cost a pass per character (several thousand instructions).
+    probe = "".join(pairs) + method + path_qs
     extra = ""
     if not headers.has_host:
         extra += f"Host: {default_host}\r\n"
+        probe += default_host
     if body:
         if length is None:
             extra += "Transfer-Encoding: chunked\r\n"
     elif length is None and method not in _BODYLESS_METHODS:
         extra += "Content-Length: 0\r\n"
+    if "\r" in probe or "\n" in probe or " " in path_qs:
+        raise ValueError("refusing to send a header or target that contains CR, LF or space")
     if lines:
         text = f"{method} {path_qs} HTTP/1.1\r\n{extra}{lines}\r\n\r\n"
-        expected = len(fields) + 2 + extra.count("\n")
     else:
         text = f"{method} {path_qs} HTTP/1.1\r\n{extra}\r\n"
-        expected = 2 + extra.count("\n")
-    # One scan instead of one check per header: a CR or LF inside a name, a value or
-    # the target would split the request differently upstream (request smuggling).
-    if text.count("\n") != expected or text.count("\r") != expected or " " in path_qs:
-        raise ValueError("refusing to send a header or target that contains CR, LF or space")
     return text.encode("utf-8", "surrogateescape")
