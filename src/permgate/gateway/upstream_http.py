@@ -206,18 +206,6 @@ class Connection(asyncio.Protocol):
     def reason(self) -> str:
         return self.raw_reason.decode("utf-8", "surrogateescape")
 
-    @property
-    def reusable(self) -> bool:
-        return (
-            self.complete
-            and self.keep_alive
-            and self.request_written
-            and not self.broken
-            and not self.closed
-            and self.error is None
-            and not self._body
-        )
-
     def write(self, data: bytes) -> None:
         if self.closed or self.transport is None:
             raise UpstreamClosed("upstream connection closed while sending the request")
@@ -321,13 +309,15 @@ class Connection(asyncio.Protocol):
 
     def finish(self) -> bool:
         """The exchange is over (whatever its outcome): stop timing, reset per-answer
-        state. Whether the connection may serve another one (:attr:`reusable`).
+        state. Whether the connection may serve another one.
 
         The timer stays armed: it does nothing when it fires between exchanges, and the
         next exchange on this pooled connection reuses it (its deadline is checked
         against that exchange's own wait), so a request arms and cancels no timer of
         its own (a uvloop timer each way cost ~2 µs a request)."""
-        reusable = (  # self.reusable, inline: once per request
+        # Reusable: the answer read to its end, the request written to its end, both
+        # sides agreed on keep-alive, nothing broke, and no byte is left over.
+        reusable = (
             self.complete
             and self.keep_alive
             and self.request_written
