@@ -508,9 +508,9 @@ class ServerProtocol(asyncio.Protocol):
                 self._parsing = None
         except httptools.HttpParserError as exc:
             self._parse_failed(exc)
+        if self._head_started == _UNTIMED:  # the head is still incomplete: time it now
+            self._head_started = self.loop.time()
         if self._head_started and not self._closing:
-            if self._head_started == _UNTIMED:
-                self._head_started = self.loop.time()
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEADERS * MAX_LINE:
                 self._refuse(HygieneReason.HEADERS_TOO_LARGE, 400)
