@@ -380,3 +380,28 @@ async def test_head_begun_after_a_whole_request_in_one_read_is_timed() -> None:
     assert wire.out.count(b"HTTP/1.1 200 ") == 1
     assert b"HTTP/1.1 408 " in wire.out
     protocol.connection_lost(None)
+
+
+async def test_version_and_keep_alive_whatever_the_connection_headers() -> None:
+    """The version the handler sees is the request's, with or without Connection
+    headers; HTTP/0.9 and 2.0 are refused even when they ask to be kept alive."""
+    cases = [
+        (b"1.1", b"", ((1, 1), True)),
+        (b"1.1", b"Connection: close\r\n", ((1, 1), False)),
+        (b"1.0", b"", ((1, 0), False)),
+        (b"1.0", b"Connection: keep-alive\r\n", ((1, 0), True)),
+        (b"1.0", b"proxy-connection: keep-alive\r\n", ((1, 0), True)),
+        (b"2.0", b"Connection: keep-alive\r\n", None),
+        (b"2.0", b"", None),
+        (b"0.9", b"Proxy-Connection: keep-alive\r\n", None),
+    ]
+    for version, lines, expected in cases:
+        protocol, handler, wire = _connection()
+        protocol.data_received(b"GET /a HTTP/" + version + b"\r\nHost: gw\r\n" + lines + b"\r\n")
+        if expected is None:
+            assert handler.seen == [], version
+            await eventually(lambda w=wire: b"HTTP/1.1 400 " in w.out or None, "the refusal")
+        else:
+            (exchange,) = handler.seen
+            assert (exchange.version, exchange.keep_alive) == expected, (version, lines)
+        protocol.connection_lost(None)

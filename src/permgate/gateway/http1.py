@@ -467,6 +467,7 @@ class ServerProtocol(asyncio.Protocol):
         self._head_started = 0.0  # loop time of its first byte; 0: none in progress
         self._hosts = 0
         self._framing = False  # a header named like Content-Length or Transfer-Encoding
+        self._connection_named = False  # a Connection or Proxy-Connection header
         self._head_bytes = 0
         self._parsing: Exchange | None = None  # the request whose body is being read
         self._active: Exchange | None = None  # the request being answered
@@ -558,6 +559,7 @@ class ServerProtocol(asyncio.Protocol):
         self._headers = []
         self._hosts = 0
         self._framing = False
+        self._connection_named = False
         if not self._head_started:
             self._head_started = self.loop.time()
 
@@ -582,6 +584,8 @@ class ServerProtocol(asyncio.Protocol):
             # The lengths of Content-Length and Transfer-Encoding: only a head with such
             # a name is searched for its body's framing (most have neither).
             self._framing = True
+        elif (size == 10 or size == 16) and name.lower() in _CONNECTION_NAMES:
+            self._connection_named = True
         try:  # decode()'s fast path, for the usual UTF-8 (ASCII) head: the same text
             headers.append((name.decode(), value.decode()))
         except UnicodeDecodeError:
@@ -591,13 +595,20 @@ class ServerProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        version = parser.get_http_version()
-        if version == "1.1":
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and not self._connection_named:
+            # llhttp keeps a request alive without a Connection (or Proxy-Connection)
+            # header only if it is HTTP/1.1: no need to ask its version (a string made
+            # by str.format, about 1 % of a whole request).
             ver = (1, 1)
-        elif version == "1.0":
-            ver = (1, 0)
         else:
-            raise _Refused(HygieneReason.UNSUPPORTED_VERSION)
+            version = parser.get_http_version()
+            if version == "1.1":
+                ver = (1, 1)
+            elif version == "1.0":
+                ver = (1, 0)
+            else:
+                raise _Refused(HygieneReason.UNSUPPORTED_VERSION)
         headers: CIMultiDict[str] = CIMultiDict(self._headers)
         has_body = expect_continue = False
         if self._framing:  # a name as long as Content-Length or Transfer-Encoding came
@@ -617,7 +628,7 @@ class ServerProtocol(asyncio.Protocol):
             target,
             headers,
             ver,
-            parser.should_keep_alive(),
+            keep_alive,
             has_body,
             expect_continue,
         )
@@ -910,6 +921,8 @@ class ServerProtocol(asyncio.Protocol):
 
 
 _DONE: Final = object()
+# The headers llhttp decides keep-alive by (besides the version).
+_CONNECTION_NAMES: Final = frozenset({b"connection", b"proxy-connection"})
 # ServerProtocol._head_started while a read that starts a head is parsed: no clock read yet.
 _UNTIMED: Final = -1.0
 
