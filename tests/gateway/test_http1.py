@@ -294,3 +294,114 @@ async def test_refused_request_whose_body_never_comes_is_closed_in_time(tmp_path
             writer.close()
         assert (answer.status, rest) == (401, b"")
         assert 0.3 <= waited < 3.0
+
+
+# --------------------------------------------------------------------------- the protocol alone
+
+
+class _Collect:
+    """A handler that keeps each request and answers it 200 at once."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def handle(self, exchange: Any) -> None:
+        self.seen.append(exchange)
+        exchange.respond(200, b"", b"ok")
+
+    async def refuse_unreadable(self, client_ip: str | None, status: int, reason: str) -> bytes:
+        return b"HTTP/1.1 %d X\r\nConnection: close\r\nContent-Length: 0\r\n\r\n" % status
+
+
+class _Wire(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = b""
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.out += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _connection(head_timeout: float = 5.0) -> tuple[Any, _Collect, _Wire]:
+    from permgate.gateway.http1 import ServerProtocol
+
+    handler = _Collect()
+    protocol = ServerProtocol(handler, head_timeout=head_timeout, connections=set())
+    wire = _Wire()
+    protocol.connection_made(wire)
+    return protocol, handler, wire
+
+
+async def test_head_bytes_that_are_not_utf8_are_kept_as_surrogate_escapes() -> None:
+    """A value with bytes that are not UTF-8 (obs-text) reaches the handler as the same
+    text as always: each such byte a surrogate escape, nothing lost; UTF-8 as text."""
+    protocol, handler, _ = _connection()
+    protocol.data_received(
+        b"GET /a HTTP/1.1\r\nHost: gw\r\nX-Name: caf\xe9\r\nX-Text: caf\xc3\xa9\r\n\r\n"
+    )
+    (exchange,) = handler.seen
+    assert exchange.headers["X-Name"] == "caf\udce9"
+    assert exchange.headers["X-Text"] == "caf\xe9"
+    protocol.connection_lost(None)
+
+
+async def test_body_framing_is_found_whatever_the_other_headers() -> None:
+    """A body is announced by Content-Length (not 0) or Transfer-Encoding in any case;
+    other names of the same lengths announce none."""
+    cases = [
+        (b"If-Modified-Since: x\r\nAccept-Charset: y\r\n", False),
+        (b"content-length: 0\r\n", False),
+        (b"CONTENT-LENGTH: 2\r\n", True),
+        (b"transfer-encoding: chunked\r\n", True),
+    ]
+    for lines, has_body in cases:
+        protocol, handler, _ = _connection()
+        body = b"ok" if b"2" in lines else b"0\r\n\r\n" if b"chunked" in lines else b""
+        protocol.data_received(b"POST /a HTTP/1.1\r\nHost: gw\r\n" + lines + b"\r\n" + body)
+        (exchange,) = handler.seen
+        assert exchange.has_body is has_body, lines
+        protocol.connection_lost(None)
+
+
+async def test_head_begun_after_a_whole_request_in_one_read_is_timed() -> None:
+    """A pipelined head that begins in the read that held the request before it is
+    timed from that read: it is answered 408 when it does not come whole in time."""
+    protocol, handler, wire = _connection(head_timeout=0.05)
+    protocol.data_received(b"GET /a HTTP/1.1\r\nHost: gw\r\n\r\nGET /b HTTP/1.1\r\nHo")
+    assert len(handler.seen) == 1
+    await eventually(lambda: wire.closed or None, "the connection closed")
+    assert wire.out.count(b"HTTP/1.1 200 ") == 1
+    assert b"HTTP/1.1 408 " in wire.out
+    protocol.connection_lost(None)
+
+
+async def test_version_and_keep_alive_whatever_the_connection_headers() -> None:
+    """The version the handler sees is the request's, with or without Connection
+    headers; HTTP/0.9 and 2.0 are refused even when they ask to be kept alive."""
+    cases = [
+        (b"1.1", b"", ((1, 1), True)),
+        (b"1.1", b"Connection: close\r\n", ((1, 1), False)),
+        (b"1.0", b"", ((1, 0), False)),
+        (b"1.0", b"Connection: keep-alive\r\n", ((1, 0), True)),
+        (b"1.0", b"proxy-connection: keep-alive\r\n", ((1, 0), True)),
+        (b"2.0", b"Connection: keep-alive\r\n", None),
+        (b"2.0", b"", None),
+        (b"0.9", b"Proxy-Connection: keep-alive\r\n", None),
+    ]
+    for version, lines, expected in cases:
+        protocol, handler, wire = _connection()
+        protocol.data_received(b"GET /a HTTP/" + version + b"\r\nHost: gw\r\n" + lines + b"\r\n")
+        if expected is None:
+            assert handler.seen == [], version
+            await eventually(lambda w=wire: b"HTTP/1.1 400 " in w.out or None, "the refusal")
+        else:
+            (exchange,) = handler.seen
+            assert (exchange.version, exchange.keep_alive) == expected, (version, lines)
+        protocol.connection_lost(None)

@@ -207,7 +207,7 @@ class Exchange:
         self.expect_continue = expect_continue
         self.body_done = False
         self.body_error: BaseException | None = None
-        self._body: collections.deque[bytes] = collections.deque()
+        self._body: list[bytes] = []  # a list: made without a call, per request
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._continue_sent = False
@@ -236,7 +236,7 @@ class Exchange:
         body = self._body
         if not body:
             return None
-        chunk = body.popleft() if len(body) == 1 else b"".join(body)
+        chunk = body[0] if len(body) == 1 else b"".join(body)
         body.clear()
         self._buffered = 0
         self._conn.body_taken()
@@ -334,8 +334,10 @@ class Exchange:
         )
         if self.method == "HEAD":
             body = b""
-        self._conn.write(head + body if body else head)
-        self._conn.answer_done(self)
+        conn = self._conn
+        conn.write(head + body if body else head)
+        if self.handled:  # conn.answer_done(self), inline
+            conn._settle(self)
 
     def start(
         self,
@@ -396,10 +398,12 @@ class Exchange:
             chunk = b"%x\r\n%b\r\n0\r\n\r\n" % (len(chunk), chunk) if chunk else b"0\r\n\r\n"
         if self._head:
             chunk, self._head = self._head + chunk, b""
-        if chunk:
-            self._conn.write(chunk)
+        conn = self._conn
+        if chunk and not conn.lost and conn.transport is not None:  # conn.write(), inline
+            conn.transport.write(chunk)
         self.finished = True
-        self._conn.answer_done(self)
+        if self.handled:  # conn.answer_done(self), inline
+            conn._settle(self)
 
     @property
     def write_paused(self) -> bool:
@@ -462,6 +466,8 @@ class ServerProtocol(asyncio.Protocol):
         self._headers: list[tuple[str, str]] = []  # decoded as they come
         self._head_started = 0.0  # loop time of its first byte; 0: none in progress
         self._hosts = 0
+        self._framing = False  # a header named like Content-Length or Transfer-Encoding
+        self._connection_named = False  # a Connection or Proxy-Connection header
         self._head_bytes = 0
         self._parsing: Exchange | None = None  # the request whose body is being read
         self._active: Exchange | None = None  # the request being answered
@@ -488,7 +494,9 @@ class ServerProtocol(asyncio.Protocol):
         if self._closing:
             return  # answered for the last time: nothing more is read
         if not self._head_started and self._parsing is None:
-            self._head_started = self.loop.time()
+            # A head starts in this read: its clock is read only if it is still incomplete
+            # when the read is parsed (the common whole head needs no clock at all).
+            self._head_started = _UNTIMED
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -501,6 +509,8 @@ class ServerProtocol(asyncio.Protocol):
                 self._parsing = None
         except httptools.HttpParserError as exc:
             self._parse_failed(exc)
+        if self._head_started == _UNTIMED:  # the head is still incomplete: time it now
+            self._head_started = self.loop.time()
         if self._head_started and not self._closing:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEADERS * MAX_LINE:
@@ -548,6 +558,8 @@ class ServerProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._hosts = 0
+        self._framing = False
+        self._connection_named = False
         if not self._head_started:
             self._head_started = self.loop.time()
 
@@ -559,46 +571,74 @@ class ServerProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._parsing is not None:
             return  # trailers after a chunked body: dropped
-        if len(name) > MAX_LINE or len(value) > MAX_LINE or len(self._headers) >= MAX_HEADERS:
+        headers = self._headers
+        size = len(name)
+        if size > MAX_LINE or len(value) > MAX_LINE or len(headers) >= MAX_HEADERS:
             raise _Refused(HygieneReason.HEADERS_TOO_LARGE)
-        if len(name) == 4 and name.lower() == b"host":
-            self._hosts += 1
-            if self._hosts > 1:
-                raise _Refused(HygieneReason.INVALID_HOST)
-        self._headers.append(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        if size == 4:
+            if name.lower() == b"host":
+                self._hosts += 1
+                if self._hosts > 1:
+                    raise _Refused(HygieneReason.INVALID_HOST)
+        elif size == 14 or size == 17:
+            # The lengths of Content-Length and Transfer-Encoding: only a head with such
+            # a name is searched for its body's framing (most have neither).
+            self._framing = True
+        elif (size == 10 or size == 16) and name.lower() in _CONNECTION_NAMES:
+            self._connection_named = True
+        try:  # decode()'s fast path, for the usual UTF-8 (ASCII) head: the same text
+            headers.append((name.decode(), value.decode()))
+        except UnicodeDecodeError:
+            headers.append(
+                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            )
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        version = parser.get_http_version()
-        if version == "1.1":
+        keep_alive = parser.should_keep_alive()
+        if keep_alive and not self._connection_named:
+            # llhttp keeps a request alive without a Connection (or Proxy-Connection)
+            # header only if it is HTTP/1.1: no need to ask its version (a string made
+            # by str.format, about 1 % of a whole request).
             ver = (1, 1)
-        elif version == "1.0":
-            ver = (1, 0)
         else:
-            raise _Refused(HygieneReason.UNSUPPORTED_VERSION)
+            version = parser.get_http_version()
+            if version == "1.1":
+                ver = (1, 1)
+            elif version == "1.0":
+                ver = (1, 0)
+            else:
+                raise _Refused(HygieneReason.UNSUPPORTED_VERSION)
         headers: CIMultiDict[str] = CIMultiDict(self._headers)
-        length = headers.get(CONTENT_LENGTH)
-        has_body = TRANSFER_ENCODING in headers or (length is not None and length != "0")
-        expect_continue = False
-        if has_body and ver == (1, 1):
-            expect = headers.get(EXPECT)
-            expect_continue = expect is not None and expect.lower() == "100-continue"
+        has_body = expect_continue = False
+        if self._framing:  # a name as long as Content-Length or Transfer-Encoding came
+            length = headers.get(CONTENT_LENGTH)
+            has_body = TRANSFER_ENCODING in headers or (length is not None and length != "0")
+            if has_body and ver == (1, 1):
+                expect = headers.get(EXPECT)
+                expect_continue = expect is not None and expect.lower() == "100-continue"
+        url = self._url
+        try:  # decode()'s fast path, for the usual UTF-8 (ASCII) target: the same text
+            target = url.decode()
+        except UnicodeDecodeError:
+            target = url.decode("utf-8", "surrogateescape")
         exchange = Exchange(
             self,
-            parser.get_method().decode("ascii", "surrogateescape"),
-            self._url.decode("utf-8", "surrogateescape"),
+            parser.get_method().decode(),  # llhttp's own name for it: ASCII
+            target,
             headers,
             ver,
-            parser.should_keep_alive(),
+            keep_alive,
             has_body,
             expect_continue,
         )
         self._head_started = 0.0
         self._head_bytes = 0
         self._parsing = exchange
-        self._enqueue(exchange)
+        if self._active is None:
+            self._begin(exchange)
+        else:
+            self._wait_turn(exchange)
 
     def on_body(self, body: bytes) -> None:
         exchange = self._parsing
@@ -609,7 +649,9 @@ class ServerProtocol(asyncio.Protocol):
         exchange = self._parsing
         self._parsing = None
         if exchange is not None:
-            exchange._end()
+            exchange.body_done = True  # exchange._end(), inline: once per request
+            if exchange._waiter is not None:
+                exchange._wake()
             if exchange.finished and exchange.handled and exchange is self._active:
                 self._next()  # a refused request's discarded body has ended
 
@@ -654,9 +696,13 @@ class ServerProtocol(asyncio.Protocol):
         if self._active is None:
             self._begin(exchange)
         else:
-            self._queue.append(exchange)
-            if len(self._queue) >= _MAX_QUEUED:
-                self._pause_reading()
+            self._wait_turn(exchange)
+
+    def _wait_turn(self, exchange: Exchange) -> None:
+        """``exchange`` waits until the answers before it are complete."""
+        self._queue.append(exchange)
+        if len(self._queue) >= _MAX_QUEUED:
+            self._pause_reading()
 
     def _begin(self, exchange: Exchange) -> None:
         self._active = exchange
@@ -671,7 +717,10 @@ class ServerProtocol(asyncio.Protocol):
                 self._crashed(exchange, exc)
                 return
             if coro is None:  # served without waiting
-                self._handled(exchange)
+                if exchange.finished or not (exchange.answered or exchange.deferred):
+                    self._handled(exchange)
+                else:  # its answer is still being written: that finishes it (_handled)
+                    exchange.handled = True
                 return
         loop = self.loop
         inline = _Inline()
@@ -754,7 +803,14 @@ class ServerProtocol(asyncio.Protocol):
             self._discard_until = self.loop.time() + self._head_timeout
             self._arm(self._discard_until)
             return
-        self._next()
+        if self._queue or self.stopping or self._closing:
+            self._next()
+            return
+        # _next()'s common case, inline: the connection waits for its next request.
+        self._active = None
+        self._idle_since = self.loop.time()
+        if self._read_paused:
+            self._resume_reading()
 
     def _next(self) -> None:
         self._active = None
@@ -865,6 +921,10 @@ class ServerProtocol(asyncio.Protocol):
 
 
 _DONE: Final = object()
+# The headers llhttp decides keep-alive by (besides the version).
+_CONNECTION_NAMES: Final = frozenset({b"connection", b"proxy-connection"})
+# ServerProtocol._head_started while a read that starts a head is parsed: no clock read yet.
+_UNTIMED: Final = -1.0
 
 
 class _Inline:

@@ -369,7 +369,8 @@ class Upstream:
                 head += first
             else:
                 head += b"%x\r\n%b\r\n0\r\n\r\n" % (len(first), first) if first else b"0\r\n\r\n"
-        conn = pool.take_idle()
+        now = pool.loop.time()  # read once: the idle connection's age, the head's wait
+        conn = pool.take_idle(now)
         if conn is None:
             return False
         if has_body:
@@ -378,7 +379,7 @@ class Upstream:
         exchange.deferred = True
         exchange.on_lost(relay.client_gone)
         try:
-            conn.send(head, method == "HEAD", relay)
+            conn.send(head, method == "HEAD", relay, now)
         except UpstreamClosed as exc:
             relay.failed(exc)
         return True
@@ -438,8 +439,8 @@ class _Relay:
             self.timing.bytes_down += len(chunk)
         exchange.finish(chunk)  # which drops the on_lost callback
         conn = self.conn
-        if conn.active:
-            self.pool.release(conn, True)
+        if conn.active:  # ended in the connection's read: the time it read is now's
+            self.pool.release(conn, True, conn.last_data)
         timing = self.timing
         timing.client_gone = timing.client_gone or exchange.gone
         timing.total_seconds = time.perf_counter() - self.started
