@@ -157,8 +157,7 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ exchange API
 
     def begin(self, head_method: bool) -> None:
-        """Start an exchange on this (new, or idle and reusable) connection (:meth:`send`
-        does the same inline)."""
+        """Start an exchange on this (new, or idle and reusable) connection."""
         self.active = True
         self._head_method = head_method
         self._got_bytes = False
@@ -177,20 +176,7 @@ class Connection(asyncio.Protocol):
         """:meth:`begin`, :meth:`write`, :meth:`request_sent` and :meth:`attach` in one
         call, for a request written whole (the callback relay's common case); ``now``
         is the loop's time."""
-        # begin(), inline: one call fewer per request.
-        self.active = True
-        self._head_method = head_method
-        self._got_bytes = False
-        self.head_done = False
-        self.complete = False
-        self.keep_alive = False
-        self.status = 0
-        self.raw_reason = b""
-        self.raw_headers = []
-        self.header_kinds = 0
-        self._ended = False
-        self._counting = False
-        self.request_written = False
+        self.begin(head_method)  # the one list of what an exchange starts from
         transport = self.transport
         if self.closed or transport is None:
             raise UpstreamClosed("upstream connection closed while sending the request")
